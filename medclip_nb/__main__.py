@@ -1,0 +1,3 @@
+from medclip_nb.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""`python -m medclip_nb SUBCOMMAND`: phantom, prepare, train, evaluate, cache, bench.
+
+Errors that come from the user's input (a missing file, a bad key, a malformed dataset) end
+the command with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from medclip_nb.config import CONFIG_KEYS, add_config_arguments, config_from_args
+from medclip_nb.errors import UserError
+
+
+def _phantom(args) -> int:
+    from medclip_nb.phantom import generate_phantom
+
+    summary = generate_phantom(args.out, studies=args.studies, size=args.size, seed=args.seed)
+    print(f"phantom MIMIC-CXR-JPG written to {args.out}: {summary['studies']} studies, "
+          f"{summary['images']} images, {summary['subjects']} patients")
+    return 0
+
+
+def _prepare(args) -> int:
+    from medclip_nb.mimic import prepare_mimic
+
+    prepare_mimic(
+        args.mimic_root, args.out,
+        frontal_views=tuple(v.strip() for v in args.views.split(",") if v.strip()),
+        store_size=args.store_size, num_workers=args.num_workers,
+    )
+    return 0
+
+
+def _cache(args) -> int:
+    from medclip_nb.store import build_store
+
+    build_store(args.data_path, args.out, size=args.size, num_workers=args.num_workers)
+    return 0
+
+
+def _train(args) -> int:
+    from medclip_nb.train import train
+
+    train(config_from_args(args))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from medclip_nb.evaluate import evaluate_checkpoint
+
+    overrides = {k: getattr(args, k) for k in CONFIG_KEYS if hasattr(args, k)}
+    evaluate_checkpoint(args.checkpoint, out_dir=args.out, overrides=overrides)
+    return 0
+
+
+def _bench(args) -> int:
+    from medclip_nb.bench import run_bench
+
+    run_bench(config_from_args(args), phantom=args.phantom, steps=args.steps)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m medclip_nb",
+        description="MedCLIP-style image-report pretraining on MIMIC-CXR (or its phantom).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+
+    p = sub.add_parser("phantom", help="write a deterministic phantom MIMIC-CXR-JPG dataset")
+    p.add_argument("--out", required=True, help="output folder (the MIMIC-CXR-JPG root)")
+    p.add_argument("--studies", type=int, default=300, help="number of studies (default: 300)")
+    p.add_argument("--size", type=int, default=256, help="image side in pixels (default: 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed; same seed, same bytes (default: 0)")
+    p.set_defaults(func=_phantom)
+
+    p = sub.add_parser("prepare", help="import a MIMIC-CXR-JPG tree into datasets.pkl")
+    p.add_argument("--mimic-root", "--mimic_root", dest="mimic_root", required=True,
+                   help="MIMIC-CXR-JPG root: files/ and the mimic-cxr-2.0.0-*.csv.gz tables")
+    p.add_argument("--out", required=True, help="output folder for datasets.pkl and prepare_report.json")
+    p.add_argument("--views", default="PA,AP", help="ViewPosition values kept (default: PA,AP)")
+    p.add_argument("--store-size", "--store_size", dest="store_size", type=int, default=None,
+                   help="also build the uint8 image store at this size (e.g. 256)")
+    p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=None,
+                   help="decoding processes (default: all cores)")
+    p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("cache", help="decode every image of a dataset once into a uint8 store")
+    p.add_argument("--data_path", "--data-path", dest="data_path", required=True, help="datasets.pkl or manifest")
+    p.add_argument("--out", default=None, help="store folder (default: image_store/ beside the dataset file)")
+    p.add_argument("--size", type=int, default=256, help="stored image side (default: 256)")
+    p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=None,
+                   help="decoding processes (default: all cores)")
+    p.set_defaults(func=_cache)
+
+    p = sub.add_parser("train", help="pretrain (the seed script's flags, plus every config key)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_config_arguments(p)
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="zero-shot, retrieval and linear-probe evaluation of a checkpoint")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, last.pth, ...)")
+    p.add_argument("--out", default="reports", help="folder for metrics.json and figures (default: reports)")
+    add_config_arguments(p, keys=("data_path", "image_root", "image_store", "eval_batch_size",
+                                  "zeroshot_per_class", "num_workers", "gpu_id", "seed"))
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("bench", help="throughput benchmark: model-only vs end-to-end from the store and from JPEGs")
+    add_config_arguments(p)
+    p.add_argument("--phantom", type=int, default=None,
+                   help="build a phantom of N studies at full MIMIC-CXR size for the raw-JPEG path")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default: 20)")
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

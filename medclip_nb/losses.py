@@ -1,0 +1,260 @@
+"""Contrastive losses for image-report pretraining: CLIP, MedCLIP semantic matching, SigLIP.
+
+Every loss is written once, as "these query rows against all these key columns, the positive
+pair of query row i sits in column offset + i". A single process passes its whole batch
+with offset 0; under DDP each rank passes its local rows against the features gathered from
+all ranks with offset rank * local_batch ("local loss"). Averaging the per-rank losses, as DDP
+averages gradients, then gives exactly the loss and gradients of one process holding the
+concatenated batch (every rank must use the same local batch size, i.e. drop_last=True).
+
+Label vectors for the MedCLIP loss (`label_vectors`): positive (1) -> 1, uncertain (-1) ->
+`uncertain_value` (default 0.5), negative (0) and blank (NaN) -> 0; a study with no positive
+finding gets 'No Finding' = 1, so every vector is non-zero.
+
+MedCLIP soft targets (`soft_targets`): the cosine similarity of the label vectors, divided by
+its row sum. The published MedCLIP code applies a plain softmax to the raw label dot products,
+which puts weight e / (e + B - 1) on the own pair even when every study in the batch has a
+different label, so it never reduces to CLIP. Row-normalising the cosine similarity is the
+softmax of the log-similarity: identical label vectors get exactly equal weight, partly
+overlapping ones proportionally less, disjoint ones none, and a batch in which every study has
+its own label vector gives one-hot targets, i.e. exactly the CLIP loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from medclip_nb.labels import LABEL_INDEX, NUM_LABELS
+
+NO_FINDING = LABEL_INDEX["No Finding"]
+LOSS_KINDS = ("clip", "medclip", "siglip")
+
+# Largest logit multiplier (CLIP / MedCLIP clamp the learnable log scale to [0, ln 100]).
+MAX_LOGIT_SCALE = 100.0
+LOG_MAX_LOGIT_SCALE = math.log(MAX_LOGIT_SCALE)
+
+
+# ---- label vectors and soft targets ---------------------------------------------------------
+def label_vectors(labels: Tensor, uncertain_value: float = 0.5) -> Tensor:
+    """CheXpert label values `[B, 14]` (1 / 0 / -1 / NaN) -> float label vectors `[B, 14]`.
+
+    Positive (1) -> 1; uncertain (-1) -> `uncertain_value`; negative (0) and blank (NaN) -> 0.
+    A row with no positive finding gets 'No Finding' = 1, so every row is non-zero and has a
+    defined cosine similarity with every other row.
+    """
+    if labels.ndim != 2 or labels.shape[1] != NUM_LABELS:
+        raise ValueError(f"labels must have shape [batch, {NUM_LABELS}], got {list(labels.shape)}")
+    labels = labels.float()
+    known = ~torch.isnan(labels)
+    allowed = (labels == 1) | (labels == 0) | (labels == -1)
+    if not bool((allowed | ~known).all()):
+        bad = labels[known & ~allowed][0].item()
+        raise ValueError(f"labels must hold 1, 0, -1 or NaN (blank); found {bad}")
+    vectors = torch.where(labels == 1, 1.0, 0.0)
+    vectors = torch.where(labels == -1, float(uncertain_value), vectors)
+    no_positive = ~(labels == 1).any(dim=1)
+    vectors[:, NO_FINDING] = torch.where(no_positive, 1.0, vectors[:, NO_FINDING])
+    return vectors
+
+
+def soft_targets(query_vectors: Tensor, key_vectors: Tensor, offset: int = 0) -> Tensor:
+    """MedCLIP soft targets `[b, N]`: cosine similarity of the label vectors, each row divided
+    by its sum (the softmax of the log-similarity; see the module docstring for why).
+
+    Row i's own pair is column `offset + i`; a row whose label vector shares nothing with any
+    column (only possible when query and key labels differ) falls back to that pair alone.
+    """
+    similarity = F.normalize(query_vectors.float(), dim=1) @ F.normalize(key_vectors.float(), dim=1).T
+    similarity = similarity.clamp_min(0)  # label vectors are non-negative; guards rounding only
+    own_pair = _positive_mask(similarity.shape, offset, similarity.device).to(similarity.dtype)
+    no_overlap = similarity.sum(dim=1, keepdim=True) <= 0
+    similarity = torch.where(no_overlap, own_pair, similarity)
+    return similarity / similarity.sum(dim=1, keepdim=True)
+
+
+# ---- loss cores: query rows against all key columns ------------------------------------------
+def _positive_mask(shape: torch.Size | tuple[int, int], offset: int, device) -> Tensor:
+    rows, cols = shape
+    return F.one_hot(torch.arange(rows, device=device) + offset, num_classes=cols).bool()
+
+
+def _pair_targets(rows: int, offset: int, device) -> Tensor:
+    return torch.arange(rows, device=device) + offset
+
+
+def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean cross-entropy over rows; class-index or probability targets. Per-row values then one
+    mean for both kinds, so one-hot soft targets give bit-for-bit the class-index loss (the
+    built-in 'mean' reductions of the two kinds sum in different orders)."""
+    return F.cross_entropy(logits, targets, reduction="none").mean()
+
+
+def _clip_terms(image_q, text_k, text_q, image_k, logit_scale, offset: int) -> dict[str, Tensor]:
+    targets = _pair_targets(image_q.shape[0], offset, image_q.device)
+    return {
+        "loss_i2t": _cross_entropy(logit_scale * image_q @ text_k.T, targets),
+        "loss_t2i": _cross_entropy(logit_scale * text_q @ image_k.T, targets),
+    }
+
+
+def _medclip_terms(
+    image_q, text_k, text_q, image_k, logit_scale, image_vec_q, text_vec_k, text_vec_q, image_vec_k, offset: int
+) -> dict[str, Tensor]:
+    # cross_entropy with probability targets is the soft cross-entropy -(t * log_softmax).sum(1)
+    return {
+        "loss_i2t": _cross_entropy(logit_scale * image_q @ text_k.T, soft_targets(image_vec_q, text_vec_k, offset)),
+        "loss_t2i": _cross_entropy(logit_scale * text_q @ image_k.T, soft_targets(text_vec_q, image_vec_k, offset)),
+    }
+
+
+def _siglip_terms(image_q, text_k, logit_scale, logit_bias, offset: int) -> dict[str, Tensor]:
+    logits = logit_scale * image_q @ text_k.T + logit_bias
+    positive = _positive_mask(logits.shape, offset, logits.device)
+    signs = torch.where(positive, 1.0, -1.0).to(logits.dtype)
+    pair_log_likelihood = F.logsigmoid(signs * logits)
+    rows = logits.shape[0]
+    # Divided by the rows of this process: averaged over ranks this is the sum over the whole
+    # N x N matrix divided by N, as in the single-process loss.
+    return {
+        "loss_pos": -(pair_log_likelihood * positive).sum() / rows,
+        "loss_neg": -(pair_log_likelihood * ~positive).sum() / rows,
+    }
+
+
+def _finish(terms: dict[str, Tensor], mean: bool) -> tuple[Tensor, dict[str, Tensor]]:
+    values = list(terms.values())
+    loss = sum(values) / len(values) if mean else sum(values)
+    return loss, {k: v.detach() for k, v in terms.items()}
+
+
+# ---- public single-batch losses ---------------------------------------------------------------
+def clip_loss(image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor | float) -> tuple[Tensor, dict[str, Tensor]]:
+    """Symmetric InfoNCE: logits = scale * image @ text^T, cross-entropy against the diagonal
+    for image->text (rows) and text->image (columns), averaged.
+
+    Returns (loss, {'loss_i2t', 'loss_t2i'}) with the terms detached.
+    """
+    return _finish(_clip_terms(image_embeds, text_embeds, text_embeds, image_embeds, logit_scale, 0), mean=True)
+
+
+def medclip_loss(
+    image_embeds: Tensor,
+    text_embeds: Tensor,
+    logit_scale: Tensor | float,
+    image_labels: Tensor,
+    text_labels: Tensor,
+    uncertain_value: float = 0.5,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """MedCLIP semantic matching: soft cross-entropy of scale * image @ text^T against the
+    label-similarity targets of `soft_targets`, image->text and text->image, averaged.
+
+    `image_labels` / `text_labels` are CheXpert values `[B, 14]` (see `label_vectors`). When
+    every sample has its own label vector (e.g. identity labels) this equals `clip_loss`.
+    Returns (loss, {'loss_i2t', 'loss_t2i'}).
+    """
+    image_vectors = label_vectors(image_labels, uncertain_value).to(image_embeds.device)
+    text_vectors = label_vectors(text_labels, uncertain_value).to(image_embeds.device)
+    terms = _medclip_terms(
+        image_embeds, text_embeds, text_embeds, image_embeds, logit_scale,
+        image_vectors, text_vectors, text_vectors, image_vectors, 0,
+    )
+    return _finish(terms, mean=True)
+
+
+def siglip_loss(
+    image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor | float, logit_bias: Tensor | float
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Pairwise sigmoid loss (SigLIP): every (image, text) pair is a binary problem, +1 on the
+    diagonal and -1 elsewhere; loss = -sum(logsigmoid(sign * (scale * sim + bias))) / B.
+
+    Returns (loss, {'loss_pos', 'loss_neg'}), the diagonal and off-diagonal parts of the sum.
+    """
+    return _finish(_siglip_terms(image_embeds, text_embeds, logit_scale, logit_bias, 0), mean=False)
+
+
+# ---- distributed ------------------------------------------------------------------------------
+def _distributed_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather_features(*tensors: Tensor) -> tuple[list[Tensor], int]:
+    """All-gather each tensor along dim 0 across the DDP ranks.
+
+    Returns (the concatenated tensors, the offset of this rank's rows). This rank's slot is its
+    own local tensor, so its gradient flows directly. The other slots are not detached: their
+    gradients are summed back to the rank that owns them (the all-gather of
+    `torch.distributed.nn`). With them detached, as in open_clip's default, the terms in which a
+    sample is a key column of another rank's rows would be lost and the gradient would not equal
+    the single-process one. Every rank must pass the same number of rows.
+
+    Without an initialised process group, or with one rank, returns the tensors unchanged and 0.
+    """
+    rank, world_size = _distributed_world()
+    if world_size == 1:
+        return list(tensors), 0
+    from torch.distributed.nn.functional import all_gather
+
+    gathered = []
+    for tensor in tensors:
+        parts = list(all_gather(tensor))
+        parts[rank] = tensor
+        gathered.append(torch.cat(parts, dim=0))
+    return gathered, rank * tensors[0].shape[0]
+
+
+class ContrastiveLoss(nn.Module):
+    """The training loss: `kind` is 'clip', 'medclip' or 'siglip'.
+
+    `forward(outputs, labels)` takes the model's output dict (image_embeds, text_embeds,
+    logit_scale, logit_bias) and the batch's CheXpert labels `[B, 14]` (used by 'medclip'),
+    and returns (loss, terms). Under DDP, local rows are scored against the features of all
+    ranks, so the loss averaged over ranks and its gradients are those of one process holding
+    the whole batch. Computed in float32 with autocast off (log-softmax over up to 100 x logits).
+    """
+
+    def __init__(self, kind: str = "clip", uncertain_value: float = 0.5):
+        super().__init__()
+        if kind not in LOSS_KINDS:
+            raise ValueError(f"loss kind {kind!r} is not one of {', '.join(LOSS_KINDS)}")
+        self.kind = kind
+        self.uncertain_value = float(uncertain_value)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}, uncertain_value={self.uncertain_value}"
+
+    def forward(self, outputs: dict, labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        image = outputs["image_embeds"]
+        with torch.autocast(device_type=image.device.type, enabled=False):
+            image = image.float()
+            text = outputs["text_embeds"].float()
+            scale = outputs["logit_scale"].float()
+
+            if self.kind == "siglip":
+                bias = outputs.get("logit_bias")
+                if bias is None:
+                    raise ValueError("siglip loss needs a model built with loss 'siglip' (its logit_bias is None)")
+                # The image rows of all ranks against all texts cover the N x N matrix exactly once.
+                (text_all,), offset = gather_features(text)
+                return _finish(_siglip_terms(image, text_all, scale, bias.float(), offset), mean=False)
+
+            if self.kind == "clip":
+                (image_all, text_all), offset = gather_features(image, text)
+                return _finish(_clip_terms(image, text_all, text, image_all, scale, offset), mean=True)
+
+            if labels is None:
+                raise ValueError("medclip loss needs the batch labels")
+            # Label vectors are built where the labels are (CPU from the collate: no device sync).
+            vectors = label_vectors(labels, self.uncertain_value).to(image.device)
+            (image_all, text_all, vectors_all), offset = gather_features(image, text, vectors)
+            # Image and report of a pair come from the same study, so they share one label vector.
+            terms = _medclip_terms(
+                image, text_all, text, image_all, scale, vectors, vectors_all, vectors, vectors_all, offset
+            )
+            return _finish(terms, mean=True)

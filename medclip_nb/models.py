@@ -1,0 +1,452 @@
+"""Image-report dual encoders.
+
+Every model has `encode_image(pixel_values)` and `encode_text(input_ids, attention_mask)`,
+both returning L2-normalised `[B, embed_dim]`, and `forward(...) -> dict(image_embeds,
+text_embeds, logit_scale, logit_bias)` (docs/architecture.md). `logit_scale` is the multiplier
+exp(log_scale) with the learnable log value clamped to [0, ln 100]; `logit_bias` is a
+learnable scalar for the SigLIP loss, else None.
+
+- `SimpleMedCLIPModel`: the seed script's baseline (small CNN, 50 ASCII codes / 255 through
+  one Linear layer).
+- `MedCLIPModel`: a torchvision image backbone and one of three text encoders:
+  `TransformerTextEncoder` (trained from scratch on our tokenizer), `BertTextEncoder` (a local
+  Hugging Face BERT-family folder, optional `transformers` package), `PrecomputedTextEncoder`
+  (the seed's clip_text_features.json).
+
+Weight decay: the trainer groups parameters. The ones that should not decay are exactly those
+with fewer than two dimensions: biases, BatchNorm / LayerNorm weights, `logit_scale` and
+`logit_bias`.
+
+Nothing here downloads: pretrained image weights come from the local torch hub cache and BERT
+folders are read with `local_files_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+from medclip_nb.config import ConfigError
+from medclip_nb.errors import CheckpointError, DataError, UserError
+from medclip_nb.losses import LOG_MAX_LOGIT_SCALE, LOSS_KINDS
+
+VISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "swin_t", "mobilenet_v3_small")
+CLIP_INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP / MedCLIP
+SIGLIP_INIT_LOGIT_SCALE = math.log(10.0)
+SIGLIP_INIT_LOGIT_BIAS = -10.0
+
+
+# ---- shared contrastive head -----------------------------------------------------------------
+class _DualEncoder(nn.Module):
+    """Logit scale / bias and the encode/forward contract; subclasses provide the raw
+    (unnormalised) `_image_features` and `_text_features`."""
+
+    def __init__(self, embed_dim: int, loss: str):
+        super().__init__()
+        if loss not in LOSS_KINDS:
+            raise ValueError(f"loss {loss!r} is not one of {', '.join(LOSS_KINDS)}")
+        self.embed_dim = embed_dim
+        self.loss_kind = loss
+        init_scale = SIGLIP_INIT_LOGIT_SCALE if loss == "siglip" else CLIP_INIT_LOGIT_SCALE
+        self.logit_scale = nn.Parameter(torch.tensor(init_scale))
+        if loss == "siglip":
+            self.logit_bias = nn.Parameter(torch.tensor(SIGLIP_INIT_LOGIT_BIAS))
+        else:
+            self.register_parameter("logit_bias", None)
+
+    def _image_features(self, pixel_values: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _text_features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def encode_image(self, pixel_values: Tensor) -> Tensor:
+        """`[B, 3, H, W]` normalised images -> L2-normalised `[B, embed_dim]`."""
+        return F.normalize(self._image_features(pixel_values), dim=-1)
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        """`[B, L]` token ids and mask (1 = real token) -> L2-normalised `[B, embed_dim]`."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return F.normalize(self._text_features(input_ids, attention_mask), dim=-1)
+
+    def logit_multiplier(self) -> Tensor:
+        """exp of the learnable log scale clamped to [0, ln 100]."""
+        return self.logit_scale.clamp(0, LOG_MAX_LOGIT_SCALE).exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Clamp the log scale parameter in place to [0, ln 100]; call after optimizer steps
+        so the stored value never drifts out of the range where it has a gradient."""
+        self.logit_scale.clamp_(0, LOG_MAX_LOGIT_SCALE)
+
+    def forward(self, pixel_values: Tensor, input_ids: Tensor, attention_mask: Tensor | None = None) -> dict:
+        return {
+            "image_embeds": self.encode_image(pixel_values),
+            "text_embeds": self.encode_text(input_ids, attention_mask),
+            "logit_scale": self.logit_multiplier(),
+            "logit_bias": self.logit_bias,
+        }
+
+
+# ---- the seed's baseline ---------------------------------------------------------------------
+class SimpleMedCLIPModel(_DualEncoder):
+    """The seed script's SimpleMedCLIPModel: four conv-BN-ReLU-maxpool blocks
+    (3 -> 32 -> 64 -> 128 -> 256), global average pooling and Linear(256 -> embed_dim) for
+    images; for text, 50 ASCII codes scaled to [0, 1] through one Linear(50 -> embed_dim)."""
+
+    TEXT_LENGTH = 50
+    CHANNELS = (3, 32, 64, 128, 256)
+
+    def __init__(self, embed_dim: int = 512, loss: str = "clip"):
+        super().__init__(embed_dim, loss)
+        blocks: list[nn.Module] = []
+        for c_in, c_out in zip(self.CHANNELS[:-1], self.CHANNELS[1:]):
+            # No conv bias: the BatchNorm right after it has its own.
+            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                       nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+        self.vision = nn.Sequential(
+            *blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(self.CHANNELS[-1], embed_dim)
+        )
+        self.text_projection = nn.Linear(self.TEXT_LENGTH, embed_dim)
+
+    def _image_features(self, pixel_values: Tensor) -> Tensor:
+        return self.vision(pixel_values)
+
+    def _text_features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        if input_ids.shape[-1] != self.TEXT_LENGTH:
+            raise ValueError(
+                f"SimpleMedCLIPModel reads {self.TEXT_LENGTH} characters per text, got input_ids of length "
+                f"{input_ids.shape[-1]} (use the character-level tokenizer with max_length {self.TEXT_LENGTH})"
+            )
+        codes = (input_ids * attention_mask).to(self.text_projection.weight.dtype) / 255.0
+        return self.text_projection(codes)
+
+
+# ---- image backbones -------------------------------------------------------------------------
+def pretrained_weights_file(name: str) -> Path:
+    """Where torchvision keeps the DEFAULT ImageNet weights of backbone `name`:
+    torch.hub.get_dir()/checkpoints/<file name of the weights URL>."""
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
+
+
+def build_vision_backbone(name: str, pretrained: bool = False) -> tuple[nn.Module, int]:
+    """A torchvision classifier with its head replaced by Identity, and its feature width.
+
+    `pretrained` loads the ImageNet weights from the local torch hub cache only; a missing file
+    is a UserError naming it (never a download).
+    """
+    if name not in VISION_BACKBONES:
+        raise ConfigError(f"config key 'vision_backbone': {name!r} is not one of {', '.join(VISION_BACKBONES)}")
+    backbone = torchvision.models.get_model(name, weights=None)
+    if pretrained:
+        backbone.load_state_dict(_load_local_weights(name))
+    if name.startswith("resnet"):
+        width = backbone.fc.in_features
+        backbone.fc = nn.Identity()
+    elif name == "swin_t":
+        width = backbone.head.in_features
+        backbone.head = nn.Identity()
+    else:  # mobilenet_v3_small: the whole 576 -> 1024 -> 1000 classifier goes
+        width = backbone.classifier[0].in_features
+        backbone.classifier = nn.Identity()
+    return backbone, width
+
+
+def _load_local_weights(name: str) -> dict:
+    path = pretrained_weights_file(name)
+    if not path.is_file():
+        raise CheckpointError(
+            f"vision_pretrained: {path} not found (no download here); on a networked machine run "
+            f"`python -c \"import torchvision; torchvision.models.{name}(weights='DEFAULT')\"` and copy "
+            f"the file from its torch hub checkpoints folder, or set vision_pretrained: false"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated download, wrong file, ...
+        raise CheckpointError(f"vision_pretrained: {path} cannot be read ({type(e).__name__}); copy it again") from None
+
+
+# ---- text encoders ---------------------------------------------------------------------------
+def _masked_mean(tokens: Tensor, attention_mask: Tensor) -> Tensor:
+    """Mean over the real tokens: `[B, L, W]`, `[B, L]` -> `[B, W]`."""
+    weights = attention_mask.to(tokens.dtype).unsqueeze(-1)
+    return (tokens * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+class TransformerTextEncoder(nn.Module):
+    """Token + learned position embeddings, a pre-norm GELU transformer encoder, a final
+    LayerNorm, mean pooling over the real (non-pad) tokens and Linear(width -> embed_dim, no bias).
+
+    Mean pooling rather than a [CLS] / end token: our tokenizer adds no special tokens, a report's
+    findings are spread over all of its words, the mean ignores padding so an embedding does not
+    depend on the padded length, and MedCLIP pools its BERT by token means too.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        width: int = 256,
+        layers: int = 4,
+        heads: int = 4,
+        max_length: int = 128,
+        pad_id: int = 0,
+        embed_dim: int = 512,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        self.embed_dim = embed_dim
+        self.max_length = max_length
+        self.pad_id = pad_id
+        self.token_embedding = nn.Embedding(vocab_size, width, padding_idx=pad_id)
+        self.position_embedding = nn.Parameter(torch.empty(max_length, width))
+        layer = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=4 * width, dropout=dropout, activation="gelu",
+            batch_first=True, norm_first=True,
+        )
+        # Nested tensors are not used with norm_first; say so rather than let torch warn.
+        self.transformer = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.final_norm = nn.LayerNorm(width)
+        self.projection = nn.Linear(width, embed_dim, bias=False)
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.position_embedding, std=0.01)
+        nn.init.normal_(self.projection.weight, std=width**-0.5)
+        with torch.no_grad():
+            self.token_embedding.weight[pad_id].zero_()
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        length = input_ids.shape[1]
+        if length > self.max_length:
+            raise ValueError(f"input_ids have {length} tokens, the text encoder was built for {self.max_length}")
+        x = self.token_embedding(input_ids) + self.position_embedding[:length]
+        padding = attention_mask == 0
+        # A text with no token at all would mask every key (NaN attention); let it attend to its
+        # first (pad) position instead. Pooling still sees no real token and returns zeros.
+        padding[:, 0] &= ~padding.all(dim=1)
+        x = self.transformer(x, src_key_padding_mask=padding)
+        return self.projection(_masked_mean(self.final_norm(x), attention_mask))
+
+
+def _import_transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise UserError(
+            "text_encoder 'bert' needs the transformers package: pip install -e .[transformers]"
+        ) from None
+    return transformers
+
+
+def _local_hf_folder(path: str | os.PathLike) -> Path:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"bert_path {folder}: not a folder (give a local Hugging Face model folder; nothing is downloaded)")
+    return folder
+
+
+class BertTextEncoder(nn.Module):
+    """A BERT-family model from a LOCAL Hugging Face folder (`local_files_only=True`) and
+    Linear(hidden -> embed_dim, no bias), as MedCLIP does with Bio_ClinicalBERT.
+
+    Pooling: the average of the last four transformer layers' hidden states (fewer if the model
+    has fewer), then the mean over the real tokens. MedCLIP averages layers 1, 2 and the last and
+    includes padding in its token mean; the last four layers are the usual BERT feature choice
+    and the masked mean makes the embedding independent of the padded length.
+    """
+
+    LAYERS_AVERAGED = 4
+
+    def __init__(self, path: str | os.PathLike, embed_dim: int = 512):
+        super().__init__()
+        transformers = _import_transformers()
+        folder = _local_hf_folder(path)
+        try:
+            self.model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError) as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"bert_path {folder}: cannot load a Hugging Face model from it ({first_line})") from None
+        self.embed_dim = embed_dim
+        self.path = str(folder)
+        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+        self.projection = nn.Linear(self.model.config.hidden_size, embed_dim, bias=False)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        layers = output.hidden_states[1:][-self.LAYERS_AVERAGED:]  # [0] is the embedding layer
+        tokens = torch.stack(layers).mean(dim=0)
+        return self.projection(_masked_mean(tokens, attention_mask))
+
+
+class HFTokenizerAdapter:
+    """A local Hugging Face tokenizer behind the interface of the text.py tokenizers:
+    `.encode(texts) -> {'input_ids', 'attention_mask'}` (int64 `[B, max_length]`),
+    `.vocab_size`, `.pad_id`, `.max_length`, `.to_json()`."""
+
+    kind = "hf"
+
+    def __init__(self, path: str | os.PathLike, max_length: int = 128):
+        transformers = _import_transformers()
+        folder = _local_hf_folder(path)
+        try:
+            self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError) as e:
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"bert_path {folder}: cannot load a tokenizer from it ({first_line})") from None
+        if self.tokenizer.pad_token_id is None:
+            raise UserError(f"bert_path {folder}: the tokenizer has no pad token")
+        self.path = str(folder)
+        self.max_length = int(max_length)
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        self.vocab_size = len(self.tokenizer)
+
+    def encode(self, texts: list[str]) -> dict[str, Tensor]:
+        encoded = self.tokenizer(
+            list(texts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {"input_ids": encoded["input_ids"].long(), "attention_mask": encoded["attention_mask"].long()}
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "path": self.path, "max_length": self.max_length})
+
+    @classmethod
+    def from_json(cls, text: str) -> "HFTokenizerAdapter":
+        state = json.loads(text)
+        return cls(state["path"], state.get("max_length", 128))
+
+
+class PrecomputedTextEncoder(nn.Module):
+    """Text features computed elsewhere (the seed's clip_text_features.json: a list of feature
+    rows, or {"features": [[...], ...]}), kept frozen, and a trainable Linear(D -> embed_dim,
+    no bias). A sample's text is the mean of the rows its `clip_indices` pick.
+
+    `forward(input_ids, attention_mask)`: `input_ids` holds the clip indices `[B, K]`, padded
+    with -1 (mask 0). The feature rows are a non-persistent buffer: checkpoints stay small and
+    the file (config key text_features_path) is read again when the model is built.
+    """
+
+    def __init__(self, features_path: str | os.PathLike, embed_dim: int = 512):
+        super().__init__()
+        self.path = Path(features_path)
+        features = self._read(self.path)
+        self.register_buffer("features", torch.from_numpy(features), persistent=False)
+        self.embed_dim = embed_dim
+        self.projection = nn.Linear(features.shape[1], embed_dim, bias=False)
+
+    @staticmethod
+    def _read(path: Path) -> np.ndarray:
+        try:
+            data = json.loads(path.read_text())
+        except OSError as e:
+            raise DataError(f"text_features_path {path}: cannot be read ({e.strerror or type(e).__name__})") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"text_features_path {path}: not valid JSON (line {e.lineno})") from None
+        if isinstance(data, dict):
+            if "features" not in data:
+                raise DataError(f"text_features_path {path}: a JSON object must have a 'features' key")
+            data = data["features"]
+        if not isinstance(data, list) or not data or not all(isinstance(row, list) and row for row in data):
+            raise DataError(f"text_features_path {path}: expected a non-empty list of non-empty feature lists")
+        if len({len(row) for row in data}) != 1:
+            raise DataError(f"text_features_path {path}: feature rows have different lengths")
+        try:
+            features = np.asarray(data, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise DataError(f"text_features_path {path}: feature values must be numbers") from None
+        if not np.isfinite(features).all():
+            raise DataError(f"text_features_path {path}: feature values must be finite (found NaN or inf)")
+        return features
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        count = self.features.shape[0]
+        if bool((input_ids >= count).any()):
+            bad = int(input_ids[input_ids >= count][0])
+            raise DataError(f"clip index {bad} is out of range: {self.path} has {count} feature rows")
+        valid = (input_ids >= 0) & (attention_mask > 0)
+        if not bool(valid.any(dim=1).all()):
+            raise DataError("a sample has no clip_indices (precomputed text features need at least one index)")
+        rows = self.features[input_ids.clamp_min(0)]  # pads read row 0 and get weight 0 below
+        return self.projection(_masked_mean(rows, valid))
+
+
+# ---- the MedCLIP-style model -----------------------------------------------------------------
+class MedCLIPModel(_DualEncoder):
+    """A torchvision image backbone (head replaced by Identity) with Linear(features ->
+    embed_dim, no bias) as in MedCLIP, and a text encoder module that maps
+    (input_ids, attention_mask) to `[B, embed_dim]` (one of the encoders above)."""
+
+    def __init__(
+        self,
+        text_encoder: nn.Module,
+        vision_backbone: str = "resnet18",
+        embed_dim: int = 512,
+        vision_pretrained: bool = False,
+        loss: str = "clip",
+    ):
+        super().__init__(embed_dim, loss)
+        if getattr(text_encoder, "embed_dim", embed_dim) != embed_dim:
+            raise ValueError(f"text encoder outputs {text_encoder.embed_dim} features, the model embeds to {embed_dim}")
+        self.vision_backbone_name = vision_backbone
+        self.vision, vision_width = build_vision_backbone(vision_backbone, vision_pretrained)
+        self.vision_projection = nn.Linear(vision_width, embed_dim, bias=False)
+        self.text_encoder = text_encoder
+
+    def _image_features(self, pixel_values: Tensor) -> Tensor:
+        return self.vision_projection(self.vision(pixel_values))
+
+    def _text_features(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.text_encoder(input_ids, attention_mask)
+
+
+# ---- factory ---------------------------------------------------------------------------------
+def build_model(cfg, tokenizer=None) -> nn.Module:
+    """The model the config asks for: cfg.model ('simple' | 'medclip'), cfg.vision_backbone,
+    cfg.vision_pretrained, cfg.text_encoder ('transformer' | 'bert' | 'precomputed'),
+    cfg.embed_dim and cfg.loss (which sets the logit scale init and the SigLIP bias).
+
+    `tokenizer` (text.py tokenizer or HFTokenizerAdapter) gives vocab_size, pad_id and
+    max_length to the transformer encoder; the precomputed encoder needs none.
+    """
+    if cfg.model == "simple":
+        length = getattr(tokenizer, "max_length", SimpleMedCLIPModel.TEXT_LENGTH)
+        if length != SimpleMedCLIPModel.TEXT_LENGTH:
+            raise ConfigError(
+                f"config key 'model': 'simple' reads {SimpleMedCLIPModel.TEXT_LENGTH} characters, "
+                f"the tokenizer gives {length} tokens"
+            )
+        return SimpleMedCLIPModel(embed_dim=cfg.embed_dim, loss=cfg.loss)
+
+    if cfg.text_encoder == "transformer":
+        if tokenizer is None:
+            raise ValueError("build_model: text_encoder 'transformer' needs the tokenizer (vocab size, pad id)")
+        text_encoder: nn.Module = TransformerTextEncoder(
+            vocab_size=tokenizer.vocab_size, width=cfg.text_width, layers=cfg.text_layers, heads=cfg.text_heads,
+            max_length=tokenizer.max_length, pad_id=tokenizer.pad_id, embed_dim=cfg.embed_dim,
+        )
+    elif cfg.text_encoder == "bert":
+        text_encoder = BertTextEncoder(cfg.path("bert_path"), embed_dim=cfg.embed_dim)
+        length = getattr(tokenizer, "max_length", None)
+        if length is not None and text_encoder.max_positions is not None and length > text_encoder.max_positions:
+            raise ConfigError(
+                f"config key 'max_text_tokens': {length} is more than the {text_encoder.max_positions} "
+                f"positions of the BERT model in {cfg.bert_path}"
+            )
+    else:
+        text_encoder = PrecomputedTextEncoder(cfg.path("text_features_path"), embed_dim=cfg.embed_dim)
+    return MedCLIPModel(
+        text_encoder, vision_backbone=cfg.vision_backbone, embed_dim=cfg.embed_dim,
+        vision_pretrained=cfg.vision_pretrained, loss=cfg.loss,
+    )
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter values (each shared parameter counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

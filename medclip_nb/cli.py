@@ -1,4 +1,4 @@
-"""`python -m medclip_nb SUBCOMMAND`: phantom, prepare, train, evaluate, cache, bench.
+"""`python -m medclip_nb SUBCOMMAND`: phantom, prepare, data, cache, train, evaluate, bench.
 
 Errors that come from the user's input (a missing file, a bad key, a malformed dataset) end
 the command with one line on stderr and exit status 2, never a traceback.
@@ -33,6 +33,14 @@ def _prepare(args) -> int:
     return 0
 
 
+def _data(args) -> int:
+    from medclip_nb.study import ensure_dataset
+
+    path = ensure_dataset(config_from_args(args))
+    print(f"dataset ready: {path}")
+    return 0
+
+
 def _cache(args) -> int:
     from medclip_nb.store import build_store
 
@@ -41,9 +49,10 @@ def _cache(args) -> int:
 
 
 def _train(args) -> int:
+    cfg = config_from_args(args)  # bad keys fail before the heavy imports
     from medclip_nb.train import train
 
-    train(config_from_args(args))
+    train(cfg)
     return 0
 
 
@@ -56,9 +65,10 @@ def _evaluate(args) -> int:
 
 
 def _bench(args) -> int:
+    cfg = config_from_args(args)
     from medclip_nb.bench import run_bench
 
-    run_bench(config_from_args(args), phantom=args.phantom, steps=args.steps)
+    run_bench(cfg, phantom=args.phantom, steps=args.steps)
     return 0
 
 
@@ -86,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=None,
                    help="decoding processes (default: all cores)")
     p.set_defaults(func=_prepare)
+
+    p = sub.add_parser("data", help="make the config's dataset ready: generate the phantom and/or prepare it, build the store")
+    add_config_arguments(p, keys=("data_path", "mimic_root", "frontal_views", "phantom_dir", "phantom_studies",
+                                  "phantom_size", "phantom_seed", "image_store", "resize_size"))
+    p.set_defaults(func=_data)
 
     p = sub.add_parser("cache", help="decode every image of a dataset once into a uint8 store")
     p.add_argument("--data_path", "--data-path", dest="data_path", required=True, help="datasets.pkl or manifest")

@@ -119,7 +119,7 @@ class Config:
     gpu_augment: bool = _opt(True, "with an image store on GPU: move uint8 batches and augment on the GPU")
     # ---- evaluation ------------------------------------------------------------------------
     zeroshot_per_class: int = _opt(200, "CheXpert-5x200: images per class (up to)", check=_positive)
-    eval_out: str = _opt("reports", "folder for metrics.json and figures of `evaluate`")
+    reports_dir: str = _opt("reports", "folder for metrics.json, executed notebooks and figures/ of the study")
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self):

@@ -1,0 +1,67 @@
+# medclip-nb: `make study` runs the whole study headless on the phantom data (CPU);
+# `make test` runs the unit tests and nbval on the notebooks. Both create .venv when missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The torch/torchvision builds this project is tested with (they install from local disk on the
+# project's machines). Override for another platform, e.g. TORCH_SPEC="torch torchvision".
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+PARAMS ?= params/debug.yaml
+NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
+export TQDM_MININTERVAL := 5
+
+.PHONY: study test lab unit nbval ablation bench clean-study help
+help:
+	@echo "make study   - the whole study on the phantom data, headless (CPU): reports/"
+	@echo "make test    - unit tests + nbval on notebooks/"
+	@echo "make lab     - JupyterLab from .venv"
+	@echo "make ablation, make bench - see README"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install $(TORCH_SPEC)
+	$(PY) -m pip install -e '.[dev,transformers]'
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (medclip-nb)"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+study: $(STAMP)
+	$(PY) -m medclip_nb data --config $(PARAMS)
+	mkdir -p reports/figures
+	set -e; for nb in $(NOTEBOOKS); do \
+	  echo "== papermill $$nb -f $(PARAMS)"; \
+	  TQDM_DISABLE=1 $(VENV)/bin/papermill $$nb reports/$$(basename $$nb) -f $(PARAMS) --cwd . -k python3 --log-output --no-progress-bar; \
+	done
+	$(VENV)/bin/jupyter nbconvert --to html --output-dir reports reports/0*.ipynb
+	@echo
+	@echo "Study finished. Results:"
+	@echo "  executed notebooks: reports/0*.ipynb (HTML copies: reports/0*.html)"
+	@echo "  figures:            reports/figures/"
+	@echo "  numbers:            reports/metrics.json"
+
+unit: $(STAMP)
+	$(PY) -m pytest tests -q
+
+nbval: $(STAMP)
+	TQDM_DISABLE=1 $(PY) -m pytest --nbval --nbval-current-env notebooks -q -p no:cacheprovider
+
+test: $(STAMP)
+	TQDM_DISABLE=1 $(PY) -m pytest tests -q
+	TQDM_DISABLE=1 $(PY) -m pytest --nbval --nbval-current-env notebooks -q -p no:cacheprovider
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=.
+
+ablation: $(STAMP)
+	$(PY) -m medclip_nb data --config params/ablation.yaml
+	TQDM_DISABLE=1 $(VENV)/bin/papermill notebooks/04_analysis.ipynb reports/04_analysis_ablation.ipynb -f params/ablation.yaml --cwd . -k python3 --no-progress-bar
+
+bench: $(STAMP)
+	$(PY) -m medclip_nb bench --config params/bench_cpu.yaml --phantom 48
+
+clean-study:
+	rm -rf data/phantom checkpoints/debug reports/*.ipynb reports/*.html reports/figures/*.png reports/metrics.json

@@ -1,0 +1,199 @@
+"""Checkpoints: atomic save, safe load, finding the newest complete one, RNG state capture.
+
+A checkpoint is a dict of tensors and plain data (numbers, strings, lists, dicts, None), so
+that `torch.load(weights_only=True)` can read it without running any pickled code. The
+training loop writes `last.pth`, `best.pth`, `checkpoint_epoch_N.pth` and, after a streak of
+non-finite losses, `last_good.pth`; each holds everything `train()` needs to resume.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medclip_nb.errors import CheckpointError
+from medclip_nb.paths import resolve
+
+CHECKPOINT_SUFFIX = ".pth"
+# Temporary files of an unfinished save look like `.last.pth.tmp-1234`.
+TEMP_MARKER = ".tmp-"
+
+
+def _temp_path(target: Path) -> Path:
+    return target.with_name(f".{target.name}{TEMP_MARKER}{os.getpid()}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable; not every platform lets a folder be opened."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Write `state` to `path` atomically: a crash, a full disk or Ctrl-C midway leaves the
+    previous file at `path` untouched and no temporary file behind.
+
+    Returns the path written. Raises CheckpointError (one line) when the write fails.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(target)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException as e:  # noqa: BLE001 - KeyboardInterrupt must clean up too
+        tmp.unlink(missing_ok=True)
+        cause = "interrupted" if isinstance(e, KeyboardInterrupt) else (str(e) or type(e).__name__)
+        previous = "the previous checkpoint is intact" if target.exists() else "no previous checkpoint existed"
+        raise CheckpointError(f"could not write checkpoint {target}: {cause}; {previous}") from e
+    return target
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip() or type(e).__name__
+    return text.splitlines()[0]
+
+
+def _unsafe_reason(e: BaseException) -> str:
+    """The part of torch's long weights_only message that names the refused object."""
+    match = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+    return f"it would import {match.group(1)}" if match else _first_line(e)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    *, mmap: bool = False) -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True` (no pickled code runs).
+
+    Raises CheckpointError naming the file when it is missing, truncated/corrupt, or holds
+    objects other than tensors and plain data. `mmap=True` leaves tensor data on disk
+    until touched (cheap for reading metadata such as `step`).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p}")
+    if not zipfile.is_zipfile(p):  # torch.save writes a zip archive; a cut-short one has no directory
+        raise CheckpointError(f"{p}: not a readable checkpoint, truncated or corrupt (not a torch.save archive)")
+    try:
+        state = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{p}: refused to load: it holds objects other than tensors and plain data ({_unsafe_reason(e)})"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError/EOFError/... for damaged files
+        raise CheckpointError(f"{p}: not a readable checkpoint, truncated or corrupt ({_first_line(e)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{p}: not a medclip-nb checkpoint (holds a {type(state).__name__}, not a dict)")
+    return state
+
+
+def _checkpoint_files(folder: Path) -> list[Path]:
+    return [p for p in folder.glob(f"*{CHECKPOINT_SUFFIX}") if TEMP_MARKER not in p.name and p.is_file()]
+
+
+def find_latest(folder: str | os.PathLike) -> Path | None:
+    """Newest complete checkpoint in `folder`: the highest stored `step` (unreadable files are
+    skipped), ties going to `last.pth` and then to the newer file; None when there is none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    ranked = []
+    for p in _checkpoint_files(folder):
+        try:
+            state = load_checkpoint(p, mmap=True)
+        except CheckpointError:
+            continue  # an incomplete or foreign file is not a resume point
+        step = state.get("step")
+        step = int(step) if isinstance(step, (int, float)) else -1  # no step: order by mtime only
+        ranked.append((step, p.name == "last.pth", p.stat().st_mtime, p))
+    if not ranked:
+        return None
+    return max(ranked, key=lambda r: r[:3])[3]
+
+
+def resolve_resume(resume_from: str | None, model_save_path: str | os.PathLike) -> Path | None:
+    """The checkpoint `--resume_from` points at: None (start fresh), 'latest' (the newest
+    complete checkpoint in model_save_path, or None when it holds none), or a file path
+    (relative paths are taken from the repository root; a missing file is an error)."""
+    if resume_from is None or not str(resume_from).strip():
+        return None
+    if str(resume_from).strip() == "latest":
+        return find_latest(resolve(model_save_path))
+    p = resolve(resume_from)
+    if not p.is_file():
+        raise CheckpointError(f"--resume_from: checkpoint not found: {p}")
+    return p
+
+
+# ---- RNG state --------------------------------------------------------------------------------
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states as tensors and plain lists, so that
+    they survive `weights_only=True` loading."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [str(kind), [int(k) for k in keys], int(pos), int(has_gauss), float(cached)],
+        "python": [int(version), [int(v) for v in internal], gauss_next],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of capture_rng_state(). CUDA states are restored only when the number of
+    devices matches (a GPU checkpoint resumed on CPU keeps its CPU and host streams)."""
+    torch.set_rng_state(state["torch"].cpu())
+    cuda_states = state.get("cuda") or []
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda_states])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), int(pos), int(has_gauss), float(cached)))
+    version, internal, gauss_next = state["python"]
+    random.setstate((int(version), tuple(int(v) for v in internal), gauss_next))
+
+
+# ---- models for evaluation and notebooks --------------------------------------------------------
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Rebuild a trained model from a checkpoint: returns (model in eval mode on `device`,
+    tokenizer, Config). Raises CheckpointError when the file lacks a part or the weights do
+    not fit the stored configuration."""
+    from medclip_nb.config import ConfigError, from_dict
+    from medclip_nb.models import build_model
+    from medclip_nb.text import tokenizer_from_json
+
+    p = resolve(path)
+    state = load_checkpoint(p)
+    for key in ("model", "config", "tokenizer"):
+        if key not in state:
+            raise CheckpointError(f"{p}: checkpoint has no '{key}' entry (not written by medclip-nb train)")
+    try:
+        cfg = from_dict(state["config"], source=str(p))
+    except ConfigError as e:
+        raise CheckpointError(f"{p}: stored config is not valid here: {e}") from None
+    tokenizer = tokenizer_from_json(state["tokenizer"])
+    model = build_model(cfg, tokenizer)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{p}: weights do not fit the stored config ({_first_line(e)})") from None
+    model.to(device).eval()
+    return model, tokenizer, cfg

@@ -1,0 +1,708 @@
+"""`train(cfg)`: the one training loop, used by the CLI, the notebooks and torchrun.
+
+A plain loop in the style of nanoGPT: data -> model -> AdamW with a warmup + cosine schedule
+-> steps with AMP on GPU, gradient clipping, a non-finite-loss guard, periodic validation,
+early stopping, atomic checkpoints and a JSON Lines metrics log.
+
+Resuming is exact: a checkpoint stores the sampler position (`epoch`, `batch_in_epoch`), the
+RNG states and everything the optimizer, schedule and grad scaler need, so on CPU a run killed
+after a checkpoint and resumed ends with bitwise the same parameters as one never stopped.
+
+Distributed data parallel runs start under torchrun (`WORLD_SIZE` > 1): one process per GPU,
+each with its share of every epoch; only rank 0 prints, logs and writes checkpoints.
+
+Files in `model_save_path`:
+    checkpoint_epoch_N.pth  after each complete epoch (the seed script's name)
+    last.pth                after each epoch, every `save_steps` steps and at the end (resumable)
+    best.pth                at each new lowest validation loss
+    last_good.pth           only when too many non-finite losses in a row stopped the run
+    metrics.jsonl           one JSON object per line: step, epoch, split ('train' rows every
+                            `log_every` steps, averaged over them; 'val' rows at each validation),
+                            loss, lr, temperature (1 / logit_scale), logit_scale, pairs_per_s,
+                            time (seconds of training, summed over resumes)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from medclip_nb.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    resolve_resume,
+    restore_rng_state,
+    save_checkpoint,
+)
+from medclip_nb.config import Config, ConfigError
+from medclip_nb.errors import CheckpointError, DataError, TrainingError
+from medclip_nb.paths import resolve
+
+METRICS_FILE = "metrics.jsonl"
+# Config keys that may differ on resume without it being worth a note.
+_RESUME_QUIET_KEYS = {"resume_from"}
+
+
+@dataclass
+class TrainResult:
+    """What a finished `train()` call produced."""
+
+    output_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    metrics_path: Path
+    history: list[dict] = field(default_factory=list)  # the rows of metrics.jsonl
+    best_val_loss: float = math.inf
+    steps: int = 0
+    epochs_completed: int = 0
+    bad_images: int = 0
+    stopped_early: bool = False
+
+
+# ---- pure pieces ---------------------------------------------------------------------------------
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Learning-rate multiplier at optimizer step `step`: rises linearly from 0 to 1 over
+    `warmup_steps`, then follows a half cosine down to 0 at `total_steps` (0 afterwards)."""
+    if step < warmup_steps:
+        return step / warmup_steps
+    if step >= total_steps:
+        return 0.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
+    # Biases, norm weights (all 1-D) and the scalar temperature / SigLIP bias are not decayed:
+    # shrinking them towards 0 only fights the normalisation or the learned temperature.
+    leaf = name.rsplit(".", 1)[-1]
+    return param.ndim < 2 or leaf in ("bias", "logit_scale", "logit_bias")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: [decayed weights (conv, linear, embeddings), everything else
+    with weight_decay 0]. Each group also lists its parameter names under 'names'."""
+    decay: dict[str, nn.Parameter] = {}
+    no_decay: dict[str, nn.Parameter] = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if _no_weight_decay(name, param) else decay)[name] = param
+    return [
+        {"params": list(decay.values()), "weight_decay": weight_decay, "names": list(decay)},
+        {"params": list(no_decay.values()), "weight_decay": 0.0, "names": list(no_decay)},
+    ]
+
+
+def pick_device(cfg: Config, *, log: Callable[[str], Any] = print) -> torch.device:
+    """cuda:<gpu_id> when CUDA is available, else the CPU (saying so once)."""
+    if not torch.cuda.is_available():
+        log("CUDA not available: training on CPU")
+        return torch.device("cpu")
+    gpu = str(cfg.gpu_id).strip().removeprefix("cuda:")
+    if not gpu.isdigit() or int(gpu) >= torch.cuda.device_count():
+        raise ConfigError(
+            f"config key 'gpu_id': {cfg.gpu_id!r} is not a CUDA device index (0..{torch.cuda.device_count() - 1})"
+        )
+    return torch.device(f"cuda:{gpu}")
+
+
+# ---- distributed helpers -------------------------------------------------------------------------
+@dataclass
+class _World:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _start_distributed(cfg: Config, log) -> tuple[_World, torch.device]:
+    """torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; one process per GPU (gloo on CPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return _World(), pick_device(cfg, log=log)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device(f"cuda:{local_rank}")
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        if rank == 0:
+            log("CUDA not available: training on CPU")
+        device = torch.device("cpu")
+        dist.init_process_group("gloo")
+    return _World(rank, world_size), device
+
+
+def _all_reduce(tensor: torch.Tensor, world: _World, op=None) -> torch.Tensor:
+    if world.distributed:
+        dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+    return tensor
+
+
+# ---- metrics log ---------------------------------------------------------------------------------
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per line. On resume the rows written after the resume
+    step (by the run that was stopped) are dropped first, so no step appears twice."""
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True):
+        self.path = path
+        self.rows: list[dict] = []
+        self.enabled = enabled
+        if not enabled:
+            return
+        if resume_step is not None and path.is_file():
+            self.rows = [r for r in self._read(path) if r.get("step", 0) <= resume_step]
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        os.replace(tmp, path)
+        self._file = open(path, "a", encoding="utf-8")
+
+    @staticmethod
+    def _read(path: Path) -> list[dict]:
+        rows = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short when the previous run was killed
+        return rows
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        # NaN / inf are not JSON: a loss that could not be computed is written as null.
+        row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+        self.rows.append(row)
+        self._file.write(json.dumps(row, allow_nan=False) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+
+
+# ---- run state -----------------------------------------------------------------------------------
+@dataclass
+class _Progress:
+    """Counters that a checkpoint stores and a resume restores."""
+
+    epoch: int = 0  # completed epochs = index of the epoch in progress
+    step: int = 0  # optimizer steps taken
+    batch_in_epoch: int = 0  # batches of the current epoch consumed (sampler position / batch size)
+    best_val_loss: float = math.inf
+    patience_counter: int = 0
+    bad_image_count: int = 0
+    nonfinite_total: int = 0
+    nonfinite_streak: int = 0
+    epoch_loss_sum: float = 0.0  # this epoch's steps so far, for its "Average loss"
+    epoch_loss_steps: int = 0
+    epoch_bad_images: int = 0
+    train_time: float = 0.0  # seconds of training before this process started
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_checkpoint(cls, state: dict) -> "_Progress":
+        return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
+
+
+def _config_differences(saved: dict, current: dict) -> list[str]:
+    return [
+        f"{k} {saved.get(k)!r} -> {current[k]!r}"
+        for k in current
+        if k not in _RESUME_QUIET_KEYS and k in saved and saved[k] != current[k]
+    ]
+
+
+def _validation_loss(model, loader, criterion, device, autocast, world: _World, channels_last: bool):
+    """Mean loss over the validation batches (of all ranks), and the current logit scale."""
+    from medclip_nb.losses import clip_loss, medclip_loss, siglip_loss
+
+    model.eval()
+    totals = torch.zeros(2, device=device, dtype=torch.float64)
+    scale = torch.zeros((), device=device)
+    with torch.no_grad():
+        for batch in loader:
+            if batch["pixel_values"].shape[0] < 2:
+                continue
+            pixel_values, input_ids, attention_mask, labels = _to_device(batch, device, channels_last)
+            with autocast():
+                outputs = model(pixel_values, input_ids, attention_mask)
+            # Each rank scores its own batches alone: validation shards need not be the same
+            # size on every rank, which the gathering training loss requires.
+            image, text = outputs["image_embeds"].float(), outputs["text_embeds"].float()
+            scale = outputs["logit_scale"].float()
+            if criterion.kind == "siglip":
+                loss, _ = siglip_loss(image, text, scale, outputs["logit_bias"].float())
+            elif criterion.kind == "medclip":
+                loss, _ = medclip_loss(image, text, scale, labels, labels, criterion.uncertain_value)
+            else:
+                loss, _ = clip_loss(image, text, scale)
+            totals += torch.stack([loss.double(), torch.ones((), device=device, dtype=torch.float64)])
+    model.train()
+    totals = _all_reduce(totals, world)
+    mean = (totals[0] / totals[1]).item() if totals[1] > 0 else math.nan
+    return mean, float(scale)
+
+
+def _to_device(batch: dict, device: torch.device, channels_last: bool, augment=None, generator=None):
+    """The batch's tensors on `device`; uint8 store images are augmented there by `augment`."""
+    if augment is not None:
+        from medclip_nb.gpu_augment import augment_on_device
+
+        pixel_values = augment_on_device(batch, augment, device, generator)
+    else:
+        pixel_values = batch["pixel_values"].to(device, non_blocking=True)
+    if channels_last and pixel_values.ndim == 4:
+        pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+    return (
+        pixel_values,
+        batch["input_ids"].to(device, non_blocking=True),
+        batch["attention_mask"].to(device, non_blocking=True),
+        batch["labels"].to(device, non_blocking=True),
+    )
+
+
+# ---- the training function -----------------------------------------------------------------------
+def train(cfg: Config, *, log: Callable[[str], Any] = print) -> TrainResult:
+    """Train a model as `cfg` says and return a TrainResult; `log` receives the console lines
+    (rank 0 only). The files written are listed in the module docstring.
+
+    On CPU, the same config and seed give the same losses to the last digit (deterministic
+    algorithms are switched on for the call). Raises DataError / ConfigError / CheckpointError
+    for bad input, and TrainingError when the loss stays non-finite for
+    cfg.max_nonfinite_steps steps in a row (after writing last_good.pth).
+    """
+    deterministic_before = torch.are_deterministic_algorithms_enabled()
+    anomaly_before = torch.is_anomaly_enabled()
+    world = _World()
+    try:
+        world, device = _start_distributed(cfg, log)
+        say = log if world.is_main else (lambda *_args, **_kw: None)
+        return _train(cfg, world, device, say)
+    finally:
+        torch.use_deterministic_algorithms(deterministic_before)
+        torch.autograd.set_detect_anomaly(anomaly_before)
+        if world.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@dataclass
+class _Data:
+    tokenizer: Any
+    splits: dict
+    train_sampler: Any
+    train_loader: Any
+    val_loader: Any  # None without a validation split
+    augment: Any  # gpu_augment.BatchAugment when training batches hold uint8 store images
+
+
+def _prepare_data(cfg: Config, world: _World, device: torch.device, tokenizer, say) -> _Data:
+    """Datasets, tokenizer (learned from the training reports unless given) and loaders;
+    prints the dataset and loader sizes. With an image store on a GPU (and cfg.gpu_augment)
+    the loaders only gather uint8 rows and the training augmentation runs on the GPU."""
+    from medclip_nb.data import EpochSampler, build_datasets, make_collate, make_loader
+    from medclip_nb.data import _truncation_warning as truncation_warning
+    from medclip_nb.store import find_store
+    from medclip_nb.text import build_tokenizer
+
+    say(f"Loading dataset: {resolve(cfg.data_path)}")
+    store = find_store(cfg)
+    augment = None
+    if store is not None and device.type == "cuda" and cfg.gpu_augment:
+        from medclip_nb.gpu_augment import BatchAugment
+
+        augment = BatchAugment(cfg.image_size, cfg.augment, train=True)
+    splits, records, warnings = build_datasets(cfg, tokenizer, store=store, raw_uint8=augment is not None)
+    if tokenizer is None:
+        train_reports = [r["report"] for r in records["train"]]
+        tokenizer = build_tokenizer(cfg, train_reports)
+        warnings.append(truncation_warning(tokenizer, train_reports))
+    for warning in filter(None, warnings):
+        say(f"Warning: {warning}")
+    say("Dataset loaded:")
+    for name in ("train", "val", "test"):
+        say(f"  {name}: {len(splits[name])} samples")
+    if store is not None:
+        say(f"Images from the store {store.folder} where it has them"
+            + (", augmented on the GPU" if augment is not None else ""))
+
+    collate = make_collate(tokenizer)
+    train_set, val_set = splits["train"], splits["val"]
+    train_sampler = EpochSampler(len(train_set), seed=cfg.seed, shuffle=True,
+                                 rank=world.rank, world_size=world.world_size, drop_last=True)
+    train_loader = make_loader(train_set, cfg, train=True, sampler=train_sampler, collate_fn=collate)
+    val_loader = None
+    if len(val_set) > 0:
+        # Under DDP each rank validates its own share.
+        val_sampler = (EpochSampler(len(val_set), seed=cfg.seed, shuffle=False, rank=world.rank,
+                                    world_size=world.world_size) if world.distributed else None)
+        val_loader = make_loader(val_set, cfg, train=False, sampler=val_sampler,
+                                 batch_size=cfg.eval_batch_size, collate_fn=collate)
+    say("Data loaders:")
+    say(f"  train batches: {len(train_loader)}")
+    say(f"  val batches: {len(val_loader) if val_loader is not None else 0}")
+    say(f"  test batches: {math.ceil(len(splits['test']) / cfg.eval_batch_size)}")
+    if len(train_loader) == 0:
+        raise DataError(
+            f"{resolve(cfg.data_path)}: the train split has {len(train_set)} samples, fewer than one batch "
+            f"of batch_size {cfg.batch_size} per process"
+        )
+    return _Data(tokenizer, splits, train_sampler, train_loader, val_loader, augment)
+
+
+def _open_resume_point(cfg: Config, say) -> tuple[Path | None, dict | None]:
+    """The checkpoint `cfg.resume_from` names, loaded and checked, or (None, None)."""
+    path = resolve_resume(cfg.resume_from, cfg.model_save_path)
+    if path is None:
+        if cfg.resume_from:
+            say(f"No checkpoint in {resolve(cfg.model_save_path)} to resume from: starting a new run")
+        return None, None
+    state = load_checkpoint(path)
+    for key in ("model", "optimizer", "scheduler", "config", "tokenizer", "rng", "step", "epoch", "batch_in_epoch"):
+        if key not in state:
+            raise CheckpointError(f"{path}: checkpoint has no '{key}' entry, cannot resume from it")
+    return path, state
+
+
+def _restore(path: Path, state: dict, cfg: Config, world: _World, batches_per_epoch: int,
+             model: nn.Module, optimizer, scheduler, scaler, say) -> _Progress:
+    """Load weights, optimizer, schedule and scaler states; returns the saved progress."""
+    saved_cfg = state["config"]
+    samples_per_step = saved_cfg.get("batch_size"), state.get("world_size", 1)
+    if state["batch_in_epoch"] and samples_per_step != (cfg.batch_size, world.world_size):
+        raise CheckpointError(
+            f"{path}: a mid-epoch checkpoint of a run with batch_size {samples_per_step[0]} on "
+            f"{samples_per_step[1]} process(es); resume it with the same, or from an epoch checkpoint"
+        )
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise CheckpointError(f"{path}: does not fit the model of this config ({reason})") from None
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler.is_enabled() and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    progress = _Progress.from_checkpoint(state)
+    say(f"Resuming from {path}: epoch {progress.epoch + 1}, step {progress.step}, "
+        f"batch {progress.batch_in_epoch} of {batches_per_epoch}")
+    differences = _config_differences(saved_cfg, cfg.to_dict())
+    if differences:
+        say("Settings changed since the checkpoint: " + "; ".join(differences))
+    return progress
+
+
+def _train(cfg: Config, world: _World, device: torch.device, say) -> TrainResult:
+    from medclip_nb.losses import ContrastiveLoss
+    from medclip_nb.models import build_model, count_parameters
+    from medclip_nb.text import tokenizer_from_json
+
+    on_gpu = device.type == "cuda"
+    channels_last = on_gpu and cfg.channels_last
+    if on_gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    else:
+        # "Same seed, same config on CPU: the same losses, to the last digit."
+        torch.use_deterministic_algorithms(True)
+    torch.autograd.set_detect_anomaly(cfg.debug)
+    resume_path, resumed = _open_resume_point(cfg, say)
+    out_dir = resolve(cfg.model_save_path)
+    if world.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    if resumed is None and any(out_dir.glob("*.pth")):
+        say(f"Warning: {out_dir} holds checkpoints of an earlier run; this run overwrites them as it "
+            f"goes (resume_from: latest continues that run instead)")
+    # A resumed run keeps its vocabulary; a new one learns it from the training reports.
+    data = _prepare_data(cfg, world, device, tokenizer_from_json(resumed["tokenizer"]) if resumed else None, say)
+    tokenizer, batches_per_epoch = data.tokenizer, len(data.train_loader)
+
+    # ---- model, loss, optimizer, schedule ----
+    say("Creating model...")
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+    raw_model = build_model(cfg, tokenizer).to(device)
+    say(f"Model parameters: {count_parameters(raw_model):,}")
+    if channels_last:
+        raw_model = raw_model.to(memory_format=torch.channels_last)
+    criterion = ContrastiveLoss(cfg.loss, cfg.uncertain_label_value)
+    optimizer = torch.optim.AdamW(param_groups(raw_model, cfg.weight_decay), lr=cfg.lr,
+                                  **({"fused": True} if on_gpu else {}))
+    total_steps = batches_per_epoch * cfg.num_epochs
+    if cfg.max_steps is not None:
+        total_steps = min(total_steps, cfg.max_steps)
+    warmup_steps = round(cfg.warmup * total_steps)
+    # A lambda, not a function object: LambdaLR then keeps it out of its state dict.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup_steps, total_steps))
+    use_amp = on_gpu and cfg.use_amp
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    def autocast():
+        return torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
+
+    progress = _Progress()
+    if resumed is not None:
+        progress = _restore(resume_path, resumed, cfg, world, batches_per_epoch,
+                            raw_model, optimizer, scheduler, scaler, say)
+
+    model: nn.Module = torch.compile(raw_model) if cfg.compile else raw_model
+    eval_model = model  # validation runs without the DDP wrapper: no collectives inside
+    if world.distributed:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if on_gpu else None)
+    # Dropout masks differ between ranks (rank 0 keeps the stream a checkpoint restores).
+    if world.rank > 0:
+        torch.manual_seed(cfg.seed + 1000 * world.rank + progress.step)
+
+    metrics = MetricsLog(out_dir / METRICS_FILE, progress.step if resumed is not None else None,
+                         enabled=world.is_main)
+    result = TrainResult(output_dir=out_dir, best_checkpoint=None, last_checkpoint=None,
+                         metrics_path=out_dir / METRICS_FILE)
+    best_path, last_path = out_dir / "best.pth", out_dir / "last.pth"
+    if resumed is not None and best_path.is_file():
+        result.best_checkpoint = best_path
+    params = [p for p in raw_model.parameters() if p.requires_grad]
+    # Persistent buffers (BatchNorm running statistics) as of the last good step: a skipped
+    # non-finite step puts them back, so it leaves no trace in the model.
+    saved_keys = set(raw_model.state_dict())
+    buffers = [b for name, b in raw_model.named_buffers() if name in saved_keys]
+    good_buffers = [b.detach().clone() for b in buffers]
+    start_time = time.perf_counter()
+
+    def elapsed() -> float:
+        return progress.train_time + time.perf_counter() - start_time
+
+    def save(path: Path, rng: dict | None = None, **position) -> Path:
+        """Write everything a resume needs; `position`/`rng` override the current ones."""
+        if world.is_main:
+            save_checkpoint({
+                "model": raw_model.state_dict(),  # unwrapped: no 'module.' / '_orig_mod.' prefixes
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "config": cfg.to_dict(),
+                "tokenizer": tokenizer.to_json(),
+                "rng": rng if rng is not None else capture_rng_state(),
+                "world_size": world.world_size,
+                **progress.as_dict(),
+                "train_time": elapsed(),
+                **position,
+            }, path)
+        return path
+
+    last_val = (-1, math.nan)  # (step, loss) of the latest validation
+
+    def validate(epoch_number: int) -> None:
+        """Validation loss now: a metrics row, best.pth on a new best, the patience counter."""
+        nonlocal last_val
+        if data.val_loader is None:
+            return
+        started = time.perf_counter()
+        val_loss, scale = _validation_loss(eval_model, data.val_loader, criterion, device, autocast, world,
+                                           channels_last)
+        seconds = max(time.perf_counter() - started, 1e-9)
+        last_val = (progress.step, val_loss)
+        metrics.write({"step": progress.step, "epoch": epoch_number, "split": "val", "loss": val_loss,
+                       "lr": optimizer.param_groups[0]["lr"], "temperature": 1 / scale if scale else None,
+                       "logit_scale": scale, "pairs_per_s": len(data.splits["val"]) / seconds, "time": elapsed()})
+        if val_loss < progress.best_val_loss:
+            progress.best_val_loss = val_loss
+            progress.patience_counter = 0
+            result.best_checkpoint = save(best_path)
+        else:
+            progress.patience_counter += 1
+        if cfg.early_stopping_patience and progress.patience_counter >= cfg.early_stopping_patience:
+            result.stopped_early = True
+
+    # The saved RNG states are restored once the first epoch iterator exists, at the exact
+    # point of the stopped run's stream.
+    resume_rng = resumed["rng"] if resumed is not None and world.is_main else None
+    resumed = None  # frees the checkpoint's tensors
+    result.stopped_early = bool(cfg.early_stopping_patience) and \
+        progress.patience_counter >= cfg.early_stopping_patience
+    stop = progress.step >= total_steps or result.stopped_early
+    debug_steps_left = 3 if cfg.debug else 0
+    shapes_shown = not cfg.debug
+    streak_start: dict | None = None  # position and RNG where a run of non-finite losses began
+    augment_generator = torch.Generator(device) if data.augment is not None else None
+    pairs_per_step = cfg.batch_size * world.world_size
+    tqdm_options = {"mininterval": 0.5 if sys.stderr.isatty() else 5.0, "dynamic_ncols": True}
+    if not world.is_main or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
+        # Passed only when off: tqdm reads TQDM_* variables once, when it is imported, and an
+        # explicit disable=False would override them; this also sees a variable set later (notebooks).
+        tqdm_options["disable"] = True
+    say("Training...")
+
+    while progress.epoch < cfg.num_epochs and not stop:
+        epoch_number = progress.epoch + 1
+        data.train_sampler.set_epoch(progress.epoch)
+        if progress.batch_in_epoch:  # resuming mid-epoch: skip what the stopped run consumed
+            data.train_sampler.set_start(progress.batch_in_epoch * cfg.batch_size)
+        else:
+            progress.epoch_loss_sum, progress.epoch_loss_steps, progress.epoch_bad_images = 0.0, 0, 0
+        batches = iter(data.train_loader)
+        if resume_rng is not None:
+            restore_rng_state(resume_rng)
+            resume_rng = None
+        model.train()
+        bar = tqdm(total=batches_per_epoch, initial=progress.batch_in_epoch,
+                   desc=f"Epoch {epoch_number}/{cfg.num_epochs}", **tqdm_options)
+        epoch_loss = torch.zeros((), device=device)  # summed on the device: no host sync per step
+        window_loss, window_steps, window_start = torch.zeros((), device=device), 0, time.perf_counter()
+
+        for batch in batches:
+            progress.batch_in_epoch += 1
+            bar.update(1)
+            progress.epoch_bad_images += batch["n_skipped"]
+            progress.bad_image_count += batch["n_skipped"]
+            size = batch["pixel_values"].shape[0]
+            if not shapes_shown:
+                say(f"Batch shapes: images={tuple(batch['pixel_values'].shape)}, "
+                    f"text={tuple(batch['input_ids'].shape)}")
+                shapes_shown = True
+            if world.distributed:
+                # All ranks take or skip a step together, and the loss gathers equal-sized batches.
+                sizes = _all_reduce(torch.tensor([size, -size], device=device), world, dist.ReduceOp.MAX).tolist()
+                usable = -sizes[1] >= 2 and sizes[0] == -sizes[1]
+            else:
+                usable = size >= 2
+            if not usable:
+                say(f"Skipping batch {progress.batch_in_epoch} of epoch {epoch_number}: "
+                    f"{size} readable image(s), a contrastive step needs at least 2")
+                continue
+
+            if data.augment is not None:
+                # Seeded by the batch's position: the same draws after a resume, no state to save.
+                position = (cfg.seed, world.rank, progress.epoch, progress.batch_in_epoch)
+                augment_generator.manual_seed(hash(position) % 2**63)  # int tuples hash the same in every process
+            pixel_values, input_ids, attention_mask, labels = _to_device(
+                batch, device, channels_last, data.augment, augment_generator)
+            with autocast():
+                outputs = model(pixel_values, input_ids, attention_mask)
+            loss, terms = criterion(outputs, labels)
+            if debug_steps_left:
+                values = {"loss": loss.detach(), **terms}
+                say("Loss terms: " + ", ".join(f"{k}={float(v):.4f}" for k, v in values.items()))
+                debug_steps_left -= 1
+            scaler.scale(loss).backward()
+            if scaler.is_enabled():
+                scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
+
+            # The one host sync of a step: a non-finite loss (or gradient) must not reach the
+            # weights. With fp16 the scaler already skips steps with inf gradients itself.
+            bad = ~torch.isfinite(loss.detach())
+            if grad_norm is not None and not scaler.is_enabled():
+                bad |= ~torch.isfinite(grad_norm)
+            if _all_reduce(bad.int(), world, dist.ReduceOp.MAX if world.distributed else None).item():
+                optimizer.zero_grad(set_to_none=True)
+                if buffers:
+                    torch._foreach_copy_(buffers, good_buffers)
+                if scaler.is_enabled():
+                    scaler.update()  # lowers the scale; the step itself is skipped here
+                if progress.nonfinite_streak == 0 or streak_start is None:
+                    streak_start = {"epoch": progress.epoch, "batch_in_epoch": progress.batch_in_epoch - 1,
+                                    "rng": capture_rng_state()}
+                progress.nonfinite_streak += 1
+                progress.nonfinite_total += 1
+                say(f"Non-finite loss at step {progress.step + 1} (epoch {epoch_number}, batch "
+                    f"{progress.batch_in_epoch}): step skipped ({progress.nonfinite_streak} in a row)")
+                if progress.nonfinite_streak >= cfg.max_nonfinite_steps:
+                    bar.close()
+                    metrics.close()
+                    # Skipped steps left weights and buffers as the last good step made them.
+                    good_path = save(out_dir / "last_good.pth", **streak_start)
+                    raise TrainingError(
+                        f"{progress.nonfinite_streak} non-finite losses in a row at step {progress.step + 1} "
+                        f"(max_nonfinite_steps {cfg.max_nonfinite_steps}); the last good state is in "
+                        f"{good_path} (try a lower lr or check the data)"
+                    )
+                continue
+
+            lr = optimizer.param_groups[0]["lr"]
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            raw_model.clamp_logit_scale_()
+            if buffers:
+                torch._foreach_copy_(good_buffers, buffers)
+            progress.step += 1
+            progress.nonfinite_streak = 0
+            progress.epoch_loss_steps += 1
+            epoch_loss += loss.detach()
+            window_loss += loss.detach()
+            window_steps += 1
+
+            if progress.step % cfg.log_every == 0:
+                now = time.perf_counter()
+                mean_loss = _all_reduce(window_loss, world).item() / (window_steps * world.world_size)
+                scale = float(outputs["logit_scale"].detach())
+                pairs_per_s = window_steps * pairs_per_step / max(now - window_start, 1e-9)
+                metrics.write({"step": progress.step, "epoch": epoch_number, "split": "train", "loss": mean_loss,
+                               "lr": lr, "temperature": 1 / scale, "logit_scale": scale,
+                               "pairs_per_s": pairs_per_s, "time": elapsed()})
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", pairs_s=f"{pairs_per_s:.0f}", refresh=False)
+                window_loss.zero_()
+                window_steps, window_start = 0, now
+            if progress.step % cfg.eval_steps == 0:
+                validate(epoch_number)
+            if progress.step % cfg.save_steps == 0:
+                progress.epoch_loss_sum += epoch_loss.item()
+                epoch_loss.zero_()
+                result.last_checkpoint = save(last_path)
+            if result.stopped_early or progress.step >= total_steps:
+                stop = True
+                break
+        bar.close()
+
+        # ---- end of the epoch (or of the run, mid-epoch) ----
+        progress.epoch_loss_sum += epoch_loss.item()
+        if last_val[0] != progress.step:
+            validate(epoch_number)
+            stop = stop or result.stopped_early
+        totals = _all_reduce(torch.tensor([progress.epoch_loss_sum, progress.epoch_loss_steps,
+                                           progress.epoch_bad_images], device=device, dtype=torch.float64), world)
+        summary = f"Average loss: {totals[0].item() / max(totals[1].item(), 1):.4f}"
+        if last_val[0] == progress.step and not math.isnan(last_val[1]):
+            summary += f" | val loss: {last_val[1]:.4f}"
+        say(summary)
+        say(f"Skipped {int(totals[2].item())} unreadable images")
+        if progress.batch_in_epoch >= batches_per_epoch:
+            progress.epoch += 1
+            progress.batch_in_epoch = 0
+            say(f"Saved checkpoint: {save(out_dir / f'checkpoint_epoch_{epoch_number}.pth')}")
+        result.last_checkpoint = save(last_path)
+        if result.stopped_early:
+            say(f"Early stopping: no lower val loss in {progress.patience_counter} validations")
+
+    metrics.close()
+    result.history = metrics.rows
+    result.best_val_loss = progress.best_val_loss
+    result.steps = progress.step
+    result.epochs_completed = progress.epoch
+    result.bad_images = int(_all_reduce(torch.tensor(progress.bad_image_count, device=device), world).item())
+    return result

@@ -716,6 +716,7 @@ def evaluate_checkpoint(
     metrics entry. The 5x200 subset is drawn with seed 0 unless `overrides` sets `seed`.
     """
     from medclip_nb.checkpoint import load_model
+    from medclip_nb.data import check_clip_index_rows, uses_precomputed_text
     from medclip_nb.paths import resolve
 
     overrides = dict(overrides or {})
@@ -730,6 +731,8 @@ def evaluate_checkpoint(
     splits, warnings = eval_datasets(cfg, tokenizer)
     for warning in warnings:
         log(f"warning: {warning}")
+    if uses_precomputed_text(cfg):  # clip indices must pick rows of the features file the model read
+        check_clip_index_rows(splits, model.text_encoder, resolve(cfg.data_path))
     metrics, _arrays = evaluate_model(model, tokenizer, splits, cfg, device, seed=int(overrides.get("seed", 0)), log=log)
 
     name = name or checkpoint_name(checkpoint)

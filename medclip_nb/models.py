@@ -365,6 +365,18 @@ class PrecomputedTextEncoder(nn.Module):
             raise DataError(f"text_features_path {path}: feature values must be finite (found NaN or inf)")
         return features
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The features are not in checkpoints: a file swapped for one with another feature width
+        # would otherwise surface as a bare size-mismatch error on 'projection.weight'.
+        weight = state_dict.get(prefix + "projection.weight")
+        width = self.features.shape[1]
+        if weight is not None and weight.ndim == 2 and weight.shape[1] != width:
+            raise DataError(
+                f"text_features_path {self.path}: feature rows have {width} values, the checkpoint's "
+                f"text projection was trained on {weight.shape[1]}"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         count = self.features.shape[0]
         if bool((input_ids >= count).any()):

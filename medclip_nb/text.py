@@ -273,8 +273,8 @@ class CharTokenizer:
 
 def tokenizer_from_json(text: str):
     """Rebuild the tokenizer that ``to_json`` wrote (as stored in checkpoints): a
-    ``SubwordTokenizer``, a ``CharTokenizer`` or a local BERT tokenizer
-    (``models.HFTokenizerAdapter``)."""
+    ``SubwordTokenizer``, a ``CharTokenizer``, a local BERT tokenizer
+    (``models.HFTokenizerAdapter``) or ``data.ClipIndexTokenizer`` (precomputed features)."""
     try:
         data = json.loads(text)
     except (TypeError, json.JSONDecodeError) as exc:
@@ -290,18 +290,27 @@ def tokenizer_from_json(text: str):
         from medclip_nb.models import HFTokenizerAdapter
 
         return HFTokenizerAdapter.from_json(text)
+    if kind == "clip_indices":  # text_encoder 'precomputed': records' rows of the features file
+        from medclip_nb.data import ClipIndexTokenizer
+
+        return ClipIndexTokenizer.from_json(text)
     if "model" in data:
         return SubwordTokenizer.from_json(text)
-    raise CheckpointError("tokenizer JSON: neither a subword, a character-level nor a BERT tokenizer")
+    raise CheckpointError("tokenizer JSON: neither a subword, a character-level, a BERT nor a clip-index tokenizer")
 
 
 def build_tokenizer(cfg: "Config", train_reports: Iterable[str]):
     """The tokenizer ``cfg`` asks for: the seed's ``CharTokenizer`` for ``model: simple``;
     the BERT folder's own tokenizer for ``text_encoder: bert`` (its ids must match the
-    pretrained weights); else a BPE vocabulary of ``cfg.vocab_size`` learned from the
-    cleaned training reports, ``cfg.max_text_tokens`` long."""
+    pretrained weights); ``data.ClipIndexTokenizer`` for ``text_encoder: precomputed`` (the
+    records' ``clip_indices`` are the text input); else a BPE vocabulary of ``cfg.vocab_size``
+    learned from the cleaned training reports, ``cfg.max_text_tokens`` long."""
     if cfg.model == "simple":
         return CharTokenizer(CHAR_MAX_LENGTH)
+    if cfg.text_encoder == "precomputed":
+        from medclip_nb.data import ClipIndexTokenizer
+
+        return ClipIndexTokenizer()
     if cfg.text_encoder == "bert":
         from medclip_nb.models import HFTokenizerAdapter
 

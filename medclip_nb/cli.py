@@ -28,7 +28,7 @@ def _prepare(args) -> int:
     prepare_mimic(
         args.mimic_root, args.out,
         frontal_views=tuple(v.strip() for v in args.views.split(",") if v.strip()),
-        store_size=args.store_size, num_workers=args.num_workers,
+        store_size=args.store_size, num_workers=args.num_workers, unpaired_fraction=args.unpaired_fraction,
     )
     return 0
 
@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also build the uint8 image store at this size (e.g. 256)")
     p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=None,
                    help="decoding processes (default: all cores)")
+    p.add_argument("--unpaired-fraction", "--unpaired_fraction", dest="unpaired_fraction", type=float, default=0.0,
+                   help="move this fraction of train studies (whole patients, seeded) into the unpaired "
+                        "splits train_images / train_texts (default: 0)")
     p.set_defaults(func=_prepare)
 
     p = sub.add_parser("data", help="make the config's dataset ready: generate the phantom and/or prepare it, build the store")

@@ -87,6 +87,12 @@ class Config:
     uncertain_label_value: float = _opt(
         0.5, "weight of an uncertain (-1) finding in the label vectors of the medclip loss", check=lambda v: 0 <= v <= 1
     )
+    # unpaired data (MedCLIP's decoupled images and texts; medclip_nb/unpaired.py)
+    unpaired_sources: list = _opt(
+        [], "unpaired data mixed into training batches (loss medclip): 'images' (split train_images), "
+        "'texts' (split train_texts)"
+    )
+    unpaired_per_batch: int = _opt(8, "extra unpaired items of each used source per training step", check=_positive)
     # ---- training (the seed script's flags and defaults) ----------------------------------
     batch_size: int = _opt(32, "training batch size (pairs per step, per process)", check=_positive)
     num_epochs: int = _opt(10, "training epochs", check=_positive)
@@ -119,6 +125,8 @@ class Config:
     gpu_augment: bool = _opt(True, "with an image store on GPU: move uint8 batches and augment on the GPU")
     # ---- evaluation ------------------------------------------------------------------------
     zeroshot_per_class: int = _opt(200, "CheXpert-5x200: images per class (up to)", check=_positive)
+    baselines: bool = _opt(True, "notebook 04: also evaluate the random-init model and train the seed's simple model with the same budget")
+    ablation_seeds: list = _opt([], "notebook 04: seeds of the model/loss ablation (empty: no ablation; see `make ablation`)")
     reports_dir: str = _opt("reports", "folder for metrics.json, executed notebooks and figures/ of the study")
 
     # ------------------------------------------------------------------------------------------
@@ -216,6 +224,31 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'bert_path': required when text_encoder is 'bert'")
     if cfg.text_encoder == "precomputed" and not cfg.text_features_path:
         raise ConfigError("config key 'text_features_path': required when text_encoder is 'precomputed'")
+    _validate_unpaired(cfg)
+
+
+UNPAIRED_SOURCES = ("images", "texts")
+
+
+def _validate_unpaired(cfg: Config) -> None:
+    """unpaired_sources: known, distinct items; only the medclip loss can use unpaired rows."""
+    sources = [str(s).strip() for s in cfg.unpaired_sources]
+    for source in sources:
+        if source not in UNPAIRED_SOURCES:
+            raise ConfigError(f"config key 'unpaired_sources': {source!r} is not one of {', '.join(UNPAIRED_SOURCES)}")
+    if len(set(sources)) != len(sources):
+        raise ConfigError(f"config key 'unpaired_sources': {cfg.unpaired_sources!r} names a source twice")
+    object.__setattr__(cfg, "unpaired_sources", sources)
+    if sources and cfg.loss != "medclip":
+        raise ConfigError(
+            f"config key 'unpaired_sources': needs loss 'medclip' (label-based targets); loss {cfg.loss!r} "
+            "needs image-report pairs"
+        )
+    if "texts" in sources and cfg.model != "simple" and cfg.text_encoder == "precomputed":
+        raise ConfigError(
+            "config key 'unpaired_sources': 'texts' needs a text encoder that reads text; "
+            "text_encoder 'precomputed' has no feature rows for text-only sentences"
+        )
 
 
 def from_dict(values: Mapping[str, Any], source: str = "config") -> Config:

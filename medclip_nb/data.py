@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from medclip_nb.config import Config
 
 REQUIRED_SPLITS = ("train", "val", "test")
+# Optional splits of unpaired training data (unpaired.py): image-only and text-only records.
+UNPAIRED_SPLITS = ("train_images", "train_texts")
 # MIMIC-CXR's split file calls the validation split "validate".
 SPLIT_ALIASES = {"validate": "val", "valid": "val", "validation": "val"}
 ALLOWED_LABEL_VALUES = (1.0, 0.0, -1.0)
@@ -236,7 +238,8 @@ def validate_dataset(splits: Mapping[str, Any], source: str | os.PathLike) -> li
     a string ``report``, or 14 ``labels`` in {1, 0, -1, NaN/None}. Normalised: ``None``
     labels become NaN, NumPy arrays/scalars become plain lists/numbers. Warned: an empty
     test split, unknown splits, empty reports, and image paths found in more than one split
-    (leakage between training and evaluation).
+    (leakage between training and evaluation). The optional unpaired splits are checked by
+    ``_validate_unpaired_split``.
     """
     source = str(source)
     if not isinstance(splits, Mapping):
@@ -252,7 +255,7 @@ def validate_dataset(splits: Mapping[str, Any], source: str | os.PathLike) -> li
             raise DataError(f"{source}: split '{split}' is empty")
     if not splits["test"]:
         warnings_out.append(f"{source}: split 'test' is empty; evaluation will have no test images")
-    unknown = sorted(set(splits) - set(REQUIRED_SPLITS))
+    unknown = sorted(set(splits) - set(REQUIRED_SPLITS) - set(UNPAIRED_SPLITS))
     if unknown:
         warnings_out.append(f"{source}: ignoring split(s) {', '.join(map(repr, unknown))}")
 
@@ -285,6 +288,14 @@ def validate_dataset(splits: Mapping[str, Any], source: str | os.PathLike) -> li
                 leaked.append((image_path, first, split))
         if empty_reports:
             warnings_out.append(f"{source}: {empty_reports} record(s) of split '{split}' have an empty report")
+    # ---- unpaired splits (unpaired.py) ----
+    for split in UNPAIRED_SPLITS:
+        if split in splits:
+            for image_path in _validate_unpaired_split(splits, split, source):
+                first = first_split_of.setdefault(os.path.normpath(image_path), split)
+                if first != split:
+                    leaked.append((image_path, first, split))
+    # ---- end unpaired splits ----
     if leaked:
         path, first, second = leaked[0]
         warnings_out.append(
@@ -292,6 +303,44 @@ def validate_dataset(splits: Mapping[str, Any], source: str | os.PathLike) -> li
             f"e.g. '{path}' in {first} and {second}"
         )
     return warnings_out
+
+
+def _validate_unpaired_split(splits: Mapping[str, Any], split: str, source: str) -> list[str]:
+    """Check and normalise an optional unpaired split in place; return its image paths.
+
+    ``train_images``: ``image_path`` (non-empty string) and ``labels``; ``report`` may be
+    missing, null or empty (it becomes ""). ``train_texts``: a non-empty string ``report`` and
+    ``labels``; no image is needed. Labels follow the rules of the paired splits.
+    """
+    records = splits[split]
+    if not isinstance(records, list):
+        raise DataError(f"{source}: split '{split}' must be a list of records, got {type(records).__name__}")
+    image_only = split == "train_images"
+    image_paths: list[str] = []
+    for index, record in enumerate(records):
+        where = f"{source}: {split}[{index}]"
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: record must be a dict, got {type(record).__name__}")
+        required = ("image_path", "labels") if image_only else ("report", "labels")
+        for key in required:
+            if key not in record:
+                raise DataError(f"{where}: key '{key}' is missing")
+        for key, value in record.items():
+            if key != "labels":
+                record[key] = _plain(value)
+        report = record.get("report")
+        if image_only:
+            image_path = record["image_path"]
+            if not isinstance(image_path, str) or not image_path.strip():
+                raise DataError(f"{where}: key 'image_path' must be a non-empty string, got {image_path!r}")
+            if report is not None and not isinstance(report, str):
+                raise DataError(f"{where}: key 'report' must be a string or missing, got {type(report).__name__}")
+            record["report"] = report or ""
+            image_paths.append(image_path)
+        elif not isinstance(report, str) or not report.strip():
+            raise DataError(f"{where}: key 'report' must be a non-empty string (a text-only record), got {report!r}")
+        record["labels"] = _validated_labels(record["labels"], where)
+    return image_paths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,7 +519,8 @@ class CXRDataset(Dataset):
     ``[3, H, W]`` from ``transform``, or uint8 ``[1, S, S]`` padded and resized to
     ``resize_size`` when ``raw_uint8``, for augmentation on the GPU), ``report`` (the cleaned
     report, or one random sentence of it with ``report_sampling='sentence'``), ``labels``
-    (float32 ``[14]``, NaN = blank) and ``index``. With a ``sample_seed`` the random
+    (float32 ``[14]``, NaN = blank), ``index`` and, when the record has them, ``clip_indices``
+    (rows of the precomputed text features). With a ``sample_seed`` the random
     augmentation and the sentence depend on that seed only.
 
     An unreadable image gives a ``SkippedSample`` (``on_bad_image='skip'``, one warning per
@@ -563,7 +613,10 @@ class CXRDataset(Dataset):
         labels = torch.tensor(
             [math.nan if v is None else float(v) for v in record["labels"]], dtype=torch.float32
         )
-        return {"pixel_values": pixels, "report": report, "labels": labels, "index": index}
+        sample = {"pixel_values": pixels, "report": report, "labels": labels, "index": index}
+        if "clip_indices" in record:  # rows of the precomputed text features (text_encoder 'precomputed')
+            sample["clip_indices"] = record["clip_indices"]
+        return sample
 
     def _apply_transform(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._resize(pixels) if self.raw_uint8 else self.transform(pixels)
@@ -664,6 +717,116 @@ class EpochSampler(Sampler):
 
 
 # ---------------------------------------------------------------------------------------------
+# Precomputed text features (text_encoder: precomputed)
+# ---------------------------------------------------------------------------------------------
+
+CLIP_INDEX_PAD = -1  # PrecomputedTextEncoder gives -1 / mask 0 positions no weight
+
+
+def uses_precomputed_text(cfg: "Config") -> bool:
+    """True when the model's text input is each record's ``clip_indices`` (rows of
+    ``cfg.text_features_path``) rather than tokenised report text."""
+    return cfg.model != "simple" and cfg.text_encoder == "precomputed"
+
+
+def _clip_index_list(value: Any, where: str) -> list[int]:
+    """A record's ``clip_indices`` (one int or a list of ints) as a non-empty list of ints >= 0."""
+    value = _plain(value)
+    items = [_plain(item) for item in (value if isinstance(value, (list, tuple)) else [value])]
+    if not items:
+        raise DataError(f"{where}: key 'clip_indices' is empty (need at least one feature row)")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise DataError(f"{where}: key 'clip_indices': {item!r} is not an integer row index")
+        if item < 0:
+            raise DataError(f"{where}: key 'clip_indices': {item} is negative")
+    return items
+
+
+def validate_clip_indices(
+    splits: Mapping[str, Sequence[dict]],
+    source: str | os.PathLike,
+    num_features: int | None = None,
+    features_path: str | os.PathLike | None = None,
+) -> None:
+    """Check every record of train/val/test for ``clip_indices`` and normalise them in place
+    to lists of ints. With ``num_features`` (rows of the features file) each index must also
+    pick one of those rows. Raises ``DataError`` naming the file, split and index."""
+    for split in REQUIRED_SPLITS:
+        for index, record in enumerate(splits.get(split) or ()):
+            where = f"{source}: {split}[{index}]"
+            if "clip_indices" not in record:
+                raise DataError(
+                    f"{where}: key 'clip_indices' is missing (text_encoder 'precomputed' needs each "
+                    f"record's rows of text_features_path)"
+                )
+            indices = _clip_index_list(record["clip_indices"], where)
+            if num_features is not None and max(indices) >= num_features:
+                raise DataError(
+                    f"{where}: clip index {max(indices)} is out of range: text_features_path "
+                    f"{features_path} has {num_features} feature rows"
+                )
+            record["clip_indices"] = indices
+
+
+def check_clip_index_rows(datasets: Mapping[str, "CXRDataset"], text_encoder: Any, source: str | os.PathLike) -> None:
+    """After the model is built: every record's ``clip_indices`` must pick a row of the
+    features its ``PrecomputedTextEncoder`` (``text_encoder``) read; ``DataError`` naming the
+    dataset file, split and index otherwise."""
+    validate_clip_indices(
+        {name: dataset.records for name, dataset in datasets.items()}, source,
+        num_features=int(text_encoder.features.shape[0]), features_path=text_encoder.path,
+    )
+
+
+class ClipIndexTokenizer:
+    """The tokenizer slot for ``text_encoder: precomputed``: the model's text input is each
+    record's ``clip_indices`` (rows of the precomputed features file), not report text.
+
+    ``encode_indices`` pads a batch's index lists to the longest with -1 (attention mask 0),
+    as ``models.PrecomputedTextEncoder`` expects; ``BatchCollator`` calls it instead of
+    ``encode``. ``to_json``/``text.tokenizer_from_json`` round-trip it through checkpoints.
+    """
+
+    kind = "clip_indices"
+    pad_id = CLIP_INDEX_PAD
+
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        raise TypeError(
+            "text_encoder 'precomputed' cannot encode text (prompts, reports): its text input is "
+            "each record's clip_indices"
+        )
+
+    def encode_indices(
+        self, index_lists: Sequence[Any], sample_ids: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``input_ids`` (int64 ``[B, K]``, K = the longest list, at least 1, padded with -1)
+        and ``attention_mask`` (1 on real indices). A missing (None) or malformed entry is a
+        ``DataError`` naming the sample's dataset index from ``sample_ids``."""
+        lists = []
+        for position, value in enumerate(index_lists):
+            sample = sample_ids[position] if sample_ids is not None else position
+            where = f"dataset sample {sample}"
+            if value is None:
+                raise DataError(
+                    f"{where}: no 'clip_indices' in its record (text_encoder 'precomputed' needs them)"
+                )
+            lists.append(_clip_index_list(value, where))
+        width = max((len(indices) for indices in lists), default=1)
+        input_ids = torch.full((len(lists), width), CLIP_INDEX_PAD, dtype=torch.long)
+        for row, indices in enumerate(lists):
+            input_ids[row, : len(indices)] = torch.tensor(indices, dtype=torch.long)
+        return {"input_ids": input_ids, "attention_mask": (input_ids != CLIP_INDEX_PAD).long()}
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "pad_id": self.pad_id})
+
+    @classmethod
+    def from_json(cls, text: str) -> "ClipIndexTokenizer":
+        return cls()
+
+
+# ---------------------------------------------------------------------------------------------
 # Batches and loaders
 # ---------------------------------------------------------------------------------------------
 
@@ -672,7 +835,8 @@ class BatchCollator:
     """Turns a list of ``CXRDataset`` samples into the batch of docs/architecture.md.
 
     ``SkippedSample`` entries (and ``None``) are dropped and counted in ``n_skipped``, their
-    files listed in ``skipped_paths``. A batch whose samples were all skipped has ``B = 0``
+    files listed in ``skipped_paths``. With a ``ClipIndexTokenizer`` the text input is the
+    samples' ``clip_indices``, padded with -1. A batch whose samples were all skipped has ``B = 0``
     tensors; its ``pixel_values`` is ``[0, *empty_image_shape]`` (no image told the size).
     A class rather than a closure so DataLoader workers can pickle it.
     """
@@ -684,7 +848,10 @@ class BatchCollator:
     def __call__(self, samples: list[dict | SkippedSample | None]) -> dict[str, Any]:
         kept = [s for s in samples if isinstance(s, dict)]
         skipped = [s for s in samples if not isinstance(s, dict)]
-        text = self.tokenizer.encode([s["report"] for s in kept])
+        if isinstance(self.tokenizer, ClipIndexTokenizer):
+            text = self.tokenizer.encode_indices([s.get("clip_indices") for s in kept], [s["index"] for s in kept])
+        else:
+            text = self.tokenizer.encode([s["report"] for s in kept])
         if kept:
             pixel_values = torch.stack([s["pixel_values"] for s in kept])
             labels = torch.stack([s["labels"] for s in kept]).to(torch.float32)
@@ -772,7 +939,8 @@ def build_datasets(
     train split uses the training transform and ``cfg.report_sampling``; val/test use the
     evaluation transform and whole reports. ``store`` (an image store) serves images when it
     has them; ``raw_uint8`` makes the train split yield uint8 images for GPU augmentation.
-    With a ``tokenizer``, a warning says how many training reports it truncates.
+    With a ``tokenizer``, a warning says how many training reports it truncates. With
+    ``text_encoder: precomputed`` every record must have ``clip_indices`` (``validate_clip_indices``).
     Returns ``(datasets, records, warnings)``.
     """
     from medclip_nb.paths import resolve
@@ -780,6 +948,8 @@ def build_datasets(
     data_path = resolve(cfg.data_path)
     records = load_dataset_file(data_path)
     warnings_out = validate_dataset(records, data_path)
+    if uses_precomputed_text(cfg):
+        validate_clip_indices(records, data_path)
     if cfg.debug:
         records = {split: items[: cfg.debug_subset] for split, items in records.items()}
     root = resolve(cfg.image_root) if cfg.image_root else data_path.parent

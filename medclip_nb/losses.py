@@ -18,6 +18,12 @@ different label, so it never reduces to CLIP. Row-normalising the cosine similar
 softmax of the log-similarity: identical label vectors get exactly equal weight, partly
 overlapping ones proportionally less, disjoint ones none, and a batch in which every study has
 its own label vector gives one-hot targets, i.e. exactly the CLIP loss.
+
+Unpaired rows (MedCLIP's decoupled data; see unpaired.py): the medclip loss also takes more
+image rows than text rows or the reverse. The first `num_pairs` rows of each side are the
+pairs; the image-only / text-only rows after them have no own pair and learn from the label
+similarity alone. An unpaired row whose labels share nothing with any column of the other
+side has no target at all: it is left out of that direction's mean.
 """
 
 from __future__ import annotations
@@ -62,25 +68,33 @@ def label_vectors(labels: Tensor, uncertain_value: float = 0.5) -> Tensor:
     return vectors
 
 
-def soft_targets(query_vectors: Tensor, key_vectors: Tensor, offset: int = 0) -> Tensor:
+def soft_targets(query_vectors: Tensor, key_vectors: Tensor, offset: int = 0, num_pairs: int | None = None) -> Tensor:
     """MedCLIP soft targets `[b, N]`: cosine similarity of the label vectors, each row divided
     by its sum (the softmax of the log-similarity; see the module docstring for why).
 
-    Row i's own pair is column `offset + i`; a row whose label vector shares nothing with any
-    column (only possible when query and key labels differ) falls back to that pair alone.
+    Row i's own pair is column `offset + i` for the first `num_pairs` rows (default: every
+    row); a row whose label vector shares nothing with any column (only possible when query
+    and key labels differ) falls back to that pair alone. An unpaired row (i >= num_pairs)
+    with no overlap has no target: its row is all zeros.
     """
     similarity = F.normalize(query_vectors.float(), dim=1) @ F.normalize(key_vectors.float(), dim=1).T
     similarity = similarity.clamp_min(0)  # label vectors are non-negative; guards rounding only
-    own_pair = _positive_mask(similarity.shape, offset, similarity.device).to(similarity.dtype)
+    own_pair = _positive_mask(similarity.shape, offset, similarity.device, num_pairs).to(similarity.dtype)
     no_overlap = similarity.sum(dim=1, keepdim=True) <= 0
     similarity = torch.where(no_overlap, own_pair, similarity)
-    return similarity / similarity.sum(dim=1, keepdim=True)
+    # The floor only turns 0 / 0 (an unpaired row without a target) into 0; any overlap sums to far more.
+    return similarity / similarity.sum(dim=1, keepdim=True).clamp_min(torch.finfo(similarity.dtype).tiny)
 
 
 # ---- loss cores: query rows against all key columns ------------------------------------------
-def _positive_mask(shape: torch.Size | tuple[int, int], offset: int, device) -> Tensor:
+def _positive_mask(shape: torch.Size | tuple[int, int], offset: int, device, num_pairs: int | None = None) -> Tensor:
+    """`[rows, cols]` bool: row i's own pair at column offset + i, for rows i < num_pairs (all by default)."""
     rows, cols = shape
-    return F.one_hot(torch.arange(rows, device=device) + offset, num_classes=cols).bool()
+    row_index = torch.arange(rows, device=device)
+    mask = (row_index[:, None] + offset) == torch.arange(cols, device=device)[None, :]
+    if num_pairs is not None:
+        mask &= (row_index < num_pairs)[:, None]
+    return mask
 
 
 def _pair_targets(rows: int, offset: int, device) -> Tensor:
@@ -94,6 +108,16 @@ def _cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(logits, targets, reduction="none").mean()
 
 
+def _soft_cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """`_cross_entropy` with probability targets, averaged over the rows that have a target
+    (an all-zero row is an unpaired sample without one). Bit-for-bit `_cross_entropy` when every
+    row has one; both are computed so that no value has to come back to the host."""
+    per_row = F.cross_entropy(logits, targets, reduction="none")
+    has_target = targets.sum(dim=1) > 0
+    rows_with_target = has_target.sum().clamp_min(1)
+    return torch.where(has_target.all(), per_row.mean(), per_row.sum() / rows_with_target)
+
+
 def _clip_terms(image_q, text_k, text_q, image_k, logit_scale, offset: int) -> dict[str, Tensor]:
     targets = _pair_targets(image_q.shape[0], offset, image_q.device)
     return {
@@ -103,12 +127,15 @@ def _clip_terms(image_q, text_k, text_q, image_k, logit_scale, offset: int) -> d
 
 
 def _medclip_terms(
-    image_q, text_k, text_q, image_k, logit_scale, image_vec_q, text_vec_k, text_vec_q, image_vec_k, offset: int
+    image_q, text_k, text_q, image_k, logit_scale, image_vec_q, text_vec_k, text_vec_q, image_vec_k, offset: int,
+    num_pairs: int | None = None,
 ) -> dict[str, Tensor]:
     # cross_entropy with probability targets is the soft cross-entropy -(t * log_softmax).sum(1)
+    i2t_targets = soft_targets(image_vec_q, text_vec_k, offset, num_pairs)
+    t2i_targets = soft_targets(text_vec_q, image_vec_k, offset, num_pairs)
     return {
-        "loss_i2t": _cross_entropy(logit_scale * image_q @ text_k.T, soft_targets(image_vec_q, text_vec_k, offset)),
-        "loss_t2i": _cross_entropy(logit_scale * text_q @ image_k.T, soft_targets(text_vec_q, image_vec_k, offset)),
+        "loss_i2t": _soft_cross_entropy(logit_scale * image_q @ text_k.T, i2t_targets),
+        "loss_t2i": _soft_cross_entropy(logit_scale * text_q @ image_k.T, t2i_targets),
     }
 
 
@@ -149,19 +176,31 @@ def medclip_loss(
     image_labels: Tensor,
     text_labels: Tensor,
     uncertain_value: float = 0.5,
+    num_pairs: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """MedCLIP semantic matching: soft cross-entropy of scale * image @ text^T against the
     label-similarity targets of `soft_targets`, image->text and text->image, averaged.
 
-    `image_labels` / `text_labels` are CheXpert values `[B, 14]` (see `label_vectors`). When
-    every sample has its own label vector (e.g. identity labels) this equals `clip_loss`.
+    `image_labels` `[Bi, 14]` / `text_labels` `[Bt, 14]` are CheXpert values (see
+    `label_vectors`), one row per image / text embedding. `num_pairs`: the first rows of each
+    side that are image-report pairs; the rows after them are unpaired (image-only or
+    text-only). None means every row is a pair (Bi == Bt). When every sample has its own
+    label vector (e.g. identity labels) the all-pairs loss equals `clip_loss`.
     Returns (loss, {'loss_i2t', 'loss_t2i'}).
     """
+    rows_i, rows_t = image_embeds.shape[0], text_embeds.shape[0]
+    if image_labels.shape[0] != rows_i or text_labels.shape[0] != rows_t:
+        raise ValueError(f"medclip loss: {rows_i} images / {rows_t} texts but {image_labels.shape[0]} / "
+                         f"{text_labels.shape[0]} label rows")
+    if num_pairs is None and rows_i != rows_t:
+        raise ValueError(f"medclip loss: {rows_i} images and {rows_t} texts; pass num_pairs (the paired rows first)")
+    if num_pairs is not None and not 0 <= num_pairs <= min(rows_i, rows_t):
+        raise ValueError(f"medclip loss: num_pairs {num_pairs} is not in [0, {min(rows_i, rows_t)}]")
     image_vectors = label_vectors(image_labels, uncertain_value).to(image_embeds.device)
     text_vectors = label_vectors(text_labels, uncertain_value).to(image_embeds.device)
     terms = _medclip_terms(
         image_embeds, text_embeds, text_embeds, image_embeds, logit_scale,
-        image_vectors, text_vectors, text_vectors, image_vectors, 0,
+        image_vectors, text_vectors, text_vectors, image_vectors, 0, num_pairs,
     )
     return _finish(terms, mean=True)
 
@@ -214,7 +253,9 @@ class ContrastiveLoss(nn.Module):
 
     `forward(outputs, labels)` takes the model's output dict (image_embeds, text_embeds,
     logit_scale, logit_bias) and the batch's CheXpert labels `[B, 14]` (used by 'medclip'),
-    and returns (loss, terms). Under DDP, local rows are scored against the features of all
+    and returns (loss, terms). With unpaired rows ('medclip', single process only) `labels`
+    are the image rows' labels, `text_labels` the text rows' and `num_pairs` the paired rows
+    (see `medclip_loss`). Under DDP, local rows are scored against the features of all
     ranks, so the loss averaged over ranks and its gradients are those of one process holding
     the whole batch. Computed in float32 with autocast off (log-softmax over up to 100 x logits).
     """
@@ -229,7 +270,12 @@ class ContrastiveLoss(nn.Module):
     def extra_repr(self) -> str:
         return f"kind={self.kind!r}, uncertain_value={self.uncertain_value}"
 
-    def forward(self, outputs: dict, labels: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def forward(
+        self, outputs: dict, labels: Tensor | None = None, text_labels: Tensor | None = None,
+        num_pairs: int | None = None,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        if text_labels is not None and (self.kind != "medclip" or labels is None or _distributed_world()[1] > 1):
+            raise ValueError("unpaired rows (text_labels) need the medclip loss, image labels and a single process")
         image = outputs["image_embeds"]
         with torch.autocast(device_type=image.device.type, enabled=False):
             image = image.float()
@@ -250,6 +296,8 @@ class ContrastiveLoss(nn.Module):
 
             if labels is None:
                 raise ValueError("medclip loss needs the batch labels")
+            if text_labels is not None:
+                return medclip_loss(image, text, scale, labels, text_labels, self.uncertain_value, num_pairs)
             # Label vectors are built where the labels are (CPU from the collate: no device sync).
             vectors = label_vectors(labels, self.uncertain_value).to(image.device)
             (image_all, text_all, vectors_all), offset = gather_features(image, text, vectors)

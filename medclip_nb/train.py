@@ -315,6 +315,7 @@ class _Data:
     train_loader: Any
     val_loader: Any  # None without a validation split
     augment: Any  # gpu_augment.BatchAugment when training batches hold uint8 store images
+    unpaired: Any = None  # unpaired.UnpairedBatches when cfg.unpaired_sources is set
 
 
 def _prepare_data(cfg: Config, world: _World, device: torch.device, tokenizer, say) -> _Data:
@@ -368,7 +369,15 @@ def _prepare_data(cfg: Config, world: _World, device: torch.device, tokenizer, s
             f"{resolve(cfg.data_path)}: the train split has {len(train_set)} samples, fewer than one batch "
             f"of batch_size {cfg.batch_size} per process"
         )
-    return _Data(tokenizer, splits, train_sampler, train_loader, val_loader, augment)
+    # ---- unpaired data (unpaired.py): image-only / text-only items appended to each step ----
+    from medclip_nb.unpaired import build_unpaired
+
+    unpaired = build_unpaired(cfg, records, tokenizer, data_path=resolve(cfg.data_path), store=store,
+                              raw_uint8=augment is not None, world_size=world.world_size)
+    if unpaired is not None:
+        sizes = ", ".join(f"{name} {len(source)}" for name, source in unpaired.sources.items())
+        say(f"  unpaired: {sizes}; {cfg.unpaired_per_batch} of each per step")
+    return _Data(tokenizer, splits, train_sampler, train_loader, val_loader, augment, unpaired)
 
 
 def _open_resume_point(cfg: Config, say) -> tuple[Path | None, dict | None]:
@@ -414,6 +423,7 @@ def _restore(path: Path, state: dict, cfg: Config, world: _World, batches_per_ep
 
 
 def _train(cfg: Config, world: _World, device: torch.device, say) -> TrainResult:
+    from medclip_nb.data import check_clip_index_rows, uses_precomputed_text
     from medclip_nb.losses import ContrastiveLoss
     from medclip_nb.models import build_model, count_parameters
     from medclip_nb.text import tokenizer_from_json
@@ -445,6 +455,8 @@ def _train(cfg: Config, world: _World, device: torch.device, say) -> TrainResult
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     raw_model = build_model(cfg, tokenizer).to(device)
+    if uses_precomputed_text(cfg):  # the features file is read with the model: check the indices now
+        check_clip_index_rows(data.splits, raw_model.text_encoder, resolve(cfg.data_path))
     say(f"Model parameters: {count_parameters(raw_model):,}")
     if channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
@@ -472,6 +484,12 @@ def _train(cfg: Config, world: _World, device: torch.device, say) -> TrainResult
     model: nn.Module = torch.compile(raw_model) if cfg.compile else raw_model
     eval_model = model  # validation runs without the DDP wrapper: no collectives inside
     if world.distributed:
+        if uses_precomputed_text(cfg):
+            # Every rank read the same features file: DDP would otherwise broadcast the whole
+            # (non-persistent) feature matrix from rank 0 before every forward.
+            saved = set(model.state_dict())
+            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                model, [name for name, _ in model.named_buffers() if name not in saved])
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if on_gpu else None)
     # Dropout masks differ between ranks (rank 0 keeps the stream a checkpoint restores).
     if world.rank > 0:
@@ -593,6 +611,12 @@ def _train(cfg: Config, world: _World, device: torch.device, say) -> TrainResult
                 say(f"Skipping batch {progress.batch_in_epoch} of epoch {epoch_number}: "
                     f"{size} readable image(s), a contrastive step needs at least 2")
                 continue
+            unpaired_args = {}  # image-only / text-only items of this batch position (unpaired.py)
+            if data.unpaired is not None:
+                batch = data.unpaired.extend(batch, progress.epoch, progress.batch_in_epoch - 1)
+                progress.epoch_bad_images += batch["n_unpaired_skipped"]
+                progress.bad_image_count += batch["n_unpaired_skipped"]
+                unpaired_args = {"text_labels": batch["text_labels"], "num_pairs": batch["num_pairs"]}
 
             if data.augment is not None:
                 # Seeded by the batch's position: the same draws after a resume, no state to save.
@@ -602,7 +626,7 @@ def _train(cfg: Config, world: _World, device: torch.device, say) -> TrainResult
                 batch, device, channels_last, data.augment, augment_generator)
             with autocast():
                 outputs = model(pixel_values, input_ids, attention_mask)
-            loss, terms = criterion(outputs, labels)
+            loss, terms = criterion(outputs, labels, **unpaired_args)
             if debug_steps_left:
                 values = {"loss": loss.detach(), **terms}
                 say("Loss terms: " + ", ".join(f"{k}={float(v):.4f}" for k, v in values.items()))

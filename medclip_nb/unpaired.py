@@ -1,0 +1,195 @@
+"""Unpaired training data, as MedCLIP does: images with labels but no report, and report
+sentences with labels but no image, mixed into the training batches.
+
+The MedCLIP loss needs no image-report pairs to build its targets: a row's soft targets are
+the label similarity to every column of the other side (losses.soft_targets). So each
+training step can append `unpaired_per_batch` image-only items to the image side and/or as
+many text-only items to the text side; the loss is then
+
+    medclip_loss(image_embeds [B + Bi], text_embeds [B + Bt], scale,
+                 image_labels [B + Bi], text_labels [B + Bt], num_pairs=B)
+
+with the B pairs first. The items come from the optional dataset splits `train_images`
+(image_path + labels) and `train_texts` (report + labels; see mimic.prepare_mimic), as
+config key `unpaired_sources` says.
+
+Determinism: the items of a step are a pure function of (config seed, source, epoch, batch
+index in the epoch). Each source is read in a seeded permutation per epoch, consecutive
+steps taking consecutive chunks (a new permutation when the pool runs out), so an epoch sees
+as much of the pool as it can without repeats, and a resumed run draws exactly what the
+stopped run would have. Each item's augmentation or sentence choice depends on its own
+sample seed, as for the paired samples (data.CXRDataset), so the global RNG is not touched.
+
+The extras are loaded in the training process (not by the DataLoader workers): a few items
+per step. Single-process runs only; torchrun with unpaired_sources is refused.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medclip_nb.config import ConfigError
+from medclip_nb.data import _UINT64_MASK, CXRDataset, SkippedSample, _splitmix64, build_transforms
+from medclip_nb.errors import DataError
+from medclip_nb.text import clean_report, split_sentences
+
+if TYPE_CHECKING:
+    from medclip_nb.config import Config
+
+# Dataset split of each unpaired source (config key unpaired_sources).
+SOURCE_SPLITS = {"images": "train_images", "texts": "train_texts"}
+# Stream numbers keep the draws of the two sources (and of their sample seeds) independent.
+_STREAM = {"images": 1, "texts": 2}
+_SAMPLE_SEED_STREAM = 16
+
+
+def _mix(*parts: int) -> int:
+    """A 63-bit seed from integers (SplitMix64 chained), the same in every process."""
+    state = np.zeros(1, dtype=np.uint64)
+    for part in parts:
+        state = _splitmix64(state ^ np.uint64(int(part) & _UINT64_MASK))
+    return int(state[0] >> np.uint64(1))
+
+
+def draw_unpaired(n: int, count: int, *, seed: int, source: str, epoch: int, step: int,
+                  _permutations: dict | None = None) -> list[tuple[int, int]]:
+    """`(index, sample_seed)` of the `count` items of pool size `n` that training batch `step`
+    (0-based within `epoch`) gets from `source` ('images' or 'texts').
+
+    Position p = step * count + j (j < count) takes item p mod n of the permutation of
+    (seed, source, epoch, cycle p // n). A pure function of its arguments; `_permutations`
+    is an optional cache {(epoch, cycle): permutation} owned by the caller.
+    """
+    if n <= 0:
+        raise ValueError(f"the unpaired pool of '{source}' is empty")
+    if count < 0 or step < 0 or epoch < 0:
+        raise ValueError(f"count, step and epoch must be >= 0, got {count}, {step}, {epoch}")
+    stream = _STREAM[source]
+    drawn = []
+    for position in range(step * count, (step + 1) * count):
+        cycle, offset = divmod(position, n)
+        key = (epoch, cycle)
+        permutation = None if _permutations is None else _permutations.get(key)
+        if permutation is None:
+            generator = torch.Generator().manual_seed(_mix(seed, stream, epoch, cycle))
+            permutation = torch.randperm(n, generator=generator).tolist()
+            if _permutations is not None:
+                _permutations.clear()  # steps move forward: only the current cycle is needed
+                _permutations[key] = permutation
+        drawn.append((permutation[offset], _mix(seed, stream + _SAMPLE_SEED_STREAM, epoch, position)))
+    return drawn
+
+
+class UnpairedTexts(Dataset):
+    """Text-only records (`report` + `labels`). `dataset[(i, sample_seed)]` returns
+    {'report', 'labels' float32 [14], 'index'}; with report_sampling 'sentence' a record of
+    several sentences gives one, chosen by `sample_seed`."""
+
+    def __init__(self, records: Sequence[dict], report_sampling: str = "full"):
+        if report_sampling not in ("full", "sentence"):
+            raise ValueError(f"report_sampling must be 'full' or 'sentence', got {report_sampling!r}")
+        self.records = records
+        self.report_sampling = report_sampling
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, sample_seed = key if isinstance(key, (tuple, list)) else (key, None)
+        record = self.records[int(index)]
+        report = clean_report(record["report"])
+        if self.report_sampling == "sentence":
+            sentences = split_sentences(report)
+            if sentences:
+                rng = random if sample_seed is None else random.Random(int(sample_seed))
+                report = rng.choice(sentences)
+        labels = torch.tensor([math.nan if v is None else float(v) for v in record["labels"]], dtype=torch.float32)
+        return {"report": report, "labels": labels, "index": int(index)}
+
+
+class UnpairedBatches:
+    """Appends the unpaired items of a training step to its batch (`extend`)."""
+
+    def __init__(self, images: Dataset | None, texts: Dataset | None, tokenizer, per_batch: int, seed: int):
+        if images is None and texts is None:
+            raise ValueError("UnpairedBatches needs an image-only or a text-only source")
+        self.sources = {name: ds for name, ds in (("images", images), ("texts", texts)) if ds is not None}
+        for name, dataset in self.sources.items():
+            if len(dataset) == 0:
+                raise ValueError(f"the unpaired '{name}' source is empty")
+        self.tokenizer = tokenizer
+        self.per_batch = int(per_batch)
+        self.seed = int(seed)
+        self._permutations: dict[str, dict] = {name: {} for name in self.sources}
+
+    def draw(self, source: str, epoch: int, step: int) -> list[tuple[int, int]]:
+        """`(index, sample_seed)` of `source`'s items for batch `step` of `epoch` (0-based)."""
+        return draw_unpaired(len(self.sources[source]), self.per_batch, seed=self.seed, source=source,
+                             epoch=epoch, step=step, _permutations=self._permutations[source])
+
+    def extend(self, batch: dict[str, Any], epoch: int, step: int) -> dict[str, Any]:
+        """A copy of the collated `batch` (B pairs) with the image-only items appended to
+        `pixel_values` / `labels` and the text-only items to `input_ids` / `attention_mask`,
+        plus `text_labels` (labels of the text rows), `num_pairs` (B) and
+        `n_unpaired_skipped` (image-only items dropped as unreadable, also added to
+        `n_skipped` / `skipped_paths`)."""
+        num_pairs = batch["pixel_values"].shape[0]
+        out = dict(batch, num_pairs=num_pairs, text_labels=batch["labels"], n_unpaired_skipped=0)
+        if "images" in self.sources:
+            samples = [self.sources["images"][key] for key in self.draw("images", epoch, step)]
+            kept = [s for s in samples if isinstance(s, dict)]
+            skipped = [s for s in samples if not isinstance(s, dict)]
+            if kept:
+                out["pixel_values"] = torch.cat([batch["pixel_values"], torch.stack([s["pixel_values"] for s in kept])])
+                out["labels"] = torch.cat([batch["labels"], torch.stack([s["labels"] for s in kept])])
+            out["n_unpaired_skipped"] = len(skipped)
+            out["n_skipped"] = batch["n_skipped"] + len(skipped)
+            out["skipped_paths"] = list(batch["skipped_paths"]) + [s.path for s in skipped if isinstance(s, SkippedSample)]
+        if "texts" in self.sources:
+            samples = [self.sources["texts"][key] for key in self.draw("texts", epoch, step)]
+            text = self.tokenizer.encode([s["report"] for s in samples])
+            out["input_ids"] = torch.cat([batch["input_ids"], text["input_ids"]])
+            out["attention_mask"] = torch.cat([batch["attention_mask"], text["attention_mask"]])
+            out["text_labels"] = torch.cat([batch["labels"], torch.stack([s["labels"] for s in samples])])
+        return out
+
+
+def build_unpaired(
+    cfg: "Config", records: Mapping[str, list[dict]], tokenizer, *, data_path, store: Any = None,
+    raw_uint8: bool = False, world_size: int = 1,
+) -> UnpairedBatches | None:
+    """The `UnpairedBatches` of `cfg.unpaired_sources` from the loaded and validated
+    `records` (data.build_datasets), or None when no source is set. Image-only items use the
+    training transform (or uint8 images with `raw_uint8`, for augmentation on the GPU) and
+    `store` where it has them. Raises ConfigError under DDP, DataError for a missing or empty
+    split."""
+    if not cfg.unpaired_sources:
+        return None
+    if world_size > 1:
+        raise ConfigError(f"config key 'unpaired_sources': single-process for now (this run has {world_size} processes)")
+    for source in cfg.unpaired_sources:
+        split = SOURCE_SPLITS[source]
+        if not records.get(split):
+            raise DataError(f"{data_path}: split '{split}' is missing or empty; config key 'unpaired_sources' "
+                            f"asks for {source} (prepare --unpaired-fraction writes it)")
+    images = texts = None
+    if "images" in cfg.unpaired_sources:
+        from medclip_nb.paths import resolve
+
+        root = resolve(cfg.image_root) if cfg.image_root else data_path.parent
+        images = CXRDataset(
+            records["train_images"], root=root, transform=build_transforms(cfg, train=True),
+            on_bad_image=cfg.on_bad_image, store=store, raw_uint8=raw_uint8, resize_size=cfg.resize_size,
+        )
+    if "texts" in cfg.unpaired_sources:
+        texts = UnpairedTexts(records["train_texts"], cfg.report_sampling)
+    return UnpairedBatches(images, texts, tokenizer, cfg.unpaired_per_batch, cfg.seed)
+
+
+__all__ = ["SOURCE_SPLITS", "UnpairedBatches", "UnpairedTexts", "build_unpaired", "draw_unpaired"]

@@ -720,6 +720,8 @@ def _train(cfg: Config, world: _World, device: torch.device, say) -> TrainResult
             progress.batch_in_epoch = 0
             say(f"Saved checkpoint: {save(out_dir / f'checkpoint_epoch_{epoch_number}.pth')}")
         result.last_checkpoint = save(last_path)
+        if progress.batch_in_epoch:  # stopped mid-epoch (max_steps): say where the state went
+            say(f"Saved checkpoint: {result.last_checkpoint}")
         if result.stopped_early:
             say(f"Early stopping: no lower val loss in {progress.patience_counter} validations")
 

@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cache", help="decode every image of a dataset once into a uint8 store")
     p.add_argument("--data_path", "--data-path", dest="data_path", required=True, help="datasets.pkl or manifest")
-    p.add_argument("--out", default=None, help="store folder (default: image_store/ beside the dataset file)")
+    p.add_argument("--out", default=None, help="store folder (default: image_store_<size>/ beside the dataset file)")
     p.add_argument("--size", type=int, default=256, help="stored image side (default: 256)")
     p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=None,
                    help="decoding processes (default: all cores)")

@@ -1,0 +1,399 @@
+"""Throughput benchmark: is the model or the data pipeline the bottleneck?
+
+`run_bench(cfg)` measures, in one run, on the SAME model, batch size and precision:
+
+    model only        training steps on a synthetic batch already on the device
+    store, end to end DataLoader (cfg.num_workers) of uint8 rows from the image store,
+                      moved to the device and augmented there (BatchAugment), then the step
+    JPEG, end to end  DataLoader decoding the JPEGs with the CPU transforms, then the step
+    loader only       the same two loaders without the model (images/s), since on a CPU
+                      the model step can hide how much faster the store is
+    device augment    BatchAugment alone on a uint8 batch already on the device (images/s)
+
+plus peak memory (CUDA: allocated by tensors; CPU: the main process's peak RSS) and the
+ratios end-to-end / model-only and store / JPEG. Warm-up steps are excluded; CUDA work is
+synchronised before each clock read. Each timed block is a fresh loader epoch (indices
+drawn with replacement), and the blocks of all measurements are interleaved round-robin so
+that load from other processes falls on all of them alike. Results are printed as a table
+and written to `benchmarks/results-<device>-<date>.json`.
+
+`phantom=N` benchmarks a phantom of N studies at full MIMIC-CXR size (3056 px tall,
+2544 wide): generated once into `data/bench_phantom_<N>/`, imported with
+`mimic.prepare_mimic` and stored at `cfg.resize_size`; reused while current.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import itertools
+import json
+import os
+import platform
+import re
+import resource
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+from medclip_nb.config import Config
+from medclip_nb.errors import DataError
+from medclip_nb.paths import repo_root, resolve
+
+FULL_MIMIC_HEIGHT = 3056  # phantom.generate_phantom's `size` is the image height
+WARMUP_STEPS = 3
+# Data-only blocks take this many times more batches: without the model a block of the store
+# path lasts a fraction of a second, too short to time on a busy machine.
+DATA_ONLY_STEPS_FACTOR = 4
+
+
+# ---- the benchmark phantom -------------------------------------------------------------------------
+def prepare_bench_phantom(cfg: Config, studies: int) -> Config:
+    """Make (or reuse) a full-size phantom of `studies` studies, its datasets.pkl and its image
+    store at cfg.resize_size; return cfg pointing at them."""
+    from medclip_nb.mimic import prepare_mimic
+    from medclip_nb.phantom import generate_phantom, phantom_is_current
+    from medclip_nb.store import build_store
+
+    folder = resolve(f"data/bench_phantom_{studies}")
+    tree, prepared = folder / "mimic", folder / "prepared"
+    data_path = prepared / "datasets.pkl"
+    if phantom_is_current(tree, studies, FULL_MIMIC_HEIGHT, cfg.phantom_seed):
+        print(f"bench phantom: reusing {tree}")
+    else:
+        print(f"bench phantom: writing {studies} studies at full MIMIC-CXR size to {tree}")
+        generate_phantom(tree, studies=studies, size=FULL_MIMIC_HEIGHT, seed=cfg.phantom_seed)
+    # Re-import when the tree is newer than the dataset file (the phantom was regenerated).
+    if not data_path.is_file() or data_path.stat().st_mtime < (tree / "phantom.json").stat().st_mtime:
+        prepare_mimic(tree, prepared, frontal_views=tuple(cfg.frontal_views))
+    store = build_store(data_path, size=cfg.resize_size)  # resumes / returns at once when complete
+    return cfg.replace(data_path=str(data_path), image_store=str(store), image_root=None)
+
+
+# ---- measuring -------------------------------------------------------------------------------------
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    # Linux: writing 5 to clear_refs resets the process's peak RSS (VmHWM).
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
+
+
+class _ResampledEpochs(Sampler):
+    """Dataset indices drawn with replacement, `length` per pass (set before each pass): every
+    timed block is one fresh loader epoch, so no batch was prefetched before its clock starts
+    and a small phantom never hits an epoch boundary mid-block."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.length = size, 0
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(torch.randint(self.size, (self.length,), generator=self.generator).tolist())
+
+
+class _Measurement:
+    """One measurement: `batches(n)` gives n batches (a fresh loader epoch, or the synthetic
+    batch n times), `work(batch)` processes one and returns its pairs. Accumulates pairs,
+    seconds and peak memory over the timed blocks."""
+
+    def __init__(self, batches: Callable[[int], Iterator], work: Callable[[Any], int], steps_factor: int = 1):
+        self.batches, self.work, self.steps_factor = batches, work, steps_factor
+        self.pairs, self.steps, self.seconds, self.peak_gib = 0, 0, 0.0, 0.0
+
+    def run(self, steps: int, device: torch.device, timed: bool = True) -> None:
+        steps *= self.steps_factor
+        _synchronize(device)
+        _reset_peak_memory(device)
+        start = time.perf_counter()
+        pairs = sum(self.work(b) for b in self.batches(steps))
+        _synchronize(device)
+        if timed:
+            self.seconds += time.perf_counter() - start
+            self.pairs, self.steps = self.pairs + pairs, self.steps + steps
+            self.peak_gib = max(self.peak_gib, _peak_memory_gib(device))
+
+    def as_dict(self) -> dict:
+        return {"steps": self.steps, "pairs": self.pairs, "seconds": round(self.seconds, 4),
+                "pairs_per_s": round(self.pairs / self.seconds, 2) if self.seconds else None,
+                "peak_memory_gib": round(self.peak_gib, 3)}
+
+
+def _interleaved(measurements: dict[str, _Measurement], steps: int, rounds: int, device: torch.device) -> None:
+    """Warm every measurement up (untimed), then run `steps` timed steps of each in `rounds`
+    round-robin blocks, so that a change in machine load (a shared CPU) falls on all alike."""
+    for name, m in measurements.items():
+        print(f"bench: warming up: {name}")
+        m.run(WARMUP_STEPS, device, timed=False)
+    blocks = [steps // rounds + (1 if r < steps % rounds else 0) for r in range(rounds)]
+    for r, block in enumerate(blocks):
+        print(f"bench: round {r + 1}/{rounds}: {block} timed steps each")
+        for m in measurements.values():
+            m.run(block, device)
+
+
+class _TrainStep:
+    """One optimizer step as train.py takes it: autocast forward, contrastive loss, backward,
+    gradient clipping, AdamW."""
+
+    def __init__(self, cfg: Config, tokenizer, device: torch.device):
+        from medclip_nb.losses import ContrastiveLoss
+        from medclip_nb.models import build_model
+        from medclip_nb.train import param_groups
+
+        on_gpu = device.type == "cuda"
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg, tokenizer).to(device)
+        self.channels_last = on_gpu and cfg.channels_last
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self.criterion = ContrastiveLoss(cfg.loss, cfg.uncertain_label_value)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
+                                           **({"fused": True} if on_gpu else {}))
+        use_amp = on_gpu and cfg.use_amp
+        self.amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+        self.use_amp = use_amp
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and self.amp_dtype == torch.float16)
+        self.grad_clip = cfg.grad_clip
+        self.device = device
+        self.precision = str(self.amp_dtype).removeprefix("torch.") if use_amp else "float32"
+
+    def __call__(self, pixel_values, input_ids, attention_mask, labels) -> int:
+        if pixel_values.shape[0] < 2:  # a contrastive step needs pairs to contrast
+            return 0
+        if self.channels_last:
+            pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
+        autocast = (torch.autocast(device_type="cuda", dtype=self.amp_dtype) if self.use_amp
+                    else contextlib.nullcontext())
+        with autocast:
+            outputs = self.forward(pixel_values, input_ids, attention_mask)
+        loss, _ = self.criterion(outputs, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return pixel_values.shape[0]
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({os.cpu_count()} cores, {platform.processor() or platform.machine()})"
+
+
+def _device_slug(device: torch.device) -> str:
+    if device.type != "cuda":
+        return "cpu"
+    return re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
+
+
+def _source_image_shape(dataset) -> list[int] | None:
+    from PIL import Image
+
+    with contextlib.suppress(OSError, IndexError):
+        with Image.open(dataset.image_file(0)) as img:
+            return [img.height, img.width]
+    return None
+
+
+# ---- the benchmark ---------------------------------------------------------------------------------
+def run_bench(cfg: Config, phantom: int | None = None, steps: int = 20, rounds: int = 4) -> dict[str, Any]:
+    """Measure model-only, store and JPEG throughput as the module docstring says; print a
+    table, write `benchmarks/results-<device>-<date>.json` and return the results. The
+    `steps` timed steps of each measurement run in `rounds` interleaved blocks. On a CPU the
+    main process uses (cores - cfg.num_workers) threads, at least one, while it runs."""
+    from medclip_nb.train import pick_device
+
+    if steps < 1:
+        raise DataError(f"bench --steps must be at least 1, got {steps}")
+    rounds = max(1, min(rounds, steps))
+    if phantom is not None:
+        if phantom < 1:
+            raise DataError(f"bench --phantom must be a positive number of studies, got {phantom}")
+        cfg = prepare_bench_phantom(cfg, phantom)
+    device = pick_device(cfg)
+    threads_before = torch.get_num_threads()
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    else:
+        # The loader workers need cores too: a main process whose OpenMP threads wait on
+        # descheduled siblings ran 3-10x slower on a busy 2-core machine.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.num_workers))
+    try:
+        return _run_bench(cfg, device, phantom, steps, rounds)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _run_bench(cfg: Config, device: torch.device, phantom: int | None, steps: int, rounds: int) -> dict[str, Any]:
+    from medclip_nb.data import build_datasets, make_collate, make_loader
+    from medclip_nb.gpu_augment import BatchAugment
+    from medclip_nb.store import find_store
+    from medclip_nb.text import build_tokenizer
+
+    store = find_store(cfg)
+    jpeg_sets, records, _ = build_datasets(cfg)
+    tokenizer = build_tokenizer(cfg, [r["report"] for r in records["train"]])
+    collate = make_collate(tokenizer)
+    step = _TrainStep(cfg, tokenizer, device)
+    augment = BatchAugment(cfg.image_size, cfg.augment, train=True).to(device)
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    batch, length = cfg.batch_size, tokenizer.max_length
+    if len(jpeg_sets["train"]) < batch:
+        raise DataError(f"{cfg.data_path}: the train split has {len(jpeg_sets['train'])} samples, "
+                        f"fewer than one batch of {batch}")
+
+    def to_device(b: dict):
+        return (b["input_ids"].to(device, non_blocking=True), b["attention_mask"].to(device, non_blocking=True),
+                b["labels"].to(device, non_blocking=True))
+
+    def jpeg_step(b: dict) -> int:
+        return step(b["pixel_values"].to(device, non_blocking=True), *to_device(b))
+
+    def store_step(b: dict) -> int:
+        pixels = augment(b["pixel_values"].to(device, non_blocking=True), generator=generator)
+        return step(pixels, *to_device(b))
+
+    def data_only(b: dict) -> int:
+        # Loader only: the batch as the step would receive it on the device, no model and (for
+        # the store) no augmentation, which is timed on its own as "device augmentation".
+        b["pixel_values"].to(device, non_blocking=True)
+        return b["pixel_values"].shape[0]
+
+    def augment_only(pixels: torch.Tensor) -> int:
+        return augment(pixels, generator=generator).shape[0]
+
+    # Model only: one synthetic batch, already on the device, used for every step.
+    synthetic = (
+        torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device),
+        torch.randint(3, tokenizer.vocab_size, (batch, length), device=device),
+        torch.ones(batch, length, dtype=torch.int64, device=device),
+        torch.zeros(batch, 14, device=device),
+    )
+    measurements = {"model_only": _Measurement(lambda n: itertools.repeat(synthetic, n), lambda b: step(*b))}
+
+    datasets = {"jpeg": jpeg_sets["train"]}
+    if store is None:
+        print("bench: no image store for this config (set image_store, or build one with "
+              "`python -m medclip_nb cache`): the store rows are skipped")
+    else:
+        datasets["store"] = build_datasets(cfg, store=store, raw_uint8=True)[0]["train"]
+        rows = torch.stack([datasets["store"][i % len(datasets["store"])]["pixel_values"] for i in range(batch)])
+        measurements["device_augment_only"] = _Measurement(
+            lambda n, rows=rows.to(device): itertools.repeat(rows, n), augment_only, DATA_ONLY_STEPS_FACTOR)
+    work = {"store": store_step, "jpeg": jpeg_step}
+    for name in ("store", "jpeg"):
+        if name not in datasets:
+            continue
+        sampler = _ResampledEpochs(len(datasets[name]), cfg.seed)
+        loader = make_loader(datasets[name], cfg, train=True, sampler=sampler, collate_fn=collate)
+
+        def epoch(n: int, loader=loader, sampler=sampler) -> Iterator[dict]:
+            sampler.length = n * batch
+            return iter(loader)
+
+        measurements[f"{name}_end_to_end"] = _Measurement(epoch, work[name])
+        measurements[f"{name}_data_only"] = _Measurement(epoch, data_only, DATA_ONLY_STEPS_FACTOR)
+    print(f"bench: {steps} timed steps of {batch} pairs ({step.precision}) per measurement, in {rounds} rounds")
+    _interleaved(measurements, steps, rounds, device)
+    results = {name: m.as_dict() for name, m in measurements.items()}
+    measurements.clear()  # ends the loader workers
+
+    def ratio(a: str, b: str) -> float | None:
+        if a in results and b in results:
+            return round(results[a]["pairs_per_s"] / results[b]["pairs_per_s"], 3)
+        return None
+
+    summary = {
+        "store_end_to_end_over_model_only": ratio("store_end_to_end", "model_only"),
+        "jpeg_end_to_end_over_model_only": ratio("jpeg_end_to_end", "model_only"),
+        "store_over_jpeg_end_to_end": ratio("store_end_to_end", "jpeg_end_to_end"),
+        "store_over_jpeg_data_only": ratio("store_data_only", "jpeg_data_only"),
+    }
+    now = dt.datetime.now()
+    report = {
+        "date": now.date().isoformat(),
+        "device": _device_name(device),
+        "torch": torch.__version__,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "config": {k: getattr(cfg, k) for k in (
+            "data_path", "image_store", "model", "vision_backbone", "text_layers", "text_width", "max_text_tokens",
+            "image_size", "resize_size", "augment", "batch_size", "num_workers", "use_amp", "channels_last",
+            "compile", "loss")},
+        "precision": step.precision,
+        "steps": steps,
+        "rounds": rounds,
+        "warmup_steps": WARMUP_STEPS,
+        "data_only_steps_factor": DATA_ONLY_STEPS_FACTOR,
+        "phantom_studies": phantom,
+        "train_images": len(jpeg_sets["train"]),
+        "source_image_hw": _source_image_shape(jpeg_sets["train"]),
+        "results": results,
+        "ratios": summary,
+    }
+    print(format_table(report))
+    out = repo_root() / "benchmarks" / f"results-{_device_slug(device)}-{report['date']}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"bench: results written to {out}")
+    report["results_file"] = str(out)
+    return report
+
+
+def format_table(report: dict) -> str:
+    """The benchmark as a plain-text table."""
+    memory = "peak GPU GiB" if "CPU" not in report["device"] else "peak RSS GiB"
+    config = report["config"]
+    lines = [
+        f"device: {report['device']} | {config['model']}/{config['vision_backbone']} at {config['image_size']} px "
+        f"(stored {config['resize_size']} px), batch {config['batch_size']}, {report['precision']}, "
+        f"{config['num_workers']} loader workers, {report['steps']} timed steps"
+        + (f" | source images {report['source_image_hw'][0]}x{report['source_image_hw'][1]}"
+           if report.get("source_image_hw") else ""),
+        f"{'measurement (pairs or images)':<30} {'per s':>10} {'seconds':>9} {memory:>13}",
+    ]
+    labels = {"model_only": "model only", "store_end_to_end": "store, end to end",
+              "jpeg_end_to_end": "JPEG, end to end", "store_data_only": "store, loader only",
+              "jpeg_data_only": "JPEG, loader only", "device_augment_only": "device augmentation"}
+    for key, label in labels.items():
+        row = report["results"].get(key)
+        if row is not None:
+            lines.append(f"{label:<30} {row['pairs_per_s']:>10.1f} {row['seconds']:>9.2f} {row['peak_memory_gib']:>13.2f}")
+    names = {"store_end_to_end_over_model_only": "store end-to-end / model only",
+             "jpeg_end_to_end_over_model_only": "JPEG end-to-end / model only",
+             "store_over_jpeg_end_to_end": "store / JPEG, end to end",
+             "store_over_jpeg_data_only": "store / JPEG, loader only"}
+    for key, label in names.items():
+        value = report["ratios"].get(key)
+        if value is not None:
+            lines.append(f"{label:<32} {value:>7.2f}x")
+    return "\n".join(lines)

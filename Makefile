@@ -58,7 +58,12 @@ lab: $(STAMP)
 
 ablation: $(STAMP)
 	$(PY) -m medclip_nb data --config params/ablation.yaml
-	TQDM_DISABLE=1 $(VENV)/bin/papermill notebooks/04_analysis.ipynb reports/04_analysis_ablation.ipynb -f params/ablation.yaml --cwd . -k python3 --no-progress-bar
+	mkdir -p reports
+	set -e; for nb in notebooks/03_pretrain.ipynb notebooks/04_analysis.ipynb; do \
+	  TQDM_DISABLE=1 $(VENV)/bin/papermill $$nb reports/ablation_$$(basename $$nb) -f params/ablation.yaml --cwd . -k python3 --no-progress-bar; \
+	done
+	$(PY) -c "from medclip_nb.study import copy_metrics_entry as c; c('reports/ablation/metrics.json', 'reports/metrics.json', 'ablation')"
+	@echo "Ablation table: reports/metrics.json (key 'ablation') and reports/ablation_04_analysis.ipynb"
 
 bench: $(STAMP)
 	$(PY) -m medclip_nb bench --config params/bench_cpu.yaml --phantom 48

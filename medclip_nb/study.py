@@ -69,15 +69,10 @@ def save_figure(fig, cfg: Config, name: str) -> Path:
 
 
 def update_metrics(cfg: Config, key: str, value: Any) -> Path:
-    """Merge one entry into reports_dir/metrics.json, keeping the others."""
-    path = resolve(cfg.reports_dir) / "metrics.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.loads(path.read_text()) if path.exists() else {}
-    data[key] = value
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-    return path
+    """Merge one entry into reports_dir/metrics.json, keeping the others (atomic write)."""
+    from medclip_nb.evaluate import merge_metrics
+
+    return merge_metrics(resolve(cfg.reports_dir) / "metrics.json", key, value)
 
 
 def read_metrics_log(path: str | Path):
@@ -124,3 +119,258 @@ def report_lengths(splits: Mapping[str, list]) -> "pd.DataFrame":
 
     rows = [{"split": name, "words": len(r["report"].split())} for name, recs in splits.items() for r in recs]
     return pd.DataFrame(rows).groupby("split")["words"].describe().round(1)
+
+
+def sample_grid_figure(dataset, rows: list[int], *, max_chars: int = 140):
+    """Images of `dataset` (a CXRDataset) with the start of their report and positive labels."""
+    import matplotlib.pyplot as plt
+
+    from medclip_nb.data import load_grayscale
+    from medclip_nb.labels import CHEXPERT_LABELS
+
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 4.6))
+    for ax, i in zip(axes, rows):
+        record = dataset.records[i]
+        ax.imshow(load_grayscale(dataset.image_file(i)), cmap="gray")
+        positives = [n for n, v in zip(CHEXPERT_LABELS, record["labels"]) if v == 1.0]
+        text = record["report"][:max_chars] + ("..." if len(record["report"]) > max_chars else "")
+        ax.set_title(", ".join(positives) or "(no positive label)", fontsize=8)
+        ax.set_xlabel(_wrap(text, 34), fontsize=6.5)
+        ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+# ---- training (notebooks 02, 03) ---------------------------------------------------------------
+def training_curves_figure(metrics_log):
+    """Train/val loss, learning rate and temperature against the step, from metrics.jsonl."""
+    import matplotlib.pyplot as plt
+
+    df = metrics_log
+    train, val = df[df["split"] == "train"], df[df["split"] == "val"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    axes[0].plot(train["step"], train["loss"], label="train")
+    if len(val):
+        axes[0].plot(val["step"], val["loss"], "o-", label="val")
+    axes[0].set(title="contrastive loss", xlabel="step"), axes[0].legend()
+    axes[1].plot(train["step"], train["lr"]), axes[1].set(title="learning rate", xlabel="step")
+    axes[2].plot(train["step"], train["temperature"]), axes[2].set(title="temperature (1 / logit scale)", xlabel="step")
+    fig.tight_layout()
+    return fig
+
+
+def epoch_table(metrics_log) -> "pd.DataFrame":
+    """Per epoch: mean train loss of the logged windows and the last val loss, rounded."""
+    import pandas as pd
+
+    df = metrics_log
+    train = df[df["split"] == "train"].groupby("epoch")["loss"].mean().rename("train_loss")
+    val = df[df["split"] == "val"].groupby("epoch")["loss"].last().rename("val_loss")
+    return pd.concat([train, val], axis=1).sort_index().round(3)
+
+
+# ---- analysis (notebook 04) --------------------------------------------------------------------
+def evaluate_run(model, tokenizer, cfg: Config, device="cpu", *, log=print):
+    """Evaluate a model on every split of cfg.data_path (eval transforms): (metrics, arrays)."""
+    from medclip_nb.evaluate import eval_datasets, evaluate_model
+
+    splits, _ = eval_datasets(cfg, tokenizer)
+    return evaluate_model(model, tokenizer, splits, cfg, device, seed=0, log=log)
+
+
+def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """The numbers a results table shows for one model."""
+    zs = metrics.get("zero_shot_5x200", {})
+    ml = metrics.get("zero_shot_multilabel", {})
+    rt = metrics.get("retrieval", {}).get("test", {})
+    p5 = metrics.get("retrieval", {}).get("test_5x200", {})
+    probe = metrics.get("linear_probe") or {}
+    return {
+        "zs_acc_mean": zs.get("mean", {}).get("accuracy"),
+        "zs_acc_max": zs.get("max", {}).get("accuracy"),
+        "zs_macro_f1": zs.get("mean", {}).get("macro_f1"),
+        "zs_auroc": ml.get("auroc_mean"),
+        "i2t_R@1": rt.get("image_to_text", {}).get("R@1"),
+        "i2t_R@10": rt.get("image_to_text", {}).get("R@10"),
+        "t2i_R@10": rt.get("text_to_image", {}).get("R@10"),
+        "P@10": p5.get("image_to_text_precision", {}).get("P@10"),
+        "probe_auroc": probe.get("auroc_mean"),
+    }
+
+
+def results_table(by_model: Mapping[str, Mapping[str, Any]]) -> "pd.DataFrame":
+    import pandas as pd
+
+    return pd.DataFrame({name: headline(m) for name, m in by_model.items()}).T.astype(float).round(3)
+
+
+def embedding_figure(arrays, *, seed: int = 0):
+    """PCA and t-SNE of the 5x200 images and their reports, coloured by class."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    test = arrays.embeddings["test"]
+    rows, classes = arrays.five_x_200_rows, arrays.five_x_200_classes
+    image, text = np.asarray(test["image"])[rows], np.asarray(test["text"])[rows]
+    both = np.concatenate([image, text])
+    pca = PCA(n_components=2, random_state=seed).fit_transform(both)
+    perplexity = max(2.0, min(30.0, (len(both) - 1) / 3))
+    tsne = TSNE(n_components=2, random_state=seed, perplexity=perplexity, init="pca").fit_transform(both)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    n = len(rows)
+    for ax, points, title in zip(axes, (pca, tsne), ("PCA", "t-SNE")):
+        for c, name in enumerate(arrays.class_names):
+            sel = classes == c
+            color = plt.cm.tab10(c)
+            ax.scatter(points[:n][sel, 0], points[:n][sel, 1], s=14, color=color, marker="o", label=f"{name} (image)")
+            ax.scatter(points[n:][sel, 0], points[n:][sel, 1], s=18, color=color, marker="x", label=f"{name} (report)")
+        ax.set_title(f"{title} of image (o) and report (x) embeddings")
+        ax.set_xticks([]), ax.set_yticks([])
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    return fig
+
+
+def similarity_sample(arrays, per_class: int = 2):
+    """Rows of a small labelled sample of the 5x200 set: per_class images of each class."""
+    import numpy as np
+
+    rows, classes = arrays.five_x_200_rows, arrays.five_x_200_classes
+    picked = [rows[np.flatnonzero(classes == c)[:per_class]] for c in range(len(arrays.class_names))]
+    return np.concatenate(picked), np.repeat(np.arange(len(picked)), [len(p) for p in picked])
+
+
+def similarity_heatmap_figure(arrays, per_class: int = 2):
+    """Cosine similarity of sampled images (rows) against their reports (columns)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    test = arrays.embeddings["test"]
+    rows, classes = similarity_sample(arrays, per_class)
+    sim = np.asarray(test["image"])[rows] @ np.asarray(test["text"])[rows].T
+    labels = [f"{arrays.class_names[c][:12]} {i}" for i, c in enumerate(classes)]
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(sim, cmap="viridis")
+    ax.set_xticks(range(len(rows)), labels, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(rows)), labels, fontsize=7)
+    ax.set(xlabel="report", ylabel="image", title="image-report cosine similarity")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def top_retrievals(arrays, records: list, n_images: int = 3, k: int = 3, max_chars: int = 110) -> "pd.DataFrame":
+    """For the first image of a few classes: its label and its top-k retrieved test reports."""
+    import numpy as np
+    import pandas as pd
+
+    from medclip_nb.text import clean_report
+
+    test = arrays.embeddings["test"]
+    image, text, index = np.asarray(test["image"]), np.asarray(test["text"]), np.asarray(test["index"])
+    rows, classes = arrays.five_x_200_rows, arrays.five_x_200_classes
+    out = []
+    for c in range(min(n_images, len(arrays.class_names))):
+        candidates = rows[classes == c]
+        if not len(candidates):
+            continue
+        q = candidates[0]
+        order = np.argsort(-(text @ image[q]), kind="stable")[:k]
+        for rank, j in enumerate(order, 1):
+            report = clean_report(records[int(index[j])]["report"])
+            out.append({"image (true class)": arrays.class_names[c], "rank": rank,
+                        "similarity": round(float(text[j] @ image[q]), 3),
+                        "retrieved report": report[:max_chars] + ("..." if len(report) > max_chars else "")})
+    return pd.DataFrame(out)
+
+
+def train_and_evaluate(cfg: Config, *, log=print):
+    """Train with `cfg` and evaluate its best checkpoint: (TrainResult, metrics, arrays)."""
+    from medclip_nb.checkpoint import load_model
+    from medclip_nb.train import train
+
+    result = train(cfg, log=log)
+    model, tokenizer, saved_cfg = load_model(result.best_checkpoint or result.last_checkpoint, "cpu")
+    metrics, arrays = evaluate_run(model, tokenizer, saved_cfg, log=log)
+    return result, metrics, arrays
+
+
+def ablation(cfg: Config, seeds, variants=None, *, log=print) -> "pd.DataFrame":
+    """Issue #5's ablation: each variant trained with the same budget for each seed and
+    evaluated; returns the per-run headline numbers (one row per variant and seed)."""
+    import pandas as pd
+
+    variants = variants or {
+        "simple (seed baseline)": {"model": "simple", "loss": "clip"},
+        "default + clip": {"loss": "clip"},
+        "default + medclip": {"loss": "medclip"},
+        "default + siglip": {"loss": "siglip"},
+    }
+    root = Path(cfg.model_save_path) / "ablation"
+    rows = []
+    for name, changes in variants.items():
+        for seed in seeds:
+            slug = name.split(" ")[0] if changes.get("model") == "simple" else name.replace("default + ", "")
+            run_cfg = cfg.replace(seed=int(seed), model_save_path=str(root / f"{slug}-seed{seed}"), resume_from=None,
+                                  **changes)
+            _, metrics, _ = train_and_evaluate(run_cfg, log=lambda *_: None)
+            rows.append({"variant": name, "seed": int(seed), **headline(metrics)})
+            log(f"ablation: {name}, seed {seed}: zero-shot accuracy {rows[-1]['zs_acc_mean']}")
+    return pd.DataFrame(rows)
+
+
+def ablation_summary(runs: "pd.DataFrame") -> "pd.DataFrame":
+    """mean ± std over seeds for each variant, as strings for the table."""
+    numbers = runs.drop(columns=["seed"]).groupby("variant", sort=False)
+    mean, std = numbers.mean(), numbers.std(ddof=0)
+    return mean.round(3).astype(str) + " ± " + std.round(3).astype(str)
+
+
+def reading(results: Mapping[str, Mapping[str, Any]], default: str = "default") -> str:
+    """A short written reading of the results table, generated from the numbers themselves."""
+    d = headline(results[default])
+    lines = []
+    acc = d["zs_acc_mean"]
+    if acc is not None:
+        verdict = "well above" if acc >= 0.4 else ("above" if acc > 0.25 else "near")
+        lines.append(f"- 5-class zero-shot accuracy of the default model: {acc:.3f}, {verdict} chance (0.200).")
+    for name, m in results.items():
+        if name == default:
+            continue
+        other = headline(m)
+        if acc is not None and other["zs_acc_mean"] is not None:
+            gap = acc - other["zs_acc_mean"]
+            lines.append(f"- Against {name}: zero-shot accuracy {gap:+.3f}, "
+                         f"image->text R@10 {_diff(d['i2t_R@10'], other['i2t_R@10'])}, "
+                         f"linear-probe AUROC {_diff(d['probe_auroc'], other['probe_auroc'])}.")
+    if d["zs_auroc"] is not None:
+        lines.append(f"- Mean per-label zero-shot AUROC: {d['zs_auroc']:.3f} (labels with both classes in test).")
+    lines.append("- These are phantom data: the numbers show that the pipeline learns image-report "
+                 "alignment end to end, not how the model would do on MIMIC-CXR.")
+    return "\n".join(lines)
+
+
+def _diff(a, b) -> str:
+    if a is None or b is None:
+        return "n/a"
+    return f"{a - b:+.3f}"
+
+
+def copy_metrics_entry(source: str | Path, target: str | Path, key: str) -> Path:
+    """Copy one entry of a metrics.json into another (used by `make ablation`)."""
+    from medclip_nb.errors import DataError
+    from medclip_nb.evaluate import merge_metrics
+
+    source = resolve(source)
+    data = json.loads(source.read_text()) if source.is_file() else {}
+    if key not in data:
+        raise DataError(f"{source}: no '{key}' entry to copy")
+    return merge_metrics(resolve(target), key, data[key])

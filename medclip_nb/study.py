@@ -327,11 +327,46 @@ def ablation(cfg: Config, seeds, variants=None, *, log=print) -> "pd.DataFrame":
     return pd.DataFrame(rows)
 
 
+def ablation_stats(runs: "pd.DataFrame") -> dict[str, dict[str, dict[str, float]]]:
+    """{variant: {metric: {"mean", "std", "n"}}} over the seeds (population std), for metrics.json."""
+    numbers = runs.drop(columns=["seed"]).groupby("variant", sort=False)
+    mean, std, count = numbers.mean(), numbers.std(ddof=0), numbers.count()
+    return {
+        variant: {metric: {"mean": round(float(mean.loc[variant, metric]), 4),
+                           "std": round(float(std.loc[variant, metric]), 4),
+                           "n": int(count.loc[variant, metric])} for metric in mean.columns}
+        for variant in mean.index
+    }
+
+
 def ablation_summary(runs: "pd.DataFrame") -> "pd.DataFrame":
     """mean ± std over seeds for each variant, as strings for the table."""
     numbers = runs.drop(columns=["seed"]).groupby("variant", sort=False)
     mean, std = numbers.mean(), numbers.std(ddof=0)
     return mean.round(3).astype(str) + " ± " + std.round(3).astype(str)
+
+
+def ablation_reading(stats: Mapping[str, Mapping[str, Mapping[str, float]]], reference: str = "default + clip",
+                     metrics=("zs_acc_mean", "i2t_R@10", "probe_auroc")) -> str:
+    """A written reading of the ablation, generated from its numbers: each variant against
+    `reference`, calling a difference smaller than the larger of the two stds 'within seed noise'."""
+    names = {"zs_acc_mean": "zero-shot accuracy", "i2t_R@10": "image->text R@10", "probe_auroc": "linear-probe AUROC"}
+    ref = stats[reference]
+    lines = []
+    for variant, row in stats.items():
+        if variant == reference:
+            continue
+        parts = []
+        for metric in metrics:
+            a, b = row[metric], ref[metric]
+            diff, noise = a["mean"] - b["mean"], max(a["std"], b["std"])
+            verdict = "within seed noise" if abs(diff) <= noise else ("higher" if diff > 0 else "lower")
+            parts.append(f"{names[metric]} {a['mean']:.3f} ± {a['std']:.3f} vs {b['mean']:.3f} ({verdict})")
+        lines.append(f"- {variant} against {reference}: " + "; ".join(parts) + ".")
+    best = max(stats, key=lambda v: stats[v]["zs_acc_mean"]["mean"])
+    lines.append(f"- Highest mean zero-shot accuracy: {best}. With {ref['zs_acc_mean']['n']} seeds and this small "
+                 "budget, differences within one std are not evidence either way.")
+    return "\n".join(lines)
 
 
 def reading(results: Mapping[str, Mapping[str, Any]], default: str = "default") -> str:

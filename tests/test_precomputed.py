@@ -26,13 +26,7 @@ SPLIT_SIZES = {"train": 12, "val": 4, "test": 4}
 FEATURE_ROWS, FEATURE_DIM = 10, 8
 
 
-@pytest.fixture(autouse=True)
-def one_thread_no_bars(monkeypatch):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    monkeypatch.setenv("TQDM_DISABLE", "1")
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_no_bars")  # tests/conftest.py
 
 
 def write_features(path: Path, rows: int = FEATURE_ROWS, dim: int = FEATURE_DIM, seed: int = 0) -> Path:

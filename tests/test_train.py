@@ -102,17 +102,7 @@ SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 METRIC_KEYS = {"step", "epoch", "split", "loss", "lr", "temperature", "logit_scale", "pairs_per_s", "time"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_no_bars():
-    threads, bars = torch.get_num_threads(), os.environ.get("TQDM_DISABLE")
-    torch.set_num_threads(1)
-    os.environ["TQDM_DISABLE"] = "1"
-    yield
-    torch.set_num_threads(threads)
-    if bars is None:
-        del os.environ["TQDM_DISABLE"]
-    else:
-        os.environ["TQDM_DISABLE"] = bars
+pytestmark = pytest.mark.usefixtures("one_thread_no_bars")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -25,17 +25,7 @@ from medclip_nb.unpaired import UnpairedBatches, UnpairedTexts, build_unpaired, 
 SCALE = 2.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread_no_bars():
-    threads, bars = torch.get_num_threads(), os.environ.get("TQDM_DISABLE")
-    torch.set_num_threads(1)
-    os.environ["TQDM_DISABLE"] = "1"
-    yield
-    torch.set_num_threads(threads)
-    if bars is None:
-        del os.environ["TQDM_DISABLE"]
-    else:
-        os.environ["TQDM_DISABLE"] = bars
+pytestmark = pytest.mark.usefixtures("one_thread_no_bars")  # tests/conftest.py
 
 
 def labels_with(*positives: str) -> torch.Tensor:

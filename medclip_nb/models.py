@@ -269,11 +269,7 @@ class BertTextEncoder(nn.Module):
         super().__init__()
         transformers = _import_transformers()
         folder = _local_hf_folder(path)
-        try:
-            self.model = transformers.AutoModel.from_pretrained(str(folder), local_files_only=True)
-        except (OSError, ValueError) as e:
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"bert_path {folder}: cannot load a Hugging Face model from it ({first_line})") from None
+        self.model = _from_local_folder(transformers.AutoModel, folder, "a Hugging Face model")
         self.embed_dim = embed_dim
         self.path = str(folder)
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
@@ -286,6 +282,15 @@ class BertTextEncoder(nn.Module):
         return self.projection(_masked_mean(tokens, attention_mask))
 
 
+def _from_local_folder(auto_class, folder, what: str):
+    """`auto_class.from_pretrained` on a local folder only (never the hub); one-line UserError."""
+    try:
+        return auto_class.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"bert_path {folder}: cannot load {what} from it ({first_line})") from None
+
+
 class HFTokenizerAdapter:
     """A local Hugging Face tokenizer behind the interface of the text.py tokenizers:
     `.encode(texts) -> {'input_ids', 'attention_mask'}` (int64 `[B, max_length]`),
@@ -296,11 +301,7 @@ class HFTokenizerAdapter:
     def __init__(self, path: str | os.PathLike, max_length: int = 128):
         transformers = _import_transformers()
         folder = _local_hf_folder(path)
-        try:
-            self.tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-        except (OSError, ValueError) as e:
-            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"bert_path {folder}: cannot load a tokenizer from it ({first_line})") from None
+        self.tokenizer = _from_local_folder(transformers.AutoTokenizer, folder, "a tokenizer")
         if self.tokenizer.pad_token_id is None:
             raise UserError(f"bert_path {folder}: the tokenizer has no pad token")
         self.path = str(folder)

@@ -58,7 +58,9 @@ def label_vectors(labels: Tensor, uncertain_value: float = 0.5) -> Tensor:
     labels = labels.float()
     known = ~torch.isnan(labels)
     allowed = (labels == 1) | (labels == 0) | (labels == -1)
-    if not bool((allowed | ~known).all()):
+    # Checked where it is free: the dataset's labels were validated when it was loaded, and a
+    # check on a GPU tensor would make the host wait for the device at every step.
+    if labels.device.type == "cpu" and not bool((allowed | ~known).all()):
         bad = labels[known & ~allowed][0].item()
         raise ValueError(f"labels must hold 1, 0, -1 or NaN (blank); found {bad}")
     vectors = torch.where(labels == 1, 1.0, 0.0)

@@ -8,6 +8,15 @@ Resuming is exact: a checkpoint stores the sampler position (`epoch`, `batch_in_
 RNG states and everything the optimizer, schedule and grad scaler need, so on CPU a run killed
 after a checkpoint and resumed ends with bitwise the same parameters as one never stopped.
 
+Non-finite losses: a step whose loss (or, without the fp16 grad scaler, gradient norm) is not
+finite changes nothing (weights, optimizer state, BatchNorm statistics); after
+`max_nonfinite_steps` of them in a row the run stops with a TrainingError. On the CPU the guard
+reads the flag on the host every step. On CUDA it is sync-free: the fused AdamW kernel skips
+the step on the device, the counts stay on the device and are read only where the loop syncs
+anyway (log rows, validation, checkpoint saves, epoch ends), so there `step` counts attempted
+steps (skipped ones included, the schedule advances over them) and a run of non-finite losses is
+noticed at the next of those points.
+
 Distributed data parallel runs start under torchrun (`WORLD_SIZE` > 1): one process per GPU,
 each with its share of every epoch; only rank 0 prints, logs and writes checkpoints.
 
@@ -15,11 +24,15 @@ Files in `model_save_path`:
     checkpoint_epoch_N.pth  after each complete epoch (the seed script's name)
     last.pth                after each epoch, every `save_steps` steps and at the end (resumable)
     best.pth                at each new lowest validation loss
-    last_good.pth           only when too many non-finite losses in a row stopped the run
+    last_good.pth           only when too many non-finite losses in a row stopped the run: the
+                            weights of the last good step; position and RNG at the first
+                            skipped step (CPU guard) or where the streak was noticed (CUDA)
     metrics.jsonl           one JSON object per line: step, epoch, split ('train' rows every
                             `log_every` steps, averaged over them; 'val' rows at each validation),
                             loss, lr, temperature (1 / logit_scale), logit_scale, pairs_per_s,
-                            time (seconds of training, summed over resumes)
+                            time (seconds of training, summed over resumes); with the sync-free
+                            guard (CUDA) train rows also hold nonfinite_skipped, the steps of
+                            the row's window that were skipped
 """
 
 from __future__ import annotations
@@ -33,7 +46,7 @@ import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import numpy as np
 import torch
@@ -156,6 +169,49 @@ def _all_reduce(tensor: torch.Tensor, world: _World, op=None) -> torch.Tensor:
     if world.distributed:
         dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
     return tensor
+
+
+# ---- sync-free non-finite guard (CUDA) -----------------------------------------------------------
+def _step_unless(bad: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+    """`scaler.step(optimizer)`, skipped on the device when the bool scalar `bad` is set, without a
+    host sync. Needs a fused optimizer: given `found_inf` = 1 its kernel leaves parameters and
+    moments as they are and rolls the step counter back. With the scaler enabled, `unscale_`
+    must have been called for this step."""
+    flag = bad.float()
+    if scaler.is_enabled():
+        # scaler.step hands a fused optimizer its own found_inf (inf/NaN gradients) and would
+        # overwrite ours: fold the flag into the scaler's, so update() also backs the scale off.
+        # A max, not a sum: the kernel rolls the step counter back by found_inf itself.
+        for found_inf in scaler._found_inf_per_device(optimizer).values():
+            found_inf.copy_(torch.maximum(found_inf, flag.to(found_inf.device)))
+        scaler.step(optimizer)
+        return
+    optimizer.found_inf = flag
+    try:
+        optimizer.step()
+    finally:
+        del optimizer.found_inf
+
+
+class _DeviceNonfiniteCounts:
+    """The sync-free guard's counters, kept on the device; `settle()` reads them with one host
+    sync, where the loop syncs anyway."""
+
+    def __init__(self, device: torch.device, streak: int = 0):
+        self.streak = torch.tensor(streak, device=device, dtype=torch.int64)  # skipped steps in a row
+        self.unsettled = torch.zeros(2, device=device, dtype=torch.int64)  # [skipped, good] steps
+
+    def record(self, bad: torch.Tensor) -> None:
+        """Count one attempted step; `bad` (a bool scalar) says whether it was skipped."""
+        self.streak.add_(1).mul_(bad)  # one more on a skipped step, back to 0 on a good one
+        self.unsettled.add_(torch.stack([bad, ~bad]))
+
+    def settle(self) -> tuple[int, int, int]:
+        """(streak, skipped, good): the current streak and the steps recorded since the last
+        settle, which start again from 0."""
+        streak, skipped, good = torch.cat([self.streak.view(1), self.unsettled]).tolist()
+        self.unsettled.zero_()
+        return streak, skipped, good
 
 
 # ---- metrics log ---------------------------------------------------------------------------------
@@ -284,7 +340,8 @@ def _to_device(batch: dict, device: torch.device, channels_last: bool, augment=N
 
 
 # ---- the training function -----------------------------------------------------------------------
-def train(cfg: Config, *, log: Callable[[str], Any] = print) -> TrainResult:
+def train(cfg: Config, *, log: Callable[[str], Any] = print,
+          _sync_free_guard: bool | None = None) -> TrainResult:
     """Train a model as `cfg` says and return a TrainResult; `log` receives the console lines
     (rank 0 only). The files written are listed in the module docstring.
 
@@ -292,6 +349,13 @@ def train(cfg: Config, *, log: Callable[[str], Any] = print) -> TrainResult:
     algorithms are switched on for the call). Raises DataError / ConfigError / CheckpointError
     for bad input, and TrainingError when the loss stays non-finite for
     cfg.max_nonfinite_steps steps in a row (after writing last_good.pth).
+
+    The non-finite guard is sync-free on CUDA (see the module docstring): steps are skipped on
+    the device, `step` counts attempted steps, the streak is checked at log rows, validations,
+    saves and epoch ends, and last_good.pth holds the last good step's weights (every skipped
+    step left them unchanged) with the position and RNG of the point where the streak was
+    noticed. `_sync_free_guard` forces that mode on (True) or off (False) for tests; None picks it
+    from the device.
     """
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     anomaly_before = torch.is_anomaly_enabled()
@@ -299,7 +363,7 @@ def train(cfg: Config, *, log: Callable[[str], Any] = print) -> TrainResult:
     try:
         world, device = _start_distributed(cfg, log)
         say = log if world.is_main else (lambda *_args, **_kw: None)
-        return _train(cfg, world, device, say)
+        return _train(cfg, world, device, say, _sync_free_guard)
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         torch.autograd.set_detect_anomaly(anomaly_before)
@@ -422,13 +486,15 @@ def _restore(path: Path, state: dict, cfg: Config, world: _World, batches_per_ep
     return progress
 
 
-def _train(cfg: Config, world: _World, device: torch.device, say) -> TrainResult:
+def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guard: bool | None) -> TrainResult:
     from medclip_nb.data import check_clip_index_rows, uses_precomputed_text
     from medclip_nb.losses import ContrastiveLoss
     from medclip_nb.models import build_model, count_parameters
     from medclip_nb.text import tokenizer_from_json
 
     on_gpu = device.type == "cuda"
+    # A CPU .item() costs nothing, so the CPU keeps the guard that reads the flag every step.
+    sync_free = on_gpu if sync_free_guard is None else sync_free_guard
     channels_last = on_gpu and cfg.channels_last
     if on_gpu:
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -461,8 +527,10 @@ def _train(cfg: Config, world: _World, device: torch.device, say) -> TrainResult
     if channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
     criterion = ContrastiveLoss(cfg.loss, cfg.uncertain_label_value)
+    # Fused on the GPU, and always for the sync-free guard: only the fused kernel skips a step on
+    # the device (optimizer.found_inf).
     optimizer = torch.optim.AdamW(param_groups(raw_model, cfg.weight_decay), lr=cfg.lr,
-                                  **({"fused": True} if on_gpu else {}))
+                                  **({"fused": True} if on_gpu or sync_free else {}))
     total_steps = batches_per_epoch * cfg.num_epochs
     if cfg.max_steps is not None:
         total_steps = min(total_steps, cfg.max_steps)
@@ -565,6 +633,11 @@ def _train(cfg: Config, world: _World, device: torch.device, say) -> TrainResult
     debug_steps_left = 3 if cfg.debug else 0
     shapes_shown = not cfg.debug
     streak_start: dict | None = None  # position and RNG where a run of non-finite losses began
+    # Sync-free guard: device-side counts; skipped steps of the metrics window (for its mean loss)
+    # and since the last train row (its nonfinite_skipped: a window ends early at an epoch end).
+    nonfinite_counts = _DeviceNonfiniteCounts(device, progress.nonfinite_streak) if sync_free else None
+    window_skipped = skipped_since_row = 0
+    settled_step = progress.step
     augment_generator = torch.Generator(device) if data.augment is not None else None
     pairs_per_step = cfg.batch_size * world.world_size
     tqdm_options = {"mininterval": 0.5 if sys.stderr.isatty() else 5.0, "dynamic_ncols": True}
@@ -572,6 +645,42 @@ def _train(cfg: Config, world: _World, device: torch.device, say) -> TrainResult
         # Passed only when off: tqdm reads TQDM_* variables once, when it is imported, and an
         # explicit disable=False would override them; this also sees a variable set later (notebooks).
         tqdm_options["disable"] = True
+
+    def stop_for_nonfinite(bar, at_step: int, note: str = "", **position) -> NoReturn:
+        """Write last_good.pth (`position` overrides the current position and RNG) and raise."""
+        bar.close()
+        metrics.close()
+        good_path = save(out_dir / "last_good.pth", **position)
+        raise TrainingError(
+            f"{progress.nonfinite_streak} non-finite losses in a row at step {at_step} "
+            f"(max_nonfinite_steps {cfg.max_nonfinite_steps}); the last good state is in "
+            f"{good_path} ({note}try a lower lr or check the data)"
+        )
+
+    def settle_nonfinite(bar) -> None:
+        """Sync-free guard: bring the device-side counts into `progress` with one host sync, say
+        how many steps were skipped, and stop once the streak reached cfg.max_nonfinite_steps."""
+        nonlocal window_skipped, skipped_since_row, settled_step
+        if nonfinite_counts is None:
+            return
+        streak, skipped, good = nonfinite_counts.settle()
+        progress.nonfinite_streak = streak
+        progress.nonfinite_total += skipped
+        progress.epoch_loss_steps += good
+        window_skipped += skipped
+        skipped_since_row += skipped
+        if skipped:
+            say(f"Non-finite loss in {skipped} of steps {settled_step + 1}-{progress.step}: "
+                f"skipped ({streak} in a row now)")
+        settled_step = progress.step
+        if streak >= cfg.max_nonfinite_steps:
+            progress.epoch_loss_sum += epoch_loss.item()  # good steps only: skipped ones added 0
+            epoch_loss.zero_()
+            # Every skipped step left weights, optimizer and buffers unchanged: they are those of
+            # the last good step. The position and RNG are the current ones, after the skipped steps.
+            stop_for_nonfinite(bar, progress.step, f"weights of step {progress.step - streak}, data "
+                                                   f"position and RNG of step {progress.step}; ")
+
     say("Training...")
 
     while progress.epoch < cfg.num_epochs and not stop:
@@ -590,6 +699,7 @@ def _train(cfg: Config, world: _World, device: torch.device, say) -> TrainResult
                    desc=f"Epoch {epoch_number}/{cfg.num_epochs}", **tqdm_options)
         epoch_loss = torch.zeros((), device=device)  # summed on the device: no host sync per step
         window_loss, window_steps, window_start = torch.zeros((), device=device), 0, time.perf_counter()
+        window_skipped = 0
 
         for batch in batches:
             progress.batch_in_epoch += 1
@@ -634,14 +744,18 @@ def _train(cfg: Config, world: _World, device: torch.device, say) -> TrainResult
             scaler.scale(loss).backward()
             if scaler.is_enabled():
                 scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-            grad_norm = nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else None
+            # No host sync: a non-finite norm is flagged below, not raised; foreach kernels on CUDA.
+            grad_norm = (nn.utils.clip_grad_norm_(params, cfg.grad_clip, error_if_nonfinite=False)
+                         if cfg.grad_clip > 0 else None)
 
-            # The one host sync of a step: a non-finite loss (or gradient) must not reach the
-            # weights. With fp16 the scaler already skips steps with inf gradients itself.
             bad = ~torch.isfinite(loss.detach())
             if grad_norm is not None and not scaler.is_enabled():
-                bad |= ~torch.isfinite(grad_norm)
-            if _all_reduce(bad.int(), world, dist.ReduceOp.MAX if world.distributed else None).item():
+                bad |= ~torch.isfinite(grad_norm)  # with fp16 the scaler skips inf gradients itself
+            if world.distributed:  # all ranks skip together (an async collective: no host sync)
+                bad = _all_reduce(bad.int(), world, dist.ReduceOp.MAX).bool()
+            # The synchronous guard: its one host sync of a step keeps a non-finite loss (or
+            # gradient) from the weights; skipped steps are not counted as steps.
+            if not sync_free and bad.item():
                 optimizer.zero_grad(set_to_none=True)
                 if buffers:
                     torch._foreach_copy_(buffers, good_buffers)
@@ -655,43 +769,58 @@ def _train(cfg: Config, world: _World, device: torch.device, say) -> TrainResult
                 say(f"Non-finite loss at step {progress.step + 1} (epoch {epoch_number}, batch "
                     f"{progress.batch_in_epoch}): step skipped ({progress.nonfinite_streak} in a row)")
                 if progress.nonfinite_streak >= cfg.max_nonfinite_steps:
-                    bar.close()
-                    metrics.close()
                     # Skipped steps left weights and buffers as the last good step made them.
-                    good_path = save(out_dir / "last_good.pth", **streak_start)
-                    raise TrainingError(
-                        f"{progress.nonfinite_streak} non-finite losses in a row at step {progress.step + 1} "
-                        f"(max_nonfinite_steps {cfg.max_nonfinite_steps}); the last good state is in "
-                        f"{good_path} (try a lower lr or check the data)"
-                    )
+                    stop_for_nonfinite(bar, progress.step + 1, **streak_start)
                 continue
 
             lr = optimizer.param_groups[0]["lr"]
-            scaler.step(optimizer)
+            if sync_free:
+                _step_unless(bad, optimizer, scaler)  # the fused kernel skips a bad step on the device
+            else:
+                scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            # Sync-free: the schedule also advances over skipped steps (progress.step counts them).
             scheduler.step()
             raw_model.clamp_logit_scale_()
             if buffers:
+                if sync_free:  # a skipped step puts the BatchNorm statistics back, on the device
+                    torch._foreach_copy_(buffers, [torch.where(bad, good, now)
+                                                   for good, now in zip(good_buffers, buffers)])
                 torch._foreach_copy_(good_buffers, buffers)
             progress.step += 1
-            progress.nonfinite_streak = 0
-            progress.epoch_loss_steps += 1
-            epoch_loss += loss.detach()
-            window_loss += loss.detach()
+            if sync_free:
+                nonfinite_counts.record(bad)
+                step_loss = torch.where(bad, 0.0, loss.detach())  # skipped steps add nothing
+            else:
+                progress.nonfinite_streak = 0
+                progress.epoch_loss_steps += 1
+                step_loss = loss.detach()
+            epoch_loss += step_loss
+            window_loss += step_loss
             window_steps += 1
 
+            # The sync-free guard's counts are read (and its streak checked) where the loop syncs
+            # anyway: log rows, validation and saves.
+            if any(progress.step % every == 0 for every in (cfg.log_every, cfg.eval_steps, cfg.save_steps)):
+                settle_nonfinite(bar)
             if progress.step % cfg.log_every == 0:
                 now = time.perf_counter()
-                mean_loss = _all_reduce(window_loss, world).item() / (window_steps * world.world_size)
+                good_steps = window_steps - window_skipped  # the loss is averaged over good steps
+                window_total = _all_reduce(window_loss, world).item()
+                mean_loss = window_total / (good_steps * world.world_size) if good_steps else math.nan
                 scale = float(outputs["logit_scale"].detach())
                 pairs_per_s = window_steps * pairs_per_step / max(now - window_start, 1e-9)
-                metrics.write({"step": progress.step, "epoch": epoch_number, "split": "train", "loss": mean_loss,
-                               "lr": lr, "temperature": 1 / scale, "logit_scale": scale,
-                               "pairs_per_s": pairs_per_s, "time": elapsed()})
+                row = {"step": progress.step, "epoch": epoch_number, "split": "train", "loss": mean_loss,
+                       "lr": lr, "temperature": 1 / scale, "logit_scale": scale,
+                       "pairs_per_s": pairs_per_s, "time": elapsed()}
+                if sync_free:
+                    row["nonfinite_skipped"] = skipped_since_row
+                    skipped_since_row = 0
+                metrics.write(row)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", pairs_s=f"{pairs_per_s:.0f}", refresh=False)
                 window_loss.zero_()
-                window_steps, window_start = 0, now
+                window_steps, window_skipped, window_start = 0, 0, now
             if progress.step % cfg.eval_steps == 0:
                 validate(epoch_number)
             if progress.step % cfg.save_steps == 0:
@@ -704,6 +833,7 @@ def _train(cfg: Config, world: _World, device: torch.device, say) -> TrainResult
         bar.close()
 
         # ---- end of the epoch (or of the run, mid-epoch) ----
+        settle_nonfinite(bar)
         progress.epoch_loss_sum += epoch_loss.item()
         if last_val[0] != progress.step:
             validate(epoch_number)

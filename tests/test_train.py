@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -305,3 +306,221 @@ def test_cli_debug_run_prints_the_seed_console_output(tiny_dataset, tmp_path):
     for split in ("train", "val", "test"):
         assert f"  {split}: " in out and " samples" in out
     assert (tmp_path / "checkpoint_epoch_1.pth").is_file()
+
+
+# ---- the sync-free non-finite guard (CUDA's; forced on here on the CPU) ---------------------------
+SYNC_FREE = dict(vision_backbone="mobilenet_v3_small", lr=1e-3)  # has BatchNorm statistics to guard
+
+
+def nan_on_steps(monkeypatch, bad_steps: set[int] | Callable) -> list[float]:
+    """Makes the training loss NaN on the given (1-based) steps; returns the list the real losses
+    of all steps are appended to."""
+    real_forward = losses.ContrastiveLoss.forward
+    seen: list[float] = []
+
+    def forward(self, outputs, labels=None, **kwargs):
+        loss, terms = real_forward(self, outputs, labels, **kwargs)
+        seen.append(loss.item())
+        step = len(seen)
+        is_bad = bad_steps(step) if callable(bad_steps) else step in bad_steps
+        return (loss * math.nan if is_bad else loss), terms
+
+    monkeypatch.setattr(losses.ContrastiveLoss, "forward", forward)
+    return seen
+
+
+def watch_steps(monkeypatch):
+    """Calls `on_step(step, model, optimizer)` after every attempted step of the sync-free guard
+    (after the skipped step's BatchNorm statistics were put back)."""
+    import medclip_nb.models as models
+
+    model_and_optimizer: dict = {}
+    real_build, real_step = models.build_model, train_module._step_unless
+    real_record = train_module._DeviceNonfiniteCounts.record
+    calls: list = []
+
+    def build_model(*args, **kwargs):
+        model_and_optimizer["model"] = real_build(*args, **kwargs)
+        return model_and_optimizer["model"]
+
+    def step_unless(bad, optimizer, scaler):
+        model_and_optimizer["optimizer"] = optimizer
+        return real_step(bad, optimizer, scaler)
+
+    def record(self, bad):
+        real_record(self, bad)
+        for on_step in calls:
+            on_step(**model_and_optimizer)
+
+    monkeypatch.setattr(models, "build_model", build_model)
+    monkeypatch.setattr(train_module, "_step_unless", step_unless)
+    monkeypatch.setattr(train_module._DeviceNonfiniteCounts, "record", record)
+    return calls
+
+
+def snapshot(model: nn.Module, optimizer) -> dict[str, torch.Tensor]:
+    """Clones of every parameter, buffer (BatchNorm statistics) and optimizer state tensor."""
+    tensors = {f"model.{k}": v.detach().clone() for k, v in model.state_dict().items()}
+    for index, state in optimizer.state_dict()["state"].items():
+        tensors.update({f"optimizer.{index}.{k}": v.clone() for k, v in state.items()})
+    return tensors
+
+
+def test_sync_free_guard_trains_like_a_normal_run(tiny_dataset, tmp_path):
+    cfg = tiny_config(tiny_dataset, tmp_path, **SYNC_FREE, eval_steps=3, save_steps=2)
+    result = train(cfg, log=quiet, _sync_free_guard=True)
+    assert result.steps == 6
+    rows = train_rows(result)
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert all(set(r) == METRIC_KEYS | {"nonfinite_skipped"} and r["nonfinite_skipped"] == 0 for r in rows)
+    assert all(math.isfinite(r["loss"]) for r in result.history)
+    batches_per_epoch = len(load_dataset_file(tiny_dataset)["train"]) // 4
+    steps_in_last_epoch = 6 - batches_per_epoch * ((6 - 1) // batches_per_epoch)
+    last = load_checkpoint(tmp_path / "last.pth")
+    assert (last["step"], last["nonfinite_total"], last["nonfinite_streak"]) == (6, 0, 0)
+    assert last["epoch_loss_steps"] == steps_in_last_epoch  # good steps, counted on the device
+    assert all(torch.isfinite(t).all() for t in last["model"].values() if t.is_floating_point())
+    assert last["optimizer"]["param_groups"][0]["fused"] is True
+    assert (tmp_path / "best.pth").is_file() and not (tmp_path / "last_good.pth").exists()
+
+
+def test_sync_free_guard_skips_nan_steps_without_a_trace(tiny_dataset, tmp_path, monkeypatch):
+    real_losses = nan_on_steps(monkeypatch, {3, 5})
+    on_step = watch_steps(monkeypatch)
+    before: dict = {}
+    checked: list[int] = []
+
+    def compare(model, optimizer):
+        step = len(real_losses)
+        now = snapshot(model, optimizer)
+        if step in (3, 5):  # a NaN step: every tensor as the good step before it left it
+            assert before.keys() == now.keys()
+            for name, tensor in before.items():
+                assert torch.equal(now[name], tensor), (step, name)
+            checked.append(step)
+        elif step == 4:  # a good step after a skipped one does move the weights
+            assert any(not torch.equal(now[k], before[k]) for k in now if k.startswith("model."))
+        before.clear()
+        before.update(now)
+
+    on_step.append(compare)
+    messages: list[str] = []
+    cfg = tiny_config(tiny_dataset, tmp_path, **SYNC_FREE, log_every=2, max_nonfinite_steps=2)
+    result = train(cfg, log=messages.append, _sync_free_guard=True)
+
+    assert checked == [3, 5] and result.steps == 6  # skipped steps count as attempted steps
+    rows = train_rows(result)
+    assert [(r["step"], r["nonfinite_skipped"]) for r in rows] == [(2, 0), (4, 1), (6, 1)]
+    # Window means over the good steps only (float32 sums on the device).
+    expected = [(real_losses[0] + real_losses[1]) / 2, real_losses[3], real_losses[5]]
+    assert [r["loss"] for r in rows] == pytest.approx(expected, rel=1e-5)
+    # Said where the counts are read (log rows, epoch ends): one line per skipped step here.
+    said = [m for m in messages if m.startswith("Non-finite")]
+    assert len(said) == 2 and all(m.startswith("Non-finite loss in 1 of steps ") for m in said)
+    assert ("3-" in said[0] or "-3:" in said[0]) and ("5-" in said[1] or "-5:" in said[1])
+    last = load_checkpoint(tmp_path / "last.pth")
+    assert (last["nonfinite_total"], last["nonfinite_streak"]) == (2, 0)
+
+
+def test_sync_free_guard_stops_a_nan_streak_with_the_last_good_weights(tiny_dataset, tmp_path, monkeypatch):
+    batches_per_epoch = len(load_dataset_file(tiny_dataset)["train"]) // 4
+    nan_on_steps(monkeypatch, lambda step: step > 2)
+    on_step = watch_steps(monkeypatch)
+    after_step_2: dict = {}
+    steps_seen: list[int] = []
+
+    def keep_step_2(model, optimizer):
+        steps_seen.append(1)
+        if len(steps_seen) == 2:
+            after_step_2.update(snapshot(model, optimizer))
+
+    on_step.append(keep_step_2)
+    log_every, limit = 4, 3
+    cfg = tiny_config(tiny_dataset, tmp_path, **SYNC_FREE, log_every=log_every, max_nonfinite_steps=limit,
+                      num_epochs=10, max_steps=None)
+    with pytest.raises(TrainingError) as info:
+        train(cfg, log=quiet, _sync_free_guard=True)
+
+    # Noticed at the first log row or epoch end once the streak (from step 3) reaches the limit.
+    noticed = next(s for s in range(2 + limit, 100) if s % log_every == 0 or s % batches_per_epoch == 0)
+    message = str(info.value)
+    assert "\n" not in message and "last_good.pth" in message
+    assert message.startswith(f"{noticed - 2} non-finite losses in a row at step {noticed} "
+                              f"(max_nonfinite_steps {limit})")
+    assert f"weights of step 2, data position and RNG of step {noticed}" in message
+    assert len(steps_seen) == noticed
+
+    good = load_checkpoint(tmp_path / "last_good.pth")
+    assert (good["step"], good["nonfinite_streak"], good["nonfinite_total"]) == (noticed, noticed - 2, noticed - 2)
+    saved = {f"model.{k}": v for k, v in good["model"].items()}
+    for index, state in good["optimizer"]["state"].items():
+        saved.update({f"optimizer.{index}.{k}": v for k, v in state.items()})
+    assert saved.keys() == after_step_2.keys()
+    for name, tensor in after_step_2.items():
+        assert torch.equal(saved[name], tensor), name
+
+
+def _reads_between_training_steps(monkeypatch, tiny_dataset, tmp_path, sync_free: bool) -> tuple[list[str], int]:
+    """(the files that read a tensor's value on the host, one entry per read; steps) between the
+    first and the last training loss of a one-epoch run whose log rows, validations and saves
+    all fall after its last step. Reads made while the DataLoader fetches a batch are left
+    out: on a GPU those are CPU tensors."""
+    events: list[str | None] = []  # None marks a training loss
+    real_forward = losses.ContrastiveLoss.forward
+
+    def forward(self, *args, **kwargs):
+        events.append(None)
+        return real_forward(self, *args, **kwargs)
+
+    def counting(name):
+        real = getattr(torch.Tensor, name)
+
+        def read(self, *args, **kwargs):
+            caller = frame = sys._getframe(1)
+            while frame is not None:
+                if f"torch{os.sep}utils{os.sep}data{os.sep}" in frame.f_code.co_filename:
+                    break
+                frame = frame.f_back
+            else:
+                events.append(caller.f_code.co_filename)
+            return real(self, *args, **kwargs)
+
+        return read
+
+    cfg = tiny_config(tiny_dataset, tmp_path, **SYNC_FREE, num_epochs=1, max_steps=None,
+                      log_every=1000, eval_steps=1000, save_steps=1000)
+    monkeypatch.setattr(losses.ContrastiveLoss, "forward", forward)
+    with monkeypatch.context() as patch:
+        for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
+            patch.setattr(torch.Tensor, name, counting(name))
+        train(cfg, log=quiet, _sync_free_guard=sync_free)
+    steps = [i for i, e in enumerate(events) if e is None]
+    return [e for e in events[steps[0]:steps[-1]] if e is not None], len(steps)
+
+
+def test_sync_free_guard_reads_nothing_from_the_device_between_log_steps(tiny_dataset, tmp_path, monkeypatch):
+    reads, steps = _reads_between_training_steps(monkeypatch, tiny_dataset, tmp_path / "free", True)
+    assert steps >= 3 and reads == []
+    # The same probe sees the synchronous guard's one read per step (and the CPU-only unfused
+    # AdamW's reads of its step counters): it does detect reads.
+    reads, steps = _reads_between_training_steps(monkeypatch, tiny_dataset, tmp_path / "sync", False)
+    assert sum(Path(f) == Path(train_module.__file__) for f in reads) == steps - 1
+
+
+def test_step_unless_folds_the_bad_flag_into_the_grad_scaler():
+    # The fp16 path of CUDA runs, on the CPU: the scaler hands the fused AdamW its own found_inf,
+    # so a non-finite loss with finite gradients must reach it through the scaler.
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 3)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=1e-2, fused=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    for bad, moved, scale_after in [(False, True, 1024.0), (True, False, 512.0), (False, True, 512.0)]:
+        before = layer.weight.detach().clone()
+        scaler.scale(layer(torch.randn(2, 4)).sum()).backward()  # finite gradients every time
+        scaler.unscale_(optimizer)
+        train_module._step_unless(torch.tensor(bad), optimizer, scaler)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        assert (not torch.equal(before, layer.weight)) == moved
+        assert scaler.get_scale() == scale_after  # a skipped step backs the scale off (0.5)
+    assert optimizer.state[layer.weight]["step"].item() == 2  # rolled back by exactly 1, not more

@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from medclip_nb.config import Config, config_from_namespace
 from medclip_nb.paths import resolve
+
+if TYPE_CHECKING:  # pandas is imported inside the functions that use it (a heavy import)
+    import pandas as pd
 
 
 def notebook_config(namespace: Mapping[str, Any]) -> Config:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
 import pickle
 from pathlib import Path
 
@@ -143,7 +142,7 @@ def phantom_root(tmp_path_factory) -> Path:
 def prepared(phantom_root) -> dict:
     """The phantom prepared without and with unpaired_fraction 0.4."""
     out = phantom_root.parent
-    plain = quiet_prepare(phantom_root, out / "plain")
+    quiet_prepare(phantom_root, out / "plain")
     report = quiet_prepare(phantom_root, out / "unpaired", unpaired_fraction=0.4, unpaired_seed=3)
     load = lambda name: pickle.loads((out / name / "datasets.pkl").read_bytes())
     return {"plain": load("plain"), "unpaired": load("unpaired"), "report": report,

@@ -175,16 +175,21 @@ def _side_of(rng, spec: str | None) -> tuple[str, ...]:
     return (spec,)
 
 
-def _atelectasis(rng, certain: bool) -> Finding:
-    v = _VOCAB["Atelectasis"]
+def _vocabulary_words(rng, finding: str, locations_by_subtype: dict[str, list[str]]) -> tuple[str, str, str]:
+    """(severity, subtype, location) from the prompt vocabulary; a subtype that only makes
+    sense in some places (retrocardiac, bibasilar, bilateral) draws its location from those."""
+    v = _VOCAB[finding]
     severity = _pick(rng, v["severity"])
     subtype = _pick(rng, v["subtype"])
-    if subtype == "bibasilar atelectasis":
-        location = _pick(rng, ["at the lung bases", "at the bilateral lung bases"])
-    elif subtype == "retrocardiac atelectasis":
-        location = _pick(rng, ["at the left lower lobe", "at the left lung base"])
-    else:
-        location = _pick(rng, v["location"])
+    location = _pick(rng, locations_by_subtype.get(subtype, v["location"]))
+    return severity, subtype, location
+
+
+def _atelectasis(rng, certain: bool) -> Finding:
+    severity, subtype, location = _vocabulary_words(rng, "Atelectasis", {
+        "bibasilar atelectasis": ["at the lung bases", "at the bilateral lung bases"],
+        "retrocardiac atelectasis": ["at the left lower lobe", "at the left lung base"],
+    })
     side, zone = _ATELECTASIS_ZONES[location]
     if subtype == "retrocardiac atelectasis":
         zone = "retrocardiac"
@@ -209,15 +214,10 @@ def _cardiomegaly(rng, certain: bool) -> Finding:
 
 
 def _consolidation(rng, certain: bool) -> Finding:
-    v = _VOCAB["Consolidation"]
-    severity = _pick(rng, v["severity"])
-    subtype = _pick(rng, v["subtype"])
-    if subtype == "bilateral consolidation":
-        location = _pick(rng, ["at the lower lung zone", "at the upper lung zone"])
-    elif subtype == "retrocardiac consolidation":
-        location = _pick(rng, ["at the left lower lobe", "at the left lung base"])
-    else:
-        location = _pick(rng, v["location"])
+    severity, subtype, location = _vocabulary_words(rng, "Consolidation", {
+        "bilateral consolidation": ["at the lower lung zone", "at the upper lung zone"],
+        "retrocardiac consolidation": ["at the left lower lobe", "at the left lung base"],
+    })
     side, zone = _CONSOLIDATION_ZONES[location]
     if subtype == "bilateral consolidation":
         side = "both"

@@ -42,7 +42,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -52,7 +51,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from tqdm import tqdm
 
 from medclip_nb.checkpoint import (
     capture_rng_state,
@@ -64,6 +62,7 @@ from medclip_nb.checkpoint import (
 from medclip_nb.config import Config, ConfigError
 from medclip_nb.errors import CheckpointError, DataError, TrainingError
 from medclip_nb.paths import resolve
+from medclip_nb.progress import progress_bar
 
 METRICS_FILE = "metrics.jsonl"
 # Config keys that may differ on resume without it being worth a note.
@@ -363,7 +362,10 @@ def train(cfg: Config, *, log: Callable[[str], Any] = print,
     try:
         world, device = _start_distributed(cfg, log)
         say = log if world.is_main else (lambda *_args, **_kw: None)
-        return _train(cfg, world, device, say, _sync_free_guard)
+        result = _train(cfg, world, device, say, _sync_free_guard)
+        if world.distributed:
+            dist.barrier()  # no rank tears the process group down while another still uses it
+        return result
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         torch.autograd.set_detect_anomaly(anomaly_before)
@@ -380,6 +382,14 @@ class _Data:
     val_loader: Any  # None without a validation split
     augment: Any  # gpu_augment.BatchAugment when training batches hold uint8 store images
     unpaired: Any = None  # unpaired.UnpairedBatches when cfg.unpaired_sources is set
+
+
+def _split_size_line(dataset) -> str:
+    """'64 samples', or '64 of 90 samples (debug subset)' when --debug keeps only the first ones."""
+    full = getattr(dataset, "full_size", len(dataset))
+    if full == len(dataset):
+        return f"{len(dataset)} samples"
+    return f"{len(dataset)} of {full} samples (debug subset)"
 
 
 def _prepare_data(cfg: Config, world: _World, device: torch.device, tokenizer, say) -> _Data:
@@ -407,7 +417,7 @@ def _prepare_data(cfg: Config, world: _World, device: torch.device, tokenizer, s
         say(f"Warning: {warning}")
     say("Dataset loaded:")
     for name in ("train", "val", "test"):
-        say(f"  {name}: {len(splits[name])} samples")
+        say(f"  {name}: {_split_size_line(splits[name])}")
     if store is not None:
         say(f"Images from the store {store.folder} where it has them"
             + (", augmented on the GPU" if augment is not None else ""))
@@ -640,11 +650,6 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
     settled_step = progress.step
     augment_generator = torch.Generator(device) if data.augment is not None else None
     pairs_per_step = cfg.batch_size * world.world_size
-    tqdm_options = {"mininterval": 0.5 if sys.stderr.isatty() else 5.0, "dynamic_ncols": True}
-    if not world.is_main or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
-        # Passed only when off: tqdm reads TQDM_* variables once, when it is imported, and an
-        # explicit disable=False would override them; this also sees a variable set later (notebooks).
-        tqdm_options["disable"] = True
 
     def stop_for_nonfinite(bar, at_step: int, note: str = "", **position) -> NoReturn:
         """Write last_good.pth (`position` overrides the current position and RNG) and raise."""
@@ -695,8 +700,8 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
             restore_rng_state(resume_rng)
             resume_rng = None
         model.train()
-        bar = tqdm(total=batches_per_epoch, initial=progress.batch_in_epoch,
-                   desc=f"Epoch {epoch_number}/{cfg.num_epochs}", **tqdm_options)
+        bar = progress_bar(total=batches_per_epoch, initial=progress.batch_in_epoch,
+                           desc=f"Epoch {epoch_number}/{cfg.num_epochs}", disable=not world.is_main)
         epoch_loss = torch.zeros((), device=device)  # summed on the device: no host sync per step
         window_loss, window_steps, window_start = torch.zeros((), device=device), 0, time.perf_counter()
         window_skipped = 0

@@ -85,6 +85,9 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             model = nn.parallel.DistributedDataParallel(TinyPair(with_bias=kind == "siglip"))
             results[kind] = run_step(model, kind, image_inputs[rows], text_inputs[rows], labels[rows])
         torch.save(results, f"{out_dir}/rank{rank}.pt")
+        # Without it one rank may destroy the group while gloo still serves the other, which then
+        # aborts ("terminate called without an active exception"), mostly on a loaded machine.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -33,10 +33,10 @@ from typing import Iterable, Iterator
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from medclip_nb.errors import DataError
 from medclip_nb.paths import resolve
+from medclip_nb.progress import progress_bar
 
 STORE_VERSION = 1
 IMAGES_FILE = "images.u8"
@@ -238,7 +238,7 @@ def build_store(
     started = time.perf_counter()
     if resumed:
         print(f"image store {out_dir}: resuming, {count - len(todo)} of {count} images already decoded")
-    progress = tqdm(total=count, initial=count - len(todo), desc=f"image store {size}px", unit="img")
+    progress = progress_bar(total=count, initial=count - len(todo), desc=f"image store {size}px", unit="img")
 
     def record(results: list[tuple[int, np.ndarray | None, str | None]]) -> None:
         for row, pixels, reason in results:

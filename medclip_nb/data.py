@@ -550,6 +550,7 @@ class CXRDataset(Dataset):
         if not raw_uint8 and transform is None:
             raise ValueError("a transform is needed unless raw_uint8 is set")
         self.records = records
+        self.full_size = len(records)  # build_datasets sets the split's size before a debug subset
         self.root = Path(root) if root is not None else None
         self.transform = transform
         self.on_bad_image = on_bad_image
@@ -950,6 +951,7 @@ def build_datasets(
     warnings_out = validate_dataset(records, data_path)
     if uses_precomputed_text(cfg):
         validate_clip_indices(records, data_path)
+    full_sizes = {split: len(items) for split, items in records.items()}
     if cfg.debug:
         records = {split: items[: cfg.debug_subset] for split, items in records.items()}
     root = resolve(cfg.image_root) if cfg.image_root else data_path.parent
@@ -970,4 +972,5 @@ def build_datasets(
             raw_uint8=raw_uint8 and train,
             resize_size=cfg.resize_size,
         )
+        datasets[split].full_size = full_sizes[split]
     return datasets, records, warnings_out

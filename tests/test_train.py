@@ -291,7 +291,7 @@ def test_early_stopping_after_patience_validations(tiny_dataset, tmp_path, monke
 
 def test_cli_debug_run_prints_the_seed_console_output(tiny_dataset, tmp_path):
     args = [sys.executable, "-m", "medclip_nb", "train", "--data_path", str(tiny_dataset),
-            "--batch_size", "4", "--num_epochs", "1", "--lr", "1e-4", "--debug",
+            "--batch_size", "4", "--num_epochs", "1", "--lr", "1e-4", "--debug", "--debug_subset", "8",
             "--model", "simple", "--image_size", "32", "--resize_size", "48", "--num_workers", "0",
             "--model_save_path", str(tmp_path)]
     run = subprocess.run(args, cwd=repo_root(), env=SUBPROCESS_ENV,
@@ -303,8 +303,13 @@ def test_cli_debug_run_prints_the_seed_console_output(tiny_dataset, tmp_path):
                      "Loss terms: loss=", "loss_i2t=", "Average loss: ", "Skipped 0 unreadable images",
                      f"Saved checkpoint: {tmp_path / 'checkpoint_epoch_1.pth'}"):
         assert expected in out, expected
-    for split in ("train", "val", "test"):
-        assert f"  {split}: " in out and " samples" in out
+    # Each split's full size is shown beside the debug subset in use.
+    for split, records in load_dataset_file(tiny_dataset).items():
+        if split in ("train", "val", "test"):
+            shown = min(8, len(records))
+            line = (f"  {split}: {shown} of {len(records)} samples (debug subset)" if shown < len(records)
+                    else f"  {split}: {shown} samples")
+            assert line + "\n" in out, (line, out)
     assert (tmp_path / "checkpoint_epoch_1.pth").is_file()
 
 

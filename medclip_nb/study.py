@@ -58,6 +58,10 @@ def ensure_dataset(cfg: Config, *, log=print) -> Path:
     return data_path
 
 
+# Modest resolution: the executed notebooks carry every figure and stay small.
+FIGURE_DPI = 90
+
+
 def figures_dir(cfg: Config) -> Path:
     path = resolve(cfg.reports_dir) / "figures"
     path.mkdir(parents=True, exist_ok=True)
@@ -67,8 +71,29 @@ def figures_dir(cfg: Config) -> Path:
 def save_figure(fig, cfg: Config, name: str) -> Path:
     """Save a matplotlib figure as reports_dir/figures/<name>.png (fixed dpi, no timestamp)."""
     path = figures_dir(cfg) / f"{name}.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(path, dpi=FIGURE_DPI, bbox_inches="tight", metadata={"Software": None})
     return path
+
+
+def show_figure(fig, cfg: Config, name: str) -> None:
+    """Save the figure (`save_figure`), show that same PNG in the notebook cell, and say where it went.
+
+    The figure is closed afterwards, so the inline backend does not draw it a second time.
+    Outside IPython it is only saved. Prints the path relative to reports_dir (the same on
+    every machine, so nbval can compare it).
+    """
+    import matplotlib.pyplot as plt
+
+    path = save_figure(fig, cfg, name)
+    plt.close(fig)
+    try:
+        from IPython import get_ipython
+        from IPython.display import Image, display
+    except ImportError:
+        get_ipython = None
+    if get_ipython is not None and get_ipython() is not None:
+        display(Image(filename=str(path)))
+    print(f"saved: {path.relative_to(resolve(cfg.reports_dir))}")
 
 
 def update_metrics(cfg: Config, key: str, value: Any) -> Path:

@@ -1,0 +1,130 @@
+"""What a reader of the study sees: progress bars where people wait (and none in headless runs),
+every saved figure shown in its notebook cell, and results written by the run (summary.md)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from medclip_nb.paths import repo_root
+from medclip_nb.phantom import generate_phantom
+from medclip_nb.progress import progress_bar, progress_disabled
+from medclip_nb.summary import summary_markdown, write_summary
+
+NOTEBOOKS = sorted((repo_root() / "notebooks").glob("0*.ipynb"))
+
+
+# ---- progress bars ---------------------------------------------------------------------------------
+def test_progress_is_on_unless_the_environment_turns_it_off(monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert not progress_disabled() and not progress_bar(range(3)).disable
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    assert progress_disabled() and progress_bar(range(3)).disable
+
+
+@pytest.mark.parametrize("bars_off", [False, True])
+def test_phantom_generation_shows_a_bar_only_in_interactive_runs(tmp_path, monkeypatch, capsys, bars_off):
+    if bars_off:
+        monkeypatch.setenv("TQDM_DISABLE", "1")
+    else:
+        monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    generate_phantom(tmp_path / "p", studies=6, size=32)
+    err = capsys.readouterr().err
+    if bars_off:
+        assert "phantom" not in err
+    else:
+        assert re.search(r"phantom: 100%.*6/6", err), err
+
+
+def test_headless_make_targets_turn_bars_off_from_outside():
+    """`make study`, `make test` and `make nbval` run papermill/pytest with TQDM_DISABLE=1 set."""
+    run = subprocess.run(["make", "-n", "-B", "study", "test", "nbval", "ablation"], cwd=repo_root(),
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    runners = [line for line in run.stdout.splitlines() if "bin/papermill " in line or "-m pytest" in line]
+    assert len(runners) >= 6, run.stdout
+    for line in runners:
+        assert "TQDM_DISABLE=1" in line, line
+    # nbval runs twice in make test: this CPU's kernels, then PyTorch's unvectorised ones.
+    assert sum("ATEN_CPU_CAPABILITY=default" in line and "--nbval" in line for line in runners) == 2
+
+
+def test_no_notebook_turns_bars_off_itself():
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        assert not any("TQDM_DISABLE" in c.source for c in nb.cells), path.name
+
+
+# ---- figures shown inline ----------------------------------------------------------------------------
+def _image_outputs(cell) -> int:
+    return sum("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_stored_notebooks_show_every_figure_they_save(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert not any("save_figure(" in c.source for c in code), "save_figure only saves: use study.show_figure"
+    for cell in code:
+        assert _image_outputs(cell) == cell.source.count("show_figure("), cell.source[:200]
+    shown = sum(_image_outputs(c) for c in code)
+    assert shown >= (5 if path.stem.startswith("04") else 1)
+    assert path.stat().st_size < 2_000_000, f"{path.name} is {path.stat().st_size} bytes"
+
+
+def test_lab_allows_root():
+    run = subprocess.run(["make", "-n", "lab"], cwd=repo_root(), capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and "--allow-root" in run.stdout and "id -u" in run.stdout
+
+
+# ---- summary.md written from metrics.json ---------------------------------------------------------
+METRICS = {
+    "default": {
+        "zero_shot_5x200": {"mean": {"accuracy": 0.8125, "macro_f1": 0.8}, "max": {"accuracy": 0.75},
+                            "n_per_class": {"Atelectasis": 200, "Edema": 200}},
+        "zero_shot_multilabel": {"auroc_mean": 0.9},
+        "retrieval": {"test": {"image_to_text": {"R@1": 0.05, "R@10": 0.25}, "text_to_image": {"R@10": 0.3}}},
+        "linear_probe": {"auroc_mean": 0.95},
+    },
+    "random init": {"zero_shot_5x200": {"mean": {"accuracy": 0.2}}},
+    "ablation": {"seeds": [1, 2, 3], "summary": {"clip": {"zs_acc_mean": {"mean": 0.5, "std": 0.04, "n": 3}}}},
+}
+
+
+def test_summary_tables_come_from_metrics_json(tmp_path):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps(METRICS))
+    out = write_summary(metrics, tmp_path / "summary.md", wall_seconds=390, params="params/debug.yaml")
+    text = out.read_text()
+    assert "| default | 0.812 | 0.750 | 0.800 | 0.900 | 0.050 | 0.250 | 0.300 | – | 0.950 |" in text
+    assert "| random init | 0.200 | – |" in text
+    assert "(5x200 zero-shot set: 400 images)" in text
+    assert "| clip | 0.500 ± 0.040 |" in text and "over 3 seeds" in text
+    assert "wall time: 6.5 min" in text and "params/debug.yaml" in text
+    import torch
+
+    assert f"torch {torch.__version__}" in text and "PyTorch CPU kernels" in text
+    assert re.search(r"date: \d{4}-\d\d-\d\d \d\d:\d\d", text)
+
+
+def test_summary_without_models_or_ablation_is_still_a_page():
+    text = summary_markdown({})
+    assert text.startswith("# Results of this study run") and "| model |" not in text
+
+
+@pytest.mark.parametrize("content, message", [(None, "no metrics.json"), ("{not json", "not a readable"),
+                                               ("[1, 2]", "expected a JSON object")])
+def test_summary_of_a_bad_metrics_file_is_one_line_exit_2(tmp_path, content, message):
+    metrics = tmp_path / "metrics.json"
+    if content is not None:
+        metrics.write_text(content)
+    run = subprocess.run([sys.executable, "-m", "medclip_nb", "summary", "--metrics", str(metrics),
+                          "--out", str(tmp_path / "summary.md")], cwd=repo_root(), capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 2 and message in run.stderr and str(metrics) in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "summary.md").exists()

@@ -1,4 +1,4 @@
-"""`python -m medclip_nb SUBCOMMAND`: phantom, prepare, data, cache, train, evaluate, bench.
+"""`python -m medclip_nb SUBCOMMAND`: phantom, prepare, data, cache, train, evaluate, bench, summary.
 
 Errors that come from the user's input (a missing file, a bad key, a malformed dataset) end
 the command with one line on stderr and exit status 2, never a traceback.
@@ -72,6 +72,14 @@ def _bench(args) -> int:
     return 0
 
 
+def _summary(args) -> int:
+    from medclip_nb.summary import write_summary
+
+    path = write_summary(args.metrics, args.out, wall_seconds=args.wall_seconds, params=args.params)
+    print(f"summary written: {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m medclip_nb",
@@ -131,6 +139,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build a phantom of N studies at full MIMIC-CXR size for the raw-JPEG path")
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default: 20)")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("summary", help="write the results tables of metrics.json as summary.md (make study does)")
+    p.add_argument("--metrics", default="reports/metrics.json", help="metrics.json (default: reports/metrics.json)")
+    p.add_argument("--out", default="reports/summary.md", help="output file (default: reports/summary.md)")
+    p.add_argument("--wall-seconds", "--wall_seconds", dest="wall_seconds", type=float, default=None,
+                   help="the study's wall time, shown in the summary")
+    p.add_argument("--params", default=None, help="the parameter file the study ran with, shown in the summary")
+    p.set_defaults(func=_summary)
     return parser
 
 

@@ -1,0 +1,128 @@
+"""`reports/summary.md`: the study's results tables, written from `reports/metrics.json` by the run.
+
+Numbers are never typed by hand into prose: `make study` calls `write_summary` at its end, with
+the wall time it measured, and the README links to the file it writes.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Any, Mapping
+
+from medclip_nb.errors import DataError
+from medclip_nb.paths import resolve
+
+HEADLINE_NAMES = {
+    "zs_acc_mean": "5x200 zero-shot acc (mean)",
+    "zs_acc_max": "5x200 zero-shot acc (max)",
+    "zs_macro_f1": "zero-shot macro-F1",
+    "zs_auroc": "per-label zero-shot AUROC",
+    "i2t_R@1": "image→text R@1",
+    "i2t_R@10": "image→text R@10",
+    "t2i_R@10": "text→image R@10",
+    "P@10": "P@10 (5x200)",
+    "probe_auroc": "linear-probe AUROC",
+}
+
+
+def machine_description() -> str:
+    """CPU model, core count and the CPU kernels PyTorch picked (they change the last digits)."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{model}, {os.cpu_count()} cores, PyTorch CPU kernels {capability}"
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(rows: Mapping[str, Mapping[str, Any]], columns: Mapping[str, str], first: str) -> str:
+    """A GitHub-markdown table: one row per key of `rows`, one column per key of `columns`."""
+    lines = ["| " + " | ".join([first, *columns.values()]) + " |",
+             "| " + " | ".join(["---"] * (len(columns) + 1)) + " |"]
+    for name, row in rows.items():
+        lines.append("| " + " | ".join([name, *(_cell(row.get(key)) for key in columns)]) + " |")
+    return "\n".join(lines)
+
+
+def _ablation_section(ablation: Mapping[str, Any]) -> list[str]:
+    summary = ablation.get("summary") or {}
+    if not summary:
+        return []
+    rows = {variant: {key: f"{v['mean']:.3f} ± {v['std']:.3f}" for key, v in stats.items()
+                      if isinstance(v, Mapping) and "mean" in v}
+            for variant, stats in summary.items()}
+    keys = [k for k in HEADLINE_NAMES if any(k in r for r in rows.values())]
+    seeds = ablation.get("seeds", [])
+    return ["", f"## Ablation (mean ± std over {len(seeds)} seeds)", "",
+            markdown_table(rows, {k: HEADLINE_NAMES[k] for k in keys}, "variant")]
+
+
+def summary_markdown(metrics: Mapping[str, Any], *, wall_seconds: float | None = None,
+                     params: str | None = None, when: _dt.datetime | None = None) -> str:
+    """The text of summary.md for a metrics.json mapping {model name: metrics, 'ablation': ...}."""
+    import torch
+
+    from medclip_nb.study import headline
+
+    when = when or _dt.datetime.now().astimezone()
+    models = {name: headline(m) for name, m in metrics.items() if name != "ablation" and isinstance(m, Mapping)}
+    lines = ["# Results of this study run", "",
+             "Written by the run itself from `metrics.json` (never edited by hand). Trained numbers "
+             "differ slightly from CPU to CPU: floating-point kernels differ.", "",
+             f"- date: {when.strftime('%Y-%m-%d %H:%M %Z')}",
+             f"- machine: {machine_description()}",
+             f"- torch {torch.__version__}, Python {platform.python_version()}"]
+    if params:
+        lines.append(f"- parameters: `{params}`")
+    if wall_seconds is not None:
+        lines.append(f"- wall time: {wall_seconds / 60:.1f} min")
+    if models:
+        n_images = _five_x_200_size(metrics)
+        lines += ["", "## Models" + (f" (5x200 zero-shot set: {n_images} images)" if n_images else ""), "",
+                  markdown_table(models, HEADLINE_NAMES, "model")]
+    lines += _ablation_section(metrics.get("ablation") or {})
+    return "\n".join(lines) + "\n"
+
+
+def _five_x_200_size(metrics: Mapping[str, Any]) -> int | None:
+    for entry in metrics.values():
+        counts = entry.get("zero_shot_5x200", {}).get("n_per_class") if isinstance(entry, Mapping) else None
+        if counts:
+            return int(sum(counts.values()))
+    return None
+
+
+def write_summary(metrics_path: str | Path, out_path: str | Path, *, wall_seconds: float | None = None,
+                  params: str | None = None) -> Path:
+    """Write summary.md from metrics.json (atomic: a reader never sees half a file)."""
+    metrics_path, out_path = resolve(metrics_path), resolve(out_path)
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{metrics_path}: no metrics.json (run the study first: make study)") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{metrics_path}: not a readable metrics.json ({str(e).splitlines()[0]})") from None
+    if not isinstance(metrics, dict):
+        raise DataError(f"{metrics_path}: expected a JSON object of models, got {type(metrics).__name__}")
+    text = summary_markdown(metrics, wall_seconds=wall_seconds, params=params)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out_path)
+    return out_path

@@ -40,6 +40,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from medclip_nb.errors import DataError
+from medclip_nb.intervals import mean_auroc_interval, mean_interval, statistic_interval
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, LABEL_INDEX, NUM_LABELS
 from medclip_nb.progress import progress_bar
 from medclip_nb.prompts import class_prompts, label_prompt_pairs
@@ -209,6 +210,9 @@ def retrieval_metrics(
         "n": n,
         "image_to_text": {f"R@{k}": v for k, v in _recall_from_ranks(i2t, ks).items()},
         "text_to_image": {f"R@{k}": v for k, v in _recall_from_ranks(t2i, ks).items()},
+        # 95 % bootstrap intervals over the queries (the gallery stays the whole set).
+        "image_to_text_ci": {f"R@{k}": mean_interval(i2t < k) for k in ks},
+        "text_to_image_ci": {f"R@{k}": mean_interval(t2i < k) for k in ks},
     }
     if classes is not None:
         result["image_to_text_precision"] = {
@@ -291,10 +295,14 @@ def zero_shot_multilabel(image_emb, pos_emb, neg_emb, scale: float) -> np.ndarra
 def multilabel_auroc(probabilities, labels, names: Sequence[str] = CHEXPERT_LABELS) -> dict[str, Any]:
     """AUROC per label (truth binarised: 1.0 positive, the rest negative) and their mean over
     the labels with both classes present, also over the five competition labels."""
-    per_label = auroc_per_label(binarize_labels(labels), probabilities, names)
+    truth = binarize_labels(labels)
+    per_label = auroc_per_label(truth, probabilities, names)
+    defined = [j for j, name in enumerate(names) if math.isfinite(per_label[name])]
     return {
         "auroc": per_label,
         "auroc_mean": mean_defined(per_label.values()),
+        "auroc_mean_ci": mean_auroc_interval(truth[:, defined], np.asarray(probabilities)[:, defined])
+        if defined else None,
         "auroc_mean_competition": mean_defined(per_label[t] for t in COMPETITION_TASKS if t in per_label),
     }
 
@@ -332,6 +340,7 @@ def linear_probe(
 
     auroc: dict[str, float] = {}
     chosen: dict[str, float | None] = {}
+    test_scores: dict[int, np.ndarray] = {}  # label column -> probe scores on test, for the interval
     for j, name in enumerate(names):
         if np.unique(y_train[:, j]).size < 2 or np.unique(y_test[:, j]).size < 2:
             auroc[name], chosen[name] = math.nan, None
@@ -344,11 +353,15 @@ def linear_probe(
         else:
             best_C = DEFAULT_C
             model = fit(best_C, y_train[:, j])
-        auroc[name] = float(roc_auc_score(y_test[:, j], model.predict_proba(x_test)[:, 1]))
+        test_scores[j] = model.predict_proba(x_test)[:, 1]
+        auroc[name] = float(roc_auc_score(y_test[:, j], test_scores[j]))
         chosen[name] = float(best_C)
+    columns = sorted(test_scores)
     return {
         "auroc": auroc,
         "auroc_mean": mean_defined(auroc.values()),
+        "auroc_mean_ci": mean_auroc_interval(y_test[:, columns], np.stack([test_scores[j] for j in columns], axis=1),
+                                             seed=seed) if columns else None,
         "C": chosen,
         "n_train": len(x_train),
         "n_val": len(x_val) if has_val else 0,
@@ -491,7 +504,7 @@ def _loader_for(dataset_or_batches, cfg, tokenizer):
     return dataset_or_batches
 
 
-def _zero_shot_5x200(model, tokenizer, image_emb, rows, classes, batch_size, device, amp, arrays) -> dict:
+def _zero_shot_5x200(model, tokenizer, image_emb, rows, classes, batch_size, device, amp, arrays, seed=0) -> dict:
     """CheXpert-5x200: prompt-ensemble classification of the selected rows into the five
     competition classes, in both ensemble modes."""
     prompts = class_prompts(COMPETITION_TASKS)
@@ -510,10 +523,14 @@ def _zero_shot_5x200(model, tokenizer, image_emb, rows, classes, batch_size, dev
         scores = zero_shot_classify(image_emb[rows], class_embs, mode)
         arrays.zero_shot_scores[mode] = scores
         predicted = scores.argmax(axis=1)
+        n_classes = len(COMPETITION_TASKS)
         result[mode] = {
             "accuracy": accuracy(classes, predicted),
+            "accuracy_ci": mean_interval(predicted == classes, seed=seed),
             "macro_f1": macro_f1(classes, predicted),
-            "confusion": confusion(classes, predicted, len(COMPETITION_TASKS)).tolist(),
+            "macro_f1_ci": statistic_interval(lambda r: macro_f1(classes[r], predicted[r], n_classes),
+                                              len(classes), seed=seed),
+            "confusion": confusion(classes, predicted, n_classes).tolist(),
         }
     return result
 
@@ -557,7 +574,7 @@ def evaluate_model(
         metrics["zero_shot_multilabel"] = {"skipped": reason}
     else:
         metrics["zero_shot_5x200"] = _zero_shot_5x200(
-            model, tokenizer, test["image"], rows, classes, cfg.eval_batch_size, device, amp, arrays
+            model, tokenizer, test["image"], rows, classes, cfg.eval_batch_size, device, amp, arrays, seed
         )
         # Per-label zero-shot: softmax over a positive/negative prompt pair per CheXpert label.
         positive, negative = label_prompt_pairs(CHEXPERT_LABELS)

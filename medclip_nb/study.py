@@ -232,10 +232,75 @@ def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def headline_intervals(metrics: Mapping[str, Any]) -> dict[str, list[float] | None]:
+    """The 95 % bootstrap interval stored beside each number of `headline` (None where none is)."""
+    zs = metrics.get("zero_shot_5x200", {})
+    ml = metrics.get("zero_shot_multilabel", {})
+    rt = metrics.get("retrieval", {}).get("test", {})
+    probe = metrics.get("linear_probe") or {}
+    return {
+        "zs_acc_mean": zs.get("mean", {}).get("accuracy_ci"),
+        "zs_acc_max": zs.get("max", {}).get("accuracy_ci"),
+        "zs_macro_f1": zs.get("mean", {}).get("macro_f1_ci"),
+        "zs_auroc": ml.get("auroc_mean_ci"),
+        "i2t_R@1": rt.get("image_to_text_ci", {}).get("R@1"),
+        "i2t_R@10": rt.get("image_to_text_ci", {}).get("R@10"),
+        "t2i_R@10": rt.get("text_to_image_ci", {}).get("R@10"),
+        "P@10": None,
+        "probe_auroc": probe.get("auroc_mean_ci"),
+    }
+
+
 def results_table(by_model: Mapping[str, Mapping[str, Any]]) -> "pd.DataFrame":
+    """The headline numbers of each model (rows), rounded."""
     import pandas as pd
 
     return pd.DataFrame({name: headline(m) for name, m in by_model.items()}).T.astype(float).round(3)
+
+
+def results_table_with_intervals(by_model: Mapping[str, Mapping[str, Any]]) -> "pd.DataFrame":
+    """The headline numbers as 'value [low, high]' strings (95 % bootstrap intervals)."""
+    import pandas as pd
+
+    from medclip_nb.intervals import format_with_interval
+
+    return pd.DataFrame({
+        name: {key: format_with_interval(value, headline_intervals(m)[key]) for key, value in headline(m).items()}
+        for name, m in by_model.items()
+    }).T
+
+
+def zero_shot_hits(arrays, mode: str = "mean"):
+    """Per 5x200 image: 1.0 where the zero-shot prediction is its class, else 0.0."""
+    import numpy as np
+
+    scores = arrays.zero_shot_scores[mode]
+    return (np.asarray(scores).argmax(axis=1) == arrays.five_x_200_classes).astype(float)
+
+
+def paired_comparisons(arrays_by_model: Mapping[str, Any], reference: str = "default",
+                       modes=("mean", "max")) -> "pd.DataFrame":
+    """5x200 zero-shot accuracy of `reference` minus each other model, on the same test images,
+    with the paired bootstrap interval of the difference and whether it excludes 0."""
+    import numpy as np
+    import pandas as pd
+
+    from medclip_nb.intervals import paired_difference
+
+    ref = arrays_by_model[reference]
+    rows = []
+    for name, arrays in arrays_by_model.items():
+        if name == reference:
+            continue
+        if not np.array_equal(arrays.five_x_200_rows, ref.five_x_200_rows):
+            raise ValueError(f"paired_comparisons: {name} was evaluated on other 5x200 images than {reference}")
+        for mode in modes:
+            d = paired_difference(zero_shot_hits(ref, mode), zero_shot_hits(arrays, mode))
+            rows.append({"against": name, "metric": f"zero-shot accuracy ({mode})",
+                         "difference": round(d["difference"], 3),
+                         "95% CI": None if d["ci"] is None else f"[{d['ci'][0]:.3f}, {d['ci'][1]:.3f}]",
+                         "resolved": d["resolved"]})
+    return pd.DataFrame(rows)
 
 
 def embedding_figure(arrays, *, seed: int = 0):
@@ -397,21 +462,27 @@ def ablation_reading(stats: Mapping[str, Mapping[str, Mapping[str, float]]], ref
     return "\n".join(lines)
 
 
-def reading(results: Mapping[str, Mapping[str, Any]], default: str = "default") -> str:
-    """A short written reading of the results table, generated from the numbers themselves."""
-    d = headline(results[default])
+def reading(results: Mapping[str, Mapping[str, Any]], default: str = "default", comparisons=None) -> str:
+    """A short written reading of the results table, generated from the numbers themselves;
+    with `comparisons` (`paired_comparisons`), each zero-shot gap says whether it is resolved."""
+    d, ci = headline(results[default]), headline_intervals(results[default])
     lines = []
     acc = d["zs_acc_mean"]
     if acc is not None:
-        verdict = "well above" if acc >= 0.4 else ("above" if acc > 0.25 else "near")
-        lines.append(f"- 5-class zero-shot accuracy of the default model: {acc:.3f}, {verdict} chance (0.200).")
+        interval = ci["zs_acc_mean"]
+        if interval:
+            verdict = ("above" if interval[0] > 0.2 else "not distinguishable from") + " chance (0.200)"
+            lines.append(f"- 5-class zero-shot accuracy of the default model: {acc:.3f} "
+                         f"(95 % CI {interval[0]:.3f}-{interval[1]:.3f}), {verdict}.")
+        else:
+            lines.append(f"- 5-class zero-shot accuracy of the default model: {acc:.3f} (no interval: too few images).")
     for name, m in results.items():
         if name == default:
             continue
         other = headline(m)
         if acc is not None and other["zs_acc_mean"] is not None:
             gap = acc - other["zs_acc_mean"]
-            lines.append(f"- Against {name}: zero-shot accuracy {gap:+.3f}, "
+            lines.append(f"- Against {name}: zero-shot accuracy {gap:+.3f}{_paired_note(comparisons, name)}, "
                          f"image->text R@10 {_diff(d['i2t_R@10'], other['i2t_R@10'])}, "
                          f"linear-probe AUROC {_diff(d['probe_auroc'], other['probe_auroc'])}.")
     if d["zs_auroc"] is not None:
@@ -419,6 +490,16 @@ def reading(results: Mapping[str, Mapping[str, Any]], default: str = "default") 
     lines.append("- These are phantom data: the numbers show that the pipeline learns image-report "
                  "alignment end to end, not how the model would do on MIMIC-CXR.")
     return "\n".join(lines)
+
+
+def _paired_note(comparisons, name: str) -> str:
+    if comparisons is None or not len(comparisons):
+        return ""
+    row = comparisons[(comparisons["against"] == name) & (comparisons["metric"] == "zero-shot accuracy (mean)")]
+    if not len(row) or row.iloc[0]["95% CI"] is None:
+        return ""
+    verdict = "resolved" if row.iloc[0]["resolved"] else "not resolved: the interval includes 0"
+    return f" (paired 95 % CI {row.iloc[0]['95% CI']}, {verdict})"
 
 
 def _diff(a, b) -> str:

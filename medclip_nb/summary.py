@@ -79,10 +79,13 @@ def summary_markdown(metrics: Mapping[str, Any], *, wall_seconds: float | None =
     """The text of summary.md for a metrics.json mapping {model name: metrics, 'ablation': ...}."""
     import torch
 
-    from medclip_nb.study import headline
+    from medclip_nb.intervals import format_with_interval
+    from medclip_nb.study import headline, headline_intervals
 
     when = when or _dt.datetime.now().astimezone()
-    models = {name: headline(m) for name, m in metrics.items() if name != "ablation" and isinstance(m, Mapping)}
+    models = {name: {key: format_with_interval(value, headline_intervals(m)[key])
+                     for key, value in headline(m).items()}
+              for name, m in metrics.items() if name != "ablation" and isinstance(m, Mapping)}
     lines = ["# Results of this study run", "",
              "Written by the run itself from `metrics.json` (never edited by hand). Trained numbers "
              "differ slightly from CPU to CPU: floating-point kernels differ.", "",
@@ -96,6 +99,7 @@ def summary_markdown(metrics: Mapping[str, Any], *, wall_seconds: float | None =
     if models:
         n_images = _five_x_200_size(metrics)
         lines += ["", "## Models" + (f" (5x200 zero-shot set: {n_images} images)" if n_images else ""), "",
+                  "Each number with its 95 % bootstrap interval over the test images (1,000 resamples).", "",
                   markdown_table(models, HEADLINE_NAMES, "model")]
     lines += _ablation_section(metrics.get("ablation") or {})
     return "\n".join(lines) + "\n"

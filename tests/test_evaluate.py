@@ -361,6 +361,18 @@ def test_evaluate_model_end_to_end():
     lines = ev.summary_lines(metrics)
     assert any("accuracy (max, n=16)" in line and "1.0000" in line for line in lines)
 
+    # Every headline number carries its 95 % bootstrap interval, which holds the number itself.
+    from medclip_nb.study import headline, headline_intervals
+
+    values, intervals = headline(metrics), headline_intervals(metrics)
+    for key, value in values.items():
+        if key == "P@10" or value is None:
+            continue
+        low, high = intervals[key]
+        assert low <= value + 1e-4 and value - 1e-4 <= high, (key, value, intervals[key])
+    assert zs["max"]["accuracy_ci"] == [1.0, 1.0]  # every image right: every resample is right
+    assert 0 <= zs["mean"]["accuracy_ci"][0] <= zs["mean"]["accuracy"] <= zs["mean"]["accuracy_ci"][1]
+
 
 def test_precomputed_text_features_skip_prompts():
     tokenizer, model = FakeTokenizer(), FakeModel()

@@ -85,7 +85,7 @@ def test_lab_allows_root():
 # ---- summary.md written from metrics.json ---------------------------------------------------------
 METRICS = {
     "default": {
-        "zero_shot_5x200": {"mean": {"accuracy": 0.8125, "macro_f1": 0.8}, "max": {"accuracy": 0.75},
+        "zero_shot_5x200": {"mean": {"accuracy": 0.8125, "accuracy_ci": [0.78, 0.84], "macro_f1": 0.8}, "max": {"accuracy": 0.75},
                             "n_per_class": {"Atelectasis": 200, "Edema": 200}},
         "zero_shot_multilabel": {"auroc_mean": 0.9},
         "retrieval": {"test": {"image_to_text": {"R@1": 0.05, "R@10": 0.25}, "text_to_image": {"R@10": 0.3}}},
@@ -101,7 +101,7 @@ def test_summary_tables_come_from_metrics_json(tmp_path):
     metrics.write_text(json.dumps(METRICS))
     out = write_summary(metrics, tmp_path / "summary.md", wall_seconds=390, params="params/debug.yaml")
     text = out.read_text()
-    assert "| default | 0.812 | 0.750 | 0.800 | 0.900 | 0.050 | 0.250 | 0.300 | – | 0.950 |" in text
+    assert "| default | 0.812 [0.780, 0.840] | 0.750 | 0.800 | 0.900 | 0.050 | 0.250 | 0.300 | – | 0.950 |" in text
     assert "| random init | 0.200 | – |" in text
     assert "(5x200 zero-shot set: 400 images)" in text
     assert "| clip | 0.500 ± 0.040 |" in text and "over 3 seeds" in text

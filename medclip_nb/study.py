@@ -212,43 +212,35 @@ def evaluate_run(model, tokenizer, cfg: Config, device="cpu", *, log=print):
     return evaluate_model(model, tokenizer, splits, cfg, device, seed=0, log=log)
 
 
+# Where each headline number sits in a metrics entry, and where its 95 % interval sits (None: none).
+HEADLINE_PATHS: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
+    "zs_acc_mean": (("zero_shot_5x200", "mean", "accuracy"), ("zero_shot_5x200", "mean", "accuracy_ci")),
+    "zs_acc_max": (("zero_shot_5x200", "max", "accuracy"), ("zero_shot_5x200", "max", "accuracy_ci")),
+    "zs_macro_f1": (("zero_shot_5x200", "mean", "macro_f1"), ("zero_shot_5x200", "mean", "macro_f1_ci")),
+    "zs_auroc": (("zero_shot_multilabel", "auroc_mean"), ("zero_shot_multilabel", "auroc_mean_ci")),
+    "i2t_R@1": (("retrieval", "test", "image_to_text", "R@1"), ("retrieval", "test", "image_to_text_ci", "R@1")),
+    "i2t_R@10": (("retrieval", "test", "image_to_text", "R@10"), ("retrieval", "test", "image_to_text_ci", "R@10")),
+    "t2i_R@10": (("retrieval", "test", "text_to_image", "R@10"), ("retrieval", "test", "text_to_image_ci", "R@10")),
+    "P@10": (("retrieval", "test_5x200", "image_to_text_precision", "P@10"), None),
+    "probe_auroc": (("linear_probe", "auroc_mean"), ("linear_probe", "auroc_mean_ci")),
+}
+
+
+def _lookup(metrics: Mapping[str, Any], path: tuple[str, ...] | None):
+    value: Any = metrics if path else None
+    for key in path or ():
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value
+
+
 def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The numbers a results table shows for one model."""
-    zs = metrics.get("zero_shot_5x200", {})
-    ml = metrics.get("zero_shot_multilabel", {})
-    rt = metrics.get("retrieval", {}).get("test", {})
-    p5 = metrics.get("retrieval", {}).get("test_5x200", {})
-    probe = metrics.get("linear_probe") or {}
-    return {
-        "zs_acc_mean": zs.get("mean", {}).get("accuracy"),
-        "zs_acc_max": zs.get("max", {}).get("accuracy"),
-        "zs_macro_f1": zs.get("mean", {}).get("macro_f1"),
-        "zs_auroc": ml.get("auroc_mean"),
-        "i2t_R@1": rt.get("image_to_text", {}).get("R@1"),
-        "i2t_R@10": rt.get("image_to_text", {}).get("R@10"),
-        "t2i_R@10": rt.get("text_to_image", {}).get("R@10"),
-        "P@10": p5.get("image_to_text_precision", {}).get("P@10"),
-        "probe_auroc": probe.get("auroc_mean"),
-    }
+    return {key: _lookup(metrics, value_path) for key, (value_path, _) in HEADLINE_PATHS.items()}
 
 
 def headline_intervals(metrics: Mapping[str, Any]) -> dict[str, list[float] | None]:
     """The 95 % bootstrap interval stored beside each number of `headline` (None where none is)."""
-    zs = metrics.get("zero_shot_5x200", {})
-    ml = metrics.get("zero_shot_multilabel", {})
-    rt = metrics.get("retrieval", {}).get("test", {})
-    probe = metrics.get("linear_probe") or {}
-    return {
-        "zs_acc_mean": zs.get("mean", {}).get("accuracy_ci"),
-        "zs_acc_max": zs.get("max", {}).get("accuracy_ci"),
-        "zs_macro_f1": zs.get("mean", {}).get("macro_f1_ci"),
-        "zs_auroc": ml.get("auroc_mean_ci"),
-        "i2t_R@1": rt.get("image_to_text_ci", {}).get("R@1"),
-        "i2t_R@10": rt.get("image_to_text_ci", {}).get("R@10"),
-        "t2i_R@10": rt.get("text_to_image_ci", {}).get("R@10"),
-        "P@10": None,
-        "probe_auroc": probe.get("auroc_mean_ci"),
-    }
+    return {key: _lookup(metrics, ci_path) for key, (_, ci_path) in HEADLINE_PATHS.items()}
 
 
 def results_table(by_model: Mapping[str, Mapping[str, Any]]) -> "pd.DataFrame":

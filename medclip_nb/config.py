@@ -39,6 +39,14 @@ def _non_negative(v):
     return v >= 0
 
 
+def _fractions(values) -> bool:
+    """A non-empty list of numbers in (0, 1] (YAML numbers, or strings of them from a flag)."""
+    try:
+        return len(values) > 0 and all(0 < float(v) <= 1 for v in values)
+    except (TypeError, ValueError):
+        return False
+
+
 @dataclass
 class Config:
     # ---- data -----------------------------------------------------------------------------
@@ -125,6 +133,10 @@ class Config:
     gpu_augment: bool = _opt(True, "with an image store on GPU: move uint8 batches and augment on the GPU")
     # ---- evaluation ------------------------------------------------------------------------
     zeroshot_per_class: int = _opt(200, "CheXpert-5x200: images per class (up to)", check=_positive)
+    probe_label_fractions: list = _opt(
+        [0.01, 0.1, 1.0], "linear probe: fractions of the training labels it is fitted on (seeded subsets), "
+        "the low-label protocol of this literature", check=_fractions
+    )
     baselines: bool = _opt(True, "notebook 04: also evaluate the random-init model and train the seed's simple model with the same budget")
     ablation_seeds: list = _opt([], "notebook 04: seeds of the model/loss ablation (empty: no ablation; see `make ablation`)")
     reports_dir: str = _opt("reports", "folder for metrics.json, executed notebooks and figures/ of the study")

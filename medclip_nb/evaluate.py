@@ -369,6 +369,26 @@ def linear_probe(
     }
 
 
+def linear_probe_fractions(train_emb, train_labels, fractions: Sequence[float], *, full: Mapping | None = None,
+                           seed: int = 0, **probe_args) -> dict[str, dict[str, Any]]:
+    """The linear probe fitted on a seeded random fraction of the training images (1 %, 10 %,
+    100 % in this literature's low-label protocol): {"0.01": {"fraction", "n_train",
+    "auroc_mean", "auroc_mean_ci"}, ...}. `full`, the probe on all labels, is reused for 1.0.
+    Validation (for C) and test stay whole."""
+    n = len(train_emb)
+    out: dict[str, dict[str, Any]] = {}
+    for i, fraction in enumerate(sorted(float(f) for f in fractions)):
+        if fraction >= 1.0 and full is not None:
+            result = full
+        else:
+            size = min(n, max(2, math.ceil(fraction * n)))
+            rows = np.sort(np.random.default_rng([seed, i, size]).choice(n, size=size, replace=False))
+            result = linear_probe(_numpy(train_emb)[rows], _numpy(train_labels)[rows], seed=seed, **probe_args)
+        out[f"{fraction:g}"] = {"fraction": fraction, "n_train": result["n_train"],
+                                "auroc_mean": result["auroc_mean"], "auroc_mean_ci": result.get("auroc_mean_ci")}
+    return out
+
+
 # ---- model-facing ------------------------------------------------------------------------------------
 def _autocast(device: torch.device, amp: bool):
     """bf16 (or fp16) autocast on CUDA when asked; CPU evaluation always runs in fp32."""
@@ -605,13 +625,16 @@ def evaluate_model(
             metrics["n"][name] = len(probe_embs[name]["index"])
             metrics["skipped_images"][name] = probe_embs[name]["n_skipped"]
         val = probe_embs.get("val")
-        metrics["linear_probe"] = linear_probe(
-            probe_embs["train"]["image"], probe_embs["train"]["labels"], test["image"], test["labels"],
-            val_emb=None if val is None else val["image"], val_labels=None if val is None else val["labels"],
-            seed=seed,
-        )
+        probe_args = dict(test_emb=test["image"], test_labels=test["labels"], seed=seed,
+                          val_emb=None if val is None else val["image"],
+                          val_labels=None if val is None else val["labels"])
+        metrics["linear_probe"] = linear_probe(probe_embs["train"]["image"], probe_embs["train"]["labels"],
+                                               **probe_args)
+        metrics["linear_probe_fractions"] = linear_probe_fractions(
+            probe_embs["train"]["image"], probe_embs["train"]["labels"],
+            getattr(cfg, "probe_label_fractions", [1.0]), full=metrics["linear_probe"], **probe_args)
     else:
-        metrics["linear_probe"] = None
+        metrics["linear_probe"] = metrics["linear_probe_fractions"] = None
     return json_ready(metrics), arrays
 
 

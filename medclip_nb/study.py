@@ -262,6 +262,41 @@ def results_table_with_intervals(by_model: Mapping[str, Mapping[str, Any]]) -> "
     }).T
 
 
+def probe_fraction_table(by_model: Mapping[str, Mapping[str, Any]]) -> "pd.DataFrame":
+    """Linear-probe mean AUROC [95 % CI] per model (rows) and fraction of training labels (columns)."""
+    import pandas as pd
+
+    from medclip_nb.intervals import format_with_interval
+
+    table = {}
+    for name, m in by_model.items():
+        for key, entry in (m.get("linear_probe_fractions") or {}).items():
+            column = f"{entry['fraction']:.0%} labels (n={entry['n_train']})"
+            table.setdefault(name, {})[column] = format_with_interval(entry["auroc_mean"], entry["auroc_mean_ci"])
+    return pd.DataFrame(table).T
+
+
+def probe_fraction_figure(by_model: Mapping[str, Mapping[str, Any]]):
+    """Linear-probe mean AUROC against the fraction of training labels, with 95 % intervals."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for name, m in by_model.items():
+        entries = [e for e in (m.get("linear_probe_fractions") or {}).values() if e["auroc_mean"] is not None]
+        if not entries:
+            continue
+        x = np.array([e["fraction"] for e in entries])
+        y = np.array([e["auroc_mean"] for e in entries])
+        ci = np.array([e["auroc_mean_ci"] or [v, v] for e, v in zip(entries, y)])
+        ax.errorbar(x, y, yerr=[y - ci[:, 0], ci[:, 1] - y], marker="o", capsize=3, label=name)
+    ax.set(xscale="log", xlabel="fraction of training labels", ylabel="mean AUROC (test)",
+           title="Linear probe with few labels (95 % CI)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def zero_shot_hits(arrays, mode: str = "mean"):
     """Per 5x200 image: 1.0 where the zero-shot prediction is its class, else 0.0."""
     import numpy as np

@@ -373,6 +373,12 @@ def test_evaluate_model_end_to_end():
     assert zs["max"]["accuracy_ci"] == [1.0, 1.0]  # every image right: every resample is right
     assert 0 <= zs["mean"]["accuracy_ci"][0] <= zs["mean"]["accuracy"] <= zs["mean"]["accuracy_ci"][1]
 
+    # The low-label probes: seeded subsets of the 40 training images; 100 % is the full probe.
+    fractions = metrics["linear_probe_fractions"]
+    assert list(fractions) == ["0.01", "0.1", "1"]
+    assert [f["n_train"] for f in fractions.values()] == [2, 4, 40]
+    assert fractions["1"]["auroc_mean"] == probe["auroc_mean"]
+
 
 def test_precomputed_text_features_skip_prompts():
     tokenizer, model = FakeTokenizer(), FakeModel()

@@ -92,6 +92,11 @@ class Config:
     text_features_path: str | None = _opt(None, "clip_text_features.json for text_encoder: precomputed")
     embed_dim: int = _opt(512, "shared embedding size", check=_positive)
     loss: str = _opt("clip", "contrastive loss", choices=["clip", "medclip", "siglip"])
+    siglip_bias_init: str = _opt(
+        "batch_prior", "initial SigLIP bias: 'batch_prior' = -ln(pairs per step - 1), the log-odds of a positive "
+        "pair (-3.4 at batch 32); 'paper' = -10, which is that prior at the paper's batch of ~32k",
+        choices=["batch_prior", "paper"],
+    )
     uncertain_label_value: float = _opt(
         0.5, "weight of an uncertain (-1) finding in the label vectors of the medclip loss", check=lambda v: 0 <= v <= 1
     )

@@ -420,14 +420,36 @@ class MedCLIPModel(_DualEncoder):
 
 
 # ---- factory ---------------------------------------------------------------------------------
+def siglip_initial_bias(cfg) -> float:
+    """SigLIP's bias starts at the log-odds that a pair in the batch is positive (1 of B).
+
+    The paper's -10 is that prior for its ~32k batches. At batch 32 it makes every negative's
+    gradient ~e^-10, so early steps only pull positives together (embeddings collapse) until
+    the bias has climbed about 7 units, which at lr 1e-3 takes thousands of steps.
+    """
+    if cfg.siglip_bias_init == "paper":
+        return SIGLIP_INIT_LOGIT_BIAS
+    pairs = cfg.batch_size * int(os.environ.get("WORLD_SIZE", "1"))  # the loss sees every rank's pairs
+    return -math.log(max(pairs - 1, 1))
+
+
 def build_model(cfg, tokenizer=None) -> nn.Module:
     """The model the config asks for: cfg.model ('simple' | 'medclip'), cfg.vision_backbone,
     cfg.vision_pretrained, cfg.text_encoder ('transformer' | 'bert' | 'precomputed'),
-    cfg.embed_dim and cfg.loss (which sets the logit scale init and the SigLIP bias).
+    cfg.embed_dim and cfg.loss (which sets the logit scale init and the SigLIP bias, whose
+    start `siglip_initial_bias` chooses).
 
     `tokenizer` (text.py tokenizer or HFTokenizerAdapter) gives vocab_size, pad_id and
     max_length to the transformer encoder; the precomputed encoder needs none.
     """
+    model = _build_model(cfg, tokenizer)
+    if model.logit_bias is not None:
+        with torch.no_grad():
+            model.logit_bias.fill_(siglip_initial_bias(cfg))
+    return model
+
+
+def _build_model(cfg, tokenizer=None) -> nn.Module:
     if cfg.model == "simple":
         length = getattr(tokenizer, "max_length", SimpleMedCLIPModel.TEXT_LENGTH)
         if length != SimpleMedCLIPModel.TEXT_LENGTH:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from types import SimpleNamespace
 
@@ -26,6 +27,7 @@ from medclip_nb.models import (
     build_vision_backbone,
     count_parameters,
     pretrained_weights_file,
+    siglip_initial_bias,
 )
 
 TOKENIZER = SimpleNamespace(vocab_size=50, pad_id=0, max_length=16)
@@ -95,6 +97,18 @@ def test_siglip_model_has_bias_and_scale_init():
     assert model.logit_multiplier().item() == pytest.approx(10.0, rel=1e-5)
     assert model.logit_bias.item() == -10.0
     assert model.logit_bias in set(model.parameters())
+
+
+@pytest.mark.parametrize("init, world, expected", [("batch_prior", "1", -math.log(31)), ("batch_prior", "4", -math.log(127)),
+                                                    ("paper", "1", -10.0)])
+def test_build_model_starts_the_siglip_bias_at_the_batch_prior(monkeypatch, init, world, expected):
+    """The bias starts at the log-odds of a positive pair among all pairs the loss sees; the
+    paper's -10 (that prior at ~32k pairs) stays selectable."""
+    monkeypatch.setenv("WORLD_SIZE", world)
+    cfg = Config(model="simple", loss="siglip", batch_size=32, siglip_bias_init=init, embed_dim=16)
+    assert siglip_initial_bias(cfg) == pytest.approx(expected)
+    assert build_model(cfg).logit_bias.item() == pytest.approx(expected, abs=1e-6)
+    assert build_model(cfg.replace(loss="clip")).logit_bias is None
 
 
 # ---- vision backbones --------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from medclip_nb.errors import CheckpointError
+from medclip_nb.paths import write_atomic
 
 EXPORT_FORMAT = "medclip-nb-export"
 EXPORT_VERSION = 1
@@ -41,16 +42,6 @@ def is_export_dir(path: str | os.PathLike) -> bool:
     return Path(path).is_dir() and (Path(path) / CONFIG_FILE).is_file()
 
 
-def _write_atomic(target: Path, write) -> None:
-    """`write(tmp_path)`, then rename onto `target`: an interrupted export leaves no half file."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_model(model: torch.nn.Module, tokenizer, cfg, out_dir: str | os.PathLike) -> Path:
     """Write `model` (weights), `cfg` (model keys only) and `tokenizer` to `out_dir`.
 
@@ -63,14 +54,18 @@ def export_model(model: torch.nn.Module, tokenizer, cfg, out_dir: str | os.PathL
     foreign = sorted(p.name for p in out.iterdir() if p.name not in EXPORT_FILES) if out.is_dir() else []
     if foreign:
         raise CheckpointError(f"--out {out}: folder holds other files ({foreign[0]}, ...); give an empty or new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CheckpointError(f"--out {out}: cannot create the folder ({e.strerror or type(e).__name__})") from None
     # safetensors wants contiguous tensors that share no memory: clone each one.
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     config = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION,
               "config": {k: getattr(cfg, k) for k in MODEL_CONFIG_KEYS}}
-    _write_atomic(out / WEIGHTS_FILE, lambda p: save_file(weights, str(p), metadata={"format": "pt"}))
-    _write_atomic(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
-    _write_atomic(out / TOKENIZER_FILE, lambda p: p.write_text(tokenizer.to_json()))
+    write_atomic(out / WEIGHTS_FILE, lambda p: save_file(weights, str(p), metadata={"format": "pt"}), "--out")
+    write_atomic(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"),
+                 "--out")
+    write_atomic(out / TOKENIZER_FILE, lambda p: p.write_text(tokenizer.to_json()), "--out")
     return out
 
 

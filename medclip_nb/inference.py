@@ -42,6 +42,7 @@ from medclip_nb.data import (
 from medclip_nb.errors import DataError, UserError
 from medclip_nb.evaluate import _autocast, _eval_mode, encode_texts, model_logit_scale, zero_shot_classify
 from medclip_nb.labels import COMPETITION_TASKS, PROMPT_VOCABULARY
+from medclip_nb.paths import write_atomic
 from medclip_nb.progress import progress_bar
 from medclip_nb.prompts import finding_phrase, generate_prompts
 from medclip_nb.text import clean_report
@@ -280,9 +281,12 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     if isinstance(device, str) and device.strip().isdigit():  # a gpu_id such as "0"
         device = f"cuda:{device.strip()}" if torch.cuda.is_available() else "cpu"
     try:
-        return torch.device(device)
+        chosen = torch.device(device)
     except RuntimeError:
         raise UserError(f"device {device!r}: not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if chosen.type == "cuda" and (not torch.cuda.is_available() or (chosen.index or 0) >= torch.cuda.device_count()):
+        raise UserError(f"device {device!r}: no such CUDA device here ({torch.cuda.device_count()} visible)")
+    return chosen
 
 
 def load_pretrained(path: str | os.PathLike, device: str | torch.device | None = None) -> Pretrained:
@@ -362,15 +366,12 @@ def save_embeddings(arrays: Mapping[str, np.ndarray], out: str | os.PathLike) ->
     out = Path(out)
     if out.suffix != ".npz":
         raise UserError(f"--out {out}: the embeddings file must end in .npz")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add '.npz' to a path
             np.savez(f, **arrays)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+
+    return write_atomic(out, write, "--out")
 
 
 # ---- command-line entry points --------------------------------------------------------------------------
@@ -406,14 +407,7 @@ def predict_command(checkpoint, paths, *, classes=None, prompts_file=None, mode=
     shown = table.assign(prediction=table.idxmax(axis=1))
     print(shown.to_string(float_format=lambda v: f"{v:.4f}"))
     if csv:
-        csv = Path(csv)
-        tmp = csv.with_name(f".{csv.name}.tmp-{os.getpid()}")
-        try:
-            shown.to_csv(tmp)
-            os.replace(tmp, csv)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _note(f"Saved CSV: {csv}")
+        _note(f"Saved CSV: {write_atomic(csv, shown.to_csv, '--csv')}")
     _note(f"Classified {len(table)} image{'s' if len(table) != 1 else ''} into {len(table.columns)} classes "
           f"on {pretrained.device}")
     return table

@@ -79,6 +79,11 @@ def test_predict_bad_input_is_one_line_and_exit_2(run_dir, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("error: ") and len([line for line in err if line.startswith("error")]) == 1
     assert main(["predict", "--checkpoint", str(tmp_path / "nope.pth"), str(broken)]) == 2
+    assert main(["embed", "--checkpoint", str(run_dir / "best.pth"), "--data_path", str(broken),
+                 "--out", str(tmp_path / "emb.txt")]) == 2
+    assert "must end in .npz" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", str(run_dir / "best.pth"), "--out", str(broken)]) == 2
+    assert "not a folder" in capsys.readouterr().err
 
 
 def test_classify_accepts_paths_pil_images_and_tensors(run_dir, test_images):

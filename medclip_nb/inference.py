@@ -256,7 +256,7 @@ class Pretrained:
         id), one column per class, rows summing to 1.
 
         Each class is scored by the cosine similarity of the image to its prompts (`mode`
-        'mean': to the normalised mean prompt embedding, MedCLIP's ensemble; 'max': to the best
+        'mean': to the normalised mean prompt embedding, the ensemble of evaluate.py; 'max': the best
         prompt), times the model's logit scale, then softmax over the classes. Classes and
         prompts: see resolve_prompts (default: the five competition classes with MedCLIP's
         vocabulary). `df.attrs` holds 'prompts' (per class) and 'skipped' ([(path, reason)]).

@@ -190,7 +190,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     except ConfigError as e:
         raise CheckpointError(f"{p}: stored config is not valid here: {e}") from None
     tokenizer = tokenizer_from_json(state["tokenizer"])
-    model = build_model(cfg, tokenizer)
+    # The checkpoint holds every weight: no need for the ImageNet file in the torch hub cache.
+    model = build_model(cfg.replace(vision_pretrained=False), tokenizer)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as e:

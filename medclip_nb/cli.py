@@ -1,4 +1,5 @@
-"""`python -m medclip_nb SUBCOMMAND`: phantom, prepare, data, cache, train, evaluate, bench, summary.
+"""`python -m medclip_nb SUBCOMMAND`: phantom, prepare, data, cache, train, evaluate, bench,
+summary, predict, embed, export.
 
 Errors that come from the user's input (a missing file, a bad key, a malformed dataset) end
 the command with one line on stderr and exit status 2, never a traceback.
@@ -61,6 +62,40 @@ def _evaluate(args) -> int:
 
     overrides = {k: getattr(args, k) for k in CONFIG_KEYS if hasattr(args, k)}
     evaluate_checkpoint(args.checkpoint, out_dir=args.out, overrides=overrides)
+    return 0
+
+
+def _overrides(args) -> dict:
+    """The config-key flags the user typed (the others are absent from `args`)."""
+    return {k: getattr(args, k) for k in CONFIG_KEYS if hasattr(args, k)}
+
+
+def _predict(args) -> int:
+    from medclip_nb.inference import predict_command
+
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    predict_command(args.checkpoint, args.paths, classes=classes, prompts_file=args.prompts, mode=args.mode,
+                    csv=args.csv, overrides=_overrides(args))
+    return 0
+
+
+def _embed(args) -> int:
+    from medclip_nb.inference import embed_command
+
+    overrides = _overrides(args)
+    if "data_path" not in overrides:
+        raise UserError("embed: --data_path is required (the dataset file to embed)")
+    data_path = overrides.pop("data_path")
+    splits = tuple(s.strip() for s in args.splits.split(",") if s.strip())
+    embed_command(args.checkpoint, data_path, args.out, splits=splits, overrides=overrides)
+    return 0
+
+
+def _export(args) -> int:
+    from medclip_nb.export import export_checkpoint
+
+    out = export_checkpoint(args.checkpoint, args.out)
+    print(f"Exported {args.checkpoint} to {out}/ (model.safetensors, config.json, tokenizer.json)")
     return 0
 
 
@@ -132,6 +167,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p, keys=("data_path", "image_root", "image_store", "eval_batch_size",
                                   "zeroshot_per_class", "num_workers", "gpu_id", "seed"))
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("predict", help="zero-shot classify images or folders of images with a checkpoint or export")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, ...) or export folder")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
+    p.add_argument("--classes", default=None,
+                   help="comma-separated class names (default: the prompts file's classes, else the five "
+                        "CheXpert competition classes)")
+    p.add_argument("--prompts", default=None, metavar="FILE",
+                   help="YAML/JSON file mapping class names to lists of prompts (default: MedCLIP's vocabulary)")
+    p.add_argument("--mode", default="mean", choices=["mean", "max"],
+                   help="prompt ensemble: mean embedding or best prompt (default: mean)")
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
+    add_config_arguments(p, keys=("eval_batch_size", "num_workers", "gpu_id", "on_bad_image"))
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("embed", help="image and report embeddings of a dataset file, with their ids, to .npz")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, ...) or export folder")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .npz file")
+    p.add_argument("--splits", default="train,val,test", help="comma-separated splits (default: train,val,test)")
+    add_config_arguments(p, keys=("data_path", "image_root", "image_store", "eval_batch_size", "num_workers",
+                                  "gpu_id", "on_bad_image"))
+    p.set_defaults(func=_embed)
+
+    p = sub.add_parser("export", help="portable export of a checkpoint's model: safetensors, config and tokenizer JSON")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, last.pth, ...)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty, or an earlier export)")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("bench", help="throughput benchmark: model-only vs end-to-end from the store and from JPEGs")
     add_config_arguments(p)

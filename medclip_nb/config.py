@@ -133,6 +133,10 @@ class Config:
     early_stopping_patience: int = _opt(5, "stop after N validations without a lower val loss (0 turns it off)", check=_non_negative)
     max_nonfinite_steps: int = _opt(10, "stop after N non-finite losses in a row (each one is skipped)", check=_positive)
     log_every: int = _opt(10, "write a metrics row every N steps", check=_positive)
+    tensorboard: bool = _opt(
+        False, "also write the metrics rows (loss, lr, temperature, pairs/s) as TensorBoard events under "
+        "model_save_path/tensorboard (optional package: pip install -e .[tensorboard])"
+    )
     compile: bool = _opt(False, "torch.compile the model (GPU)")
     channels_last: bool = _opt(True, "channels_last memory format for the image backbone on GPU")
     gpu_augment: bool = _opt(True, "with an image store on GPU: move uint8 batches and augment on the GPU")

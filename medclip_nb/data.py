@@ -431,6 +431,12 @@ def load_grayscale(path: str | os.PathLike, draft_size: int | None = None) -> np
             raise BadImageError(f"{path}: truncated or corrupt image ({exc})") from None
 
 
+def pil_to_grayscale(img: Image.Image, name: str = "<PIL image>") -> np.ndarray:
+    """A PIL image already open as a uint8 ``H x W`` array, by the mode rules of
+    ``load_grayscale``; ``name`` is what a ``BadImageError`` calls it."""
+    return _to_grayscale_uint8(img, Path(name))
+
+
 # ---------------------------------------------------------------------------------------------
 # Transforms
 # ---------------------------------------------------------------------------------------------

@@ -422,21 +422,24 @@ def compute_embeddings(
     *,
     with_text: bool = True,
     amp: bool = True,
+    progress: str | None = "embedding",
 ) -> dict[str, Any]:
     """Embeddings of every sample a loader yields (batches as in docs/architecture.md).
 
     Runs in eval mode without gradients (the model's mode is restored afterwards); autocast
     only on CUDA. Returns NumPy arrays: image [N, D], text [N, D] (None without text),
     labels [N, 14], index [N] (dataset index of each row), text_group [N] (rows with the
-    same id had identical text tokens, i.e. the same report) and n_skipped (unreadable
-    images the loader dropped).
+    same id had identical text tokens, i.e. the same report), n_skipped (unreadable
+    images the loader dropped) and skipped_paths (their files). `progress`: the label of a
+    progress bar over the batches (None: no bar; TQDM_DISABLE turns every bar off).
     """
     device = torch.device(device)
     images, texts, labels, index, text_keys = [], [], [], [], []
-    n_skipped = 0
+    n_skipped, skipped_paths = 0, []
     with _eval_mode(model), _autocast(device, amp):
-        for batch in progress_bar(loader, desc="embedding", unit="batch", leave=False):
+        for batch in progress_bar(loader, desc=progress, disable=progress is None, unit="batch", leave=False):
             n_skipped += int(batch.get("n_skipped", 0))
+            skipped_paths.extend(batch.get("skipped_paths", []))
             if len(batch["index"]) == 0:
                 continue
             pixels = batch["pixel_values"]
@@ -463,6 +466,7 @@ def compute_embeddings(
         "text_group": np.array([group_of.setdefault(k, len(group_of)) for k in text_keys], dtype=np.int64)
         if with_text else None,
         "n_skipped": n_skipped,
+        "skipped_paths": skipped_paths,
     }
 
 

@@ -33,6 +33,8 @@ Files in `model_save_path`:
                             time (seconds of training, summed over resumes); with the sync-free
                             guard (CUDA) train rows also hold nonfinite_skipped, the steps of
                             the row's window that were skipped
+    tensorboard/            with `tensorboard: true`: the same rows as TensorBoard scalars
+                            (medclip_nb/tensorboard_log.py); metrics.jsonl stays the record
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from medclip_nb.config import Config, ConfigError
 from medclip_nb.errors import CheckpointError, DataError, TrainingError
 from medclip_nb.paths import resolve
 from medclip_nb.progress import progress_bar
+from medclip_nb.tensorboard_log import TensorBoardLog, require_tensorboard
 
 METRICS_FILE = "metrics.jsonl"
 # Config keys that may differ on resume without it being worth a note.
@@ -216,12 +219,14 @@ class _DeviceNonfiniteCounts:
 # ---- metrics log ---------------------------------------------------------------------------------
 class MetricsLog:
     """`metrics.jsonl`: one JSON object per line. On resume the rows written after the resume
-    step (by the run that was stopped) are dropped first, so no step appears twice."""
+    step (by the run that was stopped) are dropped first, so no step appears twice. `mirror`
+    (for example a TensorBoardLog) receives every row written and is closed with the log."""
 
-    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True):
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True, mirror=None):
         self.path = path
         self.rows: list[dict] = []
         self.enabled = enabled
+        self.mirror = mirror
         if not enabled:
             return
         if resume_step is not None and path.is_file():
@@ -249,10 +254,14 @@ class MetricsLog:
         self.rows.append(row)
         self._file.write(json.dumps(row, allow_nan=False) + "\n")
         self._file.flush()
+        if self.mirror is not None:
+            self.mirror.write(row)
 
     def close(self) -> None:
         if self.enabled:
             self._file.close()
+        if self.mirror is not None:
+            self.mirror.close()
 
 
 # ---- run state -----------------------------------------------------------------------------------
@@ -514,6 +523,8 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
         # "Same seed, same config on CPU: the same losses, to the last digit."
         torch.use_deterministic_algorithms(True)
     torch.autograd.set_detect_anomaly(cfg.debug)
+    if cfg.tensorboard:
+        require_tensorboard()  # before the data and the model, not after
     resume_path, resumed = _open_resume_point(cfg, say)
     out_dir = resolve(cfg.model_save_path)
     if world.is_main:
@@ -573,8 +584,9 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
     if world.rank > 0:
         torch.manual_seed(cfg.seed + 1000 * world.rank + progress.step)
 
-    metrics = MetricsLog(out_dir / METRICS_FILE, progress.step if resumed is not None else None,
-                         enabled=world.is_main)
+    resume_step = progress.step if resumed is not None else None
+    metrics = MetricsLog(out_dir / METRICS_FILE, resume_step, enabled=world.is_main,
+                         mirror=TensorBoardLog(out_dir, resume_step) if cfg.tensorboard and world.is_main else None)
     result = TrainResult(output_dir=out_dir, best_checkpoint=None, last_checkpoint=None,
                          metrics_path=out_dir / METRICS_FILE)
     best_path, last_path = out_dir / "best.pth", out_dir / "last.pth"

@@ -1,6 +1,7 @@
 """Shared test settings."""
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,3 +21,16 @@ def one_thread_no_bars():
         del os.environ["TQDM_DISABLE"]
     else:
         os.environ["TQDM_DISABLE"] = bars
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """datasets.pkl of a 24-study phantom at 64 px (about 4 training batches of 4), shared by
+    the modules that train tiny models (test_train.py, test_inference.py)."""
+    from medclip_nb.mimic import prepare_mimic
+    from medclip_nb.phantom import generate_phantom
+
+    root = tmp_path_factory.mktemp("tiny_phantom")
+    generate_phantom(root / "mimic", studies=24, size=64)
+    prepare_mimic(root / "mimic", root / "prepared", num_workers=1)
+    return root / "prepared" / "datasets.pkl"

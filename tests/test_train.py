@@ -106,18 +106,6 @@ METRIC_KEYS = {"step", "epoch", "split", "loss", "lr", "temperature", "logit_sca
 pytestmark = pytest.mark.usefixtures("one_thread_no_bars")  # tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def tiny_dataset(tmp_path_factory) -> Path:
-    """datasets.pkl of a 24-study phantom at 64 px (about 4 training batches of 4)."""
-    from medclip_nb.mimic import prepare_mimic
-    from medclip_nb.phantom import generate_phantom
-
-    root = tmp_path_factory.mktemp("tiny_phantom")
-    generate_phantom(root / "mimic", studies=24, size=64)
-    prepare_mimic(root / "mimic", root / "prepared", num_workers=1)
-    return root / "prepared" / "datasets.pkl"
-
-
 def tiny_config(dataset: Path, out: Path, **overrides):
     """A config that trains in about a second on the CPU."""
     values = dict(

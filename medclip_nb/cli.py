@@ -17,7 +17,8 @@ from medclip_nb.errors import UserError
 def _phantom(args) -> int:
     from medclip_nb.phantom import generate_phantom
 
-    summary = generate_phantom(args.out, studies=args.studies, size=args.size, seed=args.seed)
+    summary = generate_phantom(args.out, studies=args.studies, size=args.size, seed=args.seed,
+                               test_studies=args.test_studies)
     print(f"phantom MIMIC-CXR-JPG written to {args.out}: {summary['studies']} studies, "
           f"{summary['images']} images, {summary['subjects']} patients")
     return 0
@@ -127,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--studies", type=int, default=300, help="number of studies (default: 300)")
     p.add_argument("--size", type=int, default=256, help="image side in pixels (default: 256)")
     p.add_argument("--seed", type=int, default=0, help="seed; same seed, same bytes (default: 0)")
+    p.add_argument("--test-studies", "--test_studies", dest="test_studies", type=int, default=0,
+                   help="extra test-only studies of new patients, for large evaluation sets (default: 0)")
     p.set_defaults(func=_phantom)
 
     p = sub.add_parser("prepare", help="import a MIMIC-CXR-JPG tree into datasets.pkl")
@@ -145,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="make the config's dataset ready: generate the phantom and/or prepare it, build the store")
     add_config_arguments(p, keys=("data_path", "mimic_root", "frontal_views", "phantom_dir", "phantom_studies",
-                                  "phantom_size", "phantom_seed", "image_store", "resize_size"))
+                                  "phantom_size", "phantom_seed", "phantom_test_studies", "image_store", "resize_size"))
     p.set_defaults(func=_data)
 
     p = sub.add_parser("cache", help="decode every image of a dataset once into a uint8 store")

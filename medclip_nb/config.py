@@ -65,6 +65,9 @@ class Config:
     phantom_dir: str = _opt("data/phantom", "where the phantom MIMIC-CXR-JPG tree is written")
     phantom_studies: int = _opt(300, "number of phantom studies", check=_positive)
     phantom_size: int = _opt(256, "phantom image side in pixels (MIMIC-CXR is about 2544 x 3056)", check=_positive)
+    phantom_test_studies: int = _opt(
+        0, "extra test-only phantom studies of new patients: evaluation sets big enough for intervals", check=_non_negative
+    )
     phantom_seed: int = _opt(0, "phantom generator seed (same seed, same bytes)")
     image_size: int = _opt(224, "training crop size in pixels", check=_positive)
     resize_size: int = _opt(256, "size images are resized to before cropping", check=_positive)

@@ -69,7 +69,7 @@ LATERAL_SHARE_PA, LATERAL_SHARE_AP = 0.40, 0.08  # about 25% of studies overall
 BLANK_VIEW_SHARE = 0.04
 IMPRESSION_ONLY_SHARE, NO_SECTIONS_SHARE = 0.03, 0.01
 
-_RNG_PLAN, _RNG_STUDY, _RNG_SUBJECT = 0, 1, 2  # independent random streams per purpose
+_RNG_PLAN, _RNG_STUDY, _RNG_SUBJECT, _RNG_TEST_COHORT = 0, 1, 2, 3  # independent random streams per purpose
 
 
 def image_width(size: int) -> int:
@@ -1109,7 +1109,55 @@ def _assign_splits(study_counts: np.ndarray, rng: np.random.Generator) -> list[s
     return splits
 
 
-def _plan_studies(studies: int, seed: int) -> list[_Study]:
+def _fill_study(s: _Study, seed: int) -> None:
+    """Draw the study's findings and its images (a frontal view, sometimes a lateral)."""
+    srng = np.random.default_rng([seed, _RNG_STUDY, s.index])
+    s.findings = sample_findings(srng)
+    if any(f.label == "Cardiomegaly" and f.value > 0 and f.words["grade"] != "borderline" for f in s.findings) \
+            and srng.random() < 0.3:
+        s.findings.append(Finding("Enlarged Cardiomediastinum", 1.0))
+    devices = any(f.label == "Support Devices" for f in s.findings)
+    portable = any(f.label == "Cardiomegaly" and f.value > 0 and
+                   ("portable" in f.subtype or f.subtype.startswith("ap ")) for f in s.findings)
+    frontal = "AP" if portable or srng.random() < (0.85 if devices else 0.4) else "PA"
+    s.images.append(_Image(_dicom_id(srng), frontal))
+    if srng.random() < (LATERAL_SHARE_AP if frontal == "AP" else LATERAL_SHARE_PA):
+        s.images.append(_Image(_dicom_id(srng), _pick(srng, ["LATERAL", "LL"], [0.7, 0.3])))
+    s.images.sort(key=lambda im: im.dicom_id)
+
+
+def _test_cohort(plan: list[_Study], test_studies: int, seed: int) -> list[_Study]:
+    """`test_studies` more test studies of new patients, drawn like the others from a stream of
+    their own, so the rest of the phantom keeps its bytes. Test images cost only inference:
+    this is what gives the zero-shot and retrieval metrics sample sizes worth an interval."""
+    if not test_studies:
+        return []
+    rng = np.random.default_rng([seed, _RNG_TEST_COHORT])
+    n_subjects = max(1, round(test_studies / 3))
+    owner = np.concatenate([np.arange(n_subjects), rng.integers(0, n_subjects, test_studies - n_subjects)])
+    counts = np.bincount(owner, minlength=n_subjects)
+    used_subjects, used_studies = {s.subject_id for s in plan}, {s.study_id for s in plan}
+    subject_ids = [i for i in 10_000_000 + rng.choice(10_000_000, n_subjects + len(used_subjects), replace=False)
+                   if i not in used_subjects][:n_subjects]
+    study_ids = [i for i in 50_000_000 + rng.choice(10_000_000, test_studies + len(used_studies), replace=False)
+                 if i not in used_studies][:test_studies]
+    first_subject = max(s.subject_index for s in plan) + 1
+    cohort: list[_Study] = []
+    for k in range(n_subjects):
+        day = np.datetime64("2110-01-01") + int(rng.integers(0, 80 * 365))
+        for _ in range(counts[k]):
+            day = day + int(rng.integers(1, 400))
+            hh, mm, ss, ms = rng.integers(0, 24), rng.integers(0, 60), rng.integers(0, 60), rng.integers(0, 1000)
+            cohort.append(_Study(
+                index=len(plan) + len(cohort), subject_index=first_subject + k, subject_id=int(subject_ids[k]),
+                study_id=int(study_ids[len(cohort)]), split="test", date=int(str(day).replace("-", "")),
+                time=float(f"{hh:02d}{mm:02d}{ss:02d}.{ms:03d}"), images=[], findings=[]))
+    for s in cohort:
+        _fill_study(s, seed)
+    return cohort
+
+
+def _plan_studies(studies: int, seed: int, test_studies: int = 0) -> list[_Study]:
     rng = np.random.default_rng([seed, _RNG_PLAN])
     n_subjects = max(1, round(studies / 3))
     owner = np.concatenate([np.arange(n_subjects), rng.integers(0, n_subjects, studies - n_subjects)])
@@ -1145,19 +1193,7 @@ def _plan_studies(studies: int, seed: int) -> list[_Study]:
         plan[i].style = "impression_only"
 
     for s in plan:
-        srng = np.random.default_rng([seed, _RNG_STUDY, s.index])
-        s.findings = sample_findings(srng)
-        if any(f.label == "Cardiomegaly" and f.value > 0 and f.words["grade"] != "borderline" for f in s.findings) \
-                and srng.random() < 0.3:
-            s.findings.append(Finding("Enlarged Cardiomediastinum", 1.0))
-        devices = any(f.label == "Support Devices" for f in s.findings)
-        portable = any(f.label == "Cardiomegaly" and f.value > 0 and
-                       ("portable" in f.subtype or f.subtype.startswith("ap ")) for f in s.findings)
-        frontal = "AP" if portable or srng.random() < (0.85 if devices else 0.4) else "PA"
-        s.images.append(_Image(_dicom_id(srng), frontal))
-        if srng.random() < (LATERAL_SHARE_AP if frontal == "AP" else LATERAL_SHARE_PA):
-            s.images.append(_Image(_dicom_id(srng), _pick(srng, ["LATERAL", "LL"], [0.7, 0.3])))
-        s.images.sort(key=lambda im: im.dicom_id)
+        _fill_study(s, seed)
 
     # Blank ViewPosition on a few images (only of ordinary studies, so the rare report
     # styles stay importable and testable).
@@ -1165,7 +1201,7 @@ def _plan_studies(studies: int, seed: int) -> list[_Study]:
     n_blank = max(1, round(BLANK_VIEW_SHARE * sum(len(s.images) for s in plan))) if len(candidates) >= 10 else 0
     for i in sorted(rng.choice(len(candidates), n_blank, replace=False)) if n_blank else []:
         candidates[i].blank_view = True
-    return plan
+    return plan + _test_cohort(plan, test_studies, seed)
 
 
 _VIEW_MEANING = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral", "LL": "left lateral"}
@@ -1178,21 +1214,23 @@ def _write_gzip_csv(path: Path, frame: pd.DataFrame) -> None:
         gz.write(data)
 
 
-def _check_args(studies: int, size: int, seed: int) -> None:
+def _check_args(studies: int, size: int, seed: int, test_studies: int = 0) -> None:
     if not isinstance(studies, (int, np.integer)) or studies < 1:
         raise ConfigError(f"config key 'phantom_studies': must be a positive integer, got {studies!r}")
     if not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
         raise ConfigError(f"config key 'phantom_size': must be an integer in {MIN_SIZE}..{MAX_SIZE}, got {size!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"config key 'phantom_seed': must be a non-negative integer, got {seed!r}")
+    if not isinstance(test_studies, (int, np.integer)) or test_studies < 0:
+        raise ConfigError(f"config key 'phantom_test_studies': must be a non-negative integer, got {test_studies!r}")
 
 
-def _manifest(studies: int, size: int, seed: int) -> dict:
+def _manifest(studies: int, size: int, seed: int, test_studies: int = 0) -> dict:
     return {"generator": "medclip_nb.phantom", "version": PHANTOM_VERSION,
-            "studies": int(studies), "size": int(size), "seed": int(seed)}
+            "studies": int(studies), "size": int(size), "seed": int(seed), "test_studies": int(test_studies)}
 
 
-def phantom_is_current(out, studies: int, size: int, seed: int) -> bool:
+def phantom_is_current(out, studies: int, size: int, seed: int, test_studies: int = 0) -> bool:
     """True when `out` holds a complete phantom written with these arguments by this version.
     Relative paths are taken from the repository root."""
     out = resolve(out)
@@ -1203,7 +1241,7 @@ def phantom_is_current(out, studies: int, size: int, seed: int) -> bool:
         return False
     if not isinstance(recorded, dict) or not recorded.get("complete"):
         return False
-    wanted = _manifest(studies, size, seed)
+    wanted = _manifest(studies, size, seed, test_studies)
     if any(recorded.get(k) != v for k, v in wanted.items()):
         return False
     tables = (SPLIT_TABLE, CHEXPERT_TABLE, METADATA_TABLE)
@@ -1228,7 +1266,7 @@ def _clear_previous(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0) -> dict:
+def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, test_studies: int = 0) -> dict:
     """Write a deterministic phantom MIMIC-CXR-JPG tree (images, reports, three tables) to `out`.
 
     About studies/3 patients with several studies each; patient-disjoint splits of about
@@ -1236,19 +1274,21 @@ def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0) ->
     or AP) and about 25% also a lateral (LATERAL or LL); about 4% of images have a blank
     ViewPosition; about 3% of reports lack FINDINGS and about 1% have no sections at all.
     Images are `size` pixels tall and round(size * 2544 / 3056) wide. Same arguments, same
-    bytes. An earlier phantom in `out` is replaced; a folder holding other MIMIC files is
+    bytes. `test_studies` adds that many test-only studies of new patients (a test cohort for
+    evaluation sets big enough to separate methods; the other studies keep their bytes). An
+    earlier phantom in `out` is replaced; a folder holding other MIMIC files is
     refused. Relative paths are taken from the repository root. Returns a summary: studies,
     images, subjects and per-split counts (subjects, studies, images of each split).
     """
-    _check_args(studies, size, seed)
+    _check_args(studies, size, seed, test_studies)
     out = resolve(out)
     _clear_previous(out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = _manifest(studies, size, seed)
+    manifest = _manifest(studies, size, seed, test_studies)
     # Written first as incomplete: an interrupted run is recognised as a phantom and redone.
     (out / PHANTOM_MANIFEST).write_text(json.dumps({**manifest, "complete": False}, indent=2) + "\n")
 
-    plan = _plan_studies(studies, seed)
+    plan = _plan_studies(studies, seed, test_studies)
     patients: dict[int, Anatomy] = {}
     split_rows, label_rows, meta_rows = [], [], []
     width = image_width(size)

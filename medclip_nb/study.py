@@ -40,10 +40,13 @@ def ensure_dataset(cfg: Config, *, log=print) -> Path:
         source = resolve(cfg.mimic_root)
     else:
         source = resolve(cfg.phantom_dir)
-        if not phantom_is_current(source, cfg.phantom_studies, cfg.phantom_size, cfg.phantom_seed):
-            log(f"Generating phantom MIMIC-CXR-JPG in {source} ({cfg.phantom_studies} studies, "
-                f"{cfg.phantom_size} px, seed {cfg.phantom_seed})")
-            generate_phantom(source, studies=cfg.phantom_studies, size=cfg.phantom_size, seed=cfg.phantom_seed)
+        shape = dict(studies=cfg.phantom_studies, size=cfg.phantom_size, seed=cfg.phantom_seed,
+                     test_studies=cfg.phantom_test_studies)
+        if not phantom_is_current(source, **shape):
+            log(f"Generating phantom MIMIC-CXR-JPG in {source} ({cfg.phantom_studies} studies"
+                + (f" + {cfg.phantom_test_studies} test studies" if cfg.phantom_test_studies else "")
+                + f", {cfg.phantom_size} px, seed {cfg.phantom_seed})")
+            generate_phantom(source, **shape)
             if data_path.exists():
                 data_path.unlink()  # prepared from an older phantom
     if not data_path.exists():

@@ -341,3 +341,29 @@ def test_render_sizes_keep_the_mimic_aspect():
         assert im.mode == "L" and im.size == (round(size * 2544 / 3056), size)
     lateral = render_chest(64, anatomy, [], "LATERAL", 0)
     assert lateral.size == (image_width(64), 64)
+
+
+def test_test_cohort_gives_a_full_5x200_and_keeps_the_other_studies(tmp_path):
+    """The extra test studies (new patients, own random stream) fill each 5x200 class; the
+    studies without them keep their bytes."""
+    from medclip_nb.data import load_dataset_file
+    from medclip_nb.evaluate import build_5x200
+    from medclip_nb.mimic import prepare_mimic
+
+    plain = generate_phantom(tmp_path / "plain", studies=20, size=32, seed=0)
+    cohort = generate_phantom(tmp_path / "cohort", studies=20, size=32, seed=0, test_studies=150)
+    assert cohort["splits"]["test"]["studies"] == plain["splits"]["test"]["studies"] + 150
+    assert cohort["splits"]["train"] == plain["splits"]["train"]
+    for jpg in (tmp_path / "plain" / "files").rglob("*.jpg"):
+        assert jpg.read_bytes() == (tmp_path / "cohort" / jpg.relative_to(tmp_path / "plain")).read_bytes()
+    assert phantom_is_current(tmp_path / "cohort", 20, 32, 0, test_studies=150)
+    assert not phantom_is_current(tmp_path / "cohort", 20, 32, 0)
+
+    prepare_mimic(tmp_path / "cohort", tmp_path / "prepared", num_workers=0)
+    test = load_dataset_file(tmp_path / "prepared" / "datasets.pkl")["test"]
+    pairs = build_5x200(test, per_class=10, seed=0)
+    counts = np.bincount([c for _, c in pairs], minlength=5)
+    assert counts.tolist() == [10] * 5
+    subjects = {r["subject_id"] for split in ("train", "val") for r in load_dataset_file(
+        tmp_path / "prepared" / "datasets.pkl")[split]}
+    assert not subjects & {r["subject_id"] for r in test}  # still patient-disjoint

@@ -37,7 +37,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -48,6 +47,7 @@ from PIL import Image, UnidentifiedImageError
 
 from medclip_nb.config import ConfigError
 from medclip_nb.errors import DataError
+from medclip_nb.files import atomic_write_bytes
 from medclip_nb.labels import CHEXPERT_LABELS
 from medclip_nb.paths import resolve
 
@@ -214,20 +214,6 @@ def _worker_count(num_workers: int | None, jobs: int) -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------
@@ -413,7 +399,7 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
         "train_texts": _sentence_records(unpaired_texts),
     }
     datasets.update({name: records for name, records in unpaired.items() if records})
-    _atomic_write(out / "datasets.pkl", pickle.dumps(datasets, protocol=4))
+    atomic_write_bytes(out / "datasets.pkl", pickle.dumps(datasets, protocol=4))
 
     unlabeled = ~kept["study_id"].isin(chexpert["study_id"])
     by_split = kept.groupby("split", sort=False)
@@ -442,7 +428,7 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
             "moved_subjects": moved_subjects,
         },
     }
-    _atomic_write(out / "prepare_report.json", (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(out / "prepare_report.json", (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     kept_line = ", ".join(f"{k} {v}" for k, v in report["kept"].items())
     dropped_line = ", ".join(f"{k} {v}" for k, v in report["dropped"].items())
     print(f"prepared {report['kept_total']} images from {root} -> {out / 'datasets.pkl'}")

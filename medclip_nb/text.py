@@ -18,12 +18,13 @@ import re
 import unicodedata
 from typing import TYPE_CHECKING, Iterable, Protocol
 
-import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
 from medclip_nb.errors import CheckpointError, DataError
 
 if TYPE_CHECKING:
+    import torch
+
     from medclip_nb.config import Config
 
 PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
@@ -142,6 +143,8 @@ class TextTokenizer(Protocol):
 
 
 def _empty_batch(max_length: int) -> dict[str, torch.Tensor]:
+    import torch  # here, not at import: prepare splits sentences without needing torch
+
     empty = torch.zeros((0, max_length), dtype=torch.long)
     return {"input_ids": empty, "attention_mask": empty.clone()}
 
@@ -197,6 +200,8 @@ class SubwordTokenizer:
 
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """``input_ids`` and ``attention_mask``, both int64 ``[len(texts), max_length]``."""
+        import torch
+
         if not texts:
             return _empty_batch(self.max_length)
         encodings = self._tokenizer.encode_batch(list(texts))
@@ -254,6 +259,8 @@ class CharTokenizer:
 
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """``input_ids`` and ``attention_mask`` (1 on real characters), int64 ``[B, max_length]``."""
+        import torch
+
         if not texts:
             return _empty_batch(self.max_length)
         ids = torch.zeros((len(texts), self.max_length), dtype=torch.long)

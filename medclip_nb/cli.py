@@ -42,9 +42,12 @@ def _data(args) -> int:
 
 
 def _cache(args) -> int:
-    from medclip_nb.store import build_store
+    from medclip_nb.store import ImageStore, build_store
 
-    build_store(args.data_path, args.out, size=args.size, num_workers=args.num_workers)
+    folder = build_store(args.data_path, args.out, size=args.size, num_workers=args.num_workers, rebuild=args.rebuild)
+    if args.verify:
+        ImageStore.open(folder, expected_source=args.data_path, expected_size=args.size).verify()
+        print(f"image store {folder}: every row matches its recorded hash")
     return 0
 
 
@@ -111,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="stored image side (default: 256)")
     p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=None,
                    help="decoding processes (default: all cores)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="decode every image again into a new build, even over a store that fails its integrity checks")
+    p.add_argument("--verify", action="store_true", help="afterwards, hash every stored row (opening checks a sample)")
     p.set_defaults(func=_cache)
 
     p = sub.add_parser("train", help="pretrain (the seed script's flags, plus every config key)",

@@ -41,6 +41,7 @@ from sklearn.preprocessing import StandardScaler
 
 from medclip_nb.errors import DataError
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, LABEL_INDEX, NUM_LABELS
+from medclip_nb.progress import progress
 from medclip_nb.prompts import class_prompts, label_prompt_pairs
 
 DEFAULT_CS = (0.01, 0.1, 1.0, 10.0)
@@ -401,7 +402,8 @@ def compute_embeddings(
     images, texts, labels, index, text_keys = [], [], [], [], []
     n_skipped = 0
     with _eval_mode(model), _autocast(device, amp):
-        for batch in loader:
+        total = len(loader) if hasattr(loader, "__len__") else None
+        for batch in progress(loader, total=total, desc="evaluate: embedding", unit="batch"):
             n_skipped += int(batch.get("n_skipped", 0))
             if len(batch["index"]) == 0:
                 continue

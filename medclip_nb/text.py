@@ -176,6 +176,8 @@ class SubwordTokenizer:
         differently from run to run (huggingface/tokenizers#1794); without the prefix the
         same texts always give the same vocabulary.
         """
+        from medclip_nb.progress import progress
+
         texts = list(texts)
         if not texts:
             raise ValueError("no texts to learn a subword vocabulary from")
@@ -186,7 +188,9 @@ class SubwordTokenizer:
         trainer = trainers.BpeTrainer(
             vocab_size=int(vocab_size), special_tokens=list(SPECIAL_TOKENS), show_progress=False
         )
-        tokenizer.train_from_iterator(texts, trainer=trainer)
+        # The bar counts the texts the trainer has read; its merges follow (a few seconds at MIMIC size).
+        tokenizer.train_from_iterator(progress(texts, desc="tokenizer: learning BPE from reports", unit="report"),
+                                      trainer=trainer, length=len(texts))
         _add_cls_sep(tokenizer)
         return cls(tokenizer, max_length)
 

@@ -1,4 +1,4 @@
-"""`python -m medclip_nb SUBCOMMAND`: phantom, prepare, data, cache, train, evaluate, bench.
+"""`python -m medclip_nb SUBCOMMAND`: phantom, prepare, data, cache, train, evaluate, bench, bench-scale.
 
 Errors that come from the user's input (a missing file, a bad key, a malformed dataset) end
 the command with one line on stderr and exit status 2, never a traceback.
@@ -75,6 +75,15 @@ def _bench(args) -> int:
     return 0
 
 
+def _bench_scale(args) -> int:
+    from medclip_nb.scale_bench import main_scale
+
+    sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
+    main_scale(sizes, args.root, store_size=args.store_size, num_workers=args.num_workers,
+               compare_old=not args.no_compare, keep=args.keep, out_json=args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m medclip_nb",
@@ -137,6 +146,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build a phantom of N studies at full MIMIC-CXR size for the raw-JPEG path")
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default: 20)")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("bench-scale", help="time every data step on synthetic MIMIC-CXR-size trees (benchmarks/README.md)")
+    p.add_argument("--sizes", default="5000,60000,227827", help="studies per tree, comma-separated (full MIMIC: 227827)")
+    p.add_argument("--root", default="/tmp/medclip_scale", help="folder for the trees (removed afterwards unless --keep)")
+    p.add_argument("--store-size", "--store_size", dest="store_size", type=int, default=16,
+                   help="image store side in pixels (default: 16; the images are tiny)")
+    p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=2,
+                   help="loader and import worker processes (default: 2)")
+    p.add_argument("--no-compare", action="store_true", help="skip the second epoch with the old list-of-dicts records")
+    p.add_argument("--keep", action="store_true", help="keep the trees")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.set_defaults(func=_bench_scale)
     return parser
 
 

@@ -140,17 +140,26 @@ def _paths_hash(image_paths: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
+def _image_files(image_paths: list[str], base: Path) -> list[str]:
+    """The file of each image_path (relative ones under `base`), as plain strings: this runs
+    for every image on every open, so it avoids building Path objects."""
+    prefix = str(base).rstrip(os.sep) + os.sep
+    return [str(_resolve_image(p, base)) if p.startswith("~") else (p if os.path.isabs(p) else prefix + p)
+            for p in image_paths]
+
+
 def _file_stats(files: list[str]) -> np.ndarray:
     """int64 [N, 2]: (size, mtime in ns) of each file, (-1, -1) where it cannot be read."""
-    stats = np.full((len(files), 2), -1, dtype=np.int64)
-    stat = os.stat
-    for i, file in enumerate(files):
+    stat, flat = os.stat, []
+    append = flat.extend
+    for file in files:
         try:
             st = stat(file)
         except OSError:
+            append((-1, -1))
             continue
-        stats[i] = (st.st_size, st.st_mtime_ns)
-    return stats
+        append((st.st_size, st.st_mtime_ns))
+    return np.array(flat, dtype=np.int64).reshape(len(files), 2)
 
 
 def _source_meta(data_path: Path, image_paths: list[str]) -> dict:
@@ -303,7 +312,7 @@ class _Build:
 
     def changed_files(self, base: Path) -> np.ndarray:
         """bool [count]: the source image file's size or mtime differs from what was recorded."""
-        now = _file_stats([str(_resolve_image(p, base)) for p in self.paths])
+        now = _file_stats(_image_files(self.paths, base))
         return (now != self.stats).any(axis=1)
 
 
@@ -446,13 +455,20 @@ def build_store(
     store_dir = resolve(out) if out is not None else default_store_dir(data_file, size)
     base = resolve(image_root) if image_root is not None else data_file.parent
 
+    previous = None if rebuild else _current_if_usable(store_dir)
+    if previous is not None and previous.complete and _built_from_this_file(previous.meta, data_file, size, base):
+        # The dataset file is the very one the store was built from: its image list need not be read.
+        changed = previous.changed_files(base)
+        if not changed.any():
+            print(f"image store {store_dir}: complete and current ({previous.count} images at {size}x{size}), "
+                  f"nothing to do")
+            return store_dir
     image_paths = _dataset_image_paths(data_file)
     count = len(image_paths)
     if count == 0:
         raise DataError(f"{data_file}: no image_path in any split, nothing to store")
     want = {"version": STORE_VERSION, "size": size, "count": count, "complete": False,
             **_source_meta(data_file, image_paths), "image_root": str(base)}
-    previous = None if rebuild else _current_if_usable(store_dir)
     if previous is not None and previous.complete and _same_build_key(previous.meta, want):
         changed = previous.changed_files(base)
         if not changed.any():
@@ -461,6 +477,12 @@ def build_store(
         print(f"image store {store_dir}: {int(changed.sum())} image files changed since they were stored: "
               f"a new build decodes them again")
     return _build_new(store_dir, data_file, image_paths, want, base, num_workers, previous, rebuild)
+
+
+def _built_from_this_file(meta: dict, data_file: Path, size: int, base: Path) -> bool:
+    stat = data_file.stat()
+    return (meta.get("source") == str(data_file) and meta.get("size") == size and meta.get("image_root") == str(base)
+            and meta.get("source_bytes") == stat.st_size and meta.get("source_mtime") == stat.st_mtime)
 
 
 def _current_if_usable(store_dir: Path) -> _Build | None:
@@ -495,7 +517,7 @@ def _build_new(store_dir: Path, data_file: Path, image_paths: list[str], want: d
                num_workers: int | None, previous: _Build | None, rebuild: bool) -> Path:
     count, size = want["count"], want["size"]
     partial = None if rebuild else _find_partial_build(store_dir, want)
-    files = [str(_resolve_image(p, base)) for p in image_paths]
+    files = _image_files(image_paths, base)
     stats = _file_stats(files)  # taken before decoding: a file changed meanwhile differs next time
     if partial is not None:
         build = partial
@@ -693,8 +715,9 @@ def find_store(cfg) -> ImageStore | None:
         return None
     if str(setting) == "auto":
         folder = default_store_dir(cfg.data_path, cfg.resize_size)
-        if current_build(folder) is None and not (folder / INDEX_FILE).is_file():
-            return None
+        if not any((folder / name).exists() or (folder / name).is_symlink()
+                   for name in (CURRENT_LINK, BUILDS_DIR, INDEX_FILE)):
+            return None  # none built yet; a started build is opened below and refused as incomplete
     else:
         folder = resolve(setting)
     return ImageStore.open(folder, expected_source=cfg.data_path, expected_size=cfg.resize_size)

@@ -108,3 +108,17 @@ def test_rebuild_swaps_in_atomically_and_keeps_the_store_usable(built, monkeypat
     build_store(manifest, size=SIZE, num_workers=0, rebuild=True)
     assert not first.exists() and second.is_dir()  # two rebuilds later the first one goes
     assert sorted(p.name for p in folder.iterdir()) == ["builds", "current"]
+
+
+def test_a_version_1_store_is_refused_then_replaced_by_a_build(tmp_path):
+    manifest, names = _write_dataset(tmp_path / "ds", SHAPES)
+    folder = manifest.parent / f"image_store_{SIZE}"
+    folder.mkdir()
+    (folder / "index.json").write_text(json.dumps({"meta": {"version": 1, "size": SIZE}, "rows": {}, "failed": {}}))
+    (folder / "images.u8").write_bytes(b"\0" * 10)
+    (folder / "notes.txt").write_text("a user's file")
+    with pytest.raises(DataError, match="version 1 .*rebuild"):
+        _open(manifest, folder)
+    build_store(manifest, size=SIZE, num_workers=0)
+    assert sorted(p.name for p in folder.iterdir()) == ["builds", "current", "notes.txt"]  # only our files went
+    np.testing.assert_array_equal(_open(manifest, folder).get(names[0]), _direct(manifest.parent / names[0]))

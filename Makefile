@@ -87,3 +87,9 @@ bench: $(STAMP)
 
 clean-study:
 	rm -rf data/phantom checkpoints/debug reports/*.ipynb reports/*.html reports/figures/*.png reports/metrics.json
+
+# Data steps at MIMIC-CXR scale on synthetic trees (benchmarks/README.md); BENCH_SCALE_SIZES to change.
+BENCH_SCALE_SIZES ?= 5000,60000,227827
+.PHONY: bench-scale
+bench-scale: $(STAMP)
+	$(PY) -m medclip_nb bench-scale --sizes $(BENCH_SCALE_SIZES)

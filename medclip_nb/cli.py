@@ -1,5 +1,5 @@
 """`python -m medclip_nb SUBCOMMAND`: phantom, prepare, data, cache, train, evaluate, bench,
-summary, predict, embed, export.
+bench-scale, summary, predict, embed, export.
 
 Errors that come from the user's input (a missing file, a bad key, a malformed dataset) end
 the command with one line on stderr and exit status 2, never a traceback.
@@ -44,9 +44,12 @@ def _data(args) -> int:
 
 
 def _cache(args) -> int:
-    from medclip_nb.store import build_store
+    from medclip_nb.store import ImageStore, build_store
 
-    build_store(args.data_path, args.out, size=args.size, num_workers=args.num_workers)
+    folder = build_store(args.data_path, args.out, size=args.size, num_workers=args.num_workers, rebuild=args.rebuild)
+    if args.verify:
+        ImageStore.open(folder, expected_source=args.data_path, expected_size=args.size).verify()
+        print(f"image store {folder}: every row matches its recorded hash")
     return 0
 
 
@@ -116,6 +119,15 @@ def _summary(args) -> int:
     return 0
 
 
+def _bench_scale(args) -> int:
+    from medclip_nb.scale_bench import main_scale
+
+    sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
+    main_scale(sizes, args.root, store_size=args.store_size, num_workers=args.num_workers,
+               compare_old=not args.no_compare, keep=args.keep, out_json=args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m medclip_nb",
@@ -157,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="stored image side (default: 256)")
     p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=None,
                    help="decoding processes (default: all cores)")
+    p.add_argument("--rebuild", action="store_true",
+                   help="decode every image again into a new build, even over a store that fails its integrity checks")
+    p.add_argument("--verify", action="store_true", help="afterwards, hash every stored row (opening checks a sample)")
     p.set_defaults(func=_cache)
 
     p = sub.add_parser("train", help="pretrain (the seed script's flags, plus every config key)",
@@ -212,6 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the study's wall time, shown in the summary")
     p.add_argument("--params", default=None, help="the parameter file the study ran with, shown in the summary")
     p.set_defaults(func=_summary)
+
+    p = sub.add_parser("bench-scale", help="time every data step on synthetic MIMIC-CXR-size trees (benchmarks/README.md)")
+    p.add_argument("--sizes", default="5000,60000,227827", help="studies per tree, comma-separated (full MIMIC: 227827)")
+    p.add_argument("--root", default="/tmp/medclip_scale", help="folder for the trees (removed afterwards unless --keep)")
+    p.add_argument("--store-size", "--store_size", dest="store_size", type=int, default=16,
+                   help="image store side in pixels (default: 16; the images are tiny)")
+    p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=2,
+                   help="loader and import worker processes (default: 2)")
+    p.add_argument("--no-compare", action="store_true", help="skip the second epoch with the old list-of-dicts records")
+    p.add_argument("--keep", action="store_true", help="keep the trees")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.set_defaults(func=_bench_scale)
     return parser
 
 

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medclip_nb.errors import DataError
 from medclip_nb.labels import NUM_LABELS
+from medclip_nb.records import SampleRecords, freeze_inherited_objects
 from medclip_nb.text import clean_report, split_sentences
 
 if TYPE_CHECKING:
@@ -533,6 +534,11 @@ class CXRDataset(Dataset):
     file) or raises ``BadImageError`` (``'error'``). ``store``, when given, is asked first:
     ``store.get(record['image_path']) -> uint8 array | None``. ``resize_size`` is also the
     JPEG draft size, so full-size JPEGs decode at a fraction of their resolution.
+
+    ``records`` (a list of dicts or a ``records.SampleRecords``) is kept as ``SampleRecords``:
+    the fields the loader reads, in NumPy arrays that forked workers share without copying.
+    With a store that maps paths to rows (``store.rows_of``), each record's row is looked up
+    once here, into an int64 array, rather than in a dict per sample.
     """
 
     def __init__(
@@ -555,13 +561,15 @@ class CXRDataset(Dataset):
             raise ValueError("raw_uint8 needs resize_size (the side of the uint8 images)")
         if not raw_uint8 and transform is None:
             raise ValueError("a transform is needed unless raw_uint8 is set")
-        self.records = records
-        self.full_size = len(records)  # build_datasets sets the split's size before a debug subset
+        self.records = SampleRecords.of(records)
+        self.full_size = len(self.records)  # build_datasets sets the split's size before a debug subset
         self.root = Path(root) if root is not None else None
         self.transform = transform
         self.on_bad_image = on_bad_image
         self.report_sampling = report_sampling
         self.store = store
+        rows_of = getattr(store, "rows_of", None)
+        self._store_rows = rows_of(self.records.image_paths()) if rows_of is not None else None
         self.raw_uint8 = raw_uint8
         self.resize_size = resize_size
         self._resize = build_resize_transform(resize_size) if raw_uint8 else None
@@ -572,16 +580,20 @@ class CXRDataset(Dataset):
 
     def image_file(self, index: int) -> Path:
         """The image file of record ``index``, relative paths taken from ``root``."""
-        path = Path(self.records[index]["image_path"])
+        path = Path(self.records.image_path(index))
         return path if path.is_absolute() or self.root is None else self.root / path
 
     def cleaned_report(self, index: int) -> str:
         """The whole cleaned report of record ``index`` (what evaluation compares against)."""
-        return clean_report(self.records[index]["report"])
+        return clean_report(self.records.report(index))
 
     def _image(self, index: int) -> np.ndarray:
-        if self.store is not None:
-            image = self.store.get(self.records[index]["image_path"])
+        if self._store_rows is not None:
+            image = self.store.row(int(self._store_rows[index]))
+            if image is not None:
+                return image
+        elif self.store is not None:
+            image = self.store.get(self.records.image_path(index))
             if image is not None:
                 return image
         return load_grayscale(self.image_file(index), draft_size=self.resize_size)
@@ -611,18 +623,15 @@ class CXRDataset(Dataset):
                 pixels = self._apply_transform(pixels)
             rng = random.Random(int(sample_seed))
 
-        record = self.records[index]
-        report = clean_report(record["report"])
+        report = clean_report(self.records.report(index))
         if self.report_sampling == "sentence":
             sentences = split_sentences(report)
             if sentences:
                 report = rng.choice(sentences)
-        labels = torch.tensor(
-            [math.nan if v is None else float(v) for v in record["labels"]], dtype=torch.float32
-        )
+        labels = torch.tensor(self.records.labels(index), dtype=torch.float32)
         sample = {"pixel_values": pixels, "report": report, "labels": labels, "index": index}
-        if "clip_indices" in record:  # rows of the precomputed text features (text_encoder 'precomputed')
-            sample["clip_indices"] = record["clip_indices"]
+        if self.records.has_clip_indices(index):  # rows of the precomputed text features
+            sample["clip_indices"] = self.records.clip_indices(index)
         return sample
 
     def _apply_transform(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -883,7 +892,9 @@ def make_collate(tokenizer) -> BatchCollator:
 
 def seed_worker(worker_id: int) -> None:
     """``worker_init_fn``: seed NumPy and ``random`` in each worker from torch's per-worker
-    seed (torch itself is already seeded by the DataLoader's generator)."""
+    seed (torch itself is already seeded by the DataLoader's generator), and keep the garbage
+    collector off the objects inherited from the parent (``records.freeze_inherited_objects``)."""
+    freeze_inherited_objects()  # the parent's objects stay shared (records.py)
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)

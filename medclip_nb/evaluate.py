@@ -42,7 +42,7 @@ from sklearn.preprocessing import StandardScaler
 from medclip_nb.errors import DataError
 from medclip_nb.intervals import mean_auroc_interval, mean_interval, statistic_interval
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, LABEL_INDEX, NUM_LABELS
-from medclip_nb.progress import progress_bar
+from medclip_nb.progress import progress
 from medclip_nb.prompts import class_prompts, label_prompt_pairs
 
 DEFAULT_CS = (0.01, 0.1, 1.0, 10.0)
@@ -422,7 +422,7 @@ def compute_embeddings(
     *,
     with_text: bool = True,
     amp: bool = True,
-    progress: str | None = "embedding",
+    progress_desc: str | None = "embedding",
 ) -> dict[str, Any]:
     """Embeddings of every sample a loader yields (batches as in docs/architecture.md).
 
@@ -430,14 +430,14 @@ def compute_embeddings(
     only on CUDA. Returns NumPy arrays: image [N, D], text [N, D] (None without text),
     labels [N, 14], index [N] (dataset index of each row), text_group [N] (rows with the
     same id had identical text tokens, i.e. the same report), n_skipped (unreadable
-    images the loader dropped) and skipped_paths (their files). `progress`: the label of a
+    images the loader dropped) and skipped_paths (their files). `progress_desc`: the label of a
     progress bar over the batches (None: no bar; TQDM_DISABLE turns every bar off).
     """
     device = torch.device(device)
     images, texts, labels, index, text_keys = [], [], [], [], []
     n_skipped, skipped_paths = 0, []
     with _eval_mode(model), _autocast(device, amp):
-        for batch in progress_bar(loader, desc=progress, disable=progress is None, unit="batch", leave=False):
+        for batch in progress(loader, desc=progress_desc or "", disable=progress_desc is None, unit="batch", leave=False):
             n_skipped += int(batch.get("n_skipped", 0))
             skipped_paths.extend(batch.get("skipped_paths", []))
             if len(batch["index"]) == 0:

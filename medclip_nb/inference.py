@@ -36,6 +36,7 @@ from medclip_nb.data import (
     BadImageWarning,
     SkippedSample,
     build_transforms,
+    load_dataset_file,
     load_grayscale,
     pil_to_grayscale,
 )
@@ -43,7 +44,7 @@ from medclip_nb.errors import DataError, UserError
 from medclip_nb.evaluate import _autocast, _eval_mode, encode_texts, model_logit_scale, zero_shot_classify
 from medclip_nb.labels import COMPETITION_TASKS, PROMPT_VOCABULARY
 from medclip_nb.paths import write_atomic
-from medclip_nb.progress import progress_bar
+from medclip_nb.progress import progress as progress_display
 from medclip_nb.prompts import finding_phrase, generate_prompts
 from medclip_nb.text import clean_report
 
@@ -228,7 +229,7 @@ class Pretrained:
                             collate_fn=_collate_images, pin_memory=self.device.type == "cuda")
         chunks, kept, skipped = [], [], []
         with _eval_mode(self.model), _autocast(self.device, bool(self.config.use_amp)):
-            for batch in progress_bar(loader, desc="images", unit="batch", disable=not progress):
+            for batch in progress_display(loader, desc="images", unit="batch", disable=not progress):
                 if batch["skipped"] and rule == "error":
                     raise BadImageError(batch["skipped"][0].reason)
                 skipped += batch["skipped"]
@@ -331,6 +332,8 @@ def embed_dataset(pretrained: Pretrained, data_path: str | os.PathLike, *, split
         log(f"warning: {warning}")
     if uses_precomputed_text(cfg):
         check_clip_index_rows(datasets, pretrained.model.text_encoder, resolve(cfg.data_path))
+    # The datasets hold only what the loader needs (records.SampleRecords); ids come from the file.
+    source_records = load_dataset_file(resolve(cfg.data_path))
     parts: dict[str, list] = {k: [] for k in ("image", "text", "split", "index", "image_path", "study_id",
                                               "dicom_id", "text_group", "labels")}
     group_offset = 0
@@ -342,10 +345,10 @@ def embed_dataset(pretrained: Pretrained, data_path: str | os.PathLike, *, split
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BadImageWarning)  # named below, once each
             emb = compute_embeddings(pretrained.model, loader, pretrained.device, amp=bool(cfg.use_amp),
-                                     progress=None if not progress else f"embed {split}")
+                                     progress_desc=None if not progress else f"embed {split}")
         if emb["n_skipped"]:
             log(f"Skipped {emb['n_skipped']} unreadable images in split '{split}': {', '.join(emb['skipped_paths'])}")
-        records = [dataset.records[i] for i in emb["index"]]
+        records = [source_records[split][i] for i in emb["index"]]
         parts["image"].append(emb["image"])
         parts["text"].append(emb["text"])
         parts["split"].append(np.full(len(records), split))

@@ -37,7 +37,6 @@ import json
 import os
 import pickle
 import re
-import tempfile
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -48,8 +47,10 @@ from PIL import Image, UnidentifiedImageError
 
 from medclip_nb.config import ConfigError
 from medclip_nb.errors import DataError
+from medclip_nb.files import atomic_write_bytes
 from medclip_nb.labels import CHEXPERT_LABELS
 from medclip_nb.paths import resolve
+from medclip_nb.progress import progress
 
 SPLIT_TABLE = "mimic-cxr-2.0.0-split.csv.gz"
 CHEXPERT_TABLE = "mimic-cxr-2.0.0-chexpert.csv.gz"
@@ -194,13 +195,15 @@ def _study_paths(base: str, subject: pd.Series, study: pd.Series) -> pd.Series:
     return base + "/p" + subject.str[:2] + "/p" + subject + "/s" + study.astype(str)
 
 
-def _parallel_map(func: Callable, items: list, workers: int) -> list:
-    """func over items in order; a process pool when workers > 1."""
+def _parallel_map(func: Callable, items: list, workers: int, desc: str, unit: str) -> list:
+    """func over items in order, with a progress display; a process pool when workers > 1."""
+    if not items:
+        return []
     if workers <= 1 or len(items) < 2:
-        return [func(x) for x in items]
+        return list(progress(map(func, items), total=len(items), desc=desc, unit=unit))
     chunksize = max(1, min(1024, len(items) // (workers * 8)))
     with Pool(workers) as pool:
-        return pool.map(func, items, chunksize=chunksize)
+        return list(progress(pool.imap(func, items, chunksize=chunksize), total=len(items), desc=desc, unit=unit))
 
 
 def _worker_count(num_workers: int | None, jobs: int) -> int:
@@ -214,20 +217,6 @@ def _worker_count(num_workers: int | None, jobs: int) -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------
@@ -331,11 +320,16 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
 
     split_path, meta_path, chexpert_path = root / SPLIT_TABLE, root / METADATA_TABLE, root / CHEXPERT_TABLE
     ids = {"subject_id": "int64", "study_id": "int64"}
+    tables = progress(total=3, desc="prepare: reading tables", unit="table")
     table = _read_table(split_path, ("dicom_id", "study_id", "subject_id", "split"),
                         {"dicom_id": str, "split": str, **ids})
+    tables.update()
     meta = _read_table(meta_path, ("dicom_id", "ViewPosition"), {"dicom_id": str, "ViewPosition": str})
+    tables.update()
     chexpert = _read_table(chexpert_path, ("study_id", *CHEXPERT_LABELS),
                            {"study_id": "int64", **{c: "float64" for c in CHEXPERT_LABELS}})
+    tables.update()
+    tables.close()
     _require_unique(table, "dicom_id", split_path)
     _require_unique(meta, "dicom_id", meta_path)
     _require_unique(chexpert, "study_id", chexpert_path)
@@ -361,7 +355,7 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
     studies = table.loc[alive, ["subject_id", "study_id"]].drop_duplicates("study_id")
     report_paths = (_study_paths(str(report_files), studies["subject_id"], studies["study_id"]) + ".txt").tolist()
     workers = _worker_count(num_workers, len(report_paths))
-    texts = _parallel_map(_read_report, report_paths, workers)
+    texts = _parallel_map(_read_report, report_paths, workers, "prepare: reading reports", "report")
     study_text = pd.DataFrame(texts, columns=["report", "report_source"], index=studies["study_id"].to_numpy())
     table = table.join(study_text, on="study_id")
     reason[alive & (table["report"].fillna("") == "")] = "no_report_text"
@@ -372,7 +366,8 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
     alive = reason == ""
     image_paths = absolute[alive].tolist()
     workers = _worker_count(num_workers, len(image_paths))
-    status = pd.Series(_parallel_map(_check_image, image_paths, workers), index=absolute[alive].index, dtype=object)
+    status = pd.Series(_parallel_map(_check_image, image_paths, workers, "prepare: checking images", "img"),
+                       index=absolute[alive].index, dtype=object)
     reason[status.index[status != "ok"]] = status[status != "ok"]
 
     kept = table[reason == ""]
@@ -385,7 +380,8 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
     # Train images dropped only for their missing report text: image-only if they have labels.
     no_text = (reason == "no_report_text") & (table["split"] == "train")
     no_text_status = pd.Series(_parallel_map(_check_image, absolute[no_text].tolist(),
-                                             _worker_count(num_workers, int(no_text.sum()))),
+                                             _worker_count(num_workers, int(no_text.sum())),
+                                             "prepare: checking images without report text", "img"),
                                index=absolute[no_text].index, dtype=object)
     no_text_images = table.loc[no_text_status.index[no_text_status == "ok"]]
     no_text_images = no_text_images.merge(chexpert[["study_id", *CHEXPERT_LABELS]], on="study_id", sort=False)
@@ -413,7 +409,7 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
         "train_texts": _sentence_records(unpaired_texts),
     }
     datasets.update({name: records for name, records in unpaired.items() if records})
-    _atomic_write(out / "datasets.pkl", pickle.dumps(datasets, protocol=4))
+    atomic_write_bytes(out / "datasets.pkl", pickle.dumps(datasets, protocol=4))
 
     unlabeled = ~kept["study_id"].isin(chexpert["study_id"])
     by_split = kept.groupby("split", sort=False)
@@ -442,7 +438,7 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
             "moved_subjects": moved_subjects,
         },
     }
-    _atomic_write(out / "prepare_report.json", (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(out / "prepare_report.json", (json.dumps(report, indent=2) + "\n").encode("utf-8"))
     kept_line = ", ".join(f"{k} {v}" for k, v in report["kept"].items())
     dropped_line = ", ".join(f"{k} {v}" for k, v in report["dropped"].items())
     print(f"prepared {report['kept_total']} images from {root} -> {out / 'datasets.pkl'}")

@@ -50,7 +50,7 @@ from medclip_nb.errors import DataError
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, PROMPT_VOCABULARY
 from medclip_nb.mimic import CHEXPERT_TABLE, METADATA_COLUMNS, METADATA_TABLE, SPLIT_TABLE
 from medclip_nb.paths import resolve
-from medclip_nb.progress import progress_bar
+from medclip_nb.progress import progress
 
 # Bump when the output of the same arguments changes, so `phantom_is_current` rebuilds.
 PHANTOM_VERSION = 1
@@ -1292,7 +1292,7 @@ def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, te
     patients: dict[int, Anatomy] = {}
     split_rows, label_rows, meta_rows = [], [], []
     width = image_width(size)
-    for s in progress_bar(plan, desc="phantom", unit="study"):  # sorted by (subject_id, study_id)
+    for s in progress(plan, desc="phantom", unit="study"):  # sorted by (subject_id, study_id)
         if s.subject_index not in patients:
             patients[s.subject_index] = sample_anatomy(np.random.default_rng([seed, _RNG_SUBJECT, s.subject_index]))
         rng = np.random.default_rng([seed, _RNG_STUDY, s.index, 1])

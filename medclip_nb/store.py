@@ -8,13 +8,35 @@ memory-map; augmentation then runs on the device (`gpu_augment.BatchAugment`).
 
 Layout of a store folder (default `<dataset folder>/image_store_<size>/`):
 
-    images.u8   raw uint8 array, shape [count, size, size] (np.memmap, C order)
-    index.json  {"meta": {...}, "rows": {image_path: row}, "failed": {image_path: reason}}
-    done.npy    bool [count]: row i holds a decoded image (written after the rows are flushed,
-                so a build that stops half way RESUMES: only rows not done are decoded again)
-    files.npy   int64 [count, 2]: size and mtime (ns) of each image file when it was decoded;
-                a file changed since then is decoded again by the next build, and a store
-                whose dataset file was rewritten is only accepted if no image file changed
+    current -> builds/<id>   symlink to the finished build in use; a rebuild writes a new
+                             builds/<id>/ and then replaces this link atomically (rename), so
+                             a job reading the store never sees a half-written one
+    builds/<id>/images.u8    raw uint8 array, shape [count, size, size] (C order)
+    builds/<id>/index.json   {"meta": {...}, "rows": {image_path: row}, "failed": {image_path: reason}}
+    builds/<id>/done.npy     bool [count]: row i holds a decoded image (saved after the rows reach
+                             the disk, so an interrupted build RESUMES: only rows not done are decoded)
+    builds/<id>/files.npy    int64 [count, 2]: size and mtime (ns) of each image file when decoded
+    builds/<id>/hashes.npy   uint64 [count]: BLAKE2b-64 of (image_path, NUL, row pixels) of each done row
+
+Checks on every open (`ImageStore.open`), all read-only and stat-based, no image decoded:
+version and size; the dataset file unchanged, or listing the same images; the index (`rows`
+a permutation of 0..count-1, in the order of the recorded path list); the size and mtime of
+every source image file; and the hashes of `SAMPLE_ROWS` randomly chosen rows (so swapped
+rows or overwritten pixels are found; `cache --verify` hashes every row). A store that fails
+is refused with one line (`DataError`, exit status 2 from the CLI).
+
+`build_store` on a complete, current store only runs those checks and returns: it never
+writes to it. A stale store (the dataset file or some image files changed) gets a new build
+that copies the unchanged rows from the current one and decodes only the rest. A store that
+fails an integrity check is rebuilt only when asked (`rebuild=True`, `cache --rebuild`).
+
+Memory: a build writes rows with plain `os.pwrite` calls, never through a memory map, so
+its resident set stays at the Python process plus the decoded rows in flight (well under
+1 GiB at any size); the written data sits in the kernel's page cache, which is not counted in
+RSS. Readers memory-map `images.u8` read-only: the pages a job touches count as shared,
+file-backed resident memory ("RssFile"), reclaimable by the kernel, at most the file size.
+The previous build is kept until the next rebuild replaces it, so a job that opened it
+(its workers included) keeps reading consistent pixels.
 
 `image_path` keys are the strings exactly as the dataset file holds them, so a store stays
 valid when `image_root` moves. Unreadable images are listed under "failed" with the reason;
@@ -26,27 +48,41 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import time
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
-import torch
 
 from medclip_nb.errors import DataError
 from medclip_nb.paths import resolve
-from medclip_nb.progress import progress_bar
+from medclip_nb.progress import progress
 
-STORE_VERSION = 1
+STORE_VERSION = 2
+CURRENT_LINK = "current"
+BUILDS_DIR = "builds"
 IMAGES_FILE = "images.u8"
 INDEX_FILE = "index.json"
 DONE_FILE = "done.npy"
 FILES_FILE = "files.npy"
+HASHES_FILE = "hashes.npy"
+# Files of a version-1 store (flat in the store folder); a rebuild removes them.
+_V1_FILES = (IMAGES_FILE, INDEX_FILE, DONE_FILE, FILES_FILE)
 # Rows decoded per task handed to a pool worker: large enough to amortise the inter-process
 # round trip, small enough that an interrupted build loses little work.
 CHUNK_ROWS = 32
+# Rows written between two saves of the done mask (each save fsyncs the images file first).
+CHECKPOINT_ROWS = 2048
+# Rows whose hash is checked on every open: 64 rows of 256 px = 4 MiB read.
+SAMPLE_ROWS = 64
 REBUILD_HINT = "rebuild with `python -m medclip_nb cache --data_path {source} --size {size}`"
+TAMPER_HINT = "rebuild it with `python -m medclip_nb cache --data_path {source} --size {size} --rebuild`"
+
+
+class StoreIntegrityError(DataError):
+    """A store whose index or pixels do not match what its build recorded (tampered or damaged)."""
 
 
 # ---- image geometry ------------------------------------------------------------------------------
@@ -56,6 +92,8 @@ def decode_for_store(path: str | os.PathLike, size: int) -> np.ndarray:
     size x size with the very transform the CPU data path uses (data.build_resize_transform),
     so a stored image equals what the JPEG path feeds its augmentation.
     Raises data.BadImageError for an unreadable file."""
+    import torch
+
     from medclip_nb.data import build_resize_transform, load_grayscale
 
     pixels = torch.from_numpy(load_grayscale(path, draft_size=size)).unsqueeze(0)
@@ -63,8 +101,16 @@ def decode_for_store(path: str | os.PathLike, size: int) -> np.ndarray:
 
 
 def _init_decoder_process() -> None:
-    # One thread per decoding process: the pool already uses every core.
-    torch.set_num_threads(1)
+    import torch
+
+    torch.set_num_threads(1)  # one thread per decoding process: the pool already uses every core
+
+
+def row_hash(image_path: str, pixels: bytes | memoryview | np.ndarray) -> int:
+    """BLAKE2b-64 of the path and the row's bytes: a row moved to another path changes it too."""
+    digest = hashlib.blake2b(image_path.encode("utf-8", "surrogatepass") + b"\0", digest_size=8)
+    digest.update(memoryview(np.ascontiguousarray(pixels)).cast("B") if isinstance(pixels, np.ndarray) else pixels)
+    return int.from_bytes(digest.digest(), "little")
 
 
 # ---- dataset file ----------------------------------------------------------------------------------
@@ -89,21 +135,31 @@ def _resolve_image(image_path: str, base: Path) -> Path:
 def _paths_hash(image_paths: Iterable[str]) -> str:
     digest = hashlib.sha256()
     for p in image_paths:
-        digest.update(p.encode("utf-8"))
+        digest.update(p.encode("utf-8", "surrogatepass"))
         digest.update(b"\n")
     return digest.hexdigest()
 
 
+def _image_files(image_paths: list[str], base: Path) -> list[str]:
+    """The file of each image_path (relative ones under `base`), as plain strings: this runs
+    for every image on every open, so it avoids building Path objects."""
+    prefix = str(base).rstrip(os.sep) + os.sep
+    return [str(_resolve_image(p, base)) if p.startswith("~") else (p if os.path.isabs(p) else prefix + p)
+            for p in image_paths]
+
+
 def _file_stats(files: list[str]) -> np.ndarray:
     """int64 [N, 2]: (size, mtime in ns) of each file, (-1, -1) where it cannot be read."""
-    stats = np.full((len(files), 2), -1, dtype=np.int64)
-    for i, file in enumerate(files):
+    stat, flat = os.stat, []
+    append = flat.extend
+    for file in files:
         try:
-            st = os.stat(file)
+            st = stat(file)
         except OSError:
+            append((-1, -1))
             continue
-        stats[i] = (st.st_size, st.st_mtime_ns)
-    return stats
+        append((st.st_size, st.st_mtime_ns))
+    return np.array(flat, dtype=np.int64).reshape(len(files), 2)
 
 
 def _source_meta(data_path: Path, image_paths: list[str]) -> dict:
@@ -121,6 +177,15 @@ def default_store_dir(data_path: str | os.PathLike, size: int) -> Path:
     return resolve(data_path).parent / f"image_store_{size}"
 
 
+def current_build(folder: str | os.PathLike) -> Path | None:
+    """The build folder `folder/current` points to, or None when there is no finished build."""
+    link = Path(folder) / CURRENT_LINK
+    if not link.is_symlink() and not link.is_dir():
+        return None
+    target = link.resolve()
+    return target if target.is_dir() else None
+
+
 # ---- small file helpers ------------------------------------------------------------------------------
 def _write_json_atomic(path: Path, payload: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
@@ -134,14 +199,137 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-def _read_index(folder: Path) -> dict:
-    index_file = folder / INDEX_FILE
+def _read_index(build: Path, where: Path) -> dict:
     try:
-        return json.loads(index_file.read_text())
+        index = json.loads((build / INDEX_FILE).read_text())
     except FileNotFoundError:
-        raise DataError(f"image store {folder}: no {INDEX_FILE} (not an image store, or its build never started)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise DataError(f"image store {folder}: {INDEX_FILE} is not valid JSON: delete the folder and rebuild") from None
+        raise DataError(f"image store {where}: no {INDEX_FILE} (not an image store, or its build never started)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        raise StoreIntegrityError(f"image store {where}: {INDEX_FILE} is not valid JSON") from None
+    if not isinstance(index, dict) or not isinstance(index.get("meta"), dict):
+        raise StoreIntegrityError(f"image store {where}: {INDEX_FILE} has no 'meta' object")
+    return index
+
+
+def _load_array(build: Path, name: str, where: Path, shape: tuple, dtype) -> np.ndarray:
+    try:
+        array = np.load(build / name, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        raise StoreIntegrityError(f"image store {where}: {name} missing or unreadable") from None
+    if array.shape != shape or array.dtype != np.dtype(dtype):
+        raise StoreIntegrityError(f"image store {where}: {name} holds {array.dtype} {array.shape}, "
+                                  f"expected {np.dtype(dtype)} {shape}")
+    return array
+
+
+# ---- checking ----------------------------------------------------------------------------------------
+def _validated_rows(index: dict, count: int, where: Path) -> dict[str, int]:
+    """`rows` must map count distinct paths onto a permutation of 0..count-1."""
+    rows = index.get("rows")
+    if not isinstance(rows, dict) or len(rows) != count:
+        raise StoreIntegrityError(f"image store {where}: {INDEX_FILE} 'rows' must map {count} image paths to rows")
+    values = list(rows.values())
+    if not all(type(v) is int for v in values):
+        raise StoreIntegrityError(f"image store {where}: {INDEX_FILE} 'rows' holds a value that is not an integer row")
+    order = np.sort(np.array(values, dtype=np.int64))
+    if count and (order[0] != 0 or order[-1] != count - 1 or (np.diff(order) != 1).any()):
+        raise StoreIntegrityError(f"image store {where}: {INDEX_FILE} 'rows' is not a permutation of rows "
+                                  f"0..{count - 1} (a row repeats, is negative or out of range)")
+    return rows
+
+
+def _paths_in_row_order(rows: dict[str, int]) -> list[str]:
+    ordered = [""] * len(rows)
+    for path, row in rows.items():
+        ordered[row] = path
+    return ordered
+
+
+class _Build:
+    """One build folder's files, checked for consistency (not yet against the sources)."""
+
+    def __init__(self, build: Path, where: Path):
+        self.path, self.where = build, where
+        self.meta: dict = {}
+        try:
+            self._load()
+        except StoreIntegrityError as e:
+            raise StoreIntegrityError(f"{e}: {self.hint(tampered=True)}") from None
+
+    def _load(self) -> None:
+        build, where = self.path, self.where
+        index = _read_index(build, where)
+        self.meta, self.failed = index["meta"], index.get("failed", {})
+        size, count = self.meta.get("size"), self.meta.get("count")
+        if self.meta.get("version") != STORE_VERSION:
+            raise DataError(f"image store {where}: version {self.meta.get('version')}, this code reads "
+                            f"{STORE_VERSION}: {self.hint()}")
+        if type(size) is not int or type(count) is not int or size <= 0 or count <= 0:
+            raise StoreIntegrityError(f"image store {where}: {INDEX_FILE} meta 'size'/'count' must be positive integers")
+        self.size, self.count = size, count
+        self.rows = _validated_rows(index, count, where)
+        self.paths = _paths_in_row_order(self.rows)
+        if _paths_hash(self.paths) != self.meta.get("paths_sha256"):
+            raise StoreIntegrityError(f"image store {where}: {INDEX_FILE} 'rows' do not list the image paths in "
+                                      f"the order the build recorded (rows swapped or renamed)")
+        if not isinstance(self.failed, dict) or not set(self.failed) <= set(self.rows):
+            raise StoreIntegrityError(f"image store {where}: {INDEX_FILE} 'failed' names paths that have no row")
+        self.done = _load_array(build, DONE_FILE, where, (count,), bool)
+        self.stats = _load_array(build, FILES_FILE, where, (count, 2), np.int64)
+        self.hashes = _load_array(build, HASHES_FILE, where, (count,), np.uint64)
+        images = build / IMAGES_FILE
+        if not images.is_file() or images.stat().st_size != count * size * size:
+            raise StoreIntegrityError(f"image store {where}: {IMAGES_FILE} does not hold {count} images of {size}x{size}")
+        if any(self.done[self.rows[p]] for p in self.failed):
+            raise StoreIntegrityError(f"image store {where}: a row listed as failed is marked done")
+
+    def hint(self, tampered: bool = False) -> str:
+        return (TAMPER_HINT if tampered else REBUILD_HINT).format(source=self.meta.get("source"),
+                                                                  size=self.meta.get("size"))
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete")) and int(self.done.sum()) + len(self.failed) == self.count
+
+    def check_sample(self, rows: np.ndarray | None = None) -> None:
+        """Hash `rows` (default: SAMPLE_ROWS random done rows) and compare with the recorded hashes."""
+        done_rows = np.flatnonzero(self.done)
+        if rows is None:
+            rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+            rows = rng.choice(done_rows, size=min(SAMPLE_ROWS, len(done_rows)), replace=False)
+        row_bytes = self.size * self.size
+        bad = []
+        with open(self.path / IMAGES_FILE, "rb") as f:
+            for row in progress(np.sort(rows), desc=f"image store {self.where}: hashing rows", unit="row") \
+                    if len(rows) > 10 * SAMPLE_ROWS else np.sort(rows):
+                pixels = os.pread(f.fileno(), row_bytes, int(row) * row_bytes)
+                if row_hash(self.paths[row], pixels) != int(self.hashes[row]):
+                    bad.append(int(row))
+        if bad:
+            raise StoreIntegrityError(f"image store {self.where}: {len(bad)} of {len(rows)} checked rows differ from "
+                                      f"what the build wrote (e.g. row {bad[0]}, {self.paths[bad[0]]}): "
+                                      f"{self.hint(tampered=True)}")
+
+    def changed_files(self, base: Path) -> np.ndarray:
+        """bool [count]: the source image file's size or mtime differs from what was recorded."""
+        now = _file_stats(_image_files(self.paths, base))
+        return (now != self.stats).any(axis=1)
+
+
+def _check_current_against(build: _Build, source: Path, hint: str) -> None:
+    """The dataset file must be the one the store was built from, or list the same images; every
+    source image file must have the size and mtime it had when it was decoded."""
+    if not source.is_file():
+        raise DataError(f"image store {build.where}: its dataset file {source} no longer exists: {hint}")
+    stat = source.stat()
+    if stat.st_size != build.meta.get("source_bytes") or stat.st_mtime != build.meta.get("source_mtime"):
+        if _paths_hash(_dataset_image_paths(source)) != build.meta.get("paths_sha256"):
+            raise DataError(f"image store {build.where} is older than {source}, which now lists other images: {hint}")
+    base = Path(build.meta.get("image_root") or source.parent)
+    changed = int(build.changed_files(base).sum())
+    if changed:
+        raise DataError(f"image store {build.where}: {changed} of its image files changed since they were "
+                        f"stored: {hint}")
 
 
 # ---- building --------------------------------------------------------------------------------------
@@ -158,33 +346,86 @@ def _decode_rows(tasks: list[tuple[int, str]], size: int) -> list[tuple[int, np.
     return out
 
 
+def _decode_one_chunk(args: tuple[list[tuple[int, str]], int]):
+    tasks, size = args
+    return _decode_rows(tasks, size)
+
+
 def _chunks(tasks: list[tuple[int, str]], n: int) -> Iterator[list[tuple[int, str]]]:
     for start in range(0, len(tasks), n):
         yield tasks[start:start + n]
 
 
-def _open_for_build(out: Path, meta: dict, count: int, size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(done mask, recorded file stats): those of a partial or complete build of the same
-    image list at the same size, else an empty mask and None (and the old files removed)."""
-    images_file, done_file, files_file = out / IMAGES_FILE, out / DONE_FILE, out / FILES_FILE
-    if all(f.is_file() for f in (out / INDEX_FILE, images_file, done_file, files_file)):
+def _same_build_key(meta: dict, want: dict) -> bool:
+    keys = ("version", "size", "count", "source", "paths_sha256", "image_root")
+    return all(meta.get(k) == want.get(k) for k in keys)
+
+
+def _find_partial_build(store_dir: Path, want: dict) -> Path | None:
+    """An unfinished build of the same image list at the same size, to resume."""
+    builds = store_dir / BUILDS_DIR
+    current = current_build(store_dir)
+    for build in sorted(builds.glob("*")) if builds.is_dir() else ():
+        if build == current or not (build / INDEX_FILE).is_file():
+            continue
         try:
-            old = json.loads((out / INDEX_FILE).read_text())["meta"]
-            done, stats = np.load(done_file), np.load(files_file)
-        except (ValueError, KeyError, OSError, json.JSONDecodeError):
-            old = done = stats = None
-        same = old is not None and all(
-            old.get(k) == v for k, v in (("version", STORE_VERSION), ("size", size), ("count", count),
-                                          ("source", meta["source"]), ("paths_sha256", meta["paths_sha256"]))
-        )
-        if (same and done.shape == (count,) and stats.shape == (count, 2)
-                and images_file.stat().st_size == count * size * size):
-            return done.astype(bool), stats
-    if (out / INDEX_FILE).is_file():
-        print(f"image store {out}: built from another dataset file, size or version: starting over")
-    for f in (images_file, done_file, files_file, out / INDEX_FILE):
-        f.unlink(missing_ok=True)
-    return np.zeros(count, dtype=bool), None
+            meta = json.loads((build / INDEX_FILE).read_text())["meta"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not meta.get("complete") and _same_build_key(meta, want):
+            return build
+    return None
+
+
+class _RowWriter:
+    """Writes rows of a build with plain pwrite calls (no memory map: RSS stays small) and saves
+    the done mask and hashes only after the rows are on disk."""
+
+    def __init__(self, build: Path, count: int, size: int, done: np.ndarray, hashes: np.ndarray, paths: list[str]):
+        self.build, self.size, self.done, self.hashes, self.paths = build, size, done, hashes, paths
+        self.row_bytes = size * size
+        self.fd = os.open(build / IMAGES_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        os.ftruncate(self.fd, count * self.row_bytes)
+        self.since_checkpoint = 0
+
+    def write(self, row: int, pixels: bytes | np.ndarray) -> None:
+        data = pixels if isinstance(pixels, bytes) else np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
+        os.pwrite(self.fd, data, row * self.row_bytes)
+        self.hashes[row] = row_hash(self.paths[row], data)
+        self.done[row] = True
+        self.since_checkpoint += 1
+        if self.since_checkpoint >= CHECKPOINT_ROWS:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        os.fdatasync(self.fd)  # rows reach the disk before the mask says they are there
+        _save_npy_atomic(self.build / HASHES_FILE, self.hashes)
+        _save_npy_atomic(self.build / DONE_FILE, self.done)
+        self.since_checkpoint = 0
+
+    def close(self) -> None:
+        try:
+            self.checkpoint()
+        finally:
+            os.close(self.fd)
+
+
+def _copy_unchanged_rows(previous: _Build, writer: _RowWriter, paths: list[str], stats: np.ndarray) -> int:
+    """Copy the rows of `previous` whose path and file stats are unchanged; return how many."""
+    copied = 0
+    with open(previous.path / IMAGES_FILE, "rb") as f:
+        for row, path in enumerate(paths):
+            old = previous.rows.get(path)
+            if old is None or writer.done[row] or not previous.done[old] or (previous.stats[old] != stats[row]).any():
+                continue
+            writer.write(row, os.pread(f.fileno(), writer.row_bytes, old * writer.row_bytes))
+            copied += 1
+    return copied
+
+
+def _open_current(store_dir: Path) -> _Build | None:
+    build = current_build(store_dir)
+    return _Build(build, store_dir) if build is not None else None
 
 
 def build_store(
@@ -193,158 +434,240 @@ def build_store(
     size: int = 256,
     num_workers: int | None = None,
     image_root: str | os.PathLike | None = None,
+    rebuild: bool = False,
 ) -> Path:
-    """Decode every image referenced by the dataset file (all splits, each path once) into a
-    uint8 store of size x size images and return the store folder.
+    """Make the uint8 store of every image the dataset file references (all splits, each path
+    once) complete and current, and return the store folder.
 
-    Decoding runs on `num_workers` processes (default: all cores; 0 decodes in this process).
-    A build that was interrupted resumes: only rows not yet marked done are decoded. Relative
-    image paths are taken from `image_root`, else the dataset file's folder. Unreadable images
-    are recorded under "failed" in index.json and left out.
+    A complete, current store is only checked (read-only, see the module docstring). Otherwise a
+    new build is written to `builds/<id>/` and swapped in: rows unchanged since the current
+    build are copied, the rest decoded on `num_workers` processes (default: all cores; 0 decodes
+    in this process). An interrupted build resumes. A store that fails its integrity checks is
+    refused (StoreIntegrityError) unless `rebuild`, which also forces decoding every image
+    again. Relative image paths are taken from `image_root`, else the dataset file's folder.
+    Unreadable images are recorded under "failed" in index.json and left out.
     """
     if size <= 0:
         raise DataError(f"image store size must be positive, got {size}")
     data_file = resolve(data_path)
     if not data_file.is_file():
         raise DataError(f"dataset file not found: {data_file}")
-    out_dir = resolve(out) if out is not None else default_store_dir(data_file, size)
+    store_dir = resolve(out) if out is not None else default_store_dir(data_file, size)
     base = resolve(image_root) if image_root is not None else data_file.parent
 
+    previous = None if rebuild else _current_if_usable(store_dir)
+    if previous is not None and previous.complete and _built_from_this_file(previous.meta, data_file, size, base):
+        # The dataset file is the very one the store was built from: its image list need not be read.
+        changed = previous.changed_files(base)
+        if not changed.any():
+            print(f"image store {store_dir}: complete and current ({previous.count} images at {size}x{size}), "
+                  f"nothing to do")
+            return store_dir
     image_paths = _dataset_image_paths(data_file)
     count = len(image_paths)
     if count == 0:
         raise DataError(f"{data_file}: no image_path in any split, nothing to store")
-    meta = {"version": STORE_VERSION, "size": size, "count": count, "complete": False,
+    want = {"version": STORE_VERSION, "size": size, "count": count, "complete": False,
             **_source_meta(data_file, image_paths), "image_root": str(base)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    done, recorded_stats = _open_for_build(out_dir, meta, count, size)
-    resumed = recorded_stats is not None
-    files = [str(_resolve_image(p, base)) for p in image_paths]
-    stats = _file_stats(files)  # taken before decoding: a file changed meanwhile differs next time
-    if resumed:
-        changed = done & (recorded_stats != stats).any(axis=1)
-        if changed.any():
-            print(f"image store {out_dir}: {int(changed.sum())} image files changed since they were stored: decoding them again")
-            done[changed] = False
-    images = np.memmap(out_dir / IMAGES_FILE, dtype=np.uint8, mode="r+" if resumed else "w+",
-                       shape=(count, size, size))
-    rows = {p: i for i, p in enumerate(image_paths)}
-    _write_json_atomic(out_dir / INDEX_FILE, {"meta": meta, "rows": rows, "failed": {}})
-    _save_npy_atomic(out_dir / FILES_FILE, stats)
+    if previous is not None and previous.complete and _same_build_key(previous.meta, want):
+        changed = previous.changed_files(base)
+        if not changed.any():
+            print(f"image store {store_dir}: complete and current ({count} images at {size}x{size}), nothing to do")
+            return store_dir
+        print(f"image store {store_dir}: {int(changed.sum())} image files changed since they were stored: "
+              f"a new build decodes them again")
+    return _build_new(store_dir, data_file, image_paths, want, base, num_workers, previous, rebuild)
 
-    todo = [(row, files[row]) for row in range(count) if not done[row]]
+
+def _built_from_this_file(meta: dict, data_file: Path, size: int, base: Path) -> bool:
+    stat = data_file.stat()
+    return (meta.get("source") == str(data_file) and meta.get("size") == size and meta.get("image_root") == str(base)
+            and meta.get("source_bytes") == stat.st_size and meta.get("source_mtime") == stat.st_mtime)
+
+
+def _current_if_usable(store_dir: Path) -> _Build | None:
+    """The current build, integrity-checked (StoreIntegrityError when it fails), or None when
+    there is none or it is from another version (a new build replaces it)."""
+    try:
+        previous = _open_current(store_dir)
+    except StoreIntegrityError:
+        raise
+    except DataError as e:  # another version: replaced by the new build
+        print(f"{e}; building a new one")
+        return None
+    if previous is not None:
+        previous.check_sample()
+    return previous
+
+
+def _new_build_dir(store_dir: Path) -> Path:
+    """A fresh builds/<time>-<pid>-<n>/ (names sort by creation time)."""
+    (store_dir / BUILDS_DIR).mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    for n in range(1000):
+        try:
+            (store_dir / BUILDS_DIR / f"{stem}-{n}").mkdir()
+            return store_dir / BUILDS_DIR / f"{stem}-{n}"
+        except FileExistsError:
+            continue
+    raise DataError(f"image store {store_dir}: cannot create a new build folder in {store_dir / BUILDS_DIR}")
+
+
+def _build_new(store_dir: Path, data_file: Path, image_paths: list[str], want: dict, base: Path,
+               num_workers: int | None, previous: _Build | None, rebuild: bool) -> Path:
+    count, size = want["count"], want["size"]
+    partial = None if rebuild else _find_partial_build(store_dir, want)
+    files = _image_files(image_paths, base)
+    stats = _file_stats(files)  # taken before decoding: a file changed meanwhile differs next time
+    if partial is not None:
+        build = partial
+        done = np.load(build / DONE_FILE) if (build / DONE_FILE).is_file() else np.zeros(count, dtype=bool)
+        hashes = np.load(build / HASHES_FILE) if (build / HASHES_FILE).is_file() else np.zeros(count, np.uint64)
+        recorded = np.load(build / FILES_FILE)
+        done = done.astype(bool) & ~(recorded != stats).any(axis=1)  # changed meanwhile: decode again
+        print(f"image store {store_dir}: resuming, {int(done.sum())} of {count} images already decoded")
+    else:
+        build = _new_build_dir(store_dir)
+        done, hashes = np.zeros(count, dtype=bool), np.zeros(count, dtype=np.uint64)
+    rows = {p: i for i, p in enumerate(image_paths)}
+    _write_json_atomic(build / INDEX_FILE, {"meta": want, "rows": rows, "failed": {}})
+    _save_npy_atomic(build / FILES_FILE, stats)
+    writer = _RowWriter(build, count, size, done, hashes, image_paths)
     failed: dict[str, str] = {}
-    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
     started = time.perf_counter()
-    if resumed:
-        print(f"image store {out_dir}: resuming, {count - len(todo)} of {count} images already decoded")
-    progress = progress_bar(total=count, initial=count - len(todo), desc=f"image store {size}px", unit="img")
+    try:
+        if previous is not None and previous.size == size:
+            copied = _copy_unchanged_rows(previous, writer, image_paths, stats)
+            if copied:
+                print(f"image store {store_dir}: {copied} unchanged rows copied from the current build")
+        _decode_missing(writer, files, failed, num_workers, size)
+    finally:
+        writer.close()
+    meta = dict(want, complete=True, failed_count=len(failed), built_seconds=round(time.perf_counter() - started, 3))
+    _write_json_atomic(build / INDEX_FILE, {"meta": meta, "rows": rows, "failed": failed})
+    _swap_in(store_dir, build)
+    print(f"image store {store_dir}: {int(done.sum())} images at {size}x{size}"
+          + (f", {len(failed)} unreadable (listed in {INDEX_FILE})" if failed else ""))
+    return store_dir
+
+
+def _decode_missing(writer: _RowWriter, files: list[str], failed: dict[str, str], num_workers: int | None,
+                    size: int) -> None:
+    todo = [(row, files[row]) for row in range(len(files)) if not writer.done[row]]
+    workers = (os.cpu_count() or 1) if num_workers is None else num_workers
+    bar = progress(total=len(files), initial=len(files) - len(todo), desc=f"image store {size}px", unit="img")
 
     def record(results: list[tuple[int, np.ndarray | None, str | None]]) -> None:
         for row, pixels, reason in results:
             if pixels is None:
-                failed[image_paths[row]] = reason
+                failed[writer.paths[row]] = reason
             else:
-                images[row] = pixels
-                done[row] = True
-        progress.update(len(results))
-
-    def checkpoint() -> None:
-        images.flush()  # rows reach the file before the mask says they are there
-        _save_npy_atomic(out_dir / DONE_FILE, done)
+                writer.write(row, pixels)
+        bar.update(len(results))
 
     try:
-        if workers <= 0:
+        if workers <= 0 or len(todo) <= CHUNK_ROWS:
             for task in todo:
                 record(_decode_rows([task], size))
-                if progress.n % CHUNK_ROWS == 0:
-                    checkpoint()
         else:
             with Pool(processes=min(workers, max(1, len(todo))), initializer=_init_decoder_process) as pool:
-                batches = pool.imap_unordered(_decode_one_chunk, [(c, size) for c in _chunks(todo, CHUNK_ROWS)])
-                for i, results in enumerate(batches):
+                for results in pool.imap_unordered(_decode_one_chunk, [(c, size) for c in _chunks(todo, CHUNK_ROWS)]):
                     record(results)
-                    if i % 8 == 7:
-                        checkpoint()
     finally:
-        progress.close()
-        checkpoint()
-        del images
-
-    meta.update(complete=True, failed_count=len(failed), built_seconds=round(time.perf_counter() - started, 3))
-    _write_json_atomic(out_dir / INDEX_FILE, {"meta": meta, "rows": rows, "failed": failed})
-    print(f"image store {out_dir}: {int(done.sum())} images at {size}x{size}"
-          + (f", {len(failed)} unreadable (listed in {INDEX_FILE})" if failed else ""))
-    return out_dir
+        bar.close()
 
 
-def _decode_one_chunk(args: tuple[list[tuple[int, str]], int]):
-    tasks, size = args
-    return _decode_rows(tasks, size)
+def _swap_in(store_dir: Path, build: Path) -> None:
+    """Point `current` at `build` with one rename; keep the build it replaces (a running job may
+    use it) and remove older builds and the files of a version-1 store."""
+    old = current_build(store_dir)
+    link = store_dir / CURRENT_LINK
+    tmp = store_dir / f".{CURRENT_LINK}.tmp-{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(build, store_dir), tmp)
+    os.replace(tmp, link)
+    for other in (store_dir / BUILDS_DIR).iterdir():
+        if other.is_dir() and other not in (build, old) and (other / INDEX_FILE).is_file():
+            try:
+                meta = json.loads((other / INDEX_FILE).read_text()).get("meta", {})
+            except (OSError, ValueError):
+                continue
+            if meta.get("complete"):  # a finished build older than the one kept; partial ones may be resumed
+                shutil.rmtree(other, ignore_errors=True)
+    try:
+        v1 = json.loads((store_dir / INDEX_FILE).read_text()).get("meta", {}).get("version")
+    except (OSError, ValueError, AttributeError):
+        v1 = None
+    if v1 == 1:  # a flat store this code wrote in its first version
+        for name in _V1_FILES:
+            (store_dir / name).unlink(missing_ok=True)
 
 
 # ---- reading -----------------------------------------------------------------------------------------
 class ImageStore:
     """A finished image store, memory-mapped read-only; `get(image_path)` returns a view."""
 
-    def __init__(self, folder: Path, meta: dict, rows: dict[str, int], failed: dict[str, str], done: np.ndarray):
+    def __init__(self, folder: Path, build: _Build):
         self.folder = folder
-        self.meta = meta
-        self.rows = rows
-        self.failed = failed
-        self._done = done
-        self._images: np.ndarray | None = None  # mapped lazily: cheap to pickle into loader workers
+        self.build_dir = build.path
+        self.meta = build.meta
+        self.rows = build.rows
+        self.failed = build.failed
+        self._done = build.done
+        self._images: np.ndarray | None = None
+        self._map()  # now: a later rebuild may remove this build's files; the mapping stays valid
 
     @classmethod
     def open(cls, path: str | os.PathLike, expected_source: str | os.PathLike | None = None,
              expected_size: int | None = None) -> "ImageStore":
-        """Open a complete store; DataError (one line) when it is incomplete or was built from
-        another dataset file or at another size than expected."""
+        """Open a complete store after the checks of the module docstring; DataError (one line)
+        when it is incomplete, stale, tampered, or built from another dataset file or at another
+        size than expected."""
         folder = resolve(path)
         if not folder.is_dir():
             raise DataError(f"image store not found: {folder}")
-        index = _read_index(folder)
-        meta = index.get("meta", {})
-        size, source = meta.get("size"), meta.get("source")
+        build_dir = current_build(folder)
+        if build_dir is None:
+            if (folder / INDEX_FILE).is_file():
+                raise DataError(f"image store {folder}: version 1 (an older layout), this code reads "
+                                f"{STORE_VERSION}: {REBUILD_HINT.format(source=expected_source, size=expected_size)}")
+            raise DataError(f"image store {folder} is incomplete (no finished build): build or resume it with "
+                            f"`python -m medclip_nb cache --data_path {expected_source} --size {expected_size}`")
+        build = _Build(build_dir, folder)
+        source, size = build.meta.get("source"), build.size
         hint = REBUILD_HINT.format(source=expected_source or source, size=expected_size or size)
-        if meta.get("version") != STORE_VERSION:
-            raise DataError(f"image store {folder}: version {meta.get('version')}, this code reads {STORE_VERSION}: {hint}")
         if expected_source is not None or expected_size is not None:
             want_source = str(resolve(expected_source)) if expected_source is not None else source
             want_size = expected_size if expected_size is not None else size
             if want_source != source or want_size != size:
                 raise DataError(f"image store {folder} was built from {source} at {size} px, "
                                 f"not {want_source} at {want_size} px: {hint}")
-            if expected_source is not None:
-                _check_source_current(folder, meta, hint)
-        try:
-            done = np.load(folder / DONE_FILE).astype(bool)
-        except (FileNotFoundError, ValueError, OSError):
-            raise DataError(f"image store {folder}: {DONE_FILE} missing or unreadable (build interrupted?): {hint}") from None
-        count = meta.get("count")
-        expected_bytes = (count or 0) * (size or 0) ** 2
-        images_file = folder / IMAGES_FILE
-        if not images_file.is_file() or images_file.stat().st_size != expected_bytes or done.shape != (count,):
-            raise DataError(f"image store {folder}: {IMAGES_FILE} does not hold {count} images of {size}x{size}: {hint}")
-        failed = index.get("failed", {})
-        missing = count - int(done.sum()) - len(failed)
-        if not meta.get("complete") or missing > 0:
-            raise DataError(f"image store {folder} is incomplete ({int(done.sum())} of {count} images decoded): "
-                            f"resume it with `python -m medclip_nb cache --data_path {source} --size {size}`")
-        return cls(folder, meta, index.get("rows", {}), failed, done)
+        if not build.complete:
+            raise DataError(f"image store {folder} is incomplete ({int(build.done.sum())} of {build.count} images "
+                            f"decoded): resume it with `python -m medclip_nb cache --data_path {source} --size {size}`")
+        _check_current_against(build, Path(source), hint)
+        build.check_sample()
+        return cls(folder, build)
+
+    def verify(self) -> None:
+        """Hash every stored row (StoreIntegrityError naming the first bad one)."""
+        _Build(self.build_dir, self.folder).check_sample(np.flatnonzero(self._done))
 
     @property
     def size(self) -> int:
         """Side of the stored square images in pixels."""
         return int(self.meta["size"])
 
+    def _map(self) -> np.ndarray:
+        if self._images is None:
+            self._images = np.memmap(self.build_dir / IMAGES_FILE, dtype=np.uint8, mode="r",
+                                     shape=(len(self._done), self.size, self.size))
+        return self._images
+
     @property
     def images(self) -> np.ndarray:
         """The whole uint8 array [count, size, size], memory-mapped read-only."""
-        if self._images is None:
-            self._images = np.memmap(self.folder / IMAGES_FILE, dtype=np.uint8, mode="r",
-                                     shape=(len(self._done), self.size, self.size))
-        return self._images
+        return self._map()
 
     def __len__(self) -> int:
         return len(self._done)
@@ -353,46 +676,34 @@ class ImageStore:
         row = self.rows.get(str(image_path))
         return row is not None and bool(self._done[row])
 
+    def rows_of(self, image_paths: Iterable[str]) -> np.ndarray:
+        """int64 row of each path, -1 where the store has no image for it (a Dataset looks its
+        rows up once, so loader workers never touch the `rows` dict)."""
+        get, done = self.rows.get, self._done
+        out = np.fromiter((get(str(p), -1) for p in image_paths), dtype=np.int64)
+        out[out >= 0] = np.where(done[out[out >= 0]], out[out >= 0], -1)
+        return out
+
+    def row(self, row: int) -> np.ndarray | None:
+        """Row `row` (a read-only view), or None for -1 (see `rows_of`)."""
+        return None if row < 0 else self._map()[row]
+
     def get(self, image_path: str) -> np.ndarray | None:
         """The stored size x size uint8 image (a read-only view into the memmap), or None when the
         path is not in the store or its image was unreadable (see `failed`)."""
         row = self.rows.get(str(image_path))
         if row is None or not self._done[row]:
             return None
-        return self.images[row]
+        return self._map()[row]
 
     def __getstate__(self):
-        # Loader workers re-map the file themselves instead of pickling the array.
+        # Spawned workers re-map the file themselves instead of pickling the array.
         state = dict(self.__dict__)
         state["_images"] = None
         return state
 
     def __repr__(self) -> str:
         return f"ImageStore({str(self.folder)!r}, {len(self)} images, {self.size}px)"
-
-
-def _check_source_current(folder: Path, meta: dict, hint: str) -> None:
-    """Refuse a store older than its dataset file, unless that file lists the same images and
-    none of the image files changed since they were stored (a `prepare` re-run)."""
-    source = Path(meta["source"])
-    if not source.is_file():
-        raise DataError(f"image store {folder}: its dataset file {source} no longer exists: {hint}")
-    stat = source.stat()
-    if stat.st_size == meta.get("source_bytes") and stat.st_mtime == meta.get("source_mtime"):
-        return
-    image_paths = _dataset_image_paths(source)
-    if _paths_hash(image_paths) != meta.get("paths_sha256"):
-        raise DataError(f"image store {folder} is older than {source}, which now lists other images: {hint}")
-    base = Path(meta.get("image_root") or source.parent)
-    try:
-        recorded = np.load(folder / FILES_FILE)
-    except (OSError, ValueError):
-        raise DataError(f"image store {folder}: {FILES_FILE} missing or unreadable: {hint}") from None
-    now = _file_stats([str(_resolve_image(p, base)) for p in image_paths])
-    changed = int((recorded != now).any(axis=1).sum()) if recorded.shape == now.shape else len(image_paths)
-    if changed:
-        raise DataError(f"image store {folder} is older than {source} and {changed} of its image files "
-                        f"changed since: {hint}")
 
 
 def find_store(cfg) -> ImageStore | None:
@@ -404,8 +715,9 @@ def find_store(cfg) -> ImageStore | None:
         return None
     if str(setting) == "auto":
         folder = default_store_dir(cfg.data_path, cfg.resize_size)
-        if not (folder / INDEX_FILE).is_file():
-            return None
+        if not any((folder / name).exists() or (folder / name).is_symlink()
+                   for name in (CURRENT_LINK, BUILDS_DIR, INDEX_FILE)):
+            return None  # none built yet; a started build is opened below and refused as incomplete
     else:
         folder = resolve(setting)
     return ImageStore.open(folder, expected_source=cfg.data_path, expected_size=cfg.resize_size)

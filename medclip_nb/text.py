@@ -18,12 +18,13 @@ import re
 import unicodedata
 from typing import TYPE_CHECKING, Iterable, Protocol
 
-import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
 from medclip_nb.errors import CheckpointError, DataError
 
 if TYPE_CHECKING:
+    import torch
+
     from medclip_nb.config import Config
 
 PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
@@ -142,6 +143,8 @@ class TextTokenizer(Protocol):
 
 
 def _empty_batch(max_length: int) -> dict[str, torch.Tensor]:
+    import torch  # here, not at import: prepare splits sentences without needing torch
+
     empty = torch.zeros((0, max_length), dtype=torch.long)
     return {"input_ids": empty, "attention_mask": empty.clone()}
 
@@ -173,6 +176,8 @@ class SubwordTokenizer:
         differently from run to run (huggingface/tokenizers#1794); without the prefix the
         same texts always give the same vocabulary.
         """
+        from medclip_nb.progress import progress
+
         texts = list(texts)
         if not texts:
             raise ValueError("no texts to learn a subword vocabulary from")
@@ -183,7 +188,9 @@ class SubwordTokenizer:
         trainer = trainers.BpeTrainer(
             vocab_size=int(vocab_size), special_tokens=list(SPECIAL_TOKENS), show_progress=False
         )
-        tokenizer.train_from_iterator(texts, trainer=trainer)
+        # The bar counts the texts the trainer has read; its merges follow (a few seconds at MIMIC size).
+        tokenizer.train_from_iterator(progress(texts, desc="tokenizer: learning BPE from reports", unit="report"),
+                                      trainer=trainer, length=len(texts))
         _add_cls_sep(tokenizer)
         return cls(tokenizer, max_length)
 
@@ -197,6 +204,8 @@ class SubwordTokenizer:
 
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """``input_ids`` and ``attention_mask``, both int64 ``[len(texts), max_length]``."""
+        import torch
+
         if not texts:
             return _empty_batch(self.max_length)
         encodings = self._tokenizer.encode_batch(list(texts))
@@ -254,6 +263,8 @@ class CharTokenizer:
 
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """``input_ids`` and ``attention_mask`` (1 on real characters), int64 ``[B, max_length]``."""
+        import torch
+
         if not texts:
             return _empty_batch(self.max_length)
         ids = torch.zeros((len(texts), self.max_length), dtype=torch.long)

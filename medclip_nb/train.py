@@ -64,7 +64,7 @@ from medclip_nb.checkpoint import (
 from medclip_nb.config import Config, ConfigError
 from medclip_nb.errors import CheckpointError, DataError, TrainingError
 from medclip_nb.paths import resolve
-from medclip_nb.progress import progress_bar
+from medclip_nb.progress import progress as progress_display
 from medclip_nb.tensorboard_log import TensorBoardLog, require_tensorboard
 
 METRICS_FILE = "metrics.jsonl"
@@ -712,8 +712,8 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
             restore_rng_state(resume_rng)
             resume_rng = None
         model.train()
-        bar = progress_bar(total=batches_per_epoch, initial=progress.batch_in_epoch,
-                           desc=f"Epoch {epoch_number}/{cfg.num_epochs}", disable=not world.is_main)
+        bar = progress_display(total=batches_per_epoch, initial=progress.batch_in_epoch,
+                               desc=f"Epoch {epoch_number}/{cfg.num_epochs}", disable=not world.is_main)
         epoch_loss = torch.zeros((), device=device)  # summed on the device: no host sync per step
         window_loss, window_steps, window_start = torch.zeros((), device=device), 0, time.perf_counter()
         window_skipped = 0

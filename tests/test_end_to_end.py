@@ -43,7 +43,7 @@ def test_cli_from_phantom_to_metrics(params_file, tmp_path):
     path, params = params_file
     out = run("data", "--config", path)
     assert "dataset ready" in out and Path(params["data_path"]).is_file()
-    assert any(Path(params["data_path"]).parent.glob("image_store_*/images.u8"))  # image_store: auto
+    assert any(Path(params["data_path"]).parent.glob("image_store_*/current/images.u8"))  # image_store: auto
     out = run("train", "--config", path)
     assert "Model parameters" in out and "checkpoint_epoch_1.pth" in out
     checkpoint = Path(params["model_save_path"]) / "best.pth"

@@ -77,7 +77,7 @@ def test_build_open_get_equals_direct_decode(dataset):
     # Non-square images are padded, centred, with black: a 48x40 image leaves 4 px bars left and right
     # at 48 px, 32 * 4 / 48 = 2.67 px at 32 px, so the outermost columns are black.
     assert store.get(names[0])[:, 0].max() == 0 and store.get(names[0])[:, -1].max() == 0
-    index = json.loads((folder / "index.json").read_text())
+    index = json.loads((store_module.current_build(folder) / "index.json").read_text())
     assert index["meta"]["source"] == str(manifest) and index["meta"]["count"] == len(names)
     assert index["meta"]["complete"] is True and index["rows"][names[2]] == 2
 
@@ -106,7 +106,8 @@ def test_interrupted_build_resumes_only_missing_rows(dataset, tmp_path, monkeypa
     out = tmp_path / "resumed"
     with pytest.raises(KeyboardInterrupt):
         build_store(manifest, out, size=SIZE, num_workers=0)
-    assert np.load(out / "done.npy").sum() == stop_after
+    (partial,) = (out / "builds").iterdir()
+    assert np.load(partial / "done.npy").sum() == stop_after
     with pytest.raises(DataError, match="incomplete"):
         ImageStore.open(out)
 
@@ -197,7 +198,7 @@ def test_changed_image_files_are_decoded_again_and_refused_until_then(dataset, m
     Image.fromarray(255 - _xray(50, 30, 3), mode="L").save(changed, quality=95)  # same path, new image
     os.utime(changed, ns=(10**18, 10**18))
     manifest.write_text(manifest.read_text())  # a prepare re-run rewrites the dataset file too
-    with pytest.raises(DataError, match="1 of its image files changed since: rebuild"):
+    with pytest.raises(DataError, match="1 of its image files changed since they were stored: rebuild"):
         ImageStore.open(folder, expected_source=manifest, expected_size=SIZE)
 
     real_decode = store_module.decode_for_store

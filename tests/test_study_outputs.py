@@ -13,7 +13,7 @@ import pytest
 
 from medclip_nb.paths import repo_root
 from medclip_nb.phantom import generate_phantom
-from medclip_nb.progress import progress_bar, progress_disabled
+from medclip_nb.progress import PlainProgress, progress, progress_disabled
 from medclip_nb.summary import summary_markdown, write_summary
 
 NOTEBOOKS = sorted((repo_root() / "notebooks").glob("0*.ipynb"))
@@ -22,9 +22,16 @@ NOTEBOOKS = sorted((repo_root() / "notebooks").glob("0*.ipynb"))
 # ---- progress bars ---------------------------------------------------------------------------------
 def test_progress_is_on_unless_the_environment_turns_it_off(monkeypatch):
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
-    assert not progress_disabled() and not progress_bar(range(3)).disable
+    assert not progress_disabled() and not progress(range(3)).silent  # pytest's stderr: plain lines
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    assert progress_disabled() and progress_bar(range(3)).disable
+    assert progress_disabled() and progress(range(3)).silent
+
+
+def test_notebooks_get_the_widget(monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    monkeypatch.setattr("medclip_nb.progress._in_notebook", lambda: True)
+    bar = progress(range(3), desc="epoch")
+    assert not isinstance(bar, PlainProgress) and not bar.disable
 
 
 @pytest.mark.parametrize("bars_off", [False, True])
@@ -38,7 +45,7 @@ def test_phantom_generation_shows_a_bar_only_in_interactive_runs(tmp_path, monke
     if bars_off:
         assert "phantom" not in err
     else:
-        assert re.search(r"phantom: 100%.*6/6", err), err
+        assert re.search(r"phantom: 6/6 study \(100%\), done in", err), err
 
 
 def test_headless_make_targets_turn_bars_off_from_outside():

@@ -1,0 +1,48 @@
+"""Output files get the user's umask mode; `prepare` does not import torch."""
+
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+from medclip_nb.files import atomic_write_bytes, umask_file_mode
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_write_follows_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        assert umask_file_mode() == 0o644
+        atomic_write_bytes(tmp_path / "a.json", b"{}")
+        os.umask(0o027)
+        assert umask_file_mode() == 0o640
+        atomic_write_bytes(tmp_path / "b.json", b"{}")
+    finally:
+        os.umask(previous)
+    assert _mode(tmp_path / "a.json") == 0o644 and _mode(tmp_path / "b.json") == 0o640
+    assert (tmp_path / "a.json").read_bytes() == b"{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]  # no temporary left
+
+
+def test_prepare_writes_umask_modes_without_importing_torch(tmp_path):
+    script = f"""
+import os, sys
+os.umask(0o022)
+from medclip_nb.phantom import generate_phantom
+from medclip_nb.mimic import prepare_mimic
+generate_phantom({str(tmp_path / 'mimic')!r}, studies=40, size=32, seed=1)
+prepare_mimic({str(tmp_path / 'mimic')!r}, {str(tmp_path / 'out')!r}, unpaired_fraction=0.3)
+print("torch imported:", "torch" in sys.modules)
+"""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TQDM_DISABLE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "torch imported: False" in done.stdout
+    for name in ("datasets.pkl", "prepare_report.json"):
+        assert _mode(tmp_path / "out" / name) == 0o644, name

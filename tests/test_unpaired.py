@@ -309,7 +309,7 @@ def test_training_needs_the_unpaired_split_it_asks_for(tmp_path):
     from medclip_nb.train import train
 
     with pytest.raises(DataError, match=r"split 'train_images' is missing or empty.*'unpaired_sources'"):
-        train(tiny_config(dataset, tmp_path / "run", unpaired_sources=["images"], batch_size=1),
+        train(tiny_config(dataset, tmp_path / "run", unpaired_sources=["images"], batch_size=2),
               log=lambda *a, **k: None)
 
 

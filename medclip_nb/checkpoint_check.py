@@ -53,6 +53,8 @@ class _Checker:
         for name, tensor in value.items():
             if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
                 self.fail("model", f"holds {quote(name)}, which is not a named tensor")
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                self.fail("model", f"weight {quote(name)} holds NaN or infinite values")
 
     def optimizer(self, value: Any) -> None:
         if not isinstance(value, dict) or not isinstance(value.get("state"), dict) \

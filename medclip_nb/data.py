@@ -929,8 +929,11 @@ def build_datasets(
     """
     from medclip_nb.paths import resolve
 
+    from medclip_nb.provenance import check_not_stale
+
     data_path = resolve(cfg.data_path)
     records = load_dataset_file(data_path)
+    check_not_stale(data_path)  # prepared from a phantom that was replaced since
     root = resolve(cfg.image_root) if cfg.image_root else data_path.parent
     warnings_out = validate_dataset(records, data_path, root)
     if uses_precomputed_text(cfg):

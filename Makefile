@@ -70,3 +70,10 @@ bench: $(STAMP)
 
 clean-study:
 	rm -rf data/phantom checkpoints/debug reports/*.ipynb reports/*.html reports/figures/*.png reports/metrics.json
+
+# Seeded mutations of datasets.pkl, a JSONL manifest, a YAML config and a checkpoint through the CLI
+# (issue 14): prints outcomes per format; exits 1 on any traceback or crash.
+FUZZ_N ?= 2000
+.PHONY: fuzz
+fuzz: $(STAMP)
+	TQDM_DISABLE=1 $(PY) -m medclip_nb.fuzz --n $(FUZZ_N)

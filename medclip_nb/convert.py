@@ -67,7 +67,7 @@ def convert_to_jsonl(data_path: str | os.PathLike, out: str | os.PathLike | None
             if not all(isinstance(k, str) for k in record):
                 raise DataError(f"{where}: a key that is not a string has no JSON form")
             row = {"split": split, **{k: _json_value(v, f"{where}: key '{k}'") for k, v in record.items()}}
-            lines.append(json.dumps(row, allow_nan=False, ensure_ascii=False) + "\n")
+            lines.append(json.dumps(row, allow_nan=False) + "\n")
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -180,6 +180,19 @@ def _validated_labels(labels: Any, where: str) -> list[float]:
     return out
 
 
+def _check_encodable(record: dict, where: str) -> None:
+    """Text that cannot be written as UTF-8 (a lone surrogate such as JSON's "\\ud800") cannot
+    name a file or reach the tokenizer."""
+    for key in ("image_path", "report"):
+        value = record.get(key)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise DataError(f"{where}: key '{key}' holds text that is not valid Unicode "
+                                f"(character {exc.start})") from None
+
+
 def validate_dataset(
     splits: Mapping[str, Any], source: str | os.PathLike, image_root: str | os.PathLike | None = None
 ) -> list[str]:
@@ -237,6 +250,7 @@ def validate_dataset(
             if not isinstance(record["report"], str):
                 raise DataError(f"{where}: key 'report' must be a string, got {type(record['report']).__name__}")
             record["image_path"], record["report"] = str(image_path), str(record["report"])
+            _check_encodable(record, where)
             empty_reports += not record["report"].strip()
             record["labels"] = _validated_labels(record["labels"], where)
 
@@ -293,9 +307,12 @@ def _validate_unpaired_split(splits: Mapping[str, Any], split: str, source: str)
             if report is not None and not isinstance(report, str):
                 raise DataError(f"{where}: key 'report' must be a string or missing, got {type(report).__name__}")
             record["report"] = report or ""
+            _check_encodable(record, where)
             image_paths.append(image_path)
         elif not isinstance(report, str) or not report.strip():
             raise DataError(f"{where}: key 'report' must be a non-empty string (a text-only record), got {quote(report)}")
+        else:
+            _check_encodable(record, where)
         record["labels"] = _validated_labels(record["labels"], where)
     return image_paths
 

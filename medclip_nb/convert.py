@@ -56,11 +56,11 @@ def convert_to_jsonl(data_path: str | os.PathLike, out: str | os.PathLike | None
     splits = load_dataset_file(source)
     for warning in validate_dataset(splits, source):
         print(f"warning: {warning}")
+    from medclip_nb.data import REQUIRED_SPLITS, UNPAIRED_SPLITS
+
     lines = []
-    for split, records in splits.items():
-        if not isinstance(split, str) or not isinstance(records, list):
-            continue  # validate_dataset has warned about unknown splits
-        for index, record in enumerate(records):
+    for split in (*REQUIRED_SPLITS, *UNPAIRED_SPLITS):  # the splits validate_dataset checked; others it ignores
+        for index, record in enumerate(splits.get(split, [])):
             where = f"{source}: {split}[{index}]"
             if "split" in record:
                 raise DataError(f"{where}: key 'split' clashes with the manifest's split column")
@@ -80,5 +80,5 @@ def convert_to_jsonl(data_path: str | os.PathLike, out: str | os.PathLike | None
         raise DataError(f"could not write {target}: {os_error_reason(e)}; nothing was written") from None
     finally:
         tmp.unlink(missing_ok=True)
-    print(f"converted {sum(len(r) for r in splits.values() if isinstance(r, list))} records: {source} -> {target}")
+    print(f"converted {len(lines)} records: {source} -> {target}")
     return target

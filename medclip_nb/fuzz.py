@@ -134,10 +134,10 @@ def mutate_text(text: str, rng: random.Random) -> str:
         parts[i] = odd + ("," + parts[i].split(",", 1)[1] if "," in parts[i] else "}")
         lines[at] = '": '.join(parts) + ("\n" if not parts[-1].endswith("\n") else "")
     elif kind == 2:
-        bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-            f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8))
         key = rng.choice(["frontal_views", "embed_dim", "data_path", "ablation_seeds", "unpaired_sources"])
-        lines.append(bomb + f"{key}: *i\n")
+        lines = [line for line in lines if not line.startswith(key + ":")]
+        lines.append(f"{key}: [&a [x, x, x, x, x, x, x, x, x], " + ", ".join(  # 9**9 items, if expanded
+            f"&{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]" for i in range(8)) + "]\n")
     elif kind == 3:
         lines.insert(at, rng.choice(["1: one\n", "? [a, b]\n: c\n", "{x: 1}\n", "- item\n", "\ufeffkey: 1\n"]))
     else:

@@ -230,16 +230,22 @@ def _cli(argv: list[str]) -> tuple[str, str]:
     return "traceback", f"rc {rc}: {' | '.join(lines)[:200]}"
 
 
-def _install_stubs() -> None:
-    """The trainer and the metrics are replaced; everything that reads the inputs is real."""
+@contextlib.contextmanager
+def _stubs():
+    """The trainer and the evaluation metrics are replaced while the inputs run (restored after);
+    everything that reads the inputs is real."""
     import medclip_nb.evaluate as evaluate
     import medclip_nb.train as train
 
     def reached(*_args, **_kwargs):
         raise _Reached
 
-    train.train = reached
-    evaluate.eval_datasets = reached
+    saved = train.train, evaluate.eval_datasets
+    train.train = evaluate.eval_datasets = reached
+    try:
+        yield
+    finally:
+        train.train, evaluate.eval_datasets = saved
 
 
 def _resume_path(path: Path) -> tuple[str, str]:
@@ -305,18 +311,18 @@ def mutations(fmt: str, seeds: dict[str, Path], n: int, seed: int):
 def run_format(fmt: str, n: int, seed: int, folder: Path, report: Callable[[str, str, int], None] | None = None,
                start: int = 0) -> Counter:
     """In-process: `n` mutations of `fmt` (from index `start`); returns the outcome counts."""
-    _install_stubs()
     seeds = make_seeds(folder / "seeds")
     work = folder / f"work-{fmt}"
     work.mkdir(parents=True, exist_ok=True)
     counts: Counter = Counter()
-    for index, data in enumerate(mutations(fmt, seeds, n, seed)):
-        if index < start:
-            continue
-        outcome, detail = run_one(fmt, data, work, seeds)
-        counts[outcome] += 1
-        if report is not None:
-            report(outcome, detail, index)
+    with _stubs():
+        for index, data in enumerate(mutations(fmt, seeds, n, seed)):
+            if index < start:
+                continue
+            outcome, detail = run_one(fmt, data, work, seeds)
+            counts[outcome] += 1
+            if report is not None:
+                report(outcome, detail, index)
     return counts
 
 

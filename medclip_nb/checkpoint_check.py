@@ -62,9 +62,12 @@ class _Checker:
                 or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in value["param_groups"]):
             self.fail("optimizer", "is not an optimizer state (state, param_groups)")
 
-    def scheduler(self, value: Any) -> None:
+    def scheduler(self, value: Any, groups: int | None) -> None:
         if not isinstance(value, dict):
             self.fail("scheduler", "is not a dict")
+        for key in ("base_lrs", "last_epoch", "lr_lambdas"):
+            if key not in value:
+                self.fail("scheduler", f"has no key '{key}'")
         for key, item in value.items():
             kind = _SCHEDULER_KEYS.get(key)
             if kind is None:
@@ -78,6 +81,10 @@ class _Checker:
             self.fail("scheduler", "key 'lr_lambdas' holds a state (this trainer's schedule has none)")
         if not 0 <= value.get("last_epoch", 0) < _MAX_COUNT:
             self.fail("scheduler", "key 'last_epoch' is out of range")
+        # One entry per optimizer parameter group, or the schedule would drive fewer groups silently.
+        lengths = {len(value[k]) for k in ("base_lrs", "_last_lr", "lr_lambdas") if k in value}
+        if len(lengths) != 1 or groups is not None and lengths != {groups}:
+            self.fail("scheduler", "lists do not have one entry per optimizer parameter group")
 
     def scaler(self, value: Any) -> None:
         if value is None or value == {}:
@@ -155,8 +162,11 @@ def check_checkpoint(state: dict, path: str | Path, parts: Iterable[str] = RESUM
         if key not in state:
             raise CheckpointError(f"{path}: checkpoint has no '{key}' entry (not written by medclip-nb train, "
                                   f"or cannot be resumed from)")
-    for key in ("model", "optimizer", "scheduler", "scaler", "config", "tokenizer", "rng"):
+    for key in ("model", "optimizer", "scaler", "config", "tokenizer", "rng"):
         if key in state:
             getattr(checker, key)(state[key])
+    if "scheduler" in state:
+        groups = len(state["optimizer"]["param_groups"]) if "optimizer" in state else None
+        checker.scheduler(state["scheduler"], groups)
     checker.progress(state)
     return state

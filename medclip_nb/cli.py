@@ -1,4 +1,4 @@
-"""`python -m medclip_nb SUBCOMMAND`: phantom, prepare, data, cache, train, evaluate, bench.
+"""`python -m medclip_nb SUBCOMMAND`: phantom, prepare, data, convert, cache, train, evaluate, bench.
 
 Errors that come from the user's input (a missing file, a bad key, a malformed dataset) end
 the command with one line on stderr and exit status 2, never a traceback.
@@ -13,6 +13,10 @@ from medclip_nb.config import CONFIG_KEYS, add_config_arguments, config_from_arg
 from medclip_nb.errors import UserError, one_line
 
 
+# A store row is size x size bytes: 100000 would ask for a 580 GB memory map.
+STORE_SIZES = range(8, 4097)
+
+
 def _phantom(args) -> int:
     from medclip_nb.phantom import generate_phantom
 
@@ -24,6 +28,9 @@ def _phantom(args) -> int:
 
 def _prepare(args) -> int:
     from medclip_nb.mimic import prepare_mimic
+
+    if args.store_size is not None and args.store_size not in STORE_SIZES:
+        raise UserError(f"--store-size: {args.store_size} is not in {STORE_SIZES.start}..{STORE_SIZES.stop - 1}")
 
     prepare_mimic(
         args.mimic_root, args.out,
@@ -46,10 +53,6 @@ def _convert(args) -> int:
 
     convert_to_jsonl(args.data_path, args.out)
     return 0
-
-
-# A store row is size x size bytes: 100000 would ask for a 580 GB memory map.
-STORE_SIZES = range(8, 4097)
 
 
 def _cache(args) -> int:

@@ -69,7 +69,7 @@ from medclip_nb.paths import resolve
 
 METRICS_FILE = "metrics.jsonl"
 # Config keys that may differ on resume without it being worth a note.
-_RESUME_QUIET_KEYS = {"resume_from"}
+_RESUME_QUIET_KEYS = {"resume_from", "force"}
 
 
 @dataclass

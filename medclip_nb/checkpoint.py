@@ -176,7 +176,7 @@ def find_latest(folder: str | os.PathLike, unreadable: list[Path] | None = None)
     ranked = []
     for p in _checkpoint_files(folder):
         try:
-            state = load_checkpoint(p, mmap=True)
+            state = load_checkpoint(p, mmap=True, verify=False)  # checksums: only of the one chosen, below
         except CheckpointError:
             if unreadable is not None:
                 unreadable.append(p)
@@ -184,9 +184,14 @@ def find_latest(folder: str | os.PathLike, unreadable: list[Path] | None = None)
         step = state.get("step")
         step = int(step) if isinstance(step, int) and not isinstance(step, bool) else -1  # no step: mtime only
         ranked.append((step, p.name == "last.pth", p.stat().st_mtime, p))
-    if not ranked:
-        return None
-    return max(ranked, key=lambda r: r[:3])[3]
+    for *_, p in sorted(ranked, key=lambda r: r[:3], reverse=True):
+        try:
+            verify_archive(p)
+            return p
+        except CheckpointError:
+            if unreadable is not None:
+                unreadable.append(p)
+    return None
 
 
 def resolve_resume(resume_from: str | None, model_save_path: str | os.PathLike, *, force: bool = False,

@@ -111,19 +111,33 @@ def test_convert_pickle_to_manifest_round_trips(seeds, tmp_path, capsys):
 
 
 # ---- 3. checkpoints ---------------------------------------------------------------------------
-def test_flipped_byte_in_a_tensor_record_fails_its_checksum(seeds, tmp_path):
+def _flip_a_tensor_byte(source: Path, target: Path) -> None:
     import zipfile
 
-    raw = bytearray(seeds["checkpoint"].read_bytes())
-    with zipfile.ZipFile(seeds["checkpoint"]) as archive:
+    raw = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as archive:
         info = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size > 64)
     name_length, extra_length = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])
     data_start = info.header_offset + 30 + name_length + extra_length  # the local header's own lengths
     raw[data_start + 10] ^= 0x40
+    target.write_bytes(bytes(raw))
+
+
+def test_flipped_byte_in_a_tensor_record_fails_its_checksum(seeds, tmp_path):
     damaged = tmp_path / "damaged.pth"
-    damaged.write_bytes(bytes(raw))
+    _flip_a_tensor_byte(seeds["checkpoint"], damaged)
     with pytest.raises(CheckpointError, match="fails its checksum"):
         load_checkpoint(damaged)
+
+
+def test_latest_passes_over_a_damaged_newest_checkpoint_naming_it(tmp_path):
+    save_checkpoint({"step": 1, "x": torch.arange(100.0)}, tmp_path / "checkpoint_epoch_1.pth")
+    save_checkpoint({"step": 2, "x": torch.arange(100.0)}, tmp_path / "good.pth")
+    _flip_a_tensor_byte(tmp_path / "good.pth", tmp_path / "last.pth")
+    (tmp_path / "good.pth").unlink()
+    messages: list[str] = []
+    assert resolve_resume("latest", tmp_path, log=messages.append) == tmp_path / "checkpoint_epoch_1.pth"
+    assert "could not read last.pth" in messages[0]
 
 
 @pytest.mark.parametrize("field, value", [

@@ -20,7 +20,8 @@ and costs a process start on every load. Here instead:
   self-containing ones and integers wider than 64 bits are refused.
 
 Memory is therefore bounded by a small multiple of the file size, and any failure is a
-`DataError` of one line. The cost is speed: about 1-2 s per 100k records; convert a large
+`DataError` of one line. The cost is speed: about 5 s per 100,000 records (measured on a shared
+CPU core; the C unpickler takes 0.3-0.8 s); convert a large
 pickle once to a JSON Lines manifest (`python -m medclip_nb convert`).
 """
 

@@ -3,7 +3,6 @@ traceback, unbounded memory, silent wrong data or lost files."""
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import struct

@@ -383,7 +383,7 @@ def test_evaluate_picks_its_device_through_the_checked_function(seeds, tmp_path,
 
 
 # ---- 9. fuzz -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("fmt, n", [("pickle", 300), ("manifest", 300), ("yaml", 200), ("checkpoint", 80)])
+@pytest.mark.parametrize("fmt, n", [("pickle", 300), ("manifest", 300), ("yaml", 300), ("checkpoint", 300)])
 def test_fuzz_mutations_load_or_fail_in_one_line(tmp_path_factory, fmt, n):
     folder = tmp_path_factory.getbasetemp() / "fuzz"
     problems: list[str] = []

@@ -93,3 +93,10 @@ BENCH_SCALE_SIZES ?= 5000,60000,227827
 .PHONY: bench-scale
 bench-scale: $(STAMP)
 	$(PY) -m medclip_nb bench-scale --sizes $(BENCH_SCALE_SIZES)
+
+# Seeded mutations of datasets.pkl, a JSONL manifest, a YAML config and a checkpoint through the CLI
+# (issue 14): prints outcomes per format; exits 1 on any traceback or crash.
+FUZZ_N ?= 2000
+.PHONY: fuzz
+fuzz: $(STAMP)
+	TQDM_DISABLE=1 $(PY) -m medclip_nb.fuzz --n $(FUZZ_N)

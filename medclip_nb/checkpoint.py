@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medclip_nb.errors import CheckpointError
+from medclip_nb.errors import CheckpointError, os_error_reason
 from medclip_nb.paths import resolve
 
 CHECKPOINT_SUFFIX = ".pth"
@@ -45,6 +45,33 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class _WriteRecorder:
+    """A file wrapper that keeps the OSError of a failed write: torch's zip writer reports it
+    only as 'unexpected pos ...', which hides a full disk."""
+
+    def __init__(self, file):
+        self._file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._file.flush()
+        except OSError as e:
+            self.error = e
+            raise
+
+
+def _open_for_write(path: Path):
+    return open(path, "wb")
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write `state` to `path` atomically: a crash, a full disk or Ctrl-C midway leaves the
     previous file at `path` untouched and no temporary file behind.
@@ -52,18 +79,30 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     Returns the path written. Raises CheckpointError (one line) when the write fails.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(target)
+    recorder = None
     try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_dir():
+            raise CheckpointError(f"could not write checkpoint {target}: it is a folder")
+        with _open_for_write(tmp) as f:
+            recorder = _WriteRecorder(f)
+            torch.save(state, recorder)
+            recorder.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
         _fsync_dir(target.parent)
+    except CheckpointError:
+        raise
     except BaseException as e:  # noqa: BLE001 - KeyboardInterrupt must clean up too
         tmp.unlink(missing_ok=True)
-        cause = "interrupted" if isinstance(e, KeyboardInterrupt) else (str(e) or type(e).__name__)
+        error = recorder.error if recorder is not None and recorder.error is not None else e
+        if isinstance(e, KeyboardInterrupt):
+            cause = "interrupted"
+        elif isinstance(error, OSError):
+            cause = os_error_reason(error)
+        else:
+            cause = _first_line(e)
         previous = "the previous checkpoint is intact" if target.exists() else "no previous checkpoint existed"
         raise CheckpointError(f"could not write checkpoint {target}: {cause}; {previous}") from e
     return target
@@ -80,19 +119,36 @@ def _unsafe_reason(e: BaseException) -> str:
     return f"it would import {match.group(1)}" if match else _first_line(e)
 
 
+def verify_archive(path: Path) -> None:
+    """Check the CRC-32 that torch.save's zip writer stores for every record (weights,
+    pickled structure): a flipped byte anywhere is a CheckpointError naming the record."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint, truncated or corrupt ({_first_line(e)})") from None
+    if bad is not None:
+        raise CheckpointError(f"{path}: corrupt checkpoint: record '{bad}' fails its checksum (the file was damaged "
+                              f"after it was written)")
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                    *, mmap: bool = False) -> dict[str, Any]:
-    """Read a checkpoint with `weights_only=True` (no pickled code runs).
+                    *, mmap: bool = False, verify: bool = True) -> dict[str, Any]:
+    """Read a checkpoint with `weights_only=True` (no pickled code runs), after checking
+    every record's checksum (`verify`; skipped only to rank files by their metadata).
 
     Raises CheckpointError naming the file when it is missing, truncated/corrupt, or holds
     objects other than tensors and plain data. `mmap=True` leaves tensor data on disk
-    until touched (cheap for reading metadata such as `step`).
+    until touched (cheap for reading metadata such as `step`). The fields' structure is
+    checked by `checkpoint_check.check_checkpoint`.
     """
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"checkpoint not found: {p}")
     if not zipfile.is_zipfile(p):  # torch.save writes a zip archive; a cut-short one has no directory
         raise CheckpointError(f"{p}: not a readable checkpoint, truncated or corrupt (not a torch.save archive)")
+    if verify:
+        verify_archive(p)
     try:
         state = torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
@@ -110,34 +166,55 @@ def _checkpoint_files(folder: Path) -> list[Path]:
     return [p for p in folder.glob(f"*{CHECKPOINT_SUFFIX}") if TEMP_MARKER not in p.name and p.is_file()]
 
 
-def find_latest(folder: str | os.PathLike) -> Path | None:
-    """Newest complete checkpoint in `folder`: the highest stored `step` (unreadable files are
-    skipped), ties going to `last.pth` and then to the newer file; None when there is none."""
+def find_latest(folder: str | os.PathLike, unreadable: list[Path] | None = None) -> Path | None:
+    """Newest complete checkpoint in `folder`: the highest stored `step`, ties going to
+    `last.pth` and then to the newer file; None when there is none. Files that cannot be read
+    (or fail their checksums) are skipped and appended to `unreadable`."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
     ranked = []
     for p in _checkpoint_files(folder):
         try:
-            state = load_checkpoint(p, mmap=True)
+            state = load_checkpoint(p, mmap=True, verify=False)  # checksums: only of the one chosen, below
         except CheckpointError:
+            if unreadable is not None:
+                unreadable.append(p)
             continue  # an incomplete or foreign file is not a resume point
         step = state.get("step")
-        step = int(step) if isinstance(step, (int, float)) else -1  # no step: order by mtime only
+        step = int(step) if isinstance(step, int) and not isinstance(step, bool) else -1  # no step: mtime only
         ranked.append((step, p.name == "last.pth", p.stat().st_mtime, p))
-    if not ranked:
-        return None
-    return max(ranked, key=lambda r: r[:3])[3]
+    for *_, p in sorted(ranked, key=lambda r: r[:3], reverse=True):
+        try:
+            verify_archive(p)
+            return p
+        except CheckpointError:
+            if unreadable is not None:
+                unreadable.append(p)
+    return None
 
 
-def resolve_resume(resume_from: str | None, model_save_path: str | os.PathLike) -> Path | None:
+def resolve_resume(resume_from: str | None, model_save_path: str | os.PathLike, *, force: bool = False,
+                   log=print) -> Path | None:
     """The checkpoint `--resume_from` points at: None (start fresh), 'latest' (the newest
     complete checkpoint in model_save_path, or None when it holds none), or a file path
-    (relative paths are taken from the repository root; a missing file is an error)."""
+    (relative paths are taken from the repository root; a missing file is an error).
+
+    'latest' names the files it could not read; when none could be read it refuses to start a
+    new run over them (which would overwrite them) unless `force`."""
     if resume_from is None or not str(resume_from).strip():
         return None
     if str(resume_from).strip() == "latest":
-        return find_latest(resolve(model_save_path))
+        unreadable: list[Path] = []
+        found = find_latest(resolve(model_save_path), unreadable)
+        names = ", ".join(p.name for p in sorted(unreadable))
+        if unreadable and found is None and not force:
+            raise CheckpointError(
+                f"--resume_from latest: no readable checkpoint in {resolve(model_save_path)}; could not read "
+                f"{names}; starting fresh would overwrite them (pass --force to do so)")
+        if unreadable:
+            log(f"Warning: --resume_from latest could not read {names} in {resolve(model_save_path)}")
+        return found
     p = resolve(resume_from)
     if not p.is_file():
         raise CheckpointError(f"--resume_from: checkpoint not found: {p}")
@@ -180,11 +257,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     from medclip_nb.models import build_model
     from medclip_nb.text import tokenizer_from_json
 
+    from medclip_nb.checkpoint_check import MODEL_PARTS, check_checkpoint
+
     p = resolve(path)
-    state = load_checkpoint(p)
-    for key in ("model", "config", "tokenizer"):
-        if key not in state:
-            raise CheckpointError(f"{p}: checkpoint has no '{key}' entry (not written by medclip-nb train)")
+    state = check_checkpoint(load_checkpoint(p), p, MODEL_PARTS)
     try:
         cfg = from_dict(state["config"], source=str(p))
     except ConfigError as e:
@@ -198,3 +274,40 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
         raise CheckpointError(f"{p}: weights do not fit the stored config ({_first_line(e)})") from None
     model.to(device).eval()
     return model, tokenizer, cfg
+
+
+# ---- leftovers of killed saves ------------------------------------------------------------------
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process (or not ours to judge): leave its file alone
+    return True
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, log=print) -> list[Path]:
+    """Delete `.X.pth.tmp-<pid>` and `.metrics.jsonl.tmp-<pid>` files (our own temporary
+    names) whose writing process no longer runs: what a kill -9 during a save leaves.
+    Returns the files removed."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        match = _TEMP_NAME.match(p.name)
+        if not match or not (match["name"].endswith(CHECKPOINT_SUFFIX) or match["name"].endswith(".jsonl")):
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _process_alive(pid) or not p.is_file():
+            continue
+        p.unlink(missing_ok=True)
+        removed.append(p)
+    if removed:
+        log(f"Removed {len(removed)} temporary file(s) of interrupted saves in {folder}: "
+            + ", ".join(p.name for p in removed))
+    return removed

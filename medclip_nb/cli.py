@@ -1,4 +1,4 @@
-"""`python -m medclip_nb SUBCOMMAND`: phantom, prepare, data, cache, train, evaluate, bench,
+"""`python -m medclip_nb SUBCOMMAND`: phantom, prepare, data, convert, cache, train, evaluate, bench,
 bench-scale, summary, predict, embed, export.
 
 Errors that come from the user's input (a missing file, a bad key, a malformed dataset) end
@@ -11,14 +11,18 @@ import argparse
 import sys
 
 from medclip_nb.config import CONFIG_KEYS, add_config_arguments, config_from_args
-from medclip_nb.errors import UserError
+from medclip_nb.errors import UserError, one_line
+
+
+# A store row is size x size bytes: 100000 would ask for a 580 GB memory map.
+STORE_SIZES = range(8, 4097)
 
 
 def _phantom(args) -> int:
     from medclip_nb.phantom import generate_phantom
 
     summary = generate_phantom(args.out, studies=args.studies, size=args.size, seed=args.seed,
-                               test_studies=args.test_studies)
+                               test_studies=args.test_studies, force=args.force)
     print(f"phantom MIMIC-CXR-JPG written to {args.out}: {summary['studies']} studies, "
           f"{summary['images']} images, {summary['subjects']} patients")
     return 0
@@ -26,6 +30,9 @@ def _phantom(args) -> int:
 
 def _prepare(args) -> int:
     from medclip_nb.mimic import prepare_mimic
+
+    if args.store_size is not None and args.store_size not in STORE_SIZES:
+        raise UserError(f"--store-size: {args.store_size} is not in {STORE_SIZES.start}..{STORE_SIZES.stop - 1}")
 
     prepare_mimic(
         args.mimic_root, args.out,
@@ -43,9 +50,18 @@ def _data(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    from medclip_nb.convert import convert_to_jsonl
+
+    convert_to_jsonl(args.data_path, args.out)
+    return 0
+
+
 def _cache(args) -> int:
     from medclip_nb.store import ImageStore, build_store
 
+    if args.size not in STORE_SIZES:
+        raise UserError(f"--size: {args.size} is not in {STORE_SIZES.start}..{STORE_SIZES.stop - 1}")
     folder = build_store(args.data_path, args.out, size=args.size, num_workers=args.num_workers, rebuild=args.rebuild)
     if args.verify:
         ImageStore.open(folder, expected_source=args.data_path, expected_size=args.size).verify()
@@ -142,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed; same seed, same bytes (default: 0)")
     p.add_argument("--test-studies", "--test_studies", dest="test_studies", type=int, default=0,
                    help="extra test-only studies of new patients, for large evaluation sets (default: 0)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a phantom of other parameters in --out (and the datasets prepared from it)")
     p.set_defaults(func=_phantom)
 
     p = sub.add_parser("prepare", help="import a MIMIC-CXR-JPG tree into datasets.pkl")
@@ -160,8 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="make the config's dataset ready: generate the phantom and/or prepare it, build the store")
     add_config_arguments(p, keys=("data_path", "mimic_root", "frontal_views", "phantom_dir", "phantom_studies",
-                                  "phantom_size", "phantom_seed", "phantom_test_studies", "image_store", "resize_size"))
+                                  "phantom_size", "phantom_seed", "phantom_test_studies", "image_store", "resize_size",
+                                  "force"))
     p.set_defaults(func=_data)
+
+    p = sub.add_parser("convert", help="write a dataset pickle once as a JSON Lines manifest (safe and fast to load)")
+    p.add_argument("--data_path", "--data-path", dest="data_path", required=True, help="datasets.pkl to convert")
+    p.add_argument("--out", default=None, help="manifest to write (default: the pickle's name with .jsonl); never replaced")
+    p.set_defaults(func=_convert)
 
     p = sub.add_parser("cache", help="decode every image of a dataset once into a uint8 store")
     p.add_argument("--data_path", "--data-path", dest="data_path", required=True, help="datasets.pkl or manifest")
@@ -248,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e, 1000)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory (an input asks for more than this machine has; see the limits in README)",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

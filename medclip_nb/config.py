@@ -17,7 +17,7 @@ from typing import Any, Mapping, get_args, get_origin, get_type_hints
 
 import yaml
 
-from medclip_nb.errors import UserError
+from medclip_nb.errors import UserError, quote
 
 
 class ConfigError(UserError, ValueError):
@@ -33,6 +33,20 @@ def _opt(default, help: str, choices=None, check=None, short_help=None, **kw):
 
 def _positive(v):
     return v > 0
+
+
+def _between(low, high):
+    """A range check whose bounds the error message states (absurd sizes fail here, not later
+    as a multi-GB allocation)."""
+
+    def check(v):
+        return low <= v <= high
+
+    check.allowed = f"must be in {low}..{high}"
+    return check
+
+
+_MAX_COUNT = 10**12  # steps, epochs, intervals: beyond any real run
 
 
 def _non_negative(v):
@@ -63,23 +77,26 @@ class Config:
     mimic_root: str | None = _opt(None, "MIMIC-CXR-JPG root read by `prepare` (files/, *.csv.gz)")
     frontal_views: list = _opt(["PA", "AP"], "ViewPosition values kept by `prepare`")
     phantom_dir: str = _opt("data/phantom", "where the phantom MIMIC-CXR-JPG tree is written")
-    phantom_studies: int = _opt(300, "number of phantom studies", check=_positive)
-    phantom_size: int = _opt(256, "phantom image side in pixels (MIMIC-CXR is about 2544 x 3056)", check=_positive)
+    phantom_studies: int = _opt(300, "number of phantom studies", check=_between(1, 1_000_000))
+    phantom_size: int = _opt(256, "phantom image side in pixels (MIMIC-CXR is about 2544 x 3056)", check=_between(1, 4096))
     phantom_test_studies: int = _opt(
-        0, "extra test-only phantom studies of new patients: evaluation sets big enough for intervals", check=_non_negative
+        0, "extra test-only phantom studies of new patients: evaluation sets big enough for intervals",
+        check=_between(0, 1_000_000)
     )
-    phantom_seed: int = _opt(0, "phantom generator seed (same seed, same bytes)")
-    image_size: int = _opt(224, "training crop size in pixels", check=_positive)
-    resize_size: int = _opt(256, "size images are resized to before cropping", check=_positive)
+    phantom_seed: int = _opt(0, "phantom generator seed (same seed, same bytes)", check=_between(0, 2**32 - 1))
+    force: bool = _opt(False, "data/phantom: replace a phantom of other parameters (and the datasets prepared from "
+                       "it); train: start fresh over checkpoints that resume_from 'latest' could not read")
+    image_size: int = _opt(224, "training crop size in pixels", check=_between(1, 4096))
+    resize_size: int = _opt(256, "size images are resized to before cropping", check=_between(1, 4096))
     augment: str = _opt("seed", "augmentation preset", choices=["seed", "medclip", "none"])
     on_bad_image: str = _opt("skip", "unreadable image: skip it and count it, or stop with an error", choices=["skip", "error"])
     report_sampling: str = _opt(
         "full", "text per training step: the whole cleaned report, or one random sentence (MedCLIP)",
         choices=["full", "sentence"],
     )
-    max_text_tokens: int = _opt(128, "text length in tokens (the simple model always uses 50 characters)", check=_positive)
-    vocab_size: int = _opt(4000, "subword vocabulary size learned from the training reports", check=_positive)
-    debug_subset: int = _opt(64, "samples per split used with --debug", check=_positive)
+    max_text_tokens: int = _opt(128, "text length in tokens (the simple model always uses 50 characters)", check=_between(1, 8192))
+    vocab_size: int = _opt(4000, "subword vocabulary size learned from the training reports", check=_between(1, 1_000_000))
+    debug_subset: int = _opt(64, "samples per split used with --debug", check=_between(1, _MAX_COUNT))
     # ---- model ----------------------------------------------------------------------------
     model: str = _opt("medclip", "medclip: torchvision backbone + transformer text encoder; simple: the seed's SimpleMedCLIPModel", choices=["medclip", "simple"])
     vision_backbone: str = _opt(
@@ -88,12 +105,12 @@ class Config:
     )
     vision_pretrained: bool = _opt(False, "load torchvision ImageNet weights from the local torch hub cache (no download)")
     text_encoder: str = _opt("transformer", "text encoder", choices=["transformer", "bert", "precomputed"])
-    text_layers: int = _opt(4, "transformer text encoder layers", check=_positive)
-    text_width: int = _opt(256, "transformer text encoder width", check=_positive)
-    text_heads: int = _opt(4, "transformer text encoder attention heads", check=_positive)
+    text_layers: int = _opt(4, "transformer text encoder layers", check=_between(1, 128))
+    text_width: int = _opt(256, "transformer text encoder width", check=_between(1, 16384))
+    text_heads: int = _opt(4, "transformer text encoder attention heads", check=_between(1, 1024))
     bert_path: str | None = _opt(None, "local Hugging Face folder of a BERT-family model (text_encoder: bert)")
     text_features_path: str | None = _opt(None, "clip_text_features.json for text_encoder: precomputed")
-    embed_dim: int = _opt(512, "shared embedding size", check=_positive)
+    embed_dim: int = _opt(512, "shared embedding size", check=_between(1, 16384))
     loss: str = _opt("clip", "contrastive loss", choices=["clip", "medclip", "siglip"])
     siglip_bias_init: str = _opt(
         "batch_prior", "initial SigLIP bias: 'batch_prior' = -ln(pairs per step - 1), the log-odds of a positive "
@@ -108,34 +125,41 @@ class Config:
         [], "unpaired data mixed into training batches (loss medclip): 'images' (split train_images), "
         "'texts' (split train_texts)"
     )
-    unpaired_per_batch: int = _opt(8, "extra unpaired items of each used source per training step", check=_positive)
+    unpaired_per_batch: int = _opt(8, "extra unpaired items of each used source per training step", check=_between(1, 65536))
     # ---- training (the seed script's flags and defaults) ----------------------------------
-    batch_size: int = _opt(32, "training batch size (pairs per step, per process)", check=_positive)
-    num_epochs: int = _opt(10, "training epochs", check=_positive)
+    batch_size: int = _opt(
+        32, "training batch size (pairs per step, per process; a contrastive step needs at least 2)",
+        check=_between(2, 65536),
+    )
+    num_epochs: int = _opt(10, "training epochs", check=_between(1, _MAX_COUNT))
     lr: float = _opt(2e-5, "peak learning rate (AdamW)", check=_positive)
     weight_decay: float = _opt(1e-4, "AdamW weight decay (not applied to biases, norms, temperature)", check=_non_negative)
     warmup: float = _opt(0.1, "linear warmup as a fraction of total steps, in [0, 1)", check=lambda v: 0 <= v < 1)
-    eval_batch_size: int = _opt(64, "evaluation batch size", check=_positive)
-    eval_steps: int = _opt(1000, "validate every N optimizer steps (and at each epoch end)", check=_positive)
+    eval_batch_size: int = _opt(64, "evaluation batch size (a validation batch needs at least 2 pairs)",
+                                check=_between(1, 65536))
+    eval_steps: int = _opt(1000, "validate every N optimizer steps (and at each epoch end)", check=_between(1, _MAX_COUNT))
     save_steps: int = _opt(
         1000,
         "write a resumable mid-epoch checkpoint every N steps; the seed's default of 1 wrote one "
         "every step, which costs more than the step itself on a GPU",
-        check=_positive,
+        check=_between(1, _MAX_COUNT),
     )
-    num_workers: int = _opt(4, "data loader worker processes", check=_non_negative)
+    num_workers: int = _opt(4, "data loader worker processes", check=_between(0, 256))
     gpu_id: str = _opt("0", "CUDA device index to use; falls back to CPU with one message when CUDA is absent")
-    seed: int = _opt(42, "random seed for weights, data order and augmentation")
+    seed: int = _opt(42, "random seed for weights, data order and augmentation", check=_between(0, 2**32 - 1))
     model_save_path: str = _opt("./checkpoints/mimic_cxr_pretrain", "folder for checkpoints and the metrics log")
     resume_from: str | None = _opt(None, "checkpoint to resume from, or 'latest' for the newest complete one in model_save_path")
     use_amp: bool = _opt(True, "mixed precision on GPU (bf16 where supported, else fp16 with a grad scaler); CPU runs fp32")
     debug: bool = _opt(False, "small subset, batch shapes and loss terms printed, anomaly detection on")
     # ---- training extras --------------------------------------------------------------------
-    max_steps: int | None = _opt(None, "stop after this many optimizer steps (overrides num_epochs when smaller)")
+    max_steps: int | None = _opt(None, "stop after this many optimizer steps (overrides num_epochs when smaller)",
+                                 check=_between(1, _MAX_COUNT))
     grad_clip: float = _opt(1.0, "clip the gradient norm to this value (0 turns it off)", check=_non_negative)
-    early_stopping_patience: int = _opt(5, "stop after N validations without a lower val loss (0 turns it off)", check=_non_negative)
-    max_nonfinite_steps: int = _opt(10, "stop after N non-finite losses in a row (each one is skipped)", check=_positive)
-    log_every: int = _opt(10, "write a metrics row every N steps", check=_positive)
+    early_stopping_patience: int = _opt(5, "stop after N validations without a lower val loss (0 turns it off)",
+                                        check=_between(0, _MAX_COUNT))
+    max_nonfinite_steps: int = _opt(10, "stop after N non-finite losses in a row (each one is skipped)",
+                                    check=_between(1, _MAX_COUNT))
+    log_every: int = _opt(10, "write a metrics row every N steps", check=_between(1, _MAX_COUNT))
     tensorboard: bool = _opt(
         False, "also write the metrics rows (loss, lr, temperature, pairs/s) as TensorBoard events under "
         "model_save_path/tensorboard (optional package: pip install -e .[tensorboard])"
@@ -144,7 +168,7 @@ class Config:
     channels_last: bool = _opt(True, "channels_last memory format for the image backbone on GPU")
     gpu_augment: bool = _opt(True, "with an image store on GPU: move uint8 batches and augment on the GPU")
     # ---- evaluation ------------------------------------------------------------------------
-    zeroshot_per_class: int = _opt(200, "CheXpert-5x200: images per class (up to)", check=_positive)
+    zeroshot_per_class: int = _opt(200, "CheXpert-5x200: images per class (up to)", check=_between(1, 10**9))
     probe_label_fractions: list = _opt(
         [0.01, 0.1, 1.0], "linear probe: fractions of the training labels it is fitted on (seeded subsets), "
         "the low-label protocol of this literature", check=_fractions
@@ -182,6 +206,11 @@ def _base_type(hint):
     return hint, False
 
 
+MAX_STRING = 4096  # paths and names
+MAX_LIST = 64
+_INT_LISTS = ("ablation_seeds",)
+
+
 def _coerce(key: str, value: Any) -> Any:
     typ, optional = _base_type(_HINTS[key])
     if value is None:
@@ -191,34 +220,47 @@ def _coerce(key: str, value: Any) -> Any:
     if typ is bool:
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"config key '{key}': must be true or false, got {value!r}")
+        raise ConfigError(f"config key '{key}': must be true or false, got {quote(value)}")
     if typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
-            raise ConfigError(f"config key '{key}': must be an integer, got {value!r}")
+            raise ConfigError(f"config key '{key}': must be an integer, got {quote(value)}")
         return value
     if typ is float:
         if isinstance(value, bool):
-            raise ConfigError(f"config key '{key}': must be a number, got {value!r}")
+            raise ConfigError(f"config key '{key}': must be a number, got {quote(value)}")
         if isinstance(value, str):
             # PyYAML reads 1e-3 (no dot) as a string; accept it rather than fail on a YAML quirk.
             try:
                 return float(value)
             except ValueError:
-                raise ConfigError(f"config key '{key}': must be a number, got {value!r}") from None
+                raise ConfigError(f"config key '{key}': must be a number, got {quote(value)}") from None
         if not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{key}': must be a number, got {value!r}")
-        return float(value)
+            raise ConfigError(f"config key '{key}': must be a number, got {quote(value)}")
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"config key '{key}': {quote(value)} is too large") from None
     if typ is str:
         if isinstance(value, (str, int)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"config key '{key}': must be a string, got {value!r}")
+            value = str(value)
+            if len(value) > MAX_STRING or "\x00" in value:
+                raise ConfigError(f"config key '{key}': {quote(value)} is too long or holds a NUL character")
+            return value
+        raise ConfigError(f"config key '{key}': must be a string, got {quote(value)}")
     if typ is list:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"config key '{key}': must be a list, got {value!r}")
+            raise ConfigError(f"config key '{key}': must be a list, got {quote(value)}")
+        item_type = int if key in _INT_LISTS else str
+        if len(value) > MAX_LIST or not all(
+            isinstance(v, item_type) and not isinstance(v, bool) and (item_type is str or 0 <= v < 2**32)
+            for v in value
+        ):
+            kind = "seeds (integers in 0..2**32-1)" if item_type is int else "strings"
+            raise ConfigError(f"config key '{key}': must be a list of at most {MAX_LIST} {kind}, got {quote(value)}")
         return list(value)
     return value
 
@@ -231,11 +273,12 @@ def validate(cfg: Config) -> None:
         if value is None:
             continue
         if choices and value not in choices:
-            raise ConfigError(f"config key '{f.name}': {value!r} is not one of {', '.join(map(str, choices))}")
+            raise ConfigError(f"config key '{f.name}': {quote(value)} is not one of {', '.join(map(str, choices))}")
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"config key '{f.name}': must be finite, got {value!r}")
+            raise ConfigError(f"config key '{f.name}': must be finite, got {quote(value)}")
         if check and not check(value):
-            raise ConfigError(f"config key '{f.name}': {value!r} is not allowed ({f.metadata['help']})")
+            reason = getattr(check, "allowed", None) or f.metadata["help"]
+            raise ConfigError(f"config key '{f.name}': {quote(value)} is not allowed ({reason})")
     if not str(cfg.data_path).strip():
         raise ConfigError("config key 'data_path': missing (give --data_path or data_path: in the YAML file)")
     if cfg.image_size > cfg.resize_size:
@@ -259,9 +302,9 @@ def _validate_unpaired(cfg: Config) -> None:
     sources = [str(s).strip() for s in cfg.unpaired_sources]
     for source in sources:
         if source not in UNPAIRED_SOURCES:
-            raise ConfigError(f"config key 'unpaired_sources': {source!r} is not one of {', '.join(UNPAIRED_SOURCES)}")
+            raise ConfigError(f"config key 'unpaired_sources': {quote(source)} is not one of {', '.join(UNPAIRED_SOURCES)}")
     if len(set(sources)) != len(sources):
-        raise ConfigError(f"config key 'unpaired_sources': {cfg.unpaired_sources!r} names a source twice")
+        raise ConfigError(f"config key 'unpaired_sources': {quote(cfg.unpaired_sources)} names a source twice")
     object.__setattr__(cfg, "unpaired_sources", sources)
     if sources and cfg.loss != "medclip":
         raise ConfigError(
@@ -275,11 +318,22 @@ def _validate_unpaired(cfg: Config) -> None:
         )
 
 
+def _unknown_keys(values: Mapping[Any, Any], source: str) -> list[str]:
+    """Keys of `values` that are no config key; a key that is not a string is an error itself
+    (YAML reads `1: x` as an int key, and sorting mixed keys would fail)."""
+    for key in values:
+        if not isinstance(key, str):
+            raise ConfigError(f"{source}: config key {quote(key)} is not a string")
+    return sorted(set(values) - set(CONFIG_KEYS))
+
+
 def from_dict(values: Mapping[str, Any], source: str = "config") -> Config:
-    unknown = sorted(set(values) - set(CONFIG_KEYS))
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source}: config must be a mapping of keys, got {type(values).__name__}")
+    unknown = _unknown_keys(values, source)
     if unknown:
         raise ConfigError(
-            f"{source}: unknown config key '{unknown[0]}' (see `python -m medclip_nb train --help` for the keys)"
+            f"{source}: unknown config key {quote(unknown[0])} (see `python -m medclip_nb train --help` for the keys)"
         )
     return Config(**dict(values))
 
@@ -291,11 +345,19 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read ({e.strerror or e})") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: nested too deeply to be a config file") from None
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         where = f" line {line + 1}" if line is not None else ""
         raise ConfigError(f"{p}{where}: not valid YAML") from None
+    except (ValueError, TypeError, OverflowError) as e:  # e.g. a timestamp or number PyYAML cannot build
+        raise ConfigError(f"{p}: not a usable YAML config ({type(e).__name__})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: must hold a mapping of config keys, got {type(data).__name__}")
     return data
@@ -308,9 +370,9 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
     if path is not None:
         values.update(read_yaml(path))
         source = str(path)
-    unknown = sorted(set(values) - set(CONFIG_KEYS))
+    unknown = _unknown_keys(values, source)
     if unknown:
-        raise ConfigError(f"{source}: unknown config key '{unknown[0]}'")
+        raise ConfigError(f"{source}: unknown config key {quote(unknown[0])}")
     values.update({k: v for k, v in (overrides or {}).items()})
     return from_dict(values, source)
 

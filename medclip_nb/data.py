@@ -8,14 +8,12 @@ sample looks the same whatever the worker count, and after a resume mid-epoch.
 
 from __future__ import annotations
 
-import builtins
 import contextlib
-import importlib
 import json
 import math
 import os
-import pickle
 import random
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ import torchvision.transforms.v2 as v2
 from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from medclip_nb.errors import DataError
+from medclip_nb.errors import DataError, one_line, quote
 from medclip_nb.labels import NUM_LABELS
 from medclip_nb.records import SampleRecords, freeze_inherited_objects
 from medclip_nb.text import clean_report, split_sentences
@@ -46,54 +44,6 @@ ALLOWED_LABEL_VALUES = (1.0, 0.0, -1.0)
 # ---------------------------------------------------------------------------------------------
 # Dataset files
 # ---------------------------------------------------------------------------------------------
-
-# The only globals a pickle of plain data with NumPy arrays/scalars needs. NumPy 1.x
-# writes `numpy.core...`, NumPy 2.x `numpy._core...`; protocol 5 rebuilds arrays with
-# `_frombuffer`, protocol 2 writes bytes through `_codecs.encode`.
-_SAFE_GLOBALS = frozenset(
-    {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"),
-        ("numpy.core.numeric", "_frombuffer"),
-        ("numpy._core.numeric", "_frombuffer"),
-        ("collections", "OrderedDict"),
-        ("_codecs", "encode"),
-        ("builtins", "set"),
-        ("builtins", "frozenset"),
-        ("builtins", "bytearray"),
-        ("builtins", "bytes"),
-        ("builtins", "complex"),
-    }
-)
-
-
-class _PlainDataUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals in ``_SAFE_GLOBALS``. Any other global (a
-    function such as ``os.system``, a class) is refused when the stream names it, before
-    anything is called, so a crafted file cannot run code."""
-
-    def __init__(self, file, source: str):
-        super().__init__(file)
-        self._source = source
-
-    def find_class(self, module: str, name: str) -> Any:
-        # Python 2 pickles name the builtins module `__builtin__`.
-        module = "builtins" if module == "__builtin__" else module
-        if (module, name) not in _SAFE_GLOBALS:
-            raise DataError(
-                f"{self._source}: refused to load: forbidden global '{module}.{name}' (only plain data is allowed)"
-            )
-        if module == "builtins":
-            return getattr(builtins, name)
-        if module.startswith("numpy.core.") and hasattr(np, "_core"):
-            # Same object; the old module path only exists as a deprecation shim in NumPy 2.
-            module = "numpy._core." + module[len("numpy.core.") :]
-        return getattr(importlib.import_module(module), name)
-
 
 def load_dataset_file(path: str | os.PathLike) -> dict[str, list[dict]]:
     """Read a dataset file into ``{split: [record, ...]}``.
@@ -118,14 +68,9 @@ def load_dataset_file(path: str | os.PathLike) -> dict[str, list[dict]]:
 
 
 def _load_pickle(path: Path) -> dict[str, list[dict]]:
-    try:
-        with path.open("rb") as f:
-            data = _PlainDataUnpickler(f, str(path)).load()
-    except DataError:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError,
-            KeyError, OverflowError, UnicodeDecodeError, ImportError, MemoryError) as exc:
-        raise DataError(f"{path}: not a readable dataset pickle ({type(exc).__name__}: {exc})") from None
+    from medclip_nb.safe_pickle import load_plain_pickle  # pure-Python: see its docstring
+
+    data = load_plain_pickle(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a dict of splits (train/val/test), got {type(data).__name__}")
     return data
@@ -133,7 +78,7 @@ def _load_pickle(path: Path) -> dict[str, list[dict]]:
 
 def _split_name(value: Any, where: str) -> str:
     if not isinstance(value, str) or not value.strip():
-        raise DataError(f"{where}: key 'split' must be a non-empty string, got {value!r}")
+        raise DataError(f"{where}: key 'split' must be a non-empty string, got {quote(value)}")
     value = value.strip().lower()
     return SPLIT_ALIASES.get(value, value)
 
@@ -152,6 +97,8 @@ def _load_jsonl(path: Path) -> dict[str, list[dict]]:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{where}: invalid JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:  # a 5000-digit number, 100000 nested brackets
+            raise DataError(f"{where}: unusable JSON ({type(exc).__name__}: {one_line(exc, 120)})") from None
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
         if "split" not in record:
@@ -171,7 +118,7 @@ def _parse_csv_labels(cell: str, where: str) -> list[float | None]:
         try:
             values.append(float(part))
         except ValueError:
-            raise DataError(f"{where}: key 'labels': {part!r} is not a number") from None
+            raise DataError(f"{where}: key 'labels': {quote(part)} is not a number") from None
     return values
 
 
@@ -223,15 +170,33 @@ def _validated_labels(labels: Any, where: str) -> list[float]:
             out.append(math.nan)
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise DataError(f"{where}: key 'labels'[{position}]: {value!r} is not a number")
-        value = float(value)
+            raise DataError(f"{where}: key 'labels'[{position}]: {quote(value)} is not a number")
+        try:
+            value = float(value)
+        except OverflowError:
+            raise DataError(f"{where}: key 'labels'[{position}]: {quote(value)} is not 1, 0, -1 or blank") from None
         if not (math.isnan(value) or value in ALLOWED_LABEL_VALUES):
-            raise DataError(f"{where}: key 'labels'[{position}]: {value!r} is not 1, 0, -1 or blank")
+            raise DataError(f"{where}: key 'labels'[{position}]: {quote(value)} is not 1, 0, -1 or blank")
         out.append(value)
     return out
 
 
-def validate_dataset(splits: Mapping[str, Any], source: str | os.PathLike) -> list[str]:
+def _check_encodable(record: dict, where: str) -> None:
+    """Text that cannot be written as UTF-8 (a lone surrogate such as JSON's "\\ud800") cannot
+    name a file or reach the tokenizer."""
+    for key in ("image_path", "report"):
+        value = record.get(key)
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                raise DataError(f"{where}: key '{key}' holds text that is not valid Unicode "
+                                f"(character {exc.start})") from None
+
+
+def validate_dataset(
+    splits: Mapping[str, Any], source: str | os.PathLike, image_root: str | os.PathLike | None = None
+) -> list[str]:
     """Check a loaded dataset and normalise it in place; return warnings.
 
     Refused (``DataError`` naming the file, split, index and key): a missing train/val/test
@@ -256,9 +221,15 @@ def validate_dataset(splits: Mapping[str, Any], source: str | os.PathLike) -> li
             raise DataError(f"{source}: split '{split}' is empty")
     if not splits["test"]:
         warnings_out.append(f"{source}: split 'test' is empty; evaluation will have no test images")
-    unknown = sorted(set(splits) - set(REQUIRED_SPLITS) - set(UNPAIRED_SPLITS))
+    unknown = sorted(set(splits) - set(REQUIRED_SPLITS) - set(UNPAIRED_SPLITS), key=str)
     if unknown:
-        warnings_out.append(f"{source}: ignoring split(s) {', '.join(map(repr, unknown))}")
+        warnings_out.append(f"{source}: ignoring split(s) {quote(unknown)}")
+    # Leakage is judged on the files the paths name: relative ones taken from image_root (else the
+    # dataset file's folder), so 'a.jpg' in train and '/data/a.jpg' in test are the same image.
+    base = os.path.abspath(image_root if image_root is not None else os.path.dirname(os.path.abspath(source)))
+
+    def file_key(image_path: str) -> str:
+        return os.path.normpath(os.path.join(base, image_path))
 
     first_split_of: dict[str, str] = {}
     leaked: list[tuple[str, str, str]] = []
@@ -275,16 +246,16 @@ def validate_dataset(splits: Mapping[str, Any], source: str | os.PathLike) -> li
                 if key != "labels":
                     record[key] = _plain(value)
             image_path = record["image_path"]
-            if not isinstance(image_path, str) or not image_path.strip():
-                raise DataError(f"{where}: key 'image_path' must be a non-empty string, got {image_path!r}")
+            if not isinstance(image_path, str) or not image_path.strip() or "\x00" in image_path:
+                raise DataError(f"{where}: key 'image_path' must be a non-empty string, got {quote(image_path)}")
             if not isinstance(record["report"], str):
                 raise DataError(f"{where}: key 'report' must be a string, got {type(record['report']).__name__}")
             record["image_path"], record["report"] = str(image_path), str(record["report"])
+            _check_encodable(record, where)
             empty_reports += not record["report"].strip()
             record["labels"] = _validated_labels(record["labels"], where)
 
-            key_path = os.path.normpath(image_path)
-            first = first_split_of.setdefault(key_path, split)
+            first = first_split_of.setdefault(file_key(image_path), split)
             if first != split:
                 leaked.append((image_path, first, split))
         if empty_reports:
@@ -293,7 +264,7 @@ def validate_dataset(splits: Mapping[str, Any], source: str | os.PathLike) -> li
     for split in UNPAIRED_SPLITS:
         if split in splits:
             for image_path in _validate_unpaired_split(splits, split, source):
-                first = first_split_of.setdefault(os.path.normpath(image_path), split)
+                first = first_split_of.setdefault(file_key(image_path), split)
                 if first != split:
                     leaked.append((image_path, first, split))
     # ---- end unpaired splits ----
@@ -332,14 +303,17 @@ def _validate_unpaired_split(splits: Mapping[str, Any], split: str, source: str)
         report = record.get("report")
         if image_only:
             image_path = record["image_path"]
-            if not isinstance(image_path, str) or not image_path.strip():
-                raise DataError(f"{where}: key 'image_path' must be a non-empty string, got {image_path!r}")
+            if not isinstance(image_path, str) or not image_path.strip() or "\x00" in image_path:
+                raise DataError(f"{where}: key 'image_path' must be a non-empty string, got {quote(image_path)}")
             if report is not None and not isinstance(report, str):
                 raise DataError(f"{where}: key 'report' must be a string or missing, got {type(report).__name__}")
             record["report"] = report or ""
+            _check_encodable(record, where)
             image_paths.append(image_path)
         elif not isinstance(report, str) or not report.strip():
-            raise DataError(f"{where}: key 'report' must be a non-empty string (a text-only record), got {report!r}")
+            raise DataError(f"{where}: key 'report' must be a non-empty string (a text-only record), got {quote(report)}")
+        else:
+            _check_encodable(record, where)
         record["labels"] = _validated_labels(record["labels"], where)
     return image_paths
 
@@ -402,6 +376,28 @@ def _to_grayscale_uint8(img: Image.Image, path: Path) -> np.ndarray:
     raise BadImageError(f"{path}: unsupported image mode '{mode}'")
 
 
+# Only the formats chest X-ray exports come in: every other decoder PIL has is attack surface.
+DECODED_FORMATS = ("JPEG", "PNG")
+# MIMIC-CXR images are about 2544 x 3056 (aspect 1.2). Padding to a square happens before the
+# resize, so a 200000 x 1 image would ask for a 40 GB square; both limits are checked on the
+# header, before any pixel is decoded.
+MAX_ASPECT_RATIO = 8.0
+MAX_PADDED_SIDE = 12_000
+
+
+def check_image_size(size: tuple[int, int], path: str | os.PathLike) -> None:
+    """``BadImageError`` for an image whose aspect ratio or padded square is over the limits."""
+    width, height = size
+    if width < 1 or height < 1:
+        raise BadImageError(f"{path}: image of {width} x {height} pixels")
+    if max(width, height) > MAX_PADDED_SIDE:
+        raise BadImageError(f"{path}: image of {width} x {height} pixels is over the limit of "
+                            f"{MAX_PADDED_SIDE} pixels a side (padded to a square before resizing)")
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise BadImageError(f"{path}: image of {width} x {height} pixels has an aspect ratio over "
+                            f"{MAX_ASPECT_RATIO:g} (not a radiograph)")
+
+
 def load_grayscale(path: str | os.PathLike, draft_size: int | None = None) -> np.ndarray:
     """Decode an image file to a uint8 ``H x W`` array.
 
@@ -410,7 +406,9 @@ def load_grayscale(path: str | os.PathLike, draft_size: int | None = None) -> np
     16-bit ``I;16``/``I;16B``/``I`` scaled by the full 16-bit range (``v * 255 / 65535``).
     ``draft_size``: let the JPEG decoder downscale by a power of two while keeping both
     sides at least ``draft_size`` (much faster on full-size MIMIC-CXR images).
-    Raises ``BadImageError`` naming the file for a missing, empty, truncated or non-image file.
+    Only JPEG and PNG are decoded, and only within ``MAX_ASPECT_RATIO`` and ``MAX_PADDED_SIDE``
+    (checked on the header). Raises ``BadImageError`` naming the file for a missing, empty,
+    truncated, over-limit or non-JPEG/PNG file.
     """
     path = Path(path)
     if not path.is_file():
@@ -419,17 +417,20 @@ def load_grayscale(path: str | os.PathLike, draft_size: int | None = None) -> np
         raise BadImageError(f"{path}: empty image file (0 bytes)")
     with _strict_truncation():
         try:
-            with Image.open(path) as img:
+            with Image.open(path, formats=DECODED_FORMATS) as img:
+                check_image_size(img.size, path)  # read from the header: nothing decoded yet
                 if draft_size and img.format == "JPEG":
                     img.draft("L", (int(draft_size), int(draft_size)))
                 img.load()
                 return _to_grayscale_uint8(img, path)
         except UnidentifiedImageError:
-            raise BadImageError(f"{path}: not an image file PIL can read") from None
+            raise BadImageError(f"{path}: not an image file in a format decoded here (JPEG, PNG)") from None
         except Image.DecompressionBombError as exc:
             raise BadImageError(f"{path}: image too large to decode safely ({exc})") from None
-        except (OSError, SyntaxError, ValueError) as exc:
-            raise BadImageError(f"{path}: truncated or corrupt image ({exc})") from None
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+            raise BadImageError(f"{path}: truncated or corrupt image ({one_line(exc, 120)})") from None
+        except MemoryError:
+            raise BadImageError(f"{path}: image too large to decode (out of memory)") from None
 
 
 def pil_to_grayscale(img: Image.Image, name: str = "<PIL image>") -> np.ndarray:
@@ -753,9 +754,9 @@ def _clip_index_list(value: Any, where: str) -> list[int]:
         raise DataError(f"{where}: key 'clip_indices' is empty (need at least one feature row)")
     for item in items:
         if isinstance(item, bool) or not isinstance(item, int):
-            raise DataError(f"{where}: key 'clip_indices': {item!r} is not an integer row index")
-        if item < 0:
-            raise DataError(f"{where}: key 'clip_indices': {item} is negative")
+            raise DataError(f"{where}: key 'clip_indices': {quote(item)} is not an integer row index")
+        if not 0 <= item < 2**62:
+            raise DataError(f"{where}: key 'clip_indices': {quote(item)} is negative or absurdly large")
     return items
 
 
@@ -963,15 +964,18 @@ def build_datasets(
     """
     from medclip_nb.paths import resolve
 
+    from medclip_nb.provenance import check_not_stale
+
     data_path = resolve(cfg.data_path)
     records = load_dataset_file(data_path)
-    warnings_out = validate_dataset(records, data_path)
+    check_not_stale(data_path)  # prepared from a phantom that was replaced since
+    root = resolve(cfg.image_root) if cfg.image_root else data_path.parent
+    warnings_out = validate_dataset(records, data_path, root)
     if uses_precomputed_text(cfg):
         validate_clip_indices(records, data_path)
     full_sizes = {split: len(items) for split, items in records.items()}
     if cfg.debug:
         records = {split: items[: cfg.debug_subset] for split, items in records.items()}
-    root = resolve(cfg.image_root) if cfg.image_root else data_path.parent
     if tokenizer is not None:
         message = _truncation_warning(tokenizer, [r["report"] for r in records["train"]])
         if message:

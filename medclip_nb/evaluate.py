@@ -39,7 +39,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from medclip_nb.errors import DataError
+from medclip_nb.errors import DataError, os_error_reason
 from medclip_nb.intervals import mean_auroc_interval, mean_interval, statistic_interval
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, LABEL_INDEX, NUM_LABELS
 from medclip_nb.progress import progress
@@ -694,21 +694,34 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     try:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
         os.replace(tmp, path)
+    except OSError as e:
+        raise DataError(f"could not write {path}: {os_error_reason(e)}; it was left as it was") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """The JSON object in `path` ({} when there is no file); a DataError when it cannot be used."""
+    path = Path(path)
+    if not path.exists():
+        return {}
+    if not path.is_file():
+        raise DataError(f"{path}: is not a file; move it away, metrics.json is written there")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON (line {e.lineno}); fix or move it, it was left unchanged") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise DataError(f"{path}: cannot be read ({type(e).__name__}); fix or move it, it was left unchanged") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: must hold a JSON object, got {type(data).__name__}; it was left unchanged")
+    return data
 
 
 def merge_metrics(path: str | Path, key: str, entry: Any) -> Path:
     """Put `entry` under `key` in the JSON file at `path`, keeping every other key."""
     path = Path(path)
-    data: dict[str, Any] = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: not valid JSON (line {e.lineno}); fix or move it, it was left unchanged") from None
-        if not isinstance(data, dict):
-            raise DataError(f"{path}: must hold a JSON object, got {type(data).__name__}; it was left unchanged")
+    data = read_metrics(path)
     data[key] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_json_atomic(path, data)
@@ -764,12 +777,16 @@ def evaluate_checkpoint(
     from medclip_nb.data import check_clip_index_rows, uses_precomputed_text
     from medclip_nb.paths import resolve
 
+    from medclip_nb.train import pick_device
+
     overrides = dict(overrides or {})
     checkpoint = resolve(checkpoint)
+    out = resolve(out_dir)
+    read_metrics(out / "metrics.json")  # an unusable metrics.json fails now, not after the evaluation
     model, tokenizer, cfg = load_model(checkpoint, "cpu")
     if overrides:
         cfg = cfg.replace(**overrides)
-    device = torch.device(f"cuda:{cfg.gpu_id}" if torch.cuda.is_available() else "cpu")
+    device = pick_device(cfg, log=log)  # the same checked choice as train
     model.to(device)
     log(f"Evaluating {checkpoint} on {device}")
 
@@ -790,7 +807,6 @@ def evaluate_checkpoint(
         "data_path": str(cfg.data_path),
         **metrics,
     }
-    out = resolve(out_dir)
     metrics_path = merge_metrics(out / "metrics.json", name, entry)
     figure_path = out / "figures" / f"zeroshot_confusion_{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.png"
     confusions = {m: metrics["zero_shot_5x200"].get(m, {}).get("confusion") for m in ("mean", "max")}

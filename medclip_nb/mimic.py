@@ -51,6 +51,7 @@ from medclip_nb.files import atomic_write_bytes
 from medclip_nb.labels import CHEXPERT_LABELS
 from medclip_nb.paths import resolve
 from medclip_nb.progress import progress
+from medclip_nb.provenance import PREPARE_REPORT, phantom_params, phantom_record
 
 SPLIT_TABLE = "mimic-cxr-2.0.0-split.csv.gz"
 CHEXPERT_TABLE = "mimic-cxr-2.0.0-chexpert.csv.gz"
@@ -313,6 +314,9 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
     for name in (SPLIT_TABLE, METADATA_TABLE, CHEXPERT_TABLE):
         if not (root / name).is_file():
             raise DataError(f"MIMIC-CXR table not found: {root / name}")
+    if (out / "datasets.pkl").exists() and not (out / PREPARE_REPORT).is_file():
+        raise DataError(f"refusing to overwrite {out / 'datasets.pkl'}: it was not written by prepare (no "
+                        f"{PREPARE_REPORT} beside it); move it away or choose another output folder")
     views = [v for v in (frontal_views or ()) if isinstance(v, str) and v.strip()]
     if not views:
         raise ConfigError(f"config key 'frontal_views': needs at least one ViewPosition, got {frontal_views!r}")
@@ -415,6 +419,8 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
     by_split = kept.groupby("split", sort=False)
     report = {
         "mimic_root": str(root),
+        # The phantom parameters read (None for real MIMIC-CXR): a dataset of a replaced phantom is stale.
+        "source_phantom": phantom_params(phantom_record(root)),
         "datasets": str(out / "datasets.pkl"),
         "image_paths": path_style,
         "frontal_views": views,

@@ -1248,17 +1248,36 @@ def phantom_is_current(out, studies: int, size: int, seed: int, test_studies: in
     return (out / "files").is_dir() and all((out / name).is_file() for name in tables)
 
 
-def _clear_previous(out: Path) -> None:
-    """Remove an earlier phantom's files; refuse to touch a folder that is not a phantom."""
+def _clear_previous(out: Path, wanted: dict, force: bool) -> None:
+    """Remove an earlier phantom's files (see provenance.py): refuse a folder that is not a
+    phantom, a complete phantom of other parameters unless `force`, and a files/ tree holding
+    anything the generator did not write."""
+    from medclip_nb import provenance
+
     if not out.exists():
         return
     if not out.is_dir():
         raise DataError(f"phantom output {out} exists and is not a folder")
-    if not (out / PHANTOM_MANIFEST).is_file():
+    if not (out / PHANTOM_MANIFEST).exists():
         if (out / "files").exists() or any((out / n).exists() for n in (SPLIT_TABLE, CHEXPERT_TABLE, METADATA_TABLE)):
             raise DataError(f"refusing to overwrite {out}: it holds MIMIC-CXR files but no "
                             f"{PHANTOM_MANIFEST} (not a phantom)")
         return
+    recorded = provenance.phantom_record(out)
+    if recorded is None and not force:
+        raise DataError(f"refusing to replace {out}: its {PHANTOM_MANIFEST} cannot be read (pass --force to replace it)")
+    old = provenance.phantom_params(recorded)
+    if old is not None and old != {k: wanted.get(k) for k in provenance.PHANTOM_PARAMS} and not force:
+        raise DataError(
+            f"{out} holds a phantom of {provenance.describe(old)}; replacing it with one of "
+            f"{provenance.describe(wanted)} deletes its files/ and the datasets prepared from it: pass --force "
+            f"(config key 'force'), or choose another phantom_dir")
+    foreign = provenance.foreign_file(out / "files")
+    if foreign is not None:
+        raise DataError(f"refusing to delete {out / 'files'}: it holds {foreign}, which the phantom generator did "
+                        f"not write; move it away first")
+    if old is not None:
+        provenance.remove_derived_datasets(out, old)
     (out / PHANTOM_MANIFEST).unlink()
     if (out / "files").is_dir():
         shutil.rmtree(out / "files")
@@ -1266,7 +1285,8 @@ def _clear_previous(out: Path) -> None:
         (out / name).unlink(missing_ok=True)
 
 
-def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, test_studies: int = 0) -> dict:
+def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, test_studies: int = 0, *,
+                     force: bool = False) -> dict:
     """Write a deterministic phantom MIMIC-CXR-JPG tree (images, reports, three tables) to `out`.
 
     About studies/3 patients with several studies each; patient-disjoint splits of about
@@ -1276,15 +1296,17 @@ def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, te
     Images are `size` pixels tall and round(size * 2544 / 3056) wide. Same arguments, same
     bytes. `test_studies` adds that many test-only studies of new patients (a test cohort for
     evaluation sets big enough to separate methods; the other studies keep their bytes). An
-    earlier phantom in `out` is replaced; a folder holding other MIMIC files is
-    refused. Relative paths are taken from the repository root. Returns a summary: studies,
+    earlier phantom in `out` is replaced when it was incomplete or had the same
+    arguments; one of other arguments only with `force` (the datasets prepared from it in `out`
+    are deleted too); a folder holding other MIMIC files, or a files/ tree holding files the
+    generator does not write, is refused (provenance.py). Relative paths are taken from the repository root. Returns a summary: studies,
     images, subjects and per-split counts (subjects, studies, images of each split).
     """
     _check_args(studies, size, seed, test_studies)
     out = resolve(out)
-    _clear_previous(out)
-    out.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(studies, size, seed, test_studies)
+    _clear_previous(out, manifest, force)
+    out.mkdir(parents=True, exist_ok=True)
     # Written first as incomplete: an interrupted run is recognised as a phantom and redone.
     (out / PHANTOM_MANIFEST).write_text(json.dumps({**manifest, "complete": False}, indent=2) + "\n")
 

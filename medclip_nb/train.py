@@ -57,19 +57,21 @@ from torch import nn
 from medclip_nb.checkpoint import (
     capture_rng_state,
     load_checkpoint,
+    remove_stale_temp_files,
     resolve_resume,
     restore_rng_state,
     save_checkpoint,
 )
+from medclip_nb.checkpoint_check import RESUME_PARTS, check_checkpoint
 from medclip_nb.config import Config, ConfigError
-from medclip_nb.errors import CheckpointError, DataError, TrainingError
+from medclip_nb.errors import CheckpointError, DataError, TrainingError, os_error_reason
 from medclip_nb.paths import resolve
 from medclip_nb.progress import progress as progress_display
 from medclip_nb.tensorboard_log import TensorBoardLog, require_tensorboard
 
 METRICS_FILE = "metrics.jsonl"
 # Config keys that may differ on resume without it being worth a note.
-_RESUME_QUIET_KEYS = {"resume_from"}
+_RESUME_QUIET_KEYS = {"resume_from", "force"}
 
 
 @dataclass
@@ -122,9 +124,10 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 
 
 def pick_device(cfg: Config, *, log: Callable[[str], Any] = print) -> torch.device:
-    """cuda:<gpu_id> when CUDA is available, else the CPU (saying so once)."""
+    """cuda:<gpu_id> when CUDA is available, else the CPU (saying so once). Used by training,
+    evaluation and the benchmark alike: a gpu_id that names no device is a ConfigError."""
     if not torch.cuda.is_available():
-        log("CUDA not available: training on CPU")
+        log("CUDA not available: running on CPU")
         return torch.device("cpu")
     gpu = str(cfg.gpu_id).strip().removeprefix("cuda:")
     if not gpu.isdigit() or int(gpu) >= torch.cuda.device_count():
@@ -229,20 +232,29 @@ class MetricsLog:
         self.mirror = mirror
         if not enabled:
             return
-        if resume_step is not None and path.is_file():
-            self.rows = [r for r in self._read(path) if r.get("step", 0) <= resume_step]
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
-        os.replace(tmp, path)
-        self._file = open(path, "a", encoding="utf-8")
+        try:
+            if resume_step is not None and path.is_file():
+                self.rows = [r for r in self._read(path) if self._step_of(r) <= resume_step]
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+            os.replace(tmp, path)
+            self._file = open(path, "a", encoding="utf-8")
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise TrainingError(f"could not write {path}: {os_error_reason(e)}; it was left as it was") from None
+
+    @staticmethod
+    def _step_of(row: Any) -> int:
+        step = row.get("step") if isinstance(row, dict) else None
+        return step if isinstance(step, int) and not isinstance(step, bool) else 0
 
     @staticmethod
     def _read(path: Path) -> list[dict]:
         rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 continue  # a line cut short when the previous run was killed
         return rows
 
@@ -252,14 +264,20 @@ class MetricsLog:
         # NaN / inf are not JSON: a loss that could not be computed is written as null.
         row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
         self.rows.append(row)
-        self._file.write(json.dumps(row, allow_nan=False) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(row, allow_nan=False) + "\n")
+            self._file.flush()
+        except OSError as e:
+            raise TrainingError(f"could not write {self.path}: {os_error_reason(e)}") from None
         if self.mirror is not None:
             self.mirror.write(row)
 
     def close(self) -> None:
         if self.enabled:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass  # its write already raised the error that is being reported
         if self.mirror is not None:
             self.mirror.close()
 
@@ -299,7 +317,8 @@ def _config_differences(saved: dict, current: dict) -> list[str]:
 
 
 def _validation_loss(model, loader, criterion, device, autocast, world: _World, channels_last: bool):
-    """Mean loss over the validation batches (of all ranks), and the current logit scale."""
+    """Mean loss over the validation batches (of all ranks), the current logit scale and the
+    number of batches scored (0: no batch had the 2 readable pairs a contrastive loss needs)."""
     from medclip_nb.losses import clip_loss, medclip_loss, siglip_loss
 
     model.eval()
@@ -326,7 +345,7 @@ def _validation_loss(model, loader, criterion, device, autocast, world: _World, 
     model.train()
     totals = _all_reduce(totals, world)
     mean = (totals[0] / totals[1]).item() if totals[1] > 0 else math.nan
-    return mean, float(scale)
+    return mean, float(scale), int(totals[1].item())
 
 
 def _to_device(batch: dict, device: torch.device, channels_last: bool, augment=None, generator=None):
@@ -465,16 +484,48 @@ def _prepare_data(cfg: Config, world: _World, device: torch.device, tokenizer, s
 
 def _open_resume_point(cfg: Config, say) -> tuple[Path | None, dict | None]:
     """The checkpoint `cfg.resume_from` names, loaded and checked, or (None, None)."""
-    path = resolve_resume(cfg.resume_from, cfg.model_save_path)
+    path = resolve_resume(cfg.resume_from, cfg.model_save_path, force=cfg.force, log=say)
     if path is None:
         if cfg.resume_from:
             say(f"No checkpoint in {resolve(cfg.model_save_path)} to resume from: starting a new run")
         return None, None
-    state = load_checkpoint(path)
-    for key in ("model", "optimizer", "scheduler", "config", "tokenizer", "rng", "step", "epoch", "batch_in_epoch"):
-        if key not in state:
-            raise CheckpointError(f"{path}: checkpoint has no '{key}' entry, cannot resume from it")
-    return path, state
+    return path, check_checkpoint(load_checkpoint(path), path, RESUME_PARTS)
+
+
+def _output_dir(cfg: Config, world: _World, say) -> Path:
+    """model_save_path as a folder (created), with the temporary files of killed saves gone."""
+    out_dir = resolve(cfg.model_save_path)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"config key 'model_save_path': {out_dir} is a file, not a folder")
+    if world.is_main:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"config key 'model_save_path': cannot create {out_dir} ({os_error_reason(e)})") from None
+        remove_stale_temp_files(out_dir, log=say)
+    return out_dir
+
+
+def _check_resume_position(path: Path, state: dict, cfg: Config, batches_per_epoch: int) -> None:
+    """A mid-epoch position past the end of this dataset's epoch cannot be resumed (it was
+    saved on a larger dataset); checked before anything (metrics.jsonl included) is touched."""
+    if state["batch_in_epoch"] > batches_per_epoch:
+        raise CheckpointError(
+            f"{path}: resume position batch {state['batch_in_epoch']} of epoch {state['epoch'] + 1} is past the end "
+            f"of an epoch of this dataset ({batches_per_epoch} batches of {cfg.batch_size}); resume from an epoch "
+            f"checkpoint, or with the dataset it was saved with")
+
+
+def _no_step_error(cfg: Config, epoch_number: int, batches: int, bad_images: int) -> TrainingError:
+    """An epoch that consumed batches but took no optimizer step: stop rather than save
+    untrained weights as if they were a result."""
+    root = resolve(cfg.image_root) if cfg.image_root else f"{resolve(cfg.data_path).parent} (the dataset file's folder)"
+    if bad_images:
+        why = (f"{bad_images} images were unreadable, leaving no batch with 2 readable pairs; check image_root "
+               f"{root}")
+    else:
+        why = f"no batch had the 2 readable pairs a contrastive step needs (batch_size {cfg.batch_size})"
+    return TrainingError(f"epoch {epoch_number} made no optimizer step in {batches} batches: {why}")
 
 
 def _restore(path: Path, state: dict, cfg: Config, world: _World, batches_per_epoch: int,
@@ -496,6 +547,7 @@ def _restore(path: Path, state: dict, cfg: Config, world: _World, batches_per_ep
     scheduler.load_state_dict(state["scheduler"])
     if scaler.is_enabled() and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
+    _check_resume_position(path, state, cfg, batches_per_epoch)
     progress = _Progress.from_checkpoint(state)
     say(f"Resuming from {path}: epoch {progress.epoch + 1}, step {progress.step}, "
         f"batch {progress.batch_in_epoch} of {batches_per_epoch}")
@@ -525,10 +577,8 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
     torch.autograd.set_detect_anomaly(cfg.debug)
     if cfg.tensorboard:
         require_tensorboard()  # before the data and the model, not after
+    out_dir = _output_dir(cfg, world, say)
     resume_path, resumed = _open_resume_point(cfg, say)
-    out_dir = resolve(cfg.model_save_path)
-    if world.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
     if resumed is None and any(out_dir.glob("*.pth")):
         say(f"Warning: {out_dir} holds checkpoints of an earlier run; this run overwrites them as it "
             f"goes (resume_from: latest continues that run instead)")
@@ -629,8 +679,11 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
         if data.val_loader is None:
             return
         started = time.perf_counter()
-        val_loss, scale = _validation_loss(eval_model, data.val_loader, criterion, device, autocast, world,
-                                           channels_last)
+        val_loss, scale, scored = _validation_loss(eval_model, data.val_loader, criterion, device, autocast, world,
+                                                   channels_last)
+        if not scored:
+            say(f"Warning: validation at step {progress.step} had no usable batch (each needs 2 readable pairs; "
+                f"eval_batch_size {cfg.eval_batch_size}); its loss is not a number and best.pth is not updated")
         seconds = max(time.perf_counter() - started, 1e-9)
         last_val = (progress.step, val_loss)
         metrics.write({"step": progress.step, "epoch": epoch_number, "split": "val", "loss": val_loss,
@@ -717,8 +770,10 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
         epoch_loss = torch.zeros((), device=device)  # summed on the device: no host sync per step
         window_loss, window_steps, window_start = torch.zeros((), device=device), 0, time.perf_counter()
         window_skipped = 0
+        batches_seen = usable_batches = 0
 
         for batch in batches:
+            batches_seen += 1
             progress.batch_in_epoch += 1
             bar.update(1)
             progress.epoch_bad_images += batch["n_skipped"]
@@ -738,6 +793,7 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
                 say(f"Skipping batch {progress.batch_in_epoch} of epoch {epoch_number}: "
                     f"{size} readable image(s), a contrastive step needs at least 2")
                 continue
+            usable_batches += 1
             unpaired_args = {}  # image-only / text-only items of this batch position (unpaired.py)
             if data.unpaired is not None:
                 batch = data.unpaired.extend(batch, progress.epoch, progress.batch_in_epoch - 1)
@@ -850,6 +906,9 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
         bar.close()
 
         # ---- end of the epoch (or of the run, mid-epoch) ----
+        if batches_seen and not usable_batches:
+            metrics.close()
+            raise _no_step_error(cfg, epoch_number, batches_seen, progress.epoch_bad_images)
         settle_nonfinite(bar)
         progress.epoch_loss_sum += epoch_loss.item()
         if last_val[0] != progress.step:

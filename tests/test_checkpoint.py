@@ -65,7 +65,7 @@ def test_crash_midway_keeps_previous_checkpoint(tmp_path, monkeypatch):
         save_checkpoint({**state, "step": 8}, target)
     message = str(info.value)
     assert "\n" not in message
-    assert str(target) in message and "No space left on device" in message and "intact" in message
+    assert str(target) in message and "no space left on device" in message and "intact" in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]  # no temp file left
     assert load_checkpoint(target)["step"] == 7
 

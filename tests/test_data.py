@@ -20,6 +20,7 @@ from medclip_nb.data import (
     EpochSampler,
     SkippedSample,
     build_datasets,
+    _to_grayscale_uint8,
     build_transforms,
     load_dataset_file,
     load_grayscale,
@@ -238,14 +239,18 @@ def test_rgb_rgba_palette_and_1bit_convert_to_gray(tmp_path):
 def test_16bit_images_scale_by_full_range_not_clipped(tmp_path):
     values = np.array([[0, 257, 32768, 65535]], dtype=np.uint16)
     Image.fromarray(values).save(tmp_path / "i16.png")
-    Image.frombytes("I;16B", (4, 1), values.astype(">u2").tobytes()).save(tmp_path / "i16b.tiff")
     # v * 255 / 65535: 257 -> 1, 32768 -> 127.5 -> 128, 65535 -> 255.
-    for name in ("i16.png", "i16b.tiff"):
-        assert load_grayscale(tmp_path / name).tolist() == [[0, 1, 128, 255]], name
+    assert load_grayscale(tmp_path / "i16.png").tolist() == [[0, 1, 128, 255]]
+    big_endian = Image.frombytes("I;16B", (4, 1), values.astype(">u2").tobytes())
+    assert _to_grayscale_uint8(big_endian, tmp_path / "x").tolist() == [[0, 1, 128, 255]]
     # 32-bit mode "I": out-of-range values are clipped into 0..65535 before scaling.
-    Image.fromarray(np.array([[-5, 70000, 65535, 32768]], dtype=np.int32)).save(tmp_path / "i32.tiff")
-    assert Image.open(tmp_path / "i32.tiff").mode == "I"
-    assert load_grayscale(tmp_path / "i32.tiff").tolist() == [[0, 255, 255, 128]]
+    mode_i = Image.fromarray(np.array([[-5, 70000, 65535, 32768]], dtype=np.int32))
+    assert mode_i.mode == "I"
+    assert _to_grayscale_uint8(mode_i, tmp_path / "x").tolist() == [[0, 255, 255, 128]]
+    # Only JPEG and PNG files are decoded: a TIFF (or any other format PIL knows) is a bad image.
+    big_endian.save(tmp_path / "i16b.tiff")
+    with pytest.raises(BadImageError, match="i16b.tiff: not an image file in a format decoded here"):
+        load_grayscale(tmp_path / "i16b.tiff")
 
 
 def test_bad_image_kinds_raise_with_file_and_reason(tmp_path):

@@ -155,7 +155,10 @@ def test_regenerating_replaces_an_older_phantom_and_refuses_other_folders(tmp_pa
     out = tmp_path / "mimic"
     generate_phantom(out, studies=12, size=32, seed=0)
     (out / "datasets.pkl").write_bytes(b"prepared")  # someone else's file stays
-    summary = generate_phantom(out, studies=6, size=32, seed=0)
+    with pytest.raises(DataError, match=r"holds a phantom of 12 studies.*--force") as info:
+        generate_phantom(out, studies=6, size=32, seed=0)  # other parameters: only when forced
+    assert "\n" not in str(info.value) and len(list((out / "files").rglob("*.txt"))) == 12
+    summary = generate_phantom(out, studies=6, size=32, seed=0, force=True)
     assert len(list((out / "files").rglob("*.jpg"))) == summary["images"]
     assert len(list((out / "files").rglob("*.txt"))) == 6
     assert (out / "datasets.pkl").read_bytes() == b"prepared"

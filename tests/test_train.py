@@ -268,7 +268,7 @@ def test_non_finite_losses_stop_with_last_good_state(tiny_dataset, tmp_path, mon
 
 def test_early_stopping_after_patience_validations(tiny_dataset, tmp_path, monkeypatch):
     val_losses = iter([1.0, 1.5, 0.9, 1.2, 1.3, 1.4])
-    monkeypatch.setattr(train_module, "_validation_loss", lambda *args, **kw: (next(val_losses), 14.0))
+    monkeypatch.setattr(train_module, "_validation_loss", lambda *args, **kw: (next(val_losses), 14.0, 1))
     cfg = tiny_config(tiny_dataset, tmp_path, eval_steps=1, early_stopping_patience=2, max_steps=None,
                       num_epochs=10)
     result = train(cfg, log=quiet)

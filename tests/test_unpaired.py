@@ -305,11 +305,13 @@ def test_short_training_run_with_unpaired_images_and_texts(prepared, tmp_path, m
 
 def test_training_needs_the_unpaired_split_it_asks_for(tmp_path):
     dataset = tmp_path / "d.pkl"
-    dataset.write_bytes(pickle.dumps(_dataset()))
+    data = _dataset()
+    data["train"].append(dict(data["train"][0], image_path="a2.jpg"))  # one batch of the smallest size, 2
+    dataset.write_bytes(pickle.dumps(data))
     from medclip_nb.train import train
 
     with pytest.raises(DataError, match=r"split 'train_images' is missing or empty.*'unpaired_sources'"):
-        train(tiny_config(dataset, tmp_path / "run", unpaired_sources=["images"], batch_size=1),
+        train(tiny_config(dataset, tmp_path / "run", unpaired_sources=["images"], batch_size=2),
               log=lambda *a, **k: None)
 
 

@@ -209,6 +209,7 @@ def _base_type(hint):
 MAX_STRING = 4096  # paths and names
 MAX_LIST = 64
 _INT_LISTS = ("ablation_seeds",)
+_FLOAT_LISTS = {"probe_label_fractions"}
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -254,6 +255,14 @@ def _coerce(key: str, value: Any) -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': must be a list, got {quote(value)}")
+        if key in _FLOAT_LISTS:  # numbers, or strings of numbers from a flag
+            try:
+                numbers = [float(v) for v in value if not isinstance(v, bool)]
+            except (TypeError, ValueError):
+                numbers = []
+            if len(numbers) != len(value) or not 0 < len(value) <= MAX_LIST:
+                raise ConfigError(f"config key '{key}': must be a list of at most {MAX_LIST} numbers, got {quote(value)}")
+            return numbers
         item_type = int if key in _INT_LISTS else str
         if len(value) > MAX_LIST or not all(
             isinstance(v, item_type) and not isinstance(v, bool) and (item_type is str or 0 <= v < 2**32)

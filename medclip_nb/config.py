@@ -83,13 +83,21 @@ class Config:
     bert_path: str | None = _opt(None, "local Hugging Face folder of a BERT-family model (text_encoder: bert)")
     text_features_path: str | None = _opt(None, "clip_text_features.json for text_encoder: precomputed")
     embed_dim: int = _opt(512, "shared embedding size", check=_positive)
-    loss: str = _opt("clip", "contrastive loss", choices=["clip", "medclip", "siglip"])
+    loss: str = _opt(
+        "clip", "contrastive loss: clip; medclip (MedCLIP's published soft targets); medclip_cosine (ours: "
+        "row-normalised cosine of label vectors); siglip",
+        choices=["clip", "medclip", "medclip_cosine", "siglip"],
+    )
     uncertain_label_value: float = _opt(
-        0.5, "weight of an uncertain (-1) finding in the label vectors of the medclip loss", check=lambda v: 0 <= v <= 1
+        0.5, "loss medclip_cosine: weight of an uncertain (-1) finding in its label vectors (medclip keeps -1)",
+        check=lambda v: 0 <= v <= 1,
+    )
+    medclip_cosine_no_finding: bool = _opt(
+        True, "loss medclip_cosine: a study with no positive finding gets 'No Finding' = 1 in its label vector"
     )
     # unpaired data (MedCLIP's decoupled images and texts; medclip_nb/unpaired.py)
     unpaired_sources: list = _opt(
-        [], "unpaired data mixed into training batches (loss medclip): 'images' (split train_images), "
+        [], "unpaired data mixed into training batches (loss medclip or medclip_cosine): 'images' (split train_images), "
         "'texts' (split train_texts)"
     )
     unpaired_per_batch: int = _opt(8, "extra unpaired items of each used source per training step", check=_positive)
@@ -239,9 +247,9 @@ def _validate_unpaired(cfg: Config) -> None:
     if len(set(sources)) != len(sources):
         raise ConfigError(f"config key 'unpaired_sources': {cfg.unpaired_sources!r} names a source twice")
     object.__setattr__(cfg, "unpaired_sources", sources)
-    if sources and cfg.loss != "medclip":
+    if sources and cfg.loss not in ("medclip", "medclip_cosine"):
         raise ConfigError(
-            f"config key 'unpaired_sources': needs loss 'medclip' (label-based targets); loss {cfg.loss!r} "
+            f"config key 'unpaired_sources': needs loss 'medclip' or 'medclip_cosine' (label-based targets); loss {cfg.loss!r} "
             "needs image-report pairs"
         )
     if "texts" in sources and cfg.model != "simple" and cfg.text_encoder == "precomputed":

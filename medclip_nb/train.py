@@ -291,7 +291,7 @@ def _config_differences(saved: dict, current: dict) -> list[str]:
 
 def _validation_loss(model, loader, criterion, device, autocast, world: _World, channels_last: bool):
     """Mean loss over the validation batches (of all ranks), and the current logit scale."""
-    from medclip_nb.losses import clip_loss, medclip_loss, siglip_loss
+    from medclip_nb.losses import LABEL_LOSS_KINDS, clip_loss, siglip_loss
 
     model.eval()
     totals = torch.zeros(2, device=device, dtype=torch.float64)
@@ -309,8 +309,8 @@ def _validation_loss(model, loader, criterion, device, autocast, world: _World, 
             scale = outputs["logit_scale"].float()
             if criterion.kind == "siglip":
                 loss, _ = siglip_loss(image, text, scale, outputs["logit_bias"].float())
-            elif criterion.kind == "medclip":
-                loss, _ = medclip_loss(image, text, scale, labels, labels, criterion.uncertain_value)
+            elif criterion.kind in LABEL_LOSS_KINDS:
+                loss, _ = criterion.label_loss(image, text, scale, labels, labels)
             else:
                 loss, _ = clip_loss(image, text, scale)
             totals += torch.stack([loss.double(), torch.ones((), device=device, dtype=torch.float64)])
@@ -536,7 +536,7 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
     say(f"Model parameters: {count_parameters(raw_model):,}")
     if channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
-    criterion = ContrastiveLoss(cfg.loss, cfg.uncertain_label_value)
+    criterion = ContrastiveLoss(cfg.loss, cfg.uncertain_label_value, cfg.medclip_cosine_no_finding)
     # Fused on the GPU, and always for the sync-free guard: only the fused kernel skips a step on
     # the device (optimizer.found_inf).
     optimizer = torch.optim.AdamW(param_groups(raw_model, cfg.weight_decay), lr=cfg.lr,

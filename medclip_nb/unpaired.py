@@ -2,7 +2,7 @@
 sentences with labels but no image, mixed into the training batches.
 
 The MedCLIP loss needs no image-report pairs to build its targets: a row's soft targets are
-the label similarity to every column of the other side (losses.soft_targets). So each
+the label similarity to every column of the other side (losses.published_soft_targets, or losses.soft_targets for medclip_cosine). So each
 training step can append `unpaired_per_batch` image-only items to the image side and/or as
 many text-only items to the text side; the loss is then
 

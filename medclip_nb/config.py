@@ -133,6 +133,13 @@ class Config:
     gpu_augment: bool = _opt(True, "with an image store on GPU: move uint8 batches and augment on the GPU")
     # ---- evaluation ------------------------------------------------------------------------
     zeroshot_per_class: int = _opt(200, "CheXpert-5x200: images per class (up to)", check=_positive)
+    zeroshot_protocol: str = _opt(
+        "ours", "CheXpert-5x200 protocol: ours (evaluate.py), paper (MedCLIP's rule, prompts, logit mean and "
+        "pad-resize image; medclip_nb/zeroshot_paper.py), or both (paper under zero_shot_5x200_paper)",
+        choices=["ours", "paper", "both"],
+    )
+    zeroshot_prompts_n: int = _opt(10, "zeroshot_protocol paper: random prompts per class (MedCLIP: 10)", check=_positive)
+    zeroshot_prompt_draws: int = _opt(5, "zeroshot_protocol paper: seeded prompt draws; accuracy is reported as mean and std", check=_positive)
     baselines: bool = _opt(True, "notebook 04: also evaluate the random-init model and train the seed's simple model with the same budget")
     ablation_seeds: list = _opt([], "notebook 04: seeds of the model/loss ablation (empty: no ablation; see `make ablation`)")
     reports_dir: str = _opt("reports", "folder for metrics.json, executed notebooks and figures/ of the study")

@@ -66,6 +66,14 @@ class Config:
         "full", "text per training step: the whole cleaned report, or one random sentence (MedCLIP)",
         choices=["full", "sentence"],
     )
+    short_sentence_tokens: int = _opt(
+        0, "report_sampling sentence: drop sentences of this many words or fewer before sampling one "
+        "(MedCLIP: 4; 0 keeps all; a report of only short sentences keeps them)", check=_non_negative,
+    )
+    text_eda: float = _opt(
+        0.0, "report_sampling sentence: EDA fraction alpha (random swap / deletion / insertion of in-report "
+        "words, seeded per sample; 0 is off)", check=lambda v: 0 <= v < 1,
+    )
     max_text_tokens: int = _opt(128, "text length in tokens (the simple model always uses 50 characters)", check=_positive)
     vocab_size: int = _opt(4000, "subword vocabulary size learned from the training reports", check=_positive)
     debug_subset: int = _opt(64, "samples per split used with --debug", check=_positive)
@@ -239,6 +247,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'bert_path': required when text_encoder is 'bert'")
     if cfg.text_encoder == "precomputed" and not cfg.text_features_path:
         raise ConfigError("config key 'text_features_path': required when text_encoder is 'precomputed'")
+    if (cfg.short_sentence_tokens or cfg.text_eda) and cfg.report_sampling != "sentence":
+        key = "short_sentence_tokens" if cfg.short_sentence_tokens else "text_eda"
+        raise ConfigError(f"config key '{key}': applies to report_sampling 'sentence' (report_sampling is "
+                          f"{cfg.report_sampling!r})")
     _validate_unpaired(cfg)
 
 

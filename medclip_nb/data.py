@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from medclip_nb.errors import DataError
 from medclip_nb.labels import NUM_LABELS
 from medclip_nb.text import clean_report, split_sentences
+from medclip_nb.text_augment import drop_short_sentences, eda
 
 if TYPE_CHECKING:
     from medclip_nb.config import Config
@@ -540,6 +541,8 @@ class CXRDataset(Dataset):
         store: Any = None,
         raw_uint8: bool = False,
         resize_size: int | None = None,
+        short_sentence_tokens: int = 0,
+        text_eda: float = 0.0,
     ):
         if on_bad_image not in ("skip", "error"):
             raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
@@ -558,6 +561,9 @@ class CXRDataset(Dataset):
         self.store = store
         self.raw_uint8 = raw_uint8
         self.resize_size = resize_size
+        # MedCLIP's text options for sentence sampling (text_augment.py)
+        self.short_sentence_tokens = int(short_sentence_tokens)
+        self.text_eda = float(text_eda)
         self._resize = build_resize_transform(resize_size) if raw_uint8 else None
         self._warned_paths: set[str] = set()
 
@@ -609,8 +615,12 @@ class CXRDataset(Dataset):
         report = clean_report(record["report"])
         if self.report_sampling == "sentence":
             sentences = split_sentences(report)
+            # A report made only of short sentences keeps them: the filter never empties a text.
+            sentences = drop_short_sentences(sentences, self.short_sentence_tokens) or sentences
             if sentences:
                 report = rng.choice(sentences)
+            if self.text_eda > 0:
+                report = eda(report, self.text_eda, rng)
         labels = torch.tensor(
             [math.nan if v is None else float(v) for v in record["labels"]], dtype=torch.float32
         )
@@ -971,6 +981,8 @@ def build_datasets(
             store=store,
             raw_uint8=raw_uint8 and train,
             resize_size=cfg.resize_size,
+            short_sentence_tokens=cfg.short_sentence_tokens if train else 0,
+            text_eda=cfg.text_eda if train else 0.0,
         )
         datasets[split].full_size = full_sizes[split]
     return datasets, records, warnings_out

@@ -76,6 +76,11 @@ class Config:
     )
     max_text_tokens: int = _opt(128, "text length in tokens (the simple model always uses 50 characters)", check=_positive)
     vocab_size: int = _opt(4000, "subword vocabulary size learned from the training reports", check=_positive)
+    train_fraction: float = _opt(
+        1.0, "keep this fraction of the training pairs, whole patients, seeded by train_fraction_seed "
+        "(data-efficiency runs; val and test stay whole)", check=lambda v: 0 < v <= 1,
+    )
+    train_fraction_seed: int = _opt(0, "seed of the train_fraction draw (fixed across training seeds by default)")
     debug_subset: int = _opt(64, "samples per split used with --debug", check=_positive)
     # ---- model ----------------------------------------------------------------------------
     model: str = _opt("medclip", "medclip: torchvision backbone + transformer text encoder; simple: the seed's SimpleMedCLIPModel", choices=["medclip", "simple"])

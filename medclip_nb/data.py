@@ -946,7 +946,8 @@ def build_datasets(
     """Load and validate ``cfg.data_path`` and build one ``CXRDataset`` per split.
 
     Relative image paths are taken from ``cfg.image_root`` or else the dataset file's
-    folder; with ``cfg.debug`` each split keeps its first ``cfg.debug_subset`` records. The
+    folder; ``cfg.train_fraction`` < 1 keeps a seeded share of the training patients
+    (train_fraction.py); with ``cfg.debug`` each split keeps its first ``cfg.debug_subset`` records. The
     train split uses the training transform and ``cfg.report_sampling``; val/test use the
     evaluation transform and whole reports. ``store`` (an image store) serves images when it
     has them; ``raw_uint8`` makes the train split yield uint8 images for GPU augmentation.
@@ -962,6 +963,11 @@ def build_datasets(
     if uses_precomputed_text(cfg):
         validate_clip_indices(records, data_path)
     full_sizes = {split: len(items) for split, items in records.items()}
+    if cfg.train_fraction < 1:
+        from medclip_nb.train_fraction import keep_train_fraction
+
+        records = {**records, "train": keep_train_fraction(records["train"], cfg.train_fraction,
+                                                           cfg.train_fraction_seed)}
     if cfg.debug:
         records = {split: items[: cfg.debug_subset] for split, items in records.items()}
     root = resolve(cfg.image_root) if cfg.image_root else data_path.parent

@@ -384,12 +384,13 @@ class _Data:
     unpaired: Any = None  # unpaired.UnpairedBatches when cfg.unpaired_sources is set
 
 
-def _split_size_line(dataset) -> str:
-    """'64 samples', or '64 of 90 samples (debug subset)' when --debug keeps only the first ones."""
+def _split_size_line(dataset, why: str = "debug subset") -> str:
+    """'64 samples', or '64 of 90 samples (debug subset)' when --debug (or train_fraction, `why`)
+    keeps only some of them."""
     full = getattr(dataset, "full_size", len(dataset))
     if full == len(dataset):
         return f"{len(dataset)} samples"
-    return f"{len(dataset)} of {full} samples (debug subset)"
+    return f"{len(dataset)} of {full} samples ({why})"
 
 
 def _prepare_data(cfg: Config, world: _World, device: torch.device, tokenizer, say) -> _Data:
@@ -417,7 +418,10 @@ def _prepare_data(cfg: Config, world: _World, device: torch.device, tokenizer, s
         say(f"Warning: {warning}")
     say("Dataset loaded:")
     for name in ("train", "val", "test"):
-        say(f"  {name}: {_split_size_line(splits[name])}")
+        fraction = name == "train" and cfg.train_fraction < 1
+        why = ("train_fraction " + format(cfg.train_fraction, "g") + (", debug subset" if cfg.debug else "")
+               if fraction else "debug subset")
+        say(f"  {name}: {_split_size_line(splits[name], why)}")
     if store is not None:
         say(f"Images from the store {store.folder} where it has them"
             + (", augmented on the GPU" if augment is not None else ""))

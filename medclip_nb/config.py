@@ -70,6 +70,11 @@ class Config:
         0, "report_sampling sentence: drop sentences of this many words or fewer before sampling one "
         "(MedCLIP: 4; 0 keeps all; a report of only short sentences keeps them)", check=_non_negative,
     )
+    sentence_labels: str | None = _opt(
+        None, "report_sampling sentence with a medclip loss: a sentence-label table (MedCLIP's sentence-label.csv "
+        "format) so a sentence has its own labels; 'auto' uses sentence_labels.csv.gz beside the dataset file "
+        "when prepare wrote one; null: a sentence has its study's labels",
+    )
     text_eda: float = _opt(
         0.0, "report_sampling sentence: EDA fraction alpha (random swap / deletion / insertion of in-report "
         "words, seeded per sample; 0 is off)", check=lambda v: 0 <= v < 1,
@@ -256,6 +261,11 @@ def validate(cfg: Config) -> None:
         key = "short_sentence_tokens" if cfg.short_sentence_tokens else "text_eda"
         raise ConfigError(f"config key '{key}': applies to report_sampling 'sentence' (report_sampling is "
                           f"{cfg.report_sampling!r})")
+    if cfg.sentence_labels and (cfg.report_sampling != "sentence" or cfg.loss not in ("medclip", "medclip_cosine")):
+        raise ConfigError(
+            "config key 'sentence_labels': needs report_sampling 'sentence' and loss 'medclip' or 'medclip_cosine' "
+            f"(got report_sampling {cfg.report_sampling!r}, loss {cfg.loss!r})"
+        )
     _validate_unpaired(cfg)
 
 

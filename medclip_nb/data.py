@@ -29,7 +29,7 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medclip_nb.errors import DataError
-from medclip_nb.labels import NUM_LABELS
+from medclip_nb.labels import CHEXPERT_LABELS, NUM_LABELS
 from medclip_nb.text import clean_report, split_sentences
 from medclip_nb.text_augment import drop_short_sentences, eda
 
@@ -513,6 +513,10 @@ def build_transforms(cfg: "Config", train: bool) -> v2.Compose:
 # ---------------------------------------------------------------------------------------------
 
 
+# A sampled sentence missing from the sentence-label table: No Finding = 1 (MedCLIP's dataset code).
+_UNLISTED_SENTENCE = torch.tensor([1.0 if name == "No Finding" else 0.0 for name in CHEXPERT_LABELS])
+
+
 class CXRDataset(Dataset):
     """Image-report pairs of one split.
 
@@ -543,6 +547,7 @@ class CXRDataset(Dataset):
         resize_size: int | None = None,
         short_sentence_tokens: int = 0,
         text_eda: float = 0.0,
+        sentence_labels: Mapping[str, torch.Tensor] | None = None,
     ):
         if on_bad_image not in ("skip", "error"):
             raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
@@ -564,6 +569,8 @@ class CXRDataset(Dataset):
         # MedCLIP's text options for sentence sampling (text_augment.py)
         self.short_sentence_tokens = int(short_sentence_tokens)
         self.text_eda = float(text_eda)
+        # sentence key -> float32 [14] labels (sentence_labels.py); None: a sentence has its study's labels
+        self.sentence_labels = sentence_labels
         self._resize = build_resize_transform(resize_size) if raw_uint8 else None
         self._warned_paths: set[str] = set()
 
@@ -613,18 +620,23 @@ class CXRDataset(Dataset):
 
         record = self.records[index]
         report = clean_report(record["report"])
+        text_labels = None
         if self.report_sampling == "sentence":
             sentences = split_sentences(report)
             # A report made only of short sentences keeps them: the filter never empties a text.
             sentences = drop_short_sentences(sentences, self.short_sentence_tokens) or sentences
             if sentences:
                 report = rng.choice(sentences)
+            if self.sentence_labels is not None:  # looked up before EDA changes the words
+                text_labels = self.sentence_labels.get(report, _UNLISTED_SENTENCE)
             if self.text_eda > 0:
                 report = eda(report, self.text_eda, rng)
         labels = torch.tensor(
             [math.nan if v is None else float(v) for v in record["labels"]], dtype=torch.float32
         )
         sample = {"pixel_values": pixels, "report": report, "labels": labels, "index": index}
+        if text_labels is not None:
+            sample["text_labels"] = text_labels
         if "clip_indices" in record:  # rows of the precomputed text features (text_encoder 'precomputed')
             sample["clip_indices"] = record["clip_indices"]
         return sample
@@ -869,7 +881,11 @@ class BatchCollator:
         else:
             pixel_values = torch.zeros((0, *self.empty_image_shape), dtype=torch.float32)
             labels = torch.zeros((0, NUM_LABELS), dtype=torch.float32)
+        extra = {}
+        if kept and "text_labels" in kept[0]:  # sentence labels: the text rows' own labels
+            extra["text_labels"] = torch.stack([s["text_labels"] for s in kept]).to(torch.float32)
         return {
+            **extra,
             "pixel_values": pixel_values,
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
@@ -940,6 +956,20 @@ def _truncation_warning(tokenizer, reports: Sequence[str], max_reports: int = 20
     )
 
 
+def _sentence_label_table(cfg: "Config", data_path: Path, warnings_out: list[str]):
+    """The training sentences' label table of `cfg.sentence_labels` (sentence_labels.py), or None."""
+    if not getattr(cfg, "sentence_labels", None):
+        return None
+    from medclip_nb.sentence_labels import PREPARED_NAME, label_tensor_table, read_sentence_labels, resolve_sentence_labels
+
+    path = resolve_sentence_labels(cfg)
+    if path is None:
+        warnings_out.append(f"sentence_labels 'auto': no {PREPARED_NAME} beside {data_path}; "
+                            "each sentence has its study's labels")
+        return None
+    return label_tensor_table(read_sentence_labels(path))
+
+
 def build_datasets(
     cfg: "Config", tokenizer=None, *, store: Any = None, raw_uint8: bool = False
 ) -> tuple[dict[str, CXRDataset], dict[str, list[dict]], list[str]]:
@@ -975,6 +1005,7 @@ def build_datasets(
         message = _truncation_warning(tokenizer, [r["report"] for r in records["train"]])
         if message:
             warnings_out.append(message)
+    sentence_labels = _sentence_label_table(cfg, data_path, warnings_out)
     datasets: dict[str, CXRDataset] = {}
     for split in REQUIRED_SPLITS:
         train = split == "train"
@@ -989,6 +1020,7 @@ def build_datasets(
             resize_size=cfg.resize_size,
             short_sentence_tokens=cfg.short_sentence_tokens if train else 0,
             text_eda=cfg.text_eda if train else 0.0,
+            sentence_labels=sentence_labels if train else None,
         )
         datasets[split].full_size = full_sizes[split]
     return datasets, records, warnings_out

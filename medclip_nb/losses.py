@@ -334,8 +334,9 @@ class ContrastiveLoss(nn.Module):
     logit_scale, logit_bias) and the batch's CheXpert labels `[B, 14]` (used by the label-aware
     kinds; 'medclip' without labels is the CLIP loss, as published), and returns (loss, terms).
     `uncertain_value` and `no_finding_rule` shape the 'medclip_cosine' label vectors only.
-    With unpaired rows (label-aware kinds, single process only) `labels` are the image rows'
-    labels, `text_labels` the text rows' and `num_pairs` the paired rows (see `medclip_loss`).
+    `text_labels` (label-aware kinds) are the text rows' own labels when they differ from their
+    image's (a sentence with its row of a sentence-label table); with unpaired rows (single process
+    only) `num_pairs` says how many leading rows are pairs (see `medclip_loss`).
     Under DDP, local rows are scored against the features of all ranks, so the loss averaged
     over ranks and its gradients are those of one process holding the whole batch. Computed in
     float32 with autocast off (log-softmax over up to 100 x logits).
@@ -365,9 +366,10 @@ class ContrastiveLoss(nn.Module):
         self, outputs: dict, labels: Tensor | None = None, text_labels: Tensor | None = None,
         num_pairs: int | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        if text_labels is not None and (self.kind not in LABEL_LOSS_KINDS or labels is None
-                                        or _distributed_world()[1] > 1):
-            raise ValueError("unpaired rows (text_labels) need a medclip loss kind, image labels and a single process")
+        if text_labels is not None and (self.kind not in LABEL_LOSS_KINDS or labels is None):
+            raise ValueError("text_labels (sentence labels, unpaired rows) need a medclip loss kind and image labels")
+        if num_pairs is not None and (text_labels is None or _distributed_world()[1] > 1):
+            raise ValueError("unpaired rows (num_pairs) need text_labels and a single process")
         image = outputs["image_embeds"]
         with torch.autocast(device_type=image.device.type, enabled=False):
             image = image.float()
@@ -388,15 +390,21 @@ class ContrastiveLoss(nn.Module):
 
             if labels is None:
                 raise ValueError(f"{self.kind} loss needs the batch labels")
-            if text_labels is not None:
+            if num_pairs is not None:
                 return self.label_loss(image, text, scale, labels, text_labels, num_pairs)
             targets = SOFT_TARGET_KINDS[self.kind]
             # Label vectors are built where the labels are (CPU from the collate: no device sync).
-            vectors = _encode_labels(targets, labels, self.uncertain_value, self.no_finding_rule).to(image.device)
-            (image_all, text_all, vectors_all), offset = gather_features(image, text, vectors)
-            # Image and report of a pair come from the same study, so they share one label vector.
+            encode = lambda values: _encode_labels(targets, values, self.uncertain_value, self.no_finding_rule)
+            image_vectors = encode(labels).to(image.device)
+            if text_labels is None:  # image and report of a pair come from one study: one label vector
+                (image_all, text_all, vectors_all), offset = gather_features(image, text, image_vectors)
+                text_vectors, image_vectors_all, text_vectors_all = image_vectors, vectors_all, vectors_all
+            else:  # a sampled sentence with its own labels (sentence-label table)
+                text_vectors = encode(text_labels).to(image.device)
+                (image_all, text_all, image_vectors_all, text_vectors_all), offset = gather_features(
+                    image, text, image_vectors, text_vectors)
             terms = _medclip_terms(
-                image, text_all, text, image_all, scale, vectors, vectors_all, vectors, vectors_all, offset,
-                None, targets,
+                image, text_all, text, image_all, scale, image_vectors, text_vectors_all, text_vectors,
+                image_vectors_all, offset, None, targets,
             )
             return _finish(terms, mean=True)

@@ -730,7 +730,8 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
                 say(f"Skipping batch {progress.batch_in_epoch} of epoch {epoch_number}: "
                     f"{size} readable image(s), a contrastive step needs at least 2")
                 continue
-            unpaired_args = {}  # image-only / text-only items of this batch position (unpaired.py)
+            # The text rows' own labels (sentence labels) and image-only / text-only items (unpaired.py).
+            unpaired_args = {"text_labels": batch["text_labels"]} if "text_labels" in batch else {}
             if data.unpaired is not None:
                 batch = data.unpaired.extend(batch, progress.epoch, progress.batch_in_epoch - 1)
                 progress.epoch_bad_images += batch["n_unpaired_skipped"]

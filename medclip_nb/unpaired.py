@@ -140,7 +140,8 @@ class UnpairedBatches:
         `n_unpaired_skipped` (image-only items dropped as unreadable, also added to
         `n_skipped` / `skipped_paths`)."""
         num_pairs = batch["pixel_values"].shape[0]
-        out = dict(batch, num_pairs=num_pairs, text_labels=batch["labels"], n_unpaired_skipped=0)
+        paired_text_labels = batch.get("text_labels", batch["labels"])  # a sentence's own labels when given
+        out = dict(batch, num_pairs=num_pairs, text_labels=paired_text_labels, n_unpaired_skipped=0)
         if "images" in self.sources:
             samples = [self.sources["images"][key] for key in self.draw("images", epoch, step)]
             kept = [s for s in samples if isinstance(s, dict)]
@@ -156,7 +157,7 @@ class UnpairedBatches:
             text = self.tokenizer.encode([s["report"] for s in samples])
             out["input_ids"] = torch.cat([batch["input_ids"], text["input_ids"]])
             out["attention_mask"] = torch.cat([batch["attention_mask"], text["attention_mask"]])
-            out["text_labels"] = torch.cat([batch["labels"], torch.stack([s["labels"] for s in samples])])
+            out["text_labels"] = torch.cat([paired_text_labels, torch.stack([s["labels"] for s in samples])])
         return out
 
 

@@ -219,6 +219,10 @@ def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
     rt = metrics.get("retrieval", {}).get("test", {})
     p5 = metrics.get("retrieval", {}).get("test_5x200", {})
     probe = metrics.get("linear_probe") or {}
+    # zeroshot_protocol 'both': the published protocol's mean and std over prompt draws as well
+    paper = metrics.get("zero_shot_5x200_paper") or {}
+    paper_columns = {"zs_acc_mean_paper": paper.get("mean", {}).get("accuracy"),
+                     "zs_acc_mean_paper_std": paper.get("mean", {}).get("accuracy_std")} if "mean" in paper else {}
     return {
         "zs_acc_mean": zs.get("mean", {}).get("accuracy"),
         "zs_acc_max": zs.get("max", {}).get("accuracy"),
@@ -229,6 +233,7 @@ def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
         "t2i_R@10": rt.get("text_to_image", {}).get("R@10"),
         "P@10": p5.get("image_to_text_precision", {}).get("P@10"),
         "probe_auroc": probe.get("auroc_mean"),
+        **paper_columns,
     }
 
 

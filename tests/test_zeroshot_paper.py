@@ -173,6 +173,11 @@ def test_both_protocols_are_recorded_with_their_name(tiny_study):
         assert paper[mode]["accuracy_std"] == pytest.approx(np.std(draws, ddof=1), abs=1e-4)
         assert np.array(paper[mode]["confusion"]).sum() == 4
     assert any(line.startswith("5x200 zero-shot accuracy (paper, mean, n=4)") for line in ev.summary_lines(metrics))
+    from medclip_nb.study import headline
+
+    row = headline(metrics)
+    assert row["zs_acc_mean_paper"] == paper["mean"]["accuracy"] and row["zs_acc_mean"] == ours["mean"]["accuracy"]
+    assert row["zs_acc_mean_paper_std"] == paper["mean"]["accuracy_std"]
 
     only_paper, _ = ev.evaluate_model(model, tokenizer, splits, cfg.replace(zeroshot_protocol="paper"), "cpu",
                                       log=lambda *_: None)

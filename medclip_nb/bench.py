@@ -170,7 +170,7 @@ class _TrainStep:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
-        self.criterion = ContrastiveLoss(cfg.loss, cfg.uncertain_label_value)
+        self.criterion = ContrastiveLoss(cfg.loss, cfg.uncertain_label_value, cfg.medclip_cosine_no_finding)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            **({"fused": True} if on_gpu else {}))
         use_amp = on_gpu and cfg.use_amp

@@ -94,8 +94,27 @@ class Config:
         "full", "text per training step: the whole cleaned report, or one random sentence (MedCLIP)",
         choices=["full", "sentence"],
     )
+    short_sentence_tokens: int = _opt(
+        0, "report_sampling sentence: drop sentences of this many words or fewer before sampling one "
+        "(MedCLIP: 4; 0 keeps all; a report of only short sentences keeps them)", check=_between(0, 1000),
+    )
+    sentence_labels: str | None = _opt(
+        None, "report_sampling sentence with a medclip loss: a sentence-label table (MedCLIP's sentence-label.csv "
+        "format) so a sentence has its own labels; 'auto' uses sentence_labels.csv.gz beside the dataset file "
+        "when prepare wrote one; null: a sentence has its study's labels",
+    )
+    text_eda: float = _opt(
+        0.0, "report_sampling sentence: EDA fraction alpha (random swap / deletion / insertion of in-report "
+        "words, seeded per sample; 0 is off)", check=lambda v: 0 <= v < 1,
+    )
     max_text_tokens: int = _opt(128, "text length in tokens (the simple model always uses 50 characters)", check=_between(1, 8192))
     vocab_size: int = _opt(4000, "subword vocabulary size learned from the training reports", check=_between(1, 1_000_000))
+    train_fraction: float = _opt(
+        1.0, "keep this fraction of the training pairs, whole patients, seeded by train_fraction_seed "
+        "(data-efficiency runs; val and test stay whole)", check=lambda v: 0 < v <= 1,
+    )
+    train_fraction_seed: int = _opt(0, "seed of the train_fraction draw (fixed across training seeds by default)",
+                                   check=_between(0, 2**32 - 1))
     debug_subset: int = _opt(64, "samples per split used with --debug", check=_between(1, _MAX_COUNT))
     # ---- model ----------------------------------------------------------------------------
     model: str = _opt("medclip", "medclip: torchvision backbone + transformer text encoder; simple: the seed's SimpleMedCLIPModel", choices=["medclip", "simple"])
@@ -111,18 +130,26 @@ class Config:
     bert_path: str | None = _opt(None, "local Hugging Face folder of a BERT-family model (text_encoder: bert)")
     text_features_path: str | None = _opt(None, "clip_text_features.json for text_encoder: precomputed")
     embed_dim: int = _opt(512, "shared embedding size", check=_between(1, 16384))
-    loss: str = _opt("clip", "contrastive loss", choices=["clip", "medclip", "siglip"])
+    loss: str = _opt(
+        "clip", "contrastive loss: clip; medclip (MedCLIP's published soft targets); medclip_cosine (ours: "
+        "row-normalised cosine of label vectors); siglip",
+        choices=["clip", "medclip", "medclip_cosine", "siglip"],
+    )
     siglip_bias_init: str = _opt(
         "batch_prior", "initial SigLIP bias: 'batch_prior' = -ln(pairs per step - 1), the log-odds of a positive "
         "pair (-3.4 at batch 32); 'paper' = -10, which is that prior at the paper's batch of ~32k",
         choices=["batch_prior", "paper"],
     )
     uncertain_label_value: float = _opt(
-        0.5, "weight of an uncertain (-1) finding in the label vectors of the medclip loss", check=lambda v: 0 <= v <= 1
+        0.5, "loss medclip_cosine: weight of an uncertain (-1) finding in its label vectors (medclip keeps -1)",
+        check=lambda v: 0 <= v <= 1,
+    )
+    medclip_cosine_no_finding: bool = _opt(
+        True, "loss medclip_cosine: a study with no positive finding gets 'No Finding' = 1 in its label vector"
     )
     # unpaired data (MedCLIP's decoupled images and texts; medclip_nb/unpaired.py)
     unpaired_sources: list = _opt(
-        [], "unpaired data mixed into training batches (loss medclip): 'images' (split train_images), "
+        [], "unpaired data mixed into training batches (loss medclip or medclip_cosine): 'images' (split train_images), "
         "'texts' (split train_texts)"
     )
     unpaired_per_batch: int = _opt(8, "extra unpaired items of each used source per training step", check=_between(1, 65536))
@@ -173,6 +200,13 @@ class Config:
         [0.01, 0.1, 1.0], "linear probe: fractions of the training labels it is fitted on (seeded subsets), "
         "the low-label protocol of this literature", check=_fractions
     )
+    zeroshot_protocol: str = _opt(
+        "ours", "CheXpert-5x200 protocol: ours (evaluate.py), paper (MedCLIP's rule, prompts, logit mean and "
+        "pad-resize image; medclip_nb/zeroshot_paper.py), or both (paper under zero_shot_5x200_paper)",
+        choices=["ours", "paper", "both"],
+    )
+    zeroshot_prompts_n: int = _opt(10, "zeroshot_protocol paper: random prompts per class (MedCLIP: 10)", check=_between(1, 10_000))
+    zeroshot_prompt_draws: int = _opt(5, "zeroshot_protocol paper: seeded prompt draws; accuracy is reported as mean and std", check=_between(1, 10_000))
     baselines: bool = _opt(True, "notebook 04: also evaluate the random-init model and train the seed's simple model with the same budget")
     ablation_seeds: list = _opt([], "notebook 04: seeds of the model/loss ablation (empty: no ablation; see `make ablation`)")
     reports_dir: str = _opt("reports", "folder for metrics.json, executed notebooks and figures/ of the study")
@@ -300,6 +334,15 @@ def validate(cfg: Config) -> None:
         raise ConfigError("config key 'bert_path': required when text_encoder is 'bert'")
     if cfg.text_encoder == "precomputed" and not cfg.text_features_path:
         raise ConfigError("config key 'text_features_path': required when text_encoder is 'precomputed'")
+    if (cfg.short_sentence_tokens or cfg.text_eda) and cfg.report_sampling != "sentence":
+        key = "short_sentence_tokens" if cfg.short_sentence_tokens else "text_eda"
+        raise ConfigError(f"config key '{key}': applies to report_sampling 'sentence' (report_sampling is "
+                          f"{cfg.report_sampling!r})")
+    if cfg.sentence_labels and (cfg.report_sampling != "sentence" or cfg.loss not in ("medclip", "medclip_cosine")):
+        raise ConfigError(
+            "config key 'sentence_labels': needs report_sampling 'sentence' and loss 'medclip' or 'medclip_cosine' "
+            f"(got report_sampling {cfg.report_sampling!r}, loss {cfg.loss!r})"
+        )
     _validate_unpaired(cfg)
 
 
@@ -315,9 +358,9 @@ def _validate_unpaired(cfg: Config) -> None:
     if len(set(sources)) != len(sources):
         raise ConfigError(f"config key 'unpaired_sources': {quote(cfg.unpaired_sources)} names a source twice")
     object.__setattr__(cfg, "unpaired_sources", sources)
-    if sources and cfg.loss != "medclip":
+    if sources and cfg.loss not in ("medclip", "medclip_cosine"):
         raise ConfigError(
-            f"config key 'unpaired_sources': needs loss 'medclip' (label-based targets); loss {cfg.loss!r} "
+            f"config key 'unpaired_sources': needs loss 'medclip' or 'medclip_cosine' (label-based targets); loss {cfg.loss!r} "
             "needs image-report pairs"
         )
     if "texts" in sources and cfg.model != "simple" and cfg.text_encoder == "precomputed":

@@ -27,9 +27,10 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medclip_nb.errors import DataError, one_line, quote
-from medclip_nb.labels import NUM_LABELS
+from medclip_nb.labels import CHEXPERT_LABELS, NUM_LABELS
 from medclip_nb.records import SampleRecords, freeze_inherited_objects
 from medclip_nb.text import clean_report, split_sentences
+from medclip_nb.text_augment import drop_short_sentences, eda
 
 if TYPE_CHECKING:
     from medclip_nb.config import Config
@@ -520,6 +521,10 @@ def build_transforms(cfg: "Config", train: bool) -> v2.Compose:
 # ---------------------------------------------------------------------------------------------
 
 
+# A sampled sentence missing from the sentence-label table: No Finding = 1 (MedCLIP's dataset code).
+_UNLISTED_SENTENCE = torch.tensor([1.0 if name == "No Finding" else 0.0 for name in CHEXPERT_LABELS])
+
+
 class CXRDataset(Dataset):
     """Image-report pairs of one split.
 
@@ -553,6 +558,9 @@ class CXRDataset(Dataset):
         store: Any = None,
         raw_uint8: bool = False,
         resize_size: int | None = None,
+        short_sentence_tokens: int = 0,
+        text_eda: float = 0.0,
+        sentence_labels: Mapping[str, torch.Tensor] | None = None,
     ):
         if on_bad_image not in ("skip", "error"):
             raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
@@ -573,6 +581,11 @@ class CXRDataset(Dataset):
         self._store_rows = rows_of(self.records.image_paths()) if rows_of is not None else None
         self.raw_uint8 = raw_uint8
         self.resize_size = resize_size
+        # MedCLIP's text options for sentence sampling (text_augment.py)
+        self.short_sentence_tokens = int(short_sentence_tokens)
+        self.text_eda = float(text_eda)
+        # sentence key -> float32 [14] labels (sentence_labels.py); None: a sentence has its study's labels
+        self.sentence_labels = sentence_labels
         self._resize = build_resize_transform(resize_size) if raw_uint8 else None
         self._warned_paths: set[str] = set()
 
@@ -625,12 +638,21 @@ class CXRDataset(Dataset):
             rng = random.Random(int(sample_seed))
 
         report = clean_report(self.records.report(index))
+        text_labels = None
         if self.report_sampling == "sentence":
             sentences = split_sentences(report)
+            # A report made only of short sentences keeps them: the filter never empties a text.
+            sentences = drop_short_sentences(sentences, self.short_sentence_tokens) or sentences
             if sentences:
                 report = rng.choice(sentences)
+            if self.sentence_labels is not None:  # looked up before EDA changes the words
+                text_labels = self.sentence_labels.get(report, _UNLISTED_SENTENCE)
+            if self.text_eda > 0:
+                report = eda(report, self.text_eda, rng)
         labels = torch.tensor(self.records.labels(index), dtype=torch.float32)
         sample = {"pixel_values": pixels, "report": report, "labels": labels, "index": index}
+        if text_labels is not None:
+            sample["text_labels"] = text_labels
         if self.records.has_clip_indices(index):  # rows of the precomputed text features
             sample["clip_indices"] = self.records.clip_indices(index)
         return sample
@@ -875,7 +897,11 @@ class BatchCollator:
         else:
             pixel_values = torch.zeros((0, *self.empty_image_shape), dtype=torch.float32)
             labels = torch.zeros((0, NUM_LABELS), dtype=torch.float32)
+        extra = {}
+        if kept and "text_labels" in kept[0]:  # sentence labels: the text rows' own labels
+            extra["text_labels"] = torch.stack([s["text_labels"] for s in kept]).to(torch.float32)
         return {
+            **extra,
             "pixel_values": pixel_values,
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
@@ -948,13 +974,28 @@ def _truncation_warning(tokenizer, reports: Sequence[str], max_reports: int = 20
     )
 
 
+def _sentence_label_table(cfg: "Config", data_path: Path, warnings_out: list[str]):
+    """The training sentences' label table of `cfg.sentence_labels` (sentence_labels.py), or None."""
+    if not getattr(cfg, "sentence_labels", None):
+        return None
+    from medclip_nb.sentence_labels import PREPARED_NAME, label_tensor_table, read_sentence_labels, resolve_sentence_labels
+
+    path = resolve_sentence_labels(cfg)
+    if path is None:
+        warnings_out.append(f"sentence_labels 'auto': no {PREPARED_NAME} beside {data_path}; "
+                            "each sentence has its study's labels")
+        return None
+    return label_tensor_table(read_sentence_labels(path))
+
+
 def build_datasets(
     cfg: "Config", tokenizer=None, *, store: Any = None, raw_uint8: bool = False
 ) -> tuple[dict[str, CXRDataset], dict[str, list[dict]], list[str]]:
     """Load and validate ``cfg.data_path`` and build one ``CXRDataset`` per split.
 
     Relative image paths are taken from ``cfg.image_root`` or else the dataset file's
-    folder; with ``cfg.debug`` each split keeps its first ``cfg.debug_subset`` records. The
+    folder; ``cfg.train_fraction`` < 1 keeps a seeded share of the training patients
+    (train_fraction.py); with ``cfg.debug`` each split keeps its first ``cfg.debug_subset`` records. The
     train split uses the training transform and ``cfg.report_sampling``; val/test use the
     evaluation transform and whole reports. ``store`` (an image store) serves images when it
     has them; ``raw_uint8`` makes the train split yield uint8 images for GPU augmentation.
@@ -974,12 +1015,18 @@ def build_datasets(
     if uses_precomputed_text(cfg):
         validate_clip_indices(records, data_path)
     full_sizes = {split: len(items) for split, items in records.items()}
+    if cfg.train_fraction < 1:
+        from medclip_nb.train_fraction import keep_train_fraction
+
+        records = {**records, "train": keep_train_fraction(records["train"], cfg.train_fraction,
+                                                           cfg.train_fraction_seed)}
     if cfg.debug:
         records = {split: items[: cfg.debug_subset] for split, items in records.items()}
     if tokenizer is not None:
         message = _truncation_warning(tokenizer, [r["report"] for r in records["train"]])
         if message:
             warnings_out.append(message)
+    sentence_labels = _sentence_label_table(cfg, data_path, warnings_out)
     datasets: dict[str, CXRDataset] = {}
     for split in REQUIRED_SPLITS:
         train = split == "train"
@@ -992,6 +1039,9 @@ def build_datasets(
             store=store,
             raw_uint8=raw_uint8 and train,
             resize_size=cfg.resize_size,
+            short_sentence_tokens=cfg.short_sentence_tokens if train else 0,
+            text_eda=cfg.text_eda if train else 0.0,
+            sentence_labels=sentence_labels if train else None,
         )
         datasets[split].full_size = full_sizes[split]
     return datasets, records, warnings_out

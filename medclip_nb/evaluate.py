@@ -559,6 +559,25 @@ def _zero_shot_5x200(model, tokenizer, image_emb, rows, classes, batch_size, dev
     return result
 
 
+def _zero_shot_protocols(model, tokenizer, test_split, test_image, rows, classes, cfg, device, amp, arrays,
+                         seed, log) -> dict[str, Any]:
+    """The CheXpert-5x200 entries `cfg.zeroshot_protocol` asks for, each with its "protocol":
+    ours and/or MedCLIP's (zeroshot_paper.py). The one protocol asked for is `zero_shot_5x200`;
+    with 'both', ours is `zero_shot_5x200` and the paper's `zero_shot_5x200_paper`."""
+    from medclip_nb.zeroshot_paper import zero_shot_5x200_paper
+
+    protocol = getattr(cfg, "zeroshot_protocol", "ours")
+    entries: dict[str, Any] = {}
+    if protocol in ("ours", "both"):
+        ours = _zero_shot_5x200(model, tokenizer, test_image, rows, classes, cfg.eval_batch_size, device, amp, arrays,
+                                 seed)
+        entries["zero_shot_5x200"] = {"protocol": "ours", **ours}
+    if protocol in ("paper", "both"):
+        paper = zero_shot_5x200_paper(model, tokenizer, test_split, cfg, device, seed=seed, log=log)
+        entries["zero_shot_5x200" if protocol == "paper" else "zero_shot_5x200_paper"] = paper
+    return entries
+
+
 def evaluate_model(
     model: torch.nn.Module,
     tokenizer,
@@ -594,12 +613,11 @@ def evaluate_model(
     if getattr(cfg, "text_encoder", None) == "precomputed":
         # Its "text" input is a row index into stored report features: prompts cannot be encoded.
         reason = "text_encoder 'precomputed' cannot encode prompts"
-        metrics["zero_shot_5x200"] = {"skipped": reason}
+        metrics["zero_shot_5x200"] = {"skipped": reason, "protocol": getattr(cfg, "zeroshot_protocol", "ours")}
         metrics["zero_shot_multilabel"] = {"skipped": reason}
     else:
-        metrics["zero_shot_5x200"] = _zero_shot_5x200(
-            model, tokenizer, test["image"], rows, classes, cfg.eval_batch_size, device, amp, arrays, seed
-        )
+        metrics.update(_zero_shot_protocols(model, tokenizer, splits["test"], test["image"], rows, classes,
+                                            cfg, device, amp, arrays, seed, log))
         # Per-label zero-shot: softmax over a positive/negative prompt pair per CheXpert label.
         positive, negative = label_prompt_pairs(CHEXPERT_LABELS)
         pos_emb = encode_texts(model, tokenizer, positive, device, cfg.eval_batch_size, amp=amp)
@@ -669,11 +687,17 @@ def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
         return "n/a" if v is None else f"{v:.4f}"
 
     rows: list[tuple[str, Any]] = []
-    zs = metrics["zero_shot_5x200"]
-    if "skipped" not in zs:
+    for key in ("zero_shot_5x200", "zero_shot_5x200_paper"):
+        zs = metrics.get(key)
+        if zs is None or "skipped" in zs:
+            continue
+        tag = "" if zs.get("protocol", "ours") == "ours" else f"{zs['protocol']}, "
         for mode in ("mean", "max"):
-            rows.append((f"5x200 zero-shot accuracy ({mode}, n={zs['n']})", zs[mode]["accuracy"]))
-            rows.append((f"5x200 zero-shot macro-F1 ({mode})", zs[mode]["macro_f1"]))
+            draws = zs[mode].get("accuracy_draws")
+            rows.append((f"5x200 zero-shot accuracy ({tag}{mode}, n={zs['n']})", zs[mode]["accuracy"]))
+            if draws:
+                rows.append((f"  its std over {len(draws)} prompt draws", zs[mode]["accuracy_std"]))
+            rows.append((f"5x200 zero-shot macro-F1 ({tag}{mode})", zs[mode]["macro_f1"]))
     multilabel = metrics["zero_shot_multilabel"]
     if "skipped" not in multilabel:
         rows.append(("per-label zero-shot AUROC (mean)", multilabel["auroc_mean"]))
@@ -684,8 +708,9 @@ def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
             rows.append((f"retrieval {direction} {k} (n={test_retrieval['n']})", v))
     probe = metrics.get("linear_probe")
     rows.append(("linear probe AUROC (mean)", probe["auroc_mean"] if probe else None))
-    lines = [f"{'metric':46s} value", "-" * 54]
-    lines += [f"{label:46s} {fmt(value)}" for label, value in rows]
+    width = max([46] + [len(label) for label, _ in rows])
+    lines = [f"{'metric':{width}s} value", "-" * (width + 8)]
+    lines += [f"{label:{width}s} {fmt(value)}" for label, value in rows]
     return lines
 
 

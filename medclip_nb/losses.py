@@ -1,4 +1,5 @@
-"""Contrastive losses for image-report pretraining: CLIP, MedCLIP semantic matching, SigLIP.
+"""Contrastive losses for image-report pretraining: CLIP, MedCLIP semantic matching (as
+published, and our cosine variant), SigLIP.
 
 Every loss is written once, as "these query rows against all these key columns, the positive
 pair of query row i sits in column offset + i". A single process passes its whole batch
@@ -7,22 +8,30 @@ all ranks with offset rank * local_batch ("local loss"). Averaging the per-rank 
 averages gradients, then gives exactly the loss and gradients of one process holding the
 concatenated batch (every rank must use the same local batch size, i.e. drop_last=True).
 
-Label vectors for the MedCLIP loss (`label_vectors`): positive (1) -> 1, uncertain (-1) ->
-`uncertain_value` (default 0.5), negative (0) and blank (NaN) -> 0; a study with no positive
-finding gets 'No Finding' = 1, so every vector is non-zero.
+Two label-aware kinds, both soft cross-entropy of scale * image @ text^T in both directions,
+averaged; they differ in the targets:
 
-MedCLIP soft targets (`soft_targets`): the cosine similarity of the label vectors, divided by
-its row sum. The published MedCLIP code applies a plain softmax to the raw label dot products,
-which puts weight e / (e + B - 1) on the own pair even when every study in the batch has a
-different label, so it never reduces to CLIP. Row-normalising the cosine similarity is the
-softmax of the log-similarity: identical label vectors get exactly equal weight, partly
-overlapping ones proportionally less, disjoint ones none, and a batch in which every study has
-its own label vector gives one-hot targets, i.e. exactly the CLIP loss.
+- `medclip` (the published formula, MedCLIP's `ImageTextContrastiveLoss._soft_clip_loss`):
+  label vectors keep the CheXpert values 1 / 0 / -1 and turn blank (NaN) into 0
+  (`medclip_label_vectors`); targets = softmax(image_vectors @ text_vectors^T) over the raw
+  dot products, row-wise for image->text, and softmax of the transpose for text->image
+  (`published_soft_targets`). Without labels it is the CLIP loss, as in MedCLIP's code. Note
+  what this does: an uncertain finding repels a positive one (1 * -1), and every row keeps
+  weight on studies that share no finding with it (exp(0) = 1 against exp(shared count)).
+- `medclip_cosine` (ours): positive (1) -> 1, uncertain (-1) -> `uncertain_value` (default
+  0.5), negative (0) and blank (NaN) -> 0; with `no_finding_rule` a study with no positive
+  finding gets 'No Finding' = 1, so every vector is non-zero (`label_vectors`). Targets = the
+  cosine similarity of the label vectors divided by its row sum (`soft_targets`), the softmax
+  of the log-similarity: identical label vectors get exactly equal weight, partly overlapping
+  ones proportionally less, disjoint ones none, and a batch in which every study has its own
+  label vector gives one-hot targets, i.e. exactly the CLIP loss. The published softmax puts
+  weight e / (e + B - 1) on the own pair even then, so it never reduces to CLIP.
 
-Unpaired rows (MedCLIP's decoupled data; see unpaired.py): the medclip loss also takes more
-image rows than text rows or the reverse. The first `num_pairs` rows of each side are the
+Unpaired rows (MedCLIP's decoupled data; see unpaired.py): the label-aware losses also take
+more image rows than text rows or the reverse. The first `num_pairs` rows of each side are the
 pairs; the image-only / text-only rows after them have no own pair and learn from the label
-similarity alone. An unpaired row whose labels share nothing with any column of the other
+similarity alone. Under `medclip` every row has a target (a softmax row always sums to 1).
+Under `medclip_cosine` an unpaired row whose labels share nothing with any column of the other
 side has no target at all: it is left out of that direction's mean.
 """
 
@@ -38,7 +47,10 @@ from torch import Tensor, nn
 from medclip_nb.labels import LABEL_INDEX, NUM_LABELS
 
 NO_FINDING = LABEL_INDEX["No Finding"]
-LOSS_KINDS = ("clip", "medclip", "siglip")
+LOSS_KINDS = ("clip", "medclip", "medclip_cosine", "siglip")
+# The kinds whose targets come from the CheXpert labels (and that accept unpaired rows).
+LABEL_LOSS_KINDS = ("medclip", "medclip_cosine")
+SOFT_TARGET_KINDS = {"medclip": "published", "medclip_cosine": "cosine"}
 
 # Largest logit multiplier (CLIP / MedCLIP clamp the learnable log scale to [0, ln 100]).
 MAX_LOGIT_SCALE = 100.0
@@ -46,13 +58,8 @@ LOG_MAX_LOGIT_SCALE = math.log(MAX_LOGIT_SCALE)
 
 
 # ---- label vectors and soft targets ---------------------------------------------------------
-def label_vectors(labels: Tensor, uncertain_value: float = 0.5) -> Tensor:
-    """CheXpert label values `[B, 14]` (1 / 0 / -1 / NaN) -> float label vectors `[B, 14]`.
-
-    Positive (1) -> 1; uncertain (-1) -> `uncertain_value`; negative (0) and blank (NaN) -> 0.
-    A row with no positive finding gets 'No Finding' = 1, so every row is non-zero and has a
-    defined cosine similarity with every other row.
-    """
+def _checked_labels(labels: Tensor) -> Tensor:
+    """CheXpert label values `[B, 14]` as float, refusing other shapes and values than 1 / 0 / -1 / NaN."""
     if labels.ndim != 2 or labels.shape[1] != NUM_LABELS:
         raise ValueError(f"labels must have shape [batch, {NUM_LABELS}], got {list(labels.shape)}")
     labels = labels.float()
@@ -63,15 +70,40 @@ def label_vectors(labels: Tensor, uncertain_value: float = 0.5) -> Tensor:
     if labels.device.type == "cpu" and not bool((allowed | ~known).all()):
         bad = labels[known & ~allowed][0].item()
         raise ValueError(f"labels must hold 1, 0, -1 or NaN (blank); found {bad}")
+    return labels
+
+
+def medclip_label_vectors(labels: Tensor) -> Tensor:
+    """MedCLIP's label encoding (its dataset code path): blank (NaN) -> 0; 1, 0 and -1 kept."""
+    return torch.nan_to_num(_checked_labels(labels), nan=0.0)
+
+
+def published_soft_targets(query_vectors: Tensor, key_vectors: Tensor) -> Tensor:
+    """MedCLIP's published soft targets `[b, N]`: softmax over each row of the raw label dot
+    products query_vectors @ key_vectors^T (no normalisation). Pass the text vectors as the
+    queries for the text->image direction (the softmax of the transposed similarity)."""
+    return torch.softmax(query_vectors.float() @ key_vectors.float().T, dim=1)
+
+
+def label_vectors(labels: Tensor, uncertain_value: float = 0.5, no_finding_rule: bool = True) -> Tensor:
+    """CheXpert label values `[B, 14]` (1 / 0 / -1 / NaN) -> the `medclip_cosine` label vectors `[B, 14]`.
+
+    Positive (1) -> 1; uncertain (-1) -> `uncertain_value`; negative (0) and blank (NaN) -> 0.
+    With `no_finding_rule`, a row with no positive finding gets 'No Finding' = 1, so every row
+    is non-zero and has a defined cosine similarity with every other row (without it, an
+    all-zero row matches nothing and falls back to its own pair, see `soft_targets`).
+    """
+    labels = _checked_labels(labels)
     vectors = torch.where(labels == 1, 1.0, 0.0)
     vectors = torch.where(labels == -1, float(uncertain_value), vectors)
-    no_positive = ~(labels == 1).any(dim=1)
-    vectors[:, NO_FINDING] = torch.where(no_positive, 1.0, vectors[:, NO_FINDING])
+    if no_finding_rule:
+        no_positive = ~(labels == 1).any(dim=1)
+        vectors[:, NO_FINDING] = torch.where(no_positive, 1.0, vectors[:, NO_FINDING])
     return vectors
 
 
 def soft_targets(query_vectors: Tensor, key_vectors: Tensor, offset: int = 0, num_pairs: int | None = None) -> Tensor:
-    """MedCLIP soft targets `[b, N]`: cosine similarity of the label vectors, each row divided
+    """`medclip_cosine` soft targets `[b, N]`: cosine similarity of the label vectors, each row divided
     by its sum (the softmax of the log-similarity; see the module docstring for why).
 
     Row i's own pair is column `offset + i` for the first `num_pairs` rows (default: every
@@ -128,13 +160,25 @@ def _clip_terms(image_q, text_k, text_q, image_k, logit_scale, offset: int) -> d
     }
 
 
+def _label_targets(targets: str, query_vectors: Tensor, key_vectors: Tensor, offset: int, num_pairs: int | None) -> Tensor:
+    if targets == "published":
+        return published_soft_targets(query_vectors, key_vectors)
+    return soft_targets(query_vectors, key_vectors, offset, num_pairs)
+
+
+def _encode_labels(targets: str, labels: Tensor, uncertain_value: float, no_finding_rule: bool) -> Tensor:
+    if targets == "published":
+        return medclip_label_vectors(labels)
+    return label_vectors(labels, uncertain_value, no_finding_rule)
+
+
 def _medclip_terms(
     image_q, text_k, text_q, image_k, logit_scale, image_vec_q, text_vec_k, text_vec_q, image_vec_k, offset: int,
-    num_pairs: int | None = None,
+    num_pairs: int | None = None, targets: str = "published",
 ) -> dict[str, Tensor]:
     # cross_entropy with probability targets is the soft cross-entropy -(t * log_softmax).sum(1)
-    i2t_targets = soft_targets(image_vec_q, text_vec_k, offset, num_pairs)
-    t2i_targets = soft_targets(text_vec_q, image_vec_k, offset, num_pairs)
+    i2t_targets = _label_targets(targets, image_vec_q, text_vec_k, offset, num_pairs)
+    t2i_targets = _label_targets(targets, text_vec_q, image_vec_k, offset, num_pairs)
     return {
         "loss_i2t": _soft_cross_entropy(logit_scale * image_q @ text_k.T, i2t_targets),
         "loss_t2i": _soft_cross_entropy(logit_scale * text_q @ image_k.T, t2i_targets),
@@ -175,22 +219,37 @@ def medclip_loss(
     image_embeds: Tensor,
     text_embeds: Tensor,
     logit_scale: Tensor | float,
-    image_labels: Tensor,
-    text_labels: Tensor,
-    uncertain_value: float = 0.5,
+    image_labels: Tensor | None,
+    text_labels: Tensor | None,
+    uncertain_value: float | None = None,
     num_pairs: int | None = None,
+    *,
+    targets: str = "published",
+    no_finding_rule: bool = True,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """MedCLIP semantic matching: soft cross-entropy of scale * image @ text^T against the
-    label-similarity targets of `soft_targets`, image->text and text->image, averaged.
+    """MedCLIP semantic matching: soft cross-entropy of scale * image @ text^T against label-
+    similarity targets, image->text and text->image, averaged.
 
-    `image_labels` `[Bi, 14]` / `text_labels` `[Bt, 14]` are CheXpert values (see
-    `label_vectors`), one row per image / text embedding. `num_pairs`: the first rows of each
-    side that are image-report pairs; the rows after them are unpaired (image-only or
-    text-only). None means every row is a pair (Bi == Bt). When every sample has its own
-    label vector (e.g. identity labels) the all-pairs loss equals `clip_loss`.
+    `targets`: 'published' (default; MedCLIP's formula, `published_soft_targets` of
+    `medclip_label_vectors`) or 'cosine' (ours, `soft_targets` of `label_vectors`, which alone
+    reads `uncertain_value` (default 0.5) and `no_finding_rule`). `image_labels` `[Bi, 14]` /
+    `text_labels` `[Bt, 14]` are CheXpert values, one row per image / text embedding; with
+    either one None the published loss is `clip_loss`, as in MedCLIP's code. `num_pairs`: the
+    first rows of each side that are image-report pairs; the rows after them are unpaired
+    (image-only or text-only). None means every row is a pair (Bi == Bt).
     Returns (loss, {'loss_i2t', 'loss_t2i'}).
     """
+    if targets not in ("published", "cosine"):
+        raise ValueError(f"medclip loss: targets {targets!r} is not one of published, cosine")
+    if targets == "published" and uncertain_value is not None:
+        raise ValueError("medclip loss: uncertain_value applies to the cosine targets only (targets='cosine')")
     rows_i, rows_t = image_embeds.shape[0], text_embeds.shape[0]
+    if image_labels is None or text_labels is None:
+        if targets == "cosine":
+            raise ValueError("medclip_cosine loss needs the image and text labels")
+        if num_pairs is not None or rows_i != rows_t:
+            raise ValueError("medclip loss: unpaired rows need labels")
+        return clip_loss(image_embeds, text_embeds, logit_scale)
     if image_labels.shape[0] != rows_i or text_labels.shape[0] != rows_t:
         raise ValueError(f"medclip loss: {rows_i} images / {rows_t} texts but {image_labels.shape[0]} / "
                          f"{text_labels.shape[0]} label rows")
@@ -198,13 +257,31 @@ def medclip_loss(
         raise ValueError(f"medclip loss: {rows_i} images and {rows_t} texts; pass num_pairs (the paired rows first)")
     if num_pairs is not None and not 0 <= num_pairs <= min(rows_i, rows_t):
         raise ValueError(f"medclip loss: num_pairs {num_pairs} is not in [0, {min(rows_i, rows_t)}]")
-    image_vectors = label_vectors(image_labels, uncertain_value).to(image_embeds.device)
-    text_vectors = label_vectors(text_labels, uncertain_value).to(image_embeds.device)
+    uncertain = 0.5 if uncertain_value is None else uncertain_value
+    image_vectors = _encode_labels(targets, image_labels, uncertain, no_finding_rule).to(image_embeds.device)
+    text_vectors = _encode_labels(targets, text_labels, uncertain, no_finding_rule).to(image_embeds.device)
     terms = _medclip_terms(
         image_embeds, text_embeds, text_embeds, image_embeds, logit_scale,
-        image_vectors, text_vectors, text_vectors, image_vectors, 0, num_pairs,
+        image_vectors, text_vectors, text_vectors, image_vectors, 0, num_pairs, targets,
     )
     return _finish(terms, mean=True)
+
+
+def medclip_cosine_loss(
+    image_embeds: Tensor,
+    text_embeds: Tensor,
+    logit_scale: Tensor | float,
+    image_labels: Tensor,
+    text_labels: Tensor,
+    uncertain_value: float = 0.5,
+    num_pairs: int | None = None,
+    no_finding_rule: bool = True,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """`medclip_loss` with our row-normalised cosine targets (loss kind `medclip_cosine`).
+    When every sample has its own label vector (e.g. identity labels) the all-pairs loss
+    equals `clip_loss`."""
+    return medclip_loss(image_embeds, text_embeds, logit_scale, image_labels, text_labels, uncertain_value,
+                        num_pairs, targets="cosine", no_finding_rule=no_finding_rule)
 
 
 def siglip_loss(
@@ -251,33 +328,48 @@ def gather_features(*tensors: Tensor) -> tuple[list[Tensor], int]:
 
 
 class ContrastiveLoss(nn.Module):
-    """The training loss: `kind` is 'clip', 'medclip' or 'siglip'.
+    """The training loss: `kind` is one of LOSS_KINDS.
 
     `forward(outputs, labels)` takes the model's output dict (image_embeds, text_embeds,
-    logit_scale, logit_bias) and the batch's CheXpert labels `[B, 14]` (used by 'medclip'),
-    and returns (loss, terms). With unpaired rows ('medclip', single process only) `labels`
-    are the image rows' labels, `text_labels` the text rows' and `num_pairs` the paired rows
-    (see `medclip_loss`). Under DDP, local rows are scored against the features of all
-    ranks, so the loss averaged over ranks and its gradients are those of one process holding
-    the whole batch. Computed in float32 with autocast off (log-softmax over up to 100 x logits).
+    logit_scale, logit_bias) and the batch's CheXpert labels `[B, 14]` (used by the label-aware
+    kinds; 'medclip' without labels is the CLIP loss, as published), and returns (loss, terms).
+    `uncertain_value` and `no_finding_rule` shape the 'medclip_cosine' label vectors only.
+    `text_labels` (label-aware kinds) are the text rows' own labels when they differ from their
+    image's (a sentence with its row of a sentence-label table); with unpaired rows (single process
+    only) `num_pairs` says how many leading rows are pairs (see `medclip_loss`).
+    Under DDP, local rows are scored against the features of all ranks, so the loss averaged
+    over ranks and its gradients are those of one process holding the whole batch. Computed in
+    float32 with autocast off (log-softmax over up to 100 x logits).
     """
 
-    def __init__(self, kind: str = "clip", uncertain_value: float = 0.5):
+    def __init__(self, kind: str = "clip", uncertain_value: float = 0.5, no_finding_rule: bool = True):
         super().__init__()
         if kind not in LOSS_KINDS:
             raise ValueError(f"loss kind {kind!r} is not one of {', '.join(LOSS_KINDS)}")
         self.kind = kind
         self.uncertain_value = float(uncertain_value)
+        self.no_finding_rule = bool(no_finding_rule)
 
     def extra_repr(self) -> str:
-        return f"kind={self.kind!r}, uncertain_value={self.uncertain_value}"
+        if self.kind == "medclip_cosine":
+            return f"kind={self.kind!r}, uncertain_value={self.uncertain_value}, no_finding_rule={self.no_finding_rule}"
+        return f"kind={self.kind!r}"
+
+    def label_loss(self, image: Tensor, text: Tensor, scale, image_labels, text_labels, num_pairs=None):
+        """This kind's label-aware loss of one process's rows alone (no gathering): validation, unpaired rows."""
+        targets = SOFT_TARGET_KINDS[self.kind]
+        uncertain = self.uncertain_value if targets == "cosine" else None
+        return medclip_loss(image, text, scale, image_labels, text_labels, uncertain, num_pairs,
+                            targets=targets, no_finding_rule=self.no_finding_rule)
 
     def forward(
         self, outputs: dict, labels: Tensor | None = None, text_labels: Tensor | None = None,
         num_pairs: int | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        if text_labels is not None and (self.kind != "medclip" or labels is None or _distributed_world()[1] > 1):
-            raise ValueError("unpaired rows (text_labels) need the medclip loss, image labels and a single process")
+        if text_labels is not None and (self.kind not in LABEL_LOSS_KINDS or labels is None):
+            raise ValueError("text_labels (sentence labels, unpaired rows) need a medclip loss kind and image labels")
+        if num_pairs is not None and (text_labels is None or _distributed_world()[1] > 1):
+            raise ValueError("unpaired rows (num_pairs) need text_labels and a single process")
         image = outputs["image_embeds"]
         with torch.autocast(device_type=image.device.type, enabled=False):
             image = image.float()
@@ -292,19 +384,27 @@ class ContrastiveLoss(nn.Module):
                 (text_all,), offset = gather_features(text)
                 return _finish(_siglip_terms(image, text_all, scale, bias.float(), offset), mean=False)
 
-            if self.kind == "clip":
+            if self.kind == "clip" or (self.kind == "medclip" and labels is None):
                 (image_all, text_all), offset = gather_features(image, text)
                 return _finish(_clip_terms(image, text_all, text, image_all, scale, offset), mean=True)
 
             if labels is None:
-                raise ValueError("medclip loss needs the batch labels")
-            if text_labels is not None:
-                return medclip_loss(image, text, scale, labels, text_labels, self.uncertain_value, num_pairs)
+                raise ValueError(f"{self.kind} loss needs the batch labels")
+            if num_pairs is not None:
+                return self.label_loss(image, text, scale, labels, text_labels, num_pairs)
+            targets = SOFT_TARGET_KINDS[self.kind]
             # Label vectors are built where the labels are (CPU from the collate: no device sync).
-            vectors = label_vectors(labels, self.uncertain_value).to(image.device)
-            (image_all, text_all, vectors_all), offset = gather_features(image, text, vectors)
-            # Image and report of a pair come from the same study, so they share one label vector.
+            encode = lambda values: _encode_labels(targets, values, self.uncertain_value, self.no_finding_rule)
+            image_vectors = encode(labels).to(image.device)
+            if text_labels is None:  # image and report of a pair come from one study: one label vector
+                (image_all, text_all, vectors_all), offset = gather_features(image, text, image_vectors)
+                text_vectors, image_vectors_all, text_vectors_all = image_vectors, vectors_all, vectors_all
+            else:  # a sampled sentence with its own labels (sentence-label table)
+                text_vectors = encode(text_labels).to(image.device)
+                (image_all, text_all, image_vectors_all, text_vectors_all), offset = gather_features(
+                    image, text, image_vectors, text_vectors)
             terms = _medclip_terms(
-                image, text_all, text, image_all, scale, vectors, vectors_all, vectors, vectors_all, offset
+                image, text_all, text, image_all, scale, image_vectors, text_vectors_all, text_vectors,
+                image_vectors_all, offset, None, targets,
             )
             return _finish(terms, mean=True)

@@ -278,6 +278,22 @@ def _pick_unpaired_studies(kept: pd.DataFrame, labelled: pd.Series, fraction: fl
 # --------------------------------------------------------------------------------------
 
 
+def _carry_sentence_labels(root: Path, out: Path) -> dict | None:
+    """A sentence-label table in the MIMIC root (MedCLIP's `sentence-label.csv[.gz]`; the phantom
+    writes one), checked and written with its sentences in matching form beside datasets.pkl
+    (sentence_labels.py); None when the root has none."""
+    from medclip_nb.sentence_labels import PREPARED_NAME, find_source_table, read_sentence_labels, write_sentence_labels
+
+    source = find_source_table(root)
+    if source is None:
+        # One written by an earlier import into this folder no longer matches its datasets.pkl.
+        (out / PREPARED_NAME).unlink(missing_ok=True)
+        return None
+    table = read_sentence_labels(source)
+    write_sentence_labels(out / PREPARED_NAME, table)
+    return {"source": str(source), "path": str(out / PREPARED_NAME), "sentences": len(table)}
+
+
 def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), store_size: int | None = None,
                   num_workers: int | None = None, reports_root=None, unpaired_fraction: float = 0.0,
                   unpaired_seed: int = 0) -> dict:
@@ -292,7 +308,8 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
     processes (default: all cores for large trees). `reports_root` is where the reports'
     `files/` tree lies when it is not `mimic_root`. With `store_size`, the uint8 image store
     is built too (`medclip_nb.store.build_store`). Relative paths are taken from the
-    repository root. The unpaired splits `train_images` / `train_texts` and
+    repository root. A sentence-label table in the root is carried to
+    `out/sentence_labels.csv.gz` (`_carry_sentence_labels`). The unpaired splits `train_images` / `train_texts` and
     `unpaired_fraction` / `unpaired_seed` are described in the module docstring; the report's
     `unpaired` entry counts them.
     """
@@ -414,6 +431,7 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
     }
     datasets.update({name: records for name, records in unpaired.items() if records})
     atomic_write_bytes(out / "datasets.pkl", pickle.dumps(datasets, protocol=4))
+    sentence_labels = _carry_sentence_labels(root, out)
 
     unlabeled = ~kept["study_id"].isin(chexpert["study_id"])
     by_split = kept.groupby("split", sort=False)
@@ -434,6 +452,7 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
             int(kept.loc[kept["report_source"] == "last_paragraph", "study_id"].nunique()),
         "studies_without_chexpert_labels": int(kept.loc[unlabeled, "study_id"].nunique()),
         "store_size": store_size,
+        "sentence_labels": sentence_labels,
         "unpaired": {
             "unpaired_fraction": unpaired_fraction,
             "unpaired_seed": unpaired_seed,
@@ -453,6 +472,8 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
     if unpaired["train_images"] or unpaired["train_texts"]:
         print(f"  unpaired: train_images {len(unpaired['train_images'])}, train_texts {len(unpaired['train_texts'])} "
               f"(sentences of {len(to_texts)} studies)")
+    if sentence_labels:
+        print(f"  sentence labels: {sentence_labels['sentences']} sentences -> {sentence_labels['path']}")
     if report["studies_with_last_paragraph_text"]:
         print(f"  studies without FINDINGS/IMPRESSION, text from their last paragraph: "
               f"{report['studies_with_last_paragraph_text']}")

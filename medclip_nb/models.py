@@ -249,7 +249,11 @@ def _import_transformers():
 def _local_hf_folder(path: str | os.PathLike) -> Path:
     folder = Path(path)
     if not folder.is_dir():
-        raise UserError(f"bert_path {folder}: not a folder (give a local Hugging Face model folder; nothing is downloaded)")
+        raise UserError(
+            f"bert_path {folder}: not a folder; nothing is downloaded here: on a networked machine save the model "
+            f"and its tokenizer there with save_pretrained (for Bio_ClinicalBERT see params/medclip_paper.yaml) "
+            f"and copy the folder"
+        )
     return folder
 
 

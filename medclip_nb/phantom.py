@@ -7,6 +7,8 @@
     out/mimic-cxr-2.0.0-split.csv.gz                     patient-disjoint train/validate/test
     out/mimic-cxr-2.0.0-chexpert.csv.gz                  study-level CheXpert labels
     out/mimic-cxr-2.0.0-metadata.csv.gz                  DICOM metadata (ViewPosition, ...)
+    out/sentence-label.csv.gz                            every report sentence with its own labels (MedCLIP's
+                                                         sentence-label table; not part of MIMIC-CXR)
     out/phantom.json                                     generator arguments and version
 
 so the real importer (`medclip_nb.mimic.prepare_mimic`) reads it unchanged. Same seed, same
@@ -51,9 +53,13 @@ from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, PROMPT_VOCABUL
 from medclip_nb.mimic import CHEXPERT_TABLE, METADATA_COLUMNS, METADATA_TABLE, SPLIT_TABLE
 from medclip_nb.paths import resolve
 from medclip_nb.progress import progress
+from medclip_nb.sentence_labels import write_sentence_labels
+from medclip_nb.text import split_sentences
+
+SENTENCE_TABLE = "sentence-label.csv.gz"  # MedCLIP's sentence-label table, every sentence as written
 
 # Bump when the output of the same arguments changes, so `phantom_is_current` rebuilds.
-PHANTOM_VERSION = 1
+PHANTOM_VERSION = 2  # 2: writes the sentence-label table
 PHANTOM_MANIFEST = "phantom.json"
 
 MIMIC_WIDTH, MIMIC_HEIGHT = 2544, 3056  # the usual MIMIC-CXR-JPG portrait shape
@@ -915,6 +921,9 @@ class PhantomReport:
     text: str
     negated: tuple[str, ...]  # labels explicitly reported absent (0.0)
     uncertain: tuple[str, ...]  # labels set -1 by hedged sentences beyond the findings
+    # (text, CheXpert labels) of each statement written: a finding's sentences carry that finding
+    # (and its hedged pneumonia), a normal statement the labels it negates (sentence-label table)
+    sentence_labels: tuple[tuple[str, dict], ...] = ()
 
 
 def write_report(findings: Sequence[Finding], views: Sequence[str], style: str, rng) -> PhantomReport:
@@ -930,12 +939,20 @@ def write_report(findings: Sequence[Finding], views: Sequence[str], style: str, 
 
     pairs = [_finding_sentence(f, rng) for f in findings]
     impressions = [imp for _, imp in pairs if imp]
-    for f in findings:
-        if f.label == "Consolidation" and f.value > 0 and f.words.get("pneumonia"):
-            uncertain_extra.append("Pneumonia")
+    labelled: list[tuple[str, dict]] = []
+    for f, (sentence, impression) in zip(findings, pairs):
+        hedged = ("Pneumonia",) if f.label == "Consolidation" and f.value > 0 and f.words.get("pneumonia") else ()
+        uncertain_extra.extend(hedged)
+        own = study_labels([f], (), hedged)
+        labelled += [(sentence, own)] + ([(impression, own)] if impression else [])
 
     negated: list[str] = []
     normal: list[str] = []
+
+    def state_normal(sentence: str, *absent: str) -> None:
+        normal.append(sentence)
+        negated.extend(absent)
+        labelled.append((sentence, study_labels((), absent)))
 
     def maybe(p: float) -> bool:
         return bool(rng.random() < p)
@@ -944,47 +961,39 @@ def write_report(findings: Sequence[Finding], views: Sequence[str], style: str, 
         return not any(label in present for label in labels)
 
     if free("Cardiomegaly") and maybe(0.8):
-        normal.append(_pick(rng, ["Heart size is normal.", "The heart is normal in size.", "Normal heart size."]))
-        negated.append("Cardiomegaly")
+        state_normal(_pick(rng, ["Heart size is normal.", "The heart is normal in size.", "Normal heart size."]),
+                     "Cardiomegaly")
     if free("Enlarged Cardiomediastinum") and maybe(0.6):
         if "Cardiomegaly" in present:
-            normal.append("The mediastinal and hilar contours are unremarkable.")
+            state_normal("The mediastinal and hilar contours are unremarkable.", "Enlarged Cardiomediastinum")
         else:
-            normal.append(_pick(rng, ["The cardiomediastinal silhouette is within normal limits.",
-                                      "The mediastinal and hilar contours are normal."]))
-        negated.append("Enlarged Cardiomediastinum")
-    pleura_sentence = None
+            state_normal(_pick(rng, ["The cardiomediastinal silhouette is within normal limits.",
+                                     "The mediastinal and hilar contours are normal."]), "Enlarged Cardiomediastinum")
+    pleura: tuple[str, ...] = ()  # (sentence, *labels it negates), stated after the consolidation one
     if free("Consolidation", "Pleural Effusion", "Pneumothorax") and maybe(0.3):
-        pleura_sentence = "There is no focal consolidation, pleural effusion or pneumothorax."
-        negated += ["Consolidation", "Pleural Effusion", "Pneumothorax"]
+        pleura = ("There is no focal consolidation, pleural effusion or pneumothorax.",
+                  "Consolidation", "Pleural Effusion", "Pneumothorax")
     else:
         if free("Consolidation") and maybe(0.7):
-            normal.append(_pick(rng, ["No focal consolidation.", "There is no focal consolidation."]))
-            negated.append("Consolidation")
+            state_normal(_pick(rng, ["No focal consolidation.", "There is no focal consolidation."]), "Consolidation")
         if free("Pleural Effusion", "Pneumothorax") and maybe(0.85):
-            pleura_sentence = _pick(rng, ["No pleural effusion or pneumothorax.",
-                                          "There is no pleural effusion or pneumothorax."])
-            negated += ["Pleural Effusion", "Pneumothorax"]
+            pleura = (_pick(rng, ["No pleural effusion or pneumothorax.",
+                                  "There is no pleural effusion or pneumothorax."]), "Pleural Effusion", "Pneumothorax")
         elif free("Pleural Effusion") and maybe(0.7):
-            pleura_sentence = "No pleural effusion."
-            negated.append("Pleural Effusion")
+            pleura = ("No pleural effusion.", "Pleural Effusion")
         elif free("Pneumothorax") and maybe(0.7):
-            pleura_sentence = "No pneumothorax."
-            negated.append("Pneumothorax")
-    if pleura_sentence:
-        normal.append(pleura_sentence)
+            pleura = ("No pneumothorax.", "Pneumothorax")
+    if pleura:
+        state_normal(*pleura)
     if free("Edema") and maybe(0.5):
-        normal.append(_pick(rng, ["No pulmonary edema.", "There is no pulmonary vascular congestion or edema.",
-                                  "No evidence of pulmonary edema."]))
-        negated.append("Edema")
+        state_normal(_pick(rng, ["No pulmonary edema.", "There is no pulmonary vascular congestion or edema.",
+                                 "No evidence of pulmonary edema."]), "Edema")
     if not present and maybe(0.5):
-        normal.append("The lungs are clear.")
+        state_normal("The lungs are clear.")
     if maybe(0.5):
         bones = _pick(rng, ["No acute osseous abnormality.", "Osseous structures are unremarkable.",
                             "No displaced fracture is identified."])
-        normal.append(bones)
-        if "fracture" in bones:
-            negated.append("Fracture")
+        state_normal(bones, *(("Fracture",) if "fracture" in bones else ()))
 
     devices = [s for f, (s, _) in zip(findings, pairs) if f.label == "Support Devices"]
     others = [s for f, (s, _) in zip(findings, pairs) if f.label != "Support Devices"]
@@ -994,6 +1003,7 @@ def write_report(findings: Sequence[Finding], views: Sequence[str], style: str, 
     no_disease = all(f.label == "Support Devices" for f in findings)
     if no_disease:
         impressions = impressions + [_pick(rng, _NORMAL_IMPRESSIONS)]
+        labelled.append((impressions[-1], study_labels((), ())))
     # Without a FINDINGS section the sentences stand alone, closed by a normal impression if any.
     single_paragraph = findings_text + (" " + impressions[-1] if no_disease else "")
     if len(impressions) > 1 and maybe(0.5):
@@ -1029,7 +1039,7 @@ def write_report(findings: Sequence[Finding], views: Sequence[str], style: str, 
             lines += [" IMPRESSION:", "", para(impression_text), ""]
         else:  # impression only: the findings sentences move into the impression
             lines += [" IMPRESSION:", "", para(single_paragraph), ""]
-    return PhantomReport("\n".join(lines), tuple(negated), tuple(uncertain_extra))
+    return PhantomReport("\n".join(lines), tuple(negated), tuple(uncertain_extra), tuple(labelled))
 
 
 def study_labels(findings: Sequence[Finding], negated: Sequence[str],
@@ -1244,7 +1254,7 @@ def phantom_is_current(out, studies: int, size: int, seed: int, test_studies: in
     wanted = _manifest(studies, size, seed, test_studies)
     if any(recorded.get(k) != v for k, v in wanted.items()):
         return False
-    tables = (SPLIT_TABLE, CHEXPERT_TABLE, METADATA_TABLE)
+    tables = (SPLIT_TABLE, CHEXPERT_TABLE, METADATA_TABLE, SENTENCE_TABLE)
     return (out / "files").is_dir() and all((out / name).is_file() for name in tables)
 
 
@@ -1281,7 +1291,7 @@ def _clear_previous(out: Path, wanted: dict, force: bool) -> None:
     (out / PHANTOM_MANIFEST).unlink()
     if (out / "files").is_dir():
         shutil.rmtree(out / "files")
-    for name in (SPLIT_TABLE, CHEXPERT_TABLE, METADATA_TABLE):
+    for name in (SPLIT_TABLE, CHEXPERT_TABLE, METADATA_TABLE, SENTENCE_TABLE):
         (out / name).unlink(missing_ok=True)
 
 
@@ -1313,6 +1323,7 @@ def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, te
     plan = _plan_studies(studies, seed, test_studies)
     patients: dict[int, Anatomy] = {}
     split_rows, label_rows, meta_rows = [], [], []
+    sentence_table: dict[str, list[float]] = {}  # sentence key -> labels, first writing wins
     width = image_width(size)
     for s in progress(plan, desc="phantom", unit="study"):  # sorted by (subject_id, study_id)
         if s.subject_index not in patients:
@@ -1325,6 +1336,9 @@ def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, te
         study_dir.mkdir(parents=True, exist_ok=True)
         (folder / f"s{s.study_id}.txt").write_text(report.text, encoding="utf-8")
         labels = study_labels(s.findings, report.negated, report.uncertain)
+        for text, sentence_labels in report.sentence_labels:
+            for piece in split_sentences(text):
+                sentence_table.setdefault(piece, [sentence_labels[name] for name in CHEXPERT_LABELS])
         label_rows.append({"subject_id": s.subject_id, "study_id": s.study_id, **labels})
         frontal = next(v for v in views if v in ("PA", "AP"))
         for im in s.images:  # sorted by dicom_id
@@ -1352,6 +1366,7 @@ def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, te
     label_columns = ["subject_id", "study_id", *CHEXPERT_LABELS]
     _write_gzip_csv(out / CHEXPERT_TABLE, pd.DataFrame(label_rows, columns=label_columns))
     _write_gzip_csv(out / METADATA_TABLE, pd.DataFrame(meta_rows, columns=list(METADATA_COLUMNS)))
+    write_sentence_labels(out / SENTENCE_TABLE, dict(sorted(sentence_table.items())))
 
     summary = _summary(plan, studies, size, seed)
     (out / PHANTOM_MANIFEST).write_text(json.dumps({**manifest, "complete": True, "summary": summary}, indent=2) + "\n")

@@ -246,12 +246,19 @@ def _lookup(metrics: Mapping[str, Any], path: tuple[str, ...] | None):
 
 def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The numbers a results table shows for one model."""
-    return {key: _lookup(metrics, value_path) for key, (value_path, _) in HEADLINE_PATHS.items()}
+    values = {key: _lookup(metrics, value_path) for key, (value_path, _) in HEADLINE_PATHS.items()}
+    # zeroshot_protocol 'both': the published protocol's mean and std over prompt draws as well
+    paper = metrics.get("zero_shot_5x200_paper") or {}
+    if "mean" in paper:
+        values["zs_acc_mean_paper"] = paper["mean"].get("accuracy")
+        values["zs_acc_mean_paper_std"] = paper["mean"].get("accuracy_std")
+    return values
 
 
 def headline_intervals(metrics: Mapping[str, Any]) -> dict[str, list[float] | None]:
     """The 95 % bootstrap interval stored beside each number of `headline` (None where none is)."""
-    return {key: _lookup(metrics, ci_path) for key, (_, ci_path) in HEADLINE_PATHS.items()}
+    intervals = {key: _lookup(metrics, ci_path) for key, (_, ci_path) in HEADLINE_PATHS.items()}
+    return {**intervals, **{key: None for key in headline(metrics) if key not in intervals}}
 
 
 def results_table(by_model: Mapping[str, Mapping[str, Any]]) -> "pd.DataFrame":

@@ -319,7 +319,7 @@ def _config_differences(saved: dict, current: dict) -> list[str]:
 def _validation_loss(model, loader, criterion, device, autocast, world: _World, channels_last: bool):
     """Mean loss over the validation batches (of all ranks), the current logit scale and the
     number of batches scored (0: no batch had the 2 readable pairs a contrastive loss needs)."""
-    from medclip_nb.losses import clip_loss, medclip_loss, siglip_loss
+    from medclip_nb.losses import LABEL_LOSS_KINDS, clip_loss, siglip_loss
 
     model.eval()
     totals = torch.zeros(2, device=device, dtype=torch.float64)
@@ -337,8 +337,8 @@ def _validation_loss(model, loader, criterion, device, autocast, world: _World, 
             scale = outputs["logit_scale"].float()
             if criterion.kind == "siglip":
                 loss, _ = siglip_loss(image, text, scale, outputs["logit_bias"].float())
-            elif criterion.kind == "medclip":
-                loss, _ = medclip_loss(image, text, scale, labels, labels, criterion.uncertain_value)
+            elif criterion.kind in LABEL_LOSS_KINDS:
+                loss, _ = criterion.label_loss(image, text, scale, labels, labels)
             else:
                 loss, _ = clip_loss(image, text, scale)
             totals += torch.stack([loss.double(), torch.ones((), device=device, dtype=torch.float64)])
@@ -412,12 +412,13 @@ class _Data:
     unpaired: Any = None  # unpaired.UnpairedBatches when cfg.unpaired_sources is set
 
 
-def _split_size_line(dataset) -> str:
-    """'64 samples', or '64 of 90 samples (debug subset)' when --debug keeps only the first ones."""
+def _split_size_line(dataset, why: str = "debug subset") -> str:
+    """'64 samples', or '64 of 90 samples (debug subset)' when --debug (or train_fraction, `why`)
+    keeps only some of them."""
     full = getattr(dataset, "full_size", len(dataset))
     if full == len(dataset):
         return f"{len(dataset)} samples"
-    return f"{len(dataset)} of {full} samples (debug subset)"
+    return f"{len(dataset)} of {full} samples ({why})"
 
 
 def _prepare_data(cfg: Config, world: _World, device: torch.device, tokenizer, say) -> _Data:
@@ -445,7 +446,10 @@ def _prepare_data(cfg: Config, world: _World, device: torch.device, tokenizer, s
         say(f"Warning: {warning}")
     say("Dataset loaded:")
     for name in ("train", "val", "test"):
-        say(f"  {name}: {_split_size_line(splits[name])}")
+        fraction = name == "train" and cfg.train_fraction < 1
+        why = ("train_fraction " + format(cfg.train_fraction, "g") + (", debug subset" if cfg.debug else "")
+               if fraction else "debug subset")
+        say(f"  {name}: {_split_size_line(splits[name], why)}")
     if store is not None:
         say(f"Images from the store {store.folder} where it has them"
             + (", augmented on the GPU" if augment is not None else ""))
@@ -597,7 +601,7 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
     say(f"Model parameters: {count_parameters(raw_model):,}")
     if channels_last:
         raw_model = raw_model.to(memory_format=torch.channels_last)
-    criterion = ContrastiveLoss(cfg.loss, cfg.uncertain_label_value)
+    criterion = ContrastiveLoss(cfg.loss, cfg.uncertain_label_value, cfg.medclip_cosine_no_finding)
     # Fused on the GPU, and always for the sync-free guard: only the fused kernel skips a step on
     # the device (optimizer.found_inf).
     optimizer = torch.optim.AdamW(param_groups(raw_model, cfg.weight_decay), lr=cfg.lr,
@@ -794,7 +798,8 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
                     f"{size} readable image(s), a contrastive step needs at least 2")
                 continue
             usable_batches += 1
-            unpaired_args = {}  # image-only / text-only items of this batch position (unpaired.py)
+            # The text rows' own labels (sentence labels) and image-only / text-only items (unpaired.py).
+            unpaired_args = {"text_labels": batch["text_labels"]} if "text_labels" in batch else {}
             if data.unpaired is not None:
                 batch = data.unpaired.extend(batch, progress.epoch, progress.batch_in_epoch - 1)
                 progress.epoch_bad_images += batch["n_unpaired_skipped"]

@@ -2,7 +2,7 @@
 sentences with labels but no image, mixed into the training batches.
 
 The MedCLIP loss needs no image-report pairs to build its targets: a row's soft targets are
-the label similarity to every column of the other side (losses.soft_targets). So each
+the label similarity to every column of the other side (losses.published_soft_targets, or losses.soft_targets for medclip_cosine). So each
 training step can append `unpaired_per_batch` image-only items to the image side and/or as
 many text-only items to the text side; the loss is then
 
@@ -140,7 +140,8 @@ class UnpairedBatches:
         `n_unpaired_skipped` (image-only items dropped as unreadable, also added to
         `n_skipped` / `skipped_paths`)."""
         num_pairs = batch["pixel_values"].shape[0]
-        out = dict(batch, num_pairs=num_pairs, text_labels=batch["labels"], n_unpaired_skipped=0)
+        paired_text_labels = batch.get("text_labels", batch["labels"])  # a sentence's own labels when given
+        out = dict(batch, num_pairs=num_pairs, text_labels=paired_text_labels, n_unpaired_skipped=0)
         if "images" in self.sources:
             samples = [self.sources["images"][key] for key in self.draw("images", epoch, step)]
             kept = [s for s in samples if isinstance(s, dict)]
@@ -156,7 +157,7 @@ class UnpairedBatches:
             text = self.tokenizer.encode([s["report"] for s in samples])
             out["input_ids"] = torch.cat([batch["input_ids"], text["input_ids"]])
             out["attention_mask"] = torch.cat([batch["attention_mask"], text["attention_mask"]])
-            out["text_labels"] = torch.cat([batch["labels"], torch.stack([s["labels"] for s in samples])])
+            out["text_labels"] = torch.cat([paired_text_labels, torch.stack([s["labels"] for s in samples])])
         return out
 
 

@@ -44,6 +44,11 @@ class TinyPair(nn.Module):
         }
 
 
+def text_labels_of(labels):
+    """Text-row labels that differ from the image rows' (each row takes its neighbour's)."""
+    return torch.roll(labels, shifts=1, dims=0)
+
+
 def fixed_batch():
     generator = torch.Generator().manual_seed(0)
     image_inputs = torch.randn(BATCH, 6, generator=generator)
@@ -56,13 +61,21 @@ def fixed_batch():
     return image_inputs, text_inputs, labels
 
 
-def run_step(model, kind, image_inputs, text_inputs, labels):
-    """One forward/backward; returns the loss, the parameter gradients, the embedding gradients."""
+# Every loss kind, and the label-aware ones with text rows labelled apart from their images
+# (sentence labels): "<kind>+text_labels" uses the labels of the next row for each text.
+CASES = (*LOSS_KINDS, "medclip+text_labels", "medclip_cosine+text_labels")
+
+
+def run_step(model, case, image_inputs, text_inputs, labels, text_labels=None):
+    """One forward/backward; returns the loss, the parameter gradients, the embedding gradients.
+    A '+text_labels' case uses `text_labels`, by default those of the whole batch `labels`."""
+    kind, _, with_text_labels = case.partition("+")
     model.zero_grad()
     outputs = model(image_inputs, text_inputs)
     for key in ("image_embeds", "text_embeds"):
         outputs[key].retain_grad()
-    loss, _ = ContrastiveLoss(kind)(outputs, labels)
+    extra = {"text_labels": text_labels_of(labels) if text_labels is None else text_labels} if with_text_labels else {}
+    loss, _ = ContrastiveLoss(kind)(outputs, labels, **extra)
     loss.backward()
     module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     return {
@@ -80,10 +93,13 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         image_inputs, text_inputs, labels = fixed_batch()
         rows = slice(rank * BATCH // WORLD_SIZE, (rank + 1) * BATCH // WORLD_SIZE)
         results = {}
-        for kind in LOSS_KINDS:
+        full_text_labels = text_labels_of(labels)
+        for case in CASES:
             torch.manual_seed(1)  # same initial weights on every rank and in the reference
-            model = nn.parallel.DistributedDataParallel(TinyPair(with_bias=kind == "siglip"))
-            results[kind] = run_step(model, kind, image_inputs[rows], text_inputs[rows], labels[rows])
+            model = nn.parallel.DistributedDataParallel(TinyPair(with_bias=case == "siglip"))
+            # This rank's rows of the text labels rolled over the whole batch.
+            results[case] = run_step(model, case, image_inputs[rows], text_inputs[rows], labels[rows],
+                                     full_text_labels[rows])
         torch.save(results, f"{out_dir}/rank{rank}.pt")
         # Without it one rank may destroy the group while gloo still serves the other, which then
         # aborts ("terminate called without an active exception"), mostly on a loaded machine.
@@ -107,7 +123,7 @@ def distributed_results(tmp_path_factory):
     return [torch.load(out_dir / f"rank{r}.pt", weights_only=True) for r in range(WORLD_SIZE)]
 
 
-@pytest.mark.parametrize("kind", LOSS_KINDS)
+@pytest.mark.parametrize("kind", CASES)
 def test_distributed_loss_and_gradients_equal_single_process(distributed_results, kind):
     torch.manual_seed(1)
     reference = run_step(TinyPair(with_bias=kind == "siglip"), kind, *fixed_batch())
@@ -132,7 +148,8 @@ def test_distributed_loss_and_gradients_equal_single_process(distributed_results
 
 def test_medclip_targets_cross_ranks(distributed_results):
     """Guard on the fixture: with shared labels across halves the MedCLIP loss differs from CLIP,
-    so the comparison above exercises cross-rank soft targets."""
+    so the comparison above exercises cross-rank soft targets; separate text labels change it again."""
     clip = sum(r["clip"]["loss"] for r in distributed_results)
     medclip = sum(r["medclip"]["loss"] for r in distributed_results)
     assert not torch.allclose(clip, medclip)
+    assert not torch.allclose(medclip, sum(r["medclip+text_labels"]["loss"] for r in distributed_results))

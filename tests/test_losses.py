@@ -14,6 +14,7 @@ from medclip_nb.losses import (
     clip_loss,
     gather_features,
     label_vectors,
+    medclip_cosine_loss,
     medclip_loss,
     siglip_loss,
     soft_targets,
@@ -96,15 +97,15 @@ def test_label_vectors_refuses_bad_values_and_shapes():
         label_vectors(torch.zeros(2, 5))
 
 
-# ---- medclip ----------------------------------------------------------------------------------
+# ---- medclip_cosine (ours; the published medclip kind: tests/test_losses_published.py) -------------
 @pytest.mark.parametrize("batch", [2, 6, NUM_LABELS])
-def test_medclip_equals_clip_with_identity_labels(batch):
+def test_medclip_cosine_equals_clip_with_identity_labels(batch):
     generator = torch.Generator().manual_seed(batch)
     image = torch.nn.functional.normalize(torch.randn(batch, 8, generator=generator), dim=1)
     text = torch.nn.functional.normalize(torch.randn(batch, 8, generator=generator), dim=1)
     identity = torch.eye(batch, NUM_LABELS)  # each sample its own class
     clip, clip_terms = clip_loss(image, text, 14.3)
-    med, med_terms = medclip_loss(image, text, 14.3, identity, identity)
+    med, med_terms = medclip_cosine_loss(image, text, 14.3, identity, identity)
     assert torch.equal(med, clip)
     for key in ("loss_i2t", "loss_t2i"):
         assert torch.equal(med_terms[key], clip_terms[key])
@@ -133,13 +134,14 @@ def test_soft_targets_without_overlap_fall_back_to_own_pair():
     torch.testing.assert_close(targets, t([[1.0, 0.0], [0.0, 1.0]]))
 
 
-def test_medclip_loss_matches_hand_computed_with_identical_labels():
-    # Both pairs share one label vector: targets 0.5 / 0.5 in both directions.
+@pytest.mark.parametrize("loss_fn", [medclip_loss, medclip_cosine_loss])
+def test_medclip_loss_matches_hand_computed_with_identical_labels(loss_fn):
+    # Both pairs share one label vector: targets 0.5 / 0.5 in both directions (either kind).
     labels = labels_with_positives(["Edema"], ["Edema"])
     rows = [[1.2, 2.0], [1.6, 0.0]]  # 2 * sim
     cols = [[1.2, 1.6], [2.0, 0.0]]
     soft = lambda logits: sum(0.5 * log_softmax_at(r, 0) + 0.5 * log_softmax_at(r, 1) for r in logits) / 2
-    loss, terms = medclip_loss(t(IMAGE), t(TEXT), SCALE, labels, labels)
+    loss, terms = loss_fn(t(IMAGE), t(TEXT), SCALE, labels, labels)
     assert terms["loss_i2t"].item() == pytest.approx(soft(rows), rel=1e-6)
     assert terms["loss_t2i"].item() == pytest.approx(soft(cols), rel=1e-6)
     assert loss.item() == pytest.approx((soft(rows) + soft(cols)) / 2, rel=1e-6)
@@ -168,6 +170,8 @@ def test_contrastive_loss_module_matches_functions():
     labels = labels_with_positives(["Edema"], ["Edema"])
     assert ContrastiveLoss("clip")(_outputs(), labels)[0] == clip_loss(t(IMAGE), t(TEXT), SCALE)[0]
     assert ContrastiveLoss("medclip")(_outputs(), labels)[0] == medclip_loss(t(IMAGE), t(TEXT), SCALE, labels, labels)[0]
+    assert (ContrastiveLoss("medclip_cosine")(_outputs(), labels)[0]
+            == medclip_cosine_loss(t(IMAGE), t(TEXT), SCALE, labels, labels)[0])
     assert ContrastiveLoss("siglip")(_outputs(-1.0), labels)[0] == siglip_loss(t(IMAGE), t(TEXT), SCALE, -1.0)[0]
 
 
@@ -184,7 +188,7 @@ def test_contrastive_loss_refuses_what_it_cannot_compute():
     with pytest.raises(ValueError, match="logit_bias"):
         ContrastiveLoss("siglip")(_outputs())
     with pytest.raises(ValueError, match="labels"):
-        ContrastiveLoss("medclip")(_outputs(), None)
+        ContrastiveLoss("medclip_cosine")(_outputs(), None)
 
 
 def test_gather_features_is_identity_without_process_group():

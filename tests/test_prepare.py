@@ -72,7 +72,8 @@ def test_counts_match_report_pickle_and_tables(phantom, prepared):
     assert report["kept_total"] + sum(report["dropped"].values()) == len(split) == report["images_in_split_table"]
     assert set(report["dropped"]) == set(DROP_REASONS)
     assert json.loads((out / "prepare_report.json").read_text()) == report
-    assert sorted(p.name for p in out.iterdir()) == ["datasets.pkl", "prepare_report.json"]  # no temp files left
+    # no temp files left; the phantom's sentence-label table is carried through (sentence_labels.py)
+    assert sorted(p.name for p in out.iterdir()) == ["datasets.pkl", "prepare_report.json", "sentence_labels.csv.gz"]
 
 
 def test_laterals_and_blank_views_are_dropped(phantom, prepared):

@@ -17,7 +17,7 @@ from medclip_nb.config import ConfigError, from_dict
 from medclip_nb.data import load_dataset_file, validate_dataset
 from medclip_nb.errors import DataError
 from medclip_nb.labels import CHEXPERT_LABELS, NUM_LABELS
-from medclip_nb.losses import ContrastiveLoss, medclip_loss
+from medclip_nb.losses import ContrastiveLoss, medclip_cosine_loss, medclip_loss
 from medclip_nb.text import CharTokenizer, split_sentences
 from medclip_nb.unpaired import UnpairedBatches, UnpairedTexts, build_unpaired, draw_unpaired
 
@@ -54,7 +54,7 @@ TEXTS = torch.tensor([[0.8, 0.6], [0.0, 1.0]])
 SIM = [[0.8, 0.0], [0.6, 1.0], [0.96, 0.8]]  # IMAGES @ TEXTS.T
 
 
-def test_medclip_loss_with_an_image_only_row_by_hand():
+def test_medclip_cosine_loss_with_an_image_only_row_by_hand():
     # Pairs: (Edema, Edema), (Cardiomegaly, Cardiomegaly); the image-only row is Edema too.
     image_labels = labels_with("Edema", "Cardiomegaly", "Edema")
     text_labels = labels_with("Edema", "Cardiomegaly")
@@ -65,7 +65,7 @@ def test_medclip_loss_with_an_image_only_row_by_hand():
     # text -> image: text 0 (Edema) matches images 0 and 2 equally, text 1 only image 1.
     cols = [[rows[i][j] for i in range(3)] for j in range(2)]
     t2i = -((0.5 * log_softmax_at(cols[0], 0) + 0.5 * log_softmax_at(cols[0], 2)) + log_softmax_at(cols[1], 1)) / 2
-    loss, terms = medclip_loss(IMAGES, TEXTS, SCALE, image_labels, text_labels, num_pairs=2)
+    loss, terms = medclip_cosine_loss(IMAGES, TEXTS, SCALE, image_labels, text_labels, num_pairs=2)
     assert terms["loss_i2t"].item() == pytest.approx(i2t, rel=1e-6)
     assert terms["loss_t2i"].item() == pytest.approx(t2i, rel=1e-6)
     assert loss.item() == pytest.approx((i2t + t2i) / 2, rel=1e-6)
@@ -77,7 +77,7 @@ def test_unpaired_row_without_shared_finding_is_left_out_of_the_mean():
     text_labels = labels_with("Edema", "Cardiomegaly")
     rows = [[SCALE * v for v in r] for r in SIM]
     i2t = -(log_softmax_at(rows[0], 0) + log_softmax_at(rows[1], 1)) / 2  # two rows, not three
-    _, terms = medclip_loss(IMAGES, TEXTS, SCALE, image_labels, text_labels, num_pairs=2)
+    _, terms = medclip_cosine_loss(IMAGES, TEXTS, SCALE, image_labels, text_labels, num_pairs=2)
     assert terms["loss_i2t"].item() == pytest.approx(i2t, rel=1e-6)
     assert math.isfinite(terms["loss_t2i"].item())
 
@@ -91,7 +91,7 @@ def test_text_only_row_never_pairs_with_an_image_only_row():
     images, texts = IMAGES[:2], TEXTS
     targets = losses.soft_targets(losses.label_vectors(text_labels), losses.label_vectors(image_labels), 0, 1)
     torch.testing.assert_close(targets, torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
-    _, terms = medclip_loss(images, texts, SCALE, image_labels, text_labels, num_pairs=1)
+    _, terms = medclip_cosine_loss(images, texts, SCALE, image_labels, text_labels, num_pairs=1)
     cols = [[SCALE * SIM[i][j] for i in range(2)] for j in range(2)]
     assert terms["loss_t2i"].item() == pytest.approx(-log_softmax_at(cols[0], 0), rel=1e-6)
 
@@ -110,6 +110,8 @@ def test_contrastive_loss_module_passes_unpaired_rows_to_medclip_loss():
     text_labels = labels_with("Edema", "Cardiomegaly")
     module_loss, _ = ContrastiveLoss("medclip")(outputs, image_labels, text_labels, 2)
     assert torch.equal(module_loss, medclip_loss(IMAGES, TEXTS, SCALE, image_labels, text_labels, num_pairs=2)[0])
+    module_loss, _ = ContrastiveLoss("medclip_cosine")(outputs, image_labels, text_labels, 2)
+    assert torch.equal(module_loss, medclip_cosine_loss(IMAGES, TEXTS, SCALE, image_labels, text_labels, num_pairs=2)[0])
     with pytest.raises(ValueError, match="medclip"):
         ContrastiveLoss("clip")(outputs, image_labels, text_labels, 2)
 

@@ -1,0 +1,133 @@
+"""Sentence-label tables: written by the phantom, carried by prepare, read by the dataset, used by the loss."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import pickle
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from medclip_nb.config import Config, ConfigError, from_dict
+from medclip_nb.errors import DataError
+from medclip_nb.labels import CHEXPERT_LABELS, LABEL_INDEX, NUM_LABELS
+from medclip_nb.losses import ContrastiveLoss, medclip_loss
+from medclip_nb.sentence_labels import PREPARED_NAME, read_sentence_labels, sentence_key
+from medclip_nb.text import clean_report, split_sentences
+
+pytestmark = pytest.mark.usefixtures("one_thread_no_bars")  # tests/conftest.py
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    from medclip_nb.mimic import prepare_mimic
+    from medclip_nb.phantom import generate_phantom
+
+    root = tmp_path_factory.mktemp("sentence_labels")
+    generate_phantom(root / "mimic", studies=30, size=64)
+    with contextlib.redirect_stdout(io.StringIO()):
+        report = prepare_mimic(root / "mimic", root / "prepared", num_workers=1)
+    assert report["sentence_labels"]["sentences"] > 0
+    return root / "prepared" / "datasets.pkl"
+
+
+def test_phantom_labels_each_sentence_by_what_it_says(prepared):
+    table = read_sentence_labels(prepared.parent.parent / "mimic" / "sentence-label.csv.gz")
+    heart = table["heart size is normal."]
+    assert heart[LABEL_INDEX["Cardiomegaly"]] == 0.0 and heart[LABEL_INDEX["No Finding"]] == 1.0
+    assert sum(not math.isnan(v) for v in heart) == 2
+    effusions = [labels for text, labels in table.items() if text.startswith("possible small") and "effusion" in text]
+    assert effusions and all(labels[LABEL_INDEX["Pleural Effusion"]] == -1.0 for labels in effusions)
+    # Every sentence a training step can sample is in the table prepare carried through.
+    carried = read_sentence_labels(prepared.parent / PREPARED_NAME)
+    blank_as_9 = lambda t: {k: [9.0 if math.isnan(v) else v for v in vals] for k, vals in t.items()}
+    assert blank_as_9(carried) == blank_as_9(table)
+    records = pickle.loads(prepared.read_bytes())["train"]
+    sentences = {s for r in records for s in split_sentences(clean_report(r["report"]))}
+    assert sentences and sentences <= set(carried)
+
+
+def test_dataset_hands_out_the_sentences_own_labels(prepared):
+    from medclip_nb.data import build_datasets, make_collate
+    from medclip_nb.text import CharTokenizer
+
+    cfg = Config(data_path=str(prepared), report_sampling="sentence", loss="medclip", sentence_labels="auto",
+                 image_size=32, resize_size=32, num_workers=0)
+    splits, _, warnings = build_datasets(cfg)
+    table = read_sentence_labels(prepared.parent / PREPARED_NAME)
+    samples = [splits["train"][(i, 7)] for i in range(8)]
+    for sample in samples:
+        expected = torch.tensor(table[sample["report"]])
+        assert torch.equal(torch.nan_to_num(sample["text_labels"], 9.0), torch.nan_to_num(expected, 9.0))
+    batch = make_collate(CharTokenizer())(samples)
+    assert batch["text_labels"].shape == (8, NUM_LABELS)
+    assert "text_labels" not in splits["val"][0]  # evaluation reads whole reports
+    unlisted = splits["train"]
+    unlisted.sentence_labels = {}
+    missing = unlisted[(0, 7)]["text_labels"]
+    assert missing[LABEL_INDEX["No Finding"]] == 1.0 and missing.sum() == 1.0
+
+
+def test_loss_uses_the_text_rows_labels():
+    generator = torch.Generator().manual_seed(0)
+    image = torch.nn.functional.normalize(torch.randn(4, 8, generator=generator), dim=1)
+    text = torch.nn.functional.normalize(torch.randn(4, 8, generator=generator), dim=1)
+    image_labels = torch.zeros(4, NUM_LABELS)
+    image_labels[:, LABEL_INDEX["Edema"]] = 1.0
+    text_labels = torch.eye(4, NUM_LABELS)
+    outputs = {"image_embeds": image, "text_embeds": text, "logit_scale": torch.tensor(5.0), "logit_bias": None}
+    for kind, targets in (("medclip", "published"), ("medclip_cosine", "cosine")):
+        module, _ = ContrastiveLoss(kind)(outputs, image_labels, text_labels=text_labels)
+        uncertain = 0.5 if targets == "cosine" else None
+        direct, _ = medclip_loss(image, text, 5.0, image_labels, text_labels, uncertain, targets=targets)
+        torch.testing.assert_close(module, direct)
+        assert not torch.allclose(module, ContrastiveLoss(kind)(outputs, image_labels)[0])
+
+
+def test_bad_tables_are_one_line_naming_file_and_column(tmp_path):
+    good = {"Reports": ["No effusion."], **{name: [""] for name in CHEXPERT_LABELS}}
+    path = tmp_path / "s.csv"
+    pd.DataFrame({k: v for k, v in good.items() if k != "Edema"}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"s\.csv lacks the label column 'Edema'"):
+        read_sentence_labels(path)
+    pd.DataFrame({**good, "Edema": ["2"]}).to_csv(path, index=False)
+    with pytest.raises(DataError, match=r"s\.csv row 2 column 'Edema' holds"):
+        read_sentence_labels(path)
+    pd.DataFrame({**good, "Edema": ["0"]}).to_csv(path, index=False)
+    assert read_sentence_labels(path)[sentence_key("No effusion.")][LABEL_INDEX["Edema"]] == 0.0
+
+
+def test_sentence_labels_key_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="'sentence_labels'.*report_sampling 'sentence'"):
+        from_dict({"sentence_labels": "auto", "loss": "medclip"})
+    with pytest.raises(ConfigError, match="'sentence_labels'"):
+        from_dict({"sentence_labels": "auto", "report_sampling": "sentence", "loss": "clip"})
+    cfg = Config(data_path=str(tmp_path / "d.pkl"), sentence_labels=str(tmp_path / "none.csv"),
+                 report_sampling="sentence", loss="medclip")
+    from medclip_nb.sentence_labels import resolve_sentence_labels
+
+    with pytest.raises(DataError, match="none.csv not found"):
+        resolve_sentence_labels(cfg)
+
+
+def test_short_training_run_with_sentence_labels(prepared, tmp_path, monkeypatch):
+    from medclip_nb.train import train
+
+    seen = []
+    forward = ContrastiveLoss.forward
+
+    def recording_forward(self, outputs, labels=None, text_labels=None, num_pairs=None):
+        seen.append(text_labels is not None and not torch.equal(torch.nan_to_num(text_labels), torch.nan_to_num(labels)))
+        return forward(self, outputs, labels, text_labels, num_pairs)
+
+    monkeypatch.setattr(ContrastiveLoss, "forward", recording_forward)
+    cfg = from_dict(dict(data_path=str(prepared), model_save_path=str(tmp_path / "run"), image_size=32,
+                         resize_size=32, model="simple", embed_dim=16, batch_size=4, eval_batch_size=8, max_steps=2,
+                         num_workers=0, log_every=1, eval_steps=1000, save_steps=1000, loss="medclip",
+                         report_sampling="sentence", sentence_labels="auto", short_sentence_tokens=4))
+    result = train(cfg, log=lambda *a, **k: None)
+    assert result.steps == 2 and len(seen) >= 2 and any(seen)

@@ -1277,7 +1277,7 @@ def _clear_previous(out: Path, wanted: dict, force: bool) -> None:
     if recorded is None and not force:
         raise DataError(f"refusing to replace {out}: its {PHANTOM_MANIFEST} cannot be read (pass --force to replace it)")
     old = provenance.phantom_params(recorded)
-    if old is not None and old != {k: wanted.get(k) for k in provenance.PHANTOM_PARAMS} and not force:
+    if old is not None and provenance.user_params(old) != provenance.user_params(wanted) and not force:
         raise DataError(
             f"{out} holds a phantom of {provenance.describe(old)}; replacing it with one of "
             f"{provenance.describe(wanted)} deletes its files/ and the datasets prepared from it: pass --force "

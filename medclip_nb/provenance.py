@@ -24,7 +24,9 @@ from medclip_nb.errors import DataError
 
 PHANTOM_MANIFEST = "phantom.json"
 PREPARE_REPORT = "prepare_report.json"
-PHANTOM_PARAMS = ("generator", "version", "studies", "size", "seed")
+PHANTOM_PARAMS = ("generator", "version", "studies", "size", "seed", "test_studies")
+# What the user chose: a phantom that differs only by generator version is ours to rewrite.
+USER_PHANTOM_PARAMS = ("studies", "size", "seed", "test_studies")
 # files/pXX/pSUBJECT/sSTUDY.txt and files/pXX/pSUBJECT/sSTUDY/<dicom_id>.jpg
 _PHANTOM_FILE = re.compile(r"p\d\d/p\d+/s\d+(\.txt|/[0-9a-f]{8}(-[0-9a-f]{8}){4}\.jpg)")
 
@@ -47,6 +49,11 @@ def phantom_params(recorded: dict | None) -> dict | None:
     if not recorded or recorded.get("complete") is not True:
         return None
     return {k: recorded.get(k) for k in PHANTOM_PARAMS}
+
+
+def user_params(params: dict) -> dict:
+    """The user's phantom parameters (a phantom written before test_studies existed had 0)."""
+    return {k: params.get(k) if params.get(k) is not None or k != "test_studies" else 0 for k in USER_PHANTOM_PARAMS}
 
 
 def describe(params: dict) -> str:

@@ -370,3 +370,18 @@ def test_test_cohort_gives_a_full_5x200_and_keeps_the_other_studies(tmp_path):
     subjects = {r["subject_id"] for split in ("train", "val") for r in load_dataset_file(
         tmp_path / "prepared" / "datasets.pkl")[split]}
     assert not subjects & {r["subject_id"] for r in test}  # still patient-disjoint
+
+
+def test_a_phantom_of_an_older_generator_version_is_rewritten_without_force(tmp_path):
+    """Only the user's parameters need --force: the same phantom from an older version is ours to redo."""
+    out = tmp_path / "p"
+    generate_phantom(out, studies=6, size=32, seed=0)
+    manifest = json.loads((out / "phantom.json").read_text())
+    manifest["version"] = 1
+    manifest.pop("test_studies")  # written before the test cohort existed
+    (out / "phantom.json").write_text(json.dumps(manifest))
+    assert not phantom_is_current(out, 6, 32, 0)
+    generate_phantom(out, studies=6, size=32, seed=0)
+    assert phantom_is_current(out, 6, 32, 0)
+    with pytest.raises(DataError, match="--force"):
+        generate_phantom(out, studies=7, size=32, seed=0)

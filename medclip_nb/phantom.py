@@ -1136,6 +1136,16 @@ def _fill_study(s: _Study, seed: int) -> None:
     s.images.sort(key=lambda im: im.dicom_id)
 
 
+def _study_dates(counts: np.ndarray, rng: np.random.Generator):
+    """(subject, StudyDate, StudyTime) of each study, subject by subject, dates increasing."""
+    for subject, count in enumerate(counts):
+        day = np.datetime64("2110-01-01") + int(rng.integers(0, 80 * 365))
+        for _ in range(count):
+            day = day + int(rng.integers(1, 400))
+            hh, mm, ss, ms = rng.integers(0, 24), rng.integers(0, 60), rng.integers(0, 60), rng.integers(0, 1000)
+            yield subject, int(str(day).replace("-", "")), float(f"{hh:02d}{mm:02d}{ss:02d}.{ms:03d}")
+
+
 def _test_cohort(plan: list[_Study], test_studies: int, seed: int) -> list[_Study]:
     """`test_studies` more test studies of new patients, drawn like the others from a stream of
     their own, so the rest of the phantom keeps its bytes. Test images cost only inference:
@@ -1153,15 +1163,10 @@ def _test_cohort(plan: list[_Study], test_studies: int, seed: int) -> list[_Stud
                  if i not in used_studies][:test_studies]
     first_subject = max(s.subject_index for s in plan) + 1
     cohort: list[_Study] = []
-    for k in range(n_subjects):
-        day = np.datetime64("2110-01-01") + int(rng.integers(0, 80 * 365))
-        for _ in range(counts[k]):
-            day = day + int(rng.integers(1, 400))
-            hh, mm, ss, ms = rng.integers(0, 24), rng.integers(0, 60), rng.integers(0, 60), rng.integers(0, 1000)
-            cohort.append(_Study(
-                index=len(plan) + len(cohort), subject_index=first_subject + k, subject_id=int(subject_ids[k]),
-                study_id=int(study_ids[len(cohort)]), split="test", date=int(str(day).replace("-", "")),
-                time=float(f"{hh:02d}{mm:02d}{ss:02d}.{ms:03d}"), images=[], findings=[]))
+    for k, date, time in _study_dates(counts, rng):
+        cohort.append(_Study(
+            index=len(plan) + len(cohort), subject_index=first_subject + k, subject_id=int(subject_ids[k]),
+            study_id=int(study_ids[len(cohort)]), split="test", date=date, time=time, images=[], findings=[]))
     for s in cohort:
         _fill_study(s, seed)
     return cohort
@@ -1177,18 +1182,11 @@ def _plan_studies(studies: int, seed: int, test_studies: int = 0) -> list[_Study
     splits = _assign_splits(counts, rng)
 
     plan: list[_Study] = []
-    next_study = 0
-    for s_index in range(n_subjects):
-        day = np.datetime64("2110-01-01") + int(rng.integers(0, 80 * 365))
-        for _ in range(counts[s_index]):
-            day = day + int(rng.integers(1, 400))
-            hh, mm, ss, ms = rng.integers(0, 24), rng.integers(0, 60), rng.integers(0, 60), rng.integers(0, 1000)
-            plan.append(_Study(
-                index=len(plan), subject_index=s_index, subject_id=int(subject_ids[s_index]),
-                study_id=int(study_ids[next_study]), split=splits[s_index],
-                date=int(str(day).replace("-", "")), time=float(f"{hh:02d}{mm:02d}{ss:02d}.{ms:03d}"),
-                images=[], findings=[]))
-            next_study += 1
+    for s_index, date, time in _study_dates(counts, rng):
+        plan.append(_Study(
+            index=len(plan), subject_index=s_index, subject_id=int(subject_ids[s_index]),
+            study_id=int(study_ids[len(plan)]), split=splits[s_index], date=date, time=time,
+            images=[], findings=[]))
     plan.sort(key=lambda s: (s.subject_id, s.study_id))
     for i, s in enumerate(plan):
         s.index = i

@@ -42,6 +42,7 @@ from torch.utils.data import Sampler
 from medclip_nb.config import Config
 from medclip_nb.errors import DataError
 from medclip_nb.paths import repo_root, resolve
+from medclip_nb.runtime import amp_dtype, autocast, pick_device, precision_name, set_backend_flags
 
 FULL_MIMIC_HEIGHT = 3056  # phantom.generate_phantom's `size` is the image height
 WARMUP_STEPS = 3
@@ -173,22 +174,18 @@ class _TrainStep:
         self.criterion = ContrastiveLoss(cfg.loss, cfg.uncertain_label_value, cfg.medclip_cosine_no_finding)
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
                                            **({"fused": True} if on_gpu else {}))
-        use_amp = on_gpu and cfg.use_amp
-        self.amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-        self.use_amp = use_amp
-        self.scaler = torch.amp.GradScaler("cuda", enabled=use_amp and self.amp_dtype == torch.float16)
+        self.amp_dtype = amp_dtype(device, cfg.use_amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.grad_clip = cfg.grad_clip
         self.device = device
-        self.precision = str(self.amp_dtype).removeprefix("torch.") if use_amp else "float32"
+        self.precision = precision_name(self.amp_dtype)
 
     def __call__(self, pixel_values, input_ids, attention_mask, labels) -> int:
         if pixel_values.shape[0] < 2:  # a contrastive step needs pairs to contrast
             return 0
         if self.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        autocast = (torch.autocast(device_type="cuda", dtype=self.amp_dtype) if self.use_amp
-                    else contextlib.nullcontext())
-        with autocast:
+        with autocast(self.amp_dtype):
             outputs = self.forward(pixel_values, input_ids, attention_mask)
         loss, _ = self.criterion(outputs, labels)
         self.optimizer.zero_grad(set_to_none=True)
@@ -228,8 +225,6 @@ def run_bench(cfg: Config, phantom: int | None = None, steps: int = 20, rounds: 
     table, write `benchmarks/results-<device>-<date>.json` and return the results. The
     `steps` timed steps of each measurement run in `rounds` interleaved blocks. On a CPU the
     main process uses (cores - cfg.num_workers) threads, at least one, while it runs."""
-    from medclip_nb.train import pick_device
-
     if steps < 1:
         raise DataError(f"bench --steps must be at least 1, got {steps}")
     rounds = max(1, min(rounds, steps))
@@ -237,13 +232,10 @@ def run_bench(cfg: Config, phantom: int | None = None, steps: int = 20, rounds: 
         if phantom < 1:
             raise DataError(f"bench --phantom must be a positive number of studies, got {phantom}")
         cfg = prepare_bench_phantom(cfg, phantom)
-    device = pick_device(cfg)
+    device = pick_device(cfg.gpu_id)
     threads_before = torch.get_num_threads()
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    else:
+    set_backend_flags(device)
+    if device.type != "cuda":
         # The loader workers need cores too: a main process whose OpenMP threads wait on
         # descheduled siblings ran 3-10x slower on a busy 2-core machine.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.num_workers))

@@ -253,11 +253,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild a trained model from a checkpoint: returns (model in eval mode on `device`,
     tokenizer, Config). Raises CheckpointError when the file lacks a part or the weights do
     not fit the stored configuration."""
+    from medclip_nb.checkpoint_check import MODEL_PARTS, check_checkpoint
     from medclip_nb.config import ConfigError, from_dict
     from medclip_nb.models import build_model
     from medclip_nb.text import tokenizer_from_json
-
-    from medclip_nb.checkpoint_check import MODEL_PARTS, check_checkpoint
 
     p = resolve(path)
     state = check_checkpoint(load_checkpoint(p), p, MODEL_PARTS)

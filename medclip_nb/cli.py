@@ -13,7 +13,6 @@ import sys
 from medclip_nb.config import CONFIG_KEYS, add_config_arguments, config_from_args
 from medclip_nb.errors import UserError, one_line
 
-
 # A store row is size x size bytes: 100000 would ask for a 580 GB memory map.
 STORE_SIZES = range(8, 4097)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping, get_args, get_origin, get_type_hints
@@ -45,6 +46,16 @@ def _between(low, high):
     check.allowed = f"must be in {low}..{high}"
     return check
 
+
+# What gpu_id (and inference's device) may say: a CUDA index, cuda, cuda:N, cpu (or blank: the first GPU).
+DEVICE_PATTERN = re.compile(r"|\d{1,4}|cuda(:\d{1,4})?|cpu")
+
+
+def _device_name(v) -> bool:
+    return DEVICE_PATTERN.fullmatch(str(v).strip()) is not None
+
+
+_device_name.allowed = "must be a CUDA device index such as 0, cuda:1, or cpu"
 
 _MAX_COUNT = 10**12  # steps, epochs, intervals: beyond any real run
 
@@ -172,7 +183,8 @@ class Config:
         check=_between(1, _MAX_COUNT),
     )
     num_workers: int = _opt(4, "data loader worker processes", check=_between(0, 256))
-    gpu_id: str = _opt("0", "CUDA device index to use; falls back to CPU with one message when CUDA is absent")
+    gpu_id: str = _opt("0", "CUDA device index to use (or cpu); falls back to CPU with one message when CUDA is absent",
+                       check=_device_name)
     seed: int = _opt(42, "random seed for weights, data order and augmentation", check=_between(0, 2**32 - 1))
     model_save_path: str = _opt("./checkpoints/mimic_cxr_pretrain", "folder for checkpoints and the metrics log")
     resume_from: str | None = _opt(None, "checkpoint to resume from, or 'latest' for the newest complete one in model_save_path")

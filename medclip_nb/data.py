@@ -978,7 +978,12 @@ def _sentence_label_table(cfg: "Config", data_path: Path, warnings_out: list[str
     """The training sentences' label table of `cfg.sentence_labels` (sentence_labels.py), or None."""
     if not getattr(cfg, "sentence_labels", None):
         return None
-    from medclip_nb.sentence_labels import PREPARED_NAME, label_tensor_table, read_sentence_labels, resolve_sentence_labels
+    from medclip_nb.sentence_labels import (
+        PREPARED_NAME,
+        label_tensor_table,
+        read_sentence_labels,
+        resolve_sentence_labels,
+    )
 
     path = resolve_sentence_labels(cfg)
     if path is None:
@@ -1004,7 +1009,6 @@ def build_datasets(
     Returns ``(datasets, records, warnings)``.
     """
     from medclip_nb.paths import resolve
-
     from medclip_nb.provenance import check_not_stale
 
     data_path = resolve(cfg.data_path)

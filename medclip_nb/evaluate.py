@@ -21,7 +21,6 @@ only need `encode_image` / `encode_text` (docs/architecture.md).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -44,6 +43,7 @@ from medclip_nb.intervals import mean_auroc_interval, mean_interval, statistic_i
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, LABEL_INDEX, NUM_LABELS
 from medclip_nb.progress import progress
 from medclip_nb.prompts import class_prompts, label_prompt_pairs
+from medclip_nb.runtime import amp_dtype, autocast, eval_mode, pick_device
 
 DEFAULT_CS = (0.01, 0.1, 1.0, 10.0)
 DEFAULT_C = 1.0  # used when no validation split can choose C for a label
@@ -390,25 +390,6 @@ def linear_probe_fractions(train_emb, train_labels, fractions: Sequence[float], 
 
 
 # ---- model-facing ------------------------------------------------------------------------------------
-def _autocast(device: torch.device, amp: bool):
-    """bf16 (or fp16) autocast on CUDA when asked; CPU evaluation always runs in fp32."""
-    if device.type == "cuda" and amp:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.autocast("cuda", dtype=dtype)
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _eval_mode(model: torch.nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def _token_key(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> bytes:
     """Digest of a row's real tokens: equal digests = identical text input."""
     tokens = input_ids[attention_mask.bool()].to(torch.int64).numpy()
@@ -436,7 +417,7 @@ def compute_embeddings(
     device = torch.device(device)
     images, texts, labels, index, text_keys = [], [], [], [], []
     n_skipped, skipped_paths = 0, []
-    with _eval_mode(model), _autocast(device, amp):
+    with eval_mode(model), autocast(amp_dtype(device, amp)):
         for batch in progress(loader, desc=progress_desc or "", disable=progress_desc is None, unit="batch", leave=False):
             n_skipped += int(batch.get("n_skipped", 0))
             skipped_paths.extend(batch.get("skipped_paths", []))
@@ -482,7 +463,7 @@ def encode_texts(
     """Text embeddings [T, D] of a list of strings (prompts), tokenised by `tokenizer`."""
     device = torch.device(device)
     out = []
-    with _eval_mode(model), _autocast(device, amp):
+    with eval_mode(model), autocast(amp_dtype(device, amp)):
         for start in range(0, len(texts), batch_size):
             encoded = tokenizer.encode(list(texts[start : start + batch_size]))
             emb = model.encode_text(encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
@@ -802,7 +783,6 @@ def evaluate_checkpoint(
     from medclip_nb.data import check_clip_index_rows, uses_precomputed_text
     from medclip_nb.paths import resolve
 
-    from medclip_nb.train import pick_device
 
     overrides = dict(overrides or {})
     checkpoint = resolve(checkpoint)
@@ -811,7 +791,7 @@ def evaluate_checkpoint(
     model, tokenizer, cfg = load_model(checkpoint, "cpu")
     if overrides:
         cfg = cfg.replace(**overrides)
-    device = pick_device(cfg, log=log)  # the same checked choice as train
+    device = pick_device(cfg.gpu_id, log=log)  # the same checked choice as train
     model.to(device)
     log(f"Evaluating {checkpoint} on {device}")
 

@@ -254,6 +254,7 @@ def _resume_path(path: Path) -> tuple[str, str]:
 
     from medclip_nb import errors, train
     from medclip_nb.checkpoint import restore_rng_state
+    from medclip_nb.runtime import World
     from medclip_nb.config import from_dict
     from medclip_nb.models import build_model
     from medclip_nb.text import tokenizer_from_json
@@ -265,7 +266,7 @@ def _resume_path(path: Path) -> tuple[str, str]:
         optimizer = torch.optim.AdamW(train.param_groups(model, cfg.weight_decay), lr=cfg.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
         scaler = torch.amp.GradScaler("cuda", enabled=False)
-        train._restore(path, state, cfg, train._World(), 10**6, model, optimizer, scheduler, scaler, lambda *a: None)
+        train._restore(path, state, cfg, World(), 10**6, model, optimizer, scheduler, scaler, lambda *a: None)
         restore_rng_state(state["rng"])
         scheduler.step()
         return "loaded", ""

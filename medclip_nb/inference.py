@@ -41,11 +41,12 @@ from medclip_nb.data import (
     pil_to_grayscale,
 )
 from medclip_nb.errors import DataError, UserError
-from medclip_nb.evaluate import _autocast, _eval_mode, encode_texts, model_logit_scale, zero_shot_classify
+from medclip_nb.evaluate import encode_texts, model_logit_scale, zero_shot_classify
 from medclip_nb.labels import COMPETITION_TASKS, PROMPT_VOCABULARY
 from medclip_nb.paths import write_atomic
 from medclip_nb.progress import progress as progress_display
 from medclip_nb.prompts import finding_phrase, generate_prompts
+from medclip_nb.runtime import amp_dtype, autocast, eval_mode, pick_device
 from medclip_nb.text import clean_report
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
@@ -228,7 +229,7 @@ class Pretrained:
         loader = DataLoader(dataset, batch_size=batch_size or self.config.eval_batch_size, num_workers=num_workers,
                             collate_fn=_collate_images, pin_memory=self.device.type == "cuda")
         chunks, kept, skipped = [], [], []
-        with _eval_mode(self.model), _autocast(self.device, bool(self.config.use_amp)):
+        with eval_mode(self.model), autocast(amp_dtype(self.device, bool(self.config.use_amp))):
             for batch in progress_display(loader, desc="images", unit="batch", disable=not progress):
                 if batch["skipped"] and rule == "error":
                     raise BadImageError(batch["skipped"][0].reason)
@@ -275,21 +276,6 @@ class Pretrained:
         return table
 
 
-def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """`device` as given, else the first GPU when CUDA is available, else the CPU."""
-    if device is None or str(device).strip() == "":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(device, str) and device.strip().isdigit():  # a gpu_id such as "0"
-        device = f"cuda:{device.strip()}" if torch.cuda.is_available() else "cpu"
-    try:
-        chosen = torch.device(device)
-    except RuntimeError:
-        raise UserError(f"device {device!r}: not a torch device (cpu, cuda, cuda:1, ...)") from None
-    if chosen.type == "cuda" and (not torch.cuda.is_available() or (chosen.index or 0) >= torch.cuda.device_count()):
-        raise UserError(f"device {device!r}: no such CUDA device here ({torch.cuda.device_count()} visible)")
-    return chosen
-
-
 def load_pretrained(path: str | os.PathLike, device: str | torch.device | None = None) -> Pretrained:
     """The model of a training checkpoint (.pth, read with weights_only=True) or of an export
     folder (`python -m medclip_nb export`, read without pickle), with its tokenizer, config and
@@ -300,7 +286,7 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device | None =
     from medclip_nb.paths import resolve
 
     source = resolve(path)
-    target = pick_device(device)
+    target = device if isinstance(device, torch.device) else pick_device(device, what="device", log=lambda _: None)
     if source.is_dir():
         if not is_export_dir(source):
             raise UserError(f"{source}: a folder, but not a medclip-nb export (no config.json)")

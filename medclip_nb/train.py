@@ -39,7 +39,6 @@ Files in `model_save_path`:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -67,6 +66,9 @@ from medclip_nb.config import Config, ConfigError
 from medclip_nb.errors import CheckpointError, DataError, TrainingError, os_error_reason
 from medclip_nb.paths import resolve
 from medclip_nb.progress import progress as progress_display
+from medclip_nb.runtime import World, set_backend_flags, start_distributed, stop_distributed
+from medclip_nb.runtime import amp_dtype as choose_amp_dtype
+from medclip_nb.runtime import autocast as autocast_context
 from medclip_nb.tensorboard_log import TensorBoardLog, require_tensorboard
 
 METRICS_FILE = "metrics.jsonl"
@@ -121,59 +123,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         {"params": list(decay.values()), "weight_decay": weight_decay, "names": list(decay)},
         {"params": list(no_decay.values()), "weight_decay": 0.0, "names": list(no_decay)},
     ]
-
-
-def pick_device(cfg: Config, *, log: Callable[[str], Any] = print) -> torch.device:
-    """cuda:<gpu_id> when CUDA is available, else the CPU (saying so once). Used by training,
-    evaluation and the benchmark alike: a gpu_id that names no device is a ConfigError."""
-    if not torch.cuda.is_available():
-        log("CUDA not available: running on CPU")
-        return torch.device("cpu")
-    gpu = str(cfg.gpu_id).strip().removeprefix("cuda:")
-    if not gpu.isdigit() or int(gpu) >= torch.cuda.device_count():
-        raise ConfigError(
-            f"config key 'gpu_id': {cfg.gpu_id!r} is not a CUDA device index (0..{torch.cuda.device_count() - 1})"
-        )
-    return torch.device(f"cuda:{gpu}")
-
-
-# ---- distributed helpers -------------------------------------------------------------------------
-@dataclass
-class _World:
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _start_distributed(cfg: Config, log) -> tuple[_World, torch.device]:
-    """torchrun sets WORLD_SIZE / RANK / LOCAL_RANK; one process per GPU (gloo on CPU)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return _World(), pick_device(cfg, log=log)
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        device = torch.device(f"cuda:{local_rank}")
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
-    else:
-        if rank == 0:
-            log("CUDA not available: training on CPU")
-        device = torch.device("cpu")
-        dist.init_process_group("gloo")
-    return _World(rank, world_size), device
-
-
-def _all_reduce(tensor: torch.Tensor, world: _World, op=None) -> torch.Tensor:
-    if world.distributed:
-        dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
-    return tensor
 
 
 # ---- sync-free non-finite guard (CUDA) -----------------------------------------------------------
@@ -316,7 +265,7 @@ def _config_differences(saved: dict, current: dict) -> list[str]:
     ]
 
 
-def _validation_loss(model, loader, criterion, device, autocast, world: _World, channels_last: bool):
+def _validation_loss(model, loader, criterion, device, autocast, world: World, channels_last: bool):
     """Mean loss over the validation batches (of all ranks), the current logit scale and the
     number of batches scored (0: no batch had the 2 readable pairs a contrastive loss needs)."""
     from medclip_nb.losses import LABEL_LOSS_KINDS, clip_loss, siglip_loss
@@ -343,7 +292,7 @@ def _validation_loss(model, loader, criterion, device, autocast, world: _World, 
                 loss, _ = clip_loss(image, text, scale)
             totals += torch.stack([loss.double(), torch.ones((), device=device, dtype=torch.float64)])
     model.train()
-    totals = _all_reduce(totals, world)
+    totals = world.all_reduce(totals)
     mean = (totals[0] / totals[1]).item() if totals[1] > 0 else math.nan
     return mean, float(scale), int(totals[1].item())
 
@@ -386,19 +335,17 @@ def train(cfg: Config, *, log: Callable[[str], Any] = print,
     """
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     anomaly_before = torch.is_anomaly_enabled()
-    world = _World()
+    world, finished = World(), False
     try:
-        world, device = _start_distributed(cfg, log)
+        world, device = start_distributed(cfg.gpu_id, log)
         say = log if world.is_main else (lambda *_args, **_kw: None)
         result = _train(cfg, world, device, say, _sync_free_guard)
-        if world.distributed:
-            dist.barrier()  # no rank tears the process group down while another still uses it
+        finished = True
         return result
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
         torch.autograd.set_detect_anomaly(anomaly_before)
-        if world.distributed and dist.is_initialized():
-            dist.destroy_process_group()
+        stop_distributed(world, finished=finished)
 
 
 @dataclass
@@ -421,7 +368,7 @@ def _split_size_line(dataset, why: str = "debug subset") -> str:
     return f"{len(dataset)} of {full} samples ({why})"
 
 
-def _prepare_data(cfg: Config, world: _World, device: torch.device, tokenizer, say) -> _Data:
+def _prepare_data(cfg: Config, world: World, device: torch.device, tokenizer, say) -> _Data:
     """Datasets, tokenizer (learned from the training reports unless given) and loaders;
     prints the dataset and loader sizes. With an image store on a GPU (and cfg.gpu_augment)
     the loaders only gather uint8 rows and the training augmentation runs on the GPU."""
@@ -496,7 +443,7 @@ def _open_resume_point(cfg: Config, say) -> tuple[Path | None, dict | None]:
     return path, check_checkpoint(load_checkpoint(path), path, RESUME_PARTS)
 
 
-def _output_dir(cfg: Config, world: _World, say) -> Path:
+def _output_dir(cfg: Config, world: World, say) -> Path:
     """model_save_path as a folder (created), with the temporary files of killed saves gone."""
     out_dir = resolve(cfg.model_save_path)
     if out_dir.exists() and not out_dir.is_dir():
@@ -532,7 +479,7 @@ def _no_step_error(cfg: Config, epoch_number: int, batches: int, bad_images: int
     return TrainingError(f"epoch {epoch_number} made no optimizer step in {batches} batches: {why}")
 
 
-def _restore(path: Path, state: dict, cfg: Config, world: _World, batches_per_epoch: int,
+def _restore(path: Path, state: dict, cfg: Config, world: World, batches_per_epoch: int,
              model: nn.Module, optimizer, scheduler, scaler, say) -> _Progress:
     """Load weights, optimizer, schedule and scaler states; returns the saved progress."""
     saved_cfg = state["config"]
@@ -561,7 +508,7 @@ def _restore(path: Path, state: dict, cfg: Config, world: _World, batches_per_ep
     return progress
 
 
-def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guard: bool | None) -> TrainResult:
+def _train(cfg: Config, world: World, device: torch.device, say, sync_free_guard: bool | None) -> TrainResult:
     from medclip_nb.data import check_clip_index_rows, uses_precomputed_text
     from medclip_nb.losses import ContrastiveLoss
     from medclip_nb.models import build_model, count_parameters
@@ -571,13 +518,7 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
     # A CPU .item() costs nothing, so the CPU keeps the guard that reads the flag every step.
     sync_free = on_gpu if sync_free_guard is None else sync_free_guard
     channels_last = on_gpu and cfg.channels_last
-    if on_gpu:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    else:
-        # "Same seed, same config on CPU: the same losses, to the last digit."
-        torch.use_deterministic_algorithms(True)
+    set_backend_flags(device, deterministic_cpu=True)  # CPU: the same losses to the last digit
     torch.autograd.set_detect_anomaly(cfg.debug)
     if cfg.tensorboard:
         require_tensorboard()  # before the data and the model, not after
@@ -612,12 +553,11 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
     warmup_steps = round(cfg.warmup * total_steps)
     # A lambda, not a function object: LambdaLR then keeps it out of its state dict.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup_steps, total_steps))
-    use_amp = on_gpu and cfg.use_amp
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    amp_dtype = choose_amp_dtype(device, cfg.use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     def autocast():
-        return torch.autocast("cuda", dtype=amp_dtype) if use_amp else contextlib.nullcontext()
+        return autocast_context(amp_dtype)
 
     progress = _Progress()
     if resumed is not None:
@@ -789,7 +729,7 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
                 shapes_shown = True
             if world.distributed:
                 # All ranks take or skip a step together, and the loss gathers equal-sized batches.
-                sizes = _all_reduce(torch.tensor([size, -size], device=device), world, dist.ReduceOp.MAX).tolist()
+                sizes = world.all_reduce(torch.tensor([size, -size], device=device), dist.ReduceOp.MAX).tolist()
                 usable = -sizes[1] >= 2 and sizes[0] == -sizes[1]
             else:
                 usable = size >= 2
@@ -830,7 +770,7 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
             if grad_norm is not None and not scaler.is_enabled():
                 bad |= ~torch.isfinite(grad_norm)  # with fp16 the scaler skips inf gradients itself
             if world.distributed:  # all ranks skip together (an async collective: no host sync)
-                bad = _all_reduce(bad.int(), world, dist.ReduceOp.MAX).bool()
+                bad = world.all_reduce(bad.int(), dist.ReduceOp.MAX).bool()
             # The synchronous guard: its one host sync of a step keeps a non-finite loss (or
             # gradient) from the weights; skipped steps are not counted as steps.
             if not sync_free and bad.item():
@@ -885,7 +825,7 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
             if progress.step % cfg.log_every == 0:
                 now = time.perf_counter()
                 good_steps = window_steps - window_skipped  # the loss is averaged over good steps
-                window_total = _all_reduce(window_loss, world).item()
+                window_total = world.all_reduce(window_loss).item()
                 mean_loss = window_total / (good_steps * world.world_size) if good_steps else math.nan
                 scale = float(outputs["logit_scale"].detach())
                 pairs_per_s = window_steps * pairs_per_step / max(now - window_start, 1e-9)
@@ -919,8 +859,8 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
         if last_val[0] != progress.step:
             validate(epoch_number)
             stop = stop or result.stopped_early
-        totals = _all_reduce(torch.tensor([progress.epoch_loss_sum, progress.epoch_loss_steps,
-                                           progress.epoch_bad_images], device=device, dtype=torch.float64), world)
+        totals = world.all_reduce(torch.tensor([progress.epoch_loss_sum, progress.epoch_loss_steps,
+                                                progress.epoch_bad_images], device=device, dtype=torch.float64))
         summary = f"Average loss: {totals[0].item() / max(totals[1].item(), 1):.4f}"
         if last_val[0] == progress.step and not math.isnan(last_val[1]):
             summary += f" | val loss: {last_val[1]:.4f}"
@@ -941,5 +881,5 @@ def _train(cfg: Config, world: _World, device: torch.device, say, sync_free_guar
     result.best_val_loss = progress.best_val_loss
     result.steps = progress.step
     result.epochs_completed = progress.epoch
-    result.bad_images = int(_all_reduce(torch.tensor(progress.bad_image_count, device=device), world).item())
+    result.bad_images = int(world.all_reduce(torch.tensor(progress.bad_image_count, device=device)).item())
     return result

@@ -157,7 +157,13 @@ def zero_shot_5x200_paper(model, tokenizer, test_dataset, cfg, device, *, seed: 
     reads like ours (`protocol` says which it is)."""
     from medclip_nb.data import AUGMENT_PRESETS, CXRDataset
     from medclip_nb.evaluate import (
-        _loader_for, accuracy, compute_embeddings, confusion, encode_texts, macro_f1, model_logit_scale,
+        _loader_for,
+        accuracy,
+        compute_embeddings,
+        confusion,
+        encode_texts,
+        macro_f1,
+        model_logit_scale,
     )
 
     if not isinstance(test_dataset, CXRDataset):

@@ -25,8 +25,14 @@ from medclip_nb.checkpoint import (
 )
 from medclip_nb.checkpoint_check import RESUME_PARTS, check_checkpoint
 from medclip_nb.config import ConfigError, from_dict, load_config
-from medclip_nb.data import BadImageError, CXRDataset, SkippedSample, load_dataset_file, load_grayscale, \
-    validate_dataset
+from medclip_nb.data import (
+    BadImageError,
+    CXRDataset,
+    SkippedSample,
+    load_dataset_file,
+    load_grayscale,
+    validate_dataset,
+)
 from medclip_nb.errors import CheckpointError, DataError, TrainingError, one_line
 
 quiet = lambda *a, **k: None  # noqa: E731

@@ -10,8 +10,15 @@ import torch
 from PIL import Image
 
 from medclip_nb.config import Config
-from medclip_nb.data import (CXRDataset, EpochSampler, build_transforms, load_grayscale, make_collate, make_loader,
-                             validate_dataset)
+from medclip_nb.data import (
+    CXRDataset,
+    EpochSampler,
+    build_transforms,
+    load_grayscale,
+    make_collate,
+    make_loader,
+    validate_dataset,
+)
 from medclip_nb.records import SampleRecords
 from medclip_nb.text import CharTokenizer, clean_report, split_sentences
 

@@ -10,7 +10,7 @@ import torch
 
 from medclip_nb import evaluate as ev
 from medclip_nb.config import Config, ConfigError
-from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, LABEL_INDEX, NUM_LABELS, PROMPT_VOCABULARY
+from medclip_nb.labels import COMPETITION_TASKS, LABEL_INDEX, NUM_LABELS, PROMPT_VOCABULARY
 from medclip_nb.zeroshot_paper import (
     PAPER_PROMPT_VOCABULARY,
     logit_class_scores,

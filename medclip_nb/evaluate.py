@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,8 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from medclip_nb.errors import DataError, os_error_reason
+from medclip_nb.errors import DataError
+from medclip_nb.files import write_json_atomic
 from medclip_nb.intervals import mean_auroc_interval, mean_interval, statistic_interval
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, LABEL_INDEX, NUM_LABELS
 from medclip_nb.progress import progress
@@ -695,17 +695,6 @@ def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise DataError(f"could not write {path}: {os_error_reason(e)}; it was left as it was") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def read_metrics(path: str | Path) -> dict[str, Any]:
     """The JSON object in `path` ({} when there is no file); a DataError when it cannot be used."""
     path = Path(path)
@@ -730,7 +719,7 @@ def merge_metrics(path: str | Path, key: str, entry: Any) -> Path:
     data = read_metrics(path)
     data[key] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(path, data)
+    write_json_atomic(path, data, sort_keys=True, what="metrics file", error=DataError)
     return path
 
 

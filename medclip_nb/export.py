@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from medclip_nb.errors import CheckpointError
-from medclip_nb.paths import write_atomic
+from medclip_nb.files import write_atomic, write_json_atomic, write_text_atomic
 
 EXPORT_FORMAT = "medclip-nb-export"
 EXPORT_VERSION = 1
@@ -62,10 +62,9 @@ def export_model(model: torch.nn.Module, tokenizer, cfg, out_dir: str | os.PathL
     weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     config = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION,
               "config": {k: getattr(cfg, k) for k in MODEL_CONFIG_KEYS}}
-    write_atomic(out / WEIGHTS_FILE, lambda p: save_file(weights, str(p), metadata={"format": "pt"}), "--out")
-    write_atomic(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"),
-                 "--out")
-    write_atomic(out / TOKENIZER_FILE, lambda p: p.write_text(tokenizer.to_json()), "--out")
+    write_atomic(out / WEIGHTS_FILE, lambda p: save_file(weights, str(p), metadata={"format": "pt"}), what="--out")
+    write_json_atomic(out / CONFIG_FILE, config, sort_keys=True, what="--out")
+    write_text_atomic(out / TOKENIZER_FILE, tokenizer.to_json(), what="--out")
     return out
 
 

@@ -254,9 +254,9 @@ def _resume_path(path: Path) -> tuple[str, str]:
 
     from medclip_nb import errors, train
     from medclip_nb.checkpoint import restore_rng_state
-    from medclip_nb.runtime import World
     from medclip_nb.config import from_dict
     from medclip_nb.models import build_model
+    from medclip_nb.runtime import World
     from medclip_nb.text import tokenizer_from_json
 
     try:

@@ -42,8 +42,8 @@ from medclip_nb.data import (
 )
 from medclip_nb.errors import DataError, UserError
 from medclip_nb.evaluate import encode_texts, model_logit_scale, zero_shot_classify
+from medclip_nb.files import write_atomic
 from medclip_nb.labels import COMPETITION_TASKS, PROMPT_VOCABULARY
-from medclip_nb.paths import write_atomic
 from medclip_nb.progress import progress as progress_display
 from medclip_nb.prompts import finding_phrase, generate_prompts
 from medclip_nb.runtime import amp_dtype, autocast, eval_mode, pick_device
@@ -360,7 +360,7 @@ def save_embeddings(arrays: Mapping[str, np.ndarray], out: str | os.PathLike) ->
         with open(tmp, "wb") as f:  # a file object: np.savez would add '.npz' to a path
             np.savez(f, **arrays)
 
-    return write_atomic(out, write, "--out")
+    return write_atomic(out, write, what="--out")
 
 
 # ---- command-line entry points --------------------------------------------------------------------------
@@ -396,7 +396,7 @@ def predict_command(checkpoint, paths, *, classes=None, prompts_file=None, mode=
     shown = table.assign(prediction=table.idxmax(axis=1))
     print(shown.to_string(float_format=lambda v: f"{v:.4f}"))
     if csv:
-        _note(f"Saved CSV: {write_atomic(csv, shown.to_csv, '--csv')}")
+        _note(f"Saved CSV: {write_atomic(csv, shown.to_csv, what='--csv')}")
     _note(f"Classified {len(table)} image{'s' if len(table) != 1 else ''} into {len(table.columns)} classes "
           f"on {pretrained.device}")
     return table

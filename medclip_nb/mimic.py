@@ -33,7 +33,6 @@ the unpaired training data share no patient.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import re
@@ -47,7 +46,7 @@ from PIL import Image, UnidentifiedImageError
 
 from medclip_nb.config import ConfigError
 from medclip_nb.errors import DataError
-from medclip_nb.files import atomic_write_bytes
+from medclip_nb.files import write_bytes_atomic, write_json_atomic
 from medclip_nb.labels import CHEXPERT_LABELS
 from medclip_nb.paths import resolve
 from medclip_nb.progress import progress
@@ -430,7 +429,7 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
         "train_texts": _sentence_records(unpaired_texts),
     }
     datasets.update({name: records for name, records in unpaired.items() if records})
-    atomic_write_bytes(out / "datasets.pkl", pickle.dumps(datasets, protocol=4))
+    write_bytes_atomic(out / "datasets.pkl", pickle.dumps(datasets, protocol=4), error=DataError)
     sentence_labels = _carry_sentence_labels(root, out)
 
     unlabeled = ~kept["study_id"].isin(chexpert["study_id"])
@@ -463,7 +462,7 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
             "moved_subjects": moved_subjects,
         },
     }
-    atomic_write_bytes(out / "prepare_report.json", (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+    write_json_atomic(out / "prepare_report.json", report, error=DataError)
     kept_line = ", ".join(f"{k} {v}" for k, v in report["kept"].items())
     dropped_line = ", ".join(f"{k} {v}" for k, v in report["dropped"].items())
     print(f"prepared {report['kept_total']} images from {root} -> {out / 'datasets.pkl'}")

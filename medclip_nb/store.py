@@ -57,6 +57,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from medclip_nb.errors import DataError
+from medclip_nb.files import write_atomic, write_json_atomic
 from medclip_nb.paths import resolve
 from medclip_nb.progress import progress
 
@@ -187,16 +188,12 @@ def current_build(folder: str | os.PathLike) -> Path | None:
 
 
 # ---- small file helpers ------------------------------------------------------------------------------
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    def save(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.save would add ".npy" to a path
+            np.save(f, array)
 
-
-def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    write_atomic(path, save, error=DataError)
 
 
 def _read_index(build: Path, where: Path) -> dict:
@@ -399,8 +396,8 @@ class _RowWriter:
 
     def checkpoint(self) -> None:
         os.fdatasync(self.fd)  # rows reach the disk before the mask says they are there
-        _save_npy_atomic(self.build / HASHES_FILE, self.hashes)
-        _save_npy_atomic(self.build / DONE_FILE, self.done)
+        _write_npy(self.build / HASHES_FILE, self.hashes)
+        _write_npy(self.build / DONE_FILE, self.done)
         self.since_checkpoint = 0
 
     def close(self) -> None:
@@ -530,8 +527,8 @@ def _build_new(store_dir: Path, data_file: Path, image_paths: list[str], want: d
         build = _new_build_dir(store_dir)
         done, hashes = np.zeros(count, dtype=bool), np.zeros(count, dtype=np.uint64)
     rows = {p: i for i, p in enumerate(image_paths)}
-    _write_json_atomic(build / INDEX_FILE, {"meta": want, "rows": rows, "failed": {}})
-    _save_npy_atomic(build / FILES_FILE, stats)
+    write_json_atomic(build / INDEX_FILE, {"meta": want, "rows": rows, "failed": {}}, indent=1, error=DataError)
+    _write_npy(build / FILES_FILE, stats)
     writer = _RowWriter(build, count, size, done, hashes, image_paths)
     failed: dict[str, str] = {}
     started = time.perf_counter()
@@ -544,7 +541,7 @@ def _build_new(store_dir: Path, data_file: Path, image_paths: list[str], want: d
     finally:
         writer.close()
     meta = dict(want, complete=True, failed_count=len(failed), built_seconds=round(time.perf_counter() - started, 3))
-    _write_json_atomic(build / INDEX_FILE, {"meta": meta, "rows": rows, "failed": failed})
+    write_json_atomic(build / INDEX_FILE, {"meta": meta, "rows": rows, "failed": failed}, indent=1, error=DataError)
     _swap_in(store_dir, build)
     print(f"image store {store_dir}: {int(done.sum())} images at {size}x{size}"
           + (f", {len(failed)} unreadable (listed in {INDEX_FILE})" if failed else ""))

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from medclip_nb.errors import DataError
-from medclip_nb.paths import resolve, write_atomic
+from medclip_nb.files import write_text_atomic
+from medclip_nb.paths import resolve
 
 HEADLINE_NAMES = {
     "zs_acc_mean": "5x200 zero-shot acc (mean)",
@@ -126,4 +127,4 @@ def write_summary(metrics_path: str | Path, out_path: str | Path, *, wall_second
     if not isinstance(metrics, dict):
         raise DataError(f"{metrics_path}: expected a JSON object of models, got {type(metrics).__name__}")
     text = summary_markdown(metrics, wall_seconds=wall_seconds, params=params)
-    return write_atomic(out_path, lambda tmp: tmp.write_text(text, encoding="utf-8"), "--out")
+    return write_text_atomic(out_path, text, what="--out")

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from medclip_nb.files import atomic_write_bytes, umask_file_mode
+from medclip_nb.files import write_bytes_atomic, umask_file_mode
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,10 +19,10 @@ def test_atomic_write_follows_umask(tmp_path):
     previous = os.umask(0o022)
     try:
         assert umask_file_mode() == 0o644
-        atomic_write_bytes(tmp_path / "a.json", b"{}")
+        write_bytes_atomic(tmp_path / "a.json", b"{}")
         os.umask(0o027)
         assert umask_file_mode() == 0o640
-        atomic_write_bytes(tmp_path / "b.json", b"{}")
+        write_bytes_atomic(tmp_path / "b.json", b"{}")
     finally:
         os.umask(previous)
     assert _mode(tmp_path / "a.json") == 0o644 and _mode(tmp_path / "b.json") == 0o640
@@ -46,3 +46,37 @@ print("torch imported:", "torch" in sys.modules)
     assert "torch imported: False" in done.stdout
     for name in ("datasets.pkl", "prepare_report.json"):
         assert _mode(tmp_path / "out" / name) == 0o644, name
+
+
+def test_a_failed_atomic_write_leaves_the_previous_file_and_no_temporary(tmp_path):
+    from medclip_nb.errors import DataError
+    from medclip_nb.files import write_atomic, write_json_atomic
+
+    target = tmp_path / "metrics.json"
+    write_json_atomic(target, {"a": 1})
+
+    def half_then_full_disk(tmp):
+        tmp.write_text("{half")
+        raise OSError(28, "No space left on device")
+
+    try:
+        write_atomic(target, half_then_full_disk, what="metrics file", error=DataError)
+    except DataError as e:
+        message = str(e)
+    assert message == f"metrics file {target}: cannot be written (no space left on device); the previous file is intact"
+    assert target.read_text() == '{\n  "a": 1\n}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_an_interrupted_atomic_write_leaves_no_temporary(tmp_path):
+    from medclip_nb.files import write_atomic
+
+    def interrupted(tmp):
+        tmp.write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    try:
+        write_atomic(tmp_path / "out.bin", interrupted)
+    except KeyboardInterrupt:
+        pass
+    assert list(tmp_path.iterdir()) == []

@@ -64,7 +64,8 @@ PROMPT_VOCABULARY: dict[str, dict[str, list[str]]] = {
             "redemonstration of cardiomegaly",
             "ap erect chest radiograph demonstrates the heart size is the upper limits of normal",
             "cardiac silhouette size is mildly enlarged",
-            "mildly enlarged cardiac silhouette, likely left ventricular enlargement. other chambers are less prominent",
+            "mildly enlarged cardiac silhouette, likely left ventricular enlargement. "
+            "other chambers are less prominent",
             "heart size remains at mildly enlarged",
             "persistent cardiomegaly with prominent upper lobe vessels",
         ],

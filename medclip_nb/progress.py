@@ -1,12 +1,12 @@
 """One progress display for every long step: training epochs, import, tokenizer, phantom,
 store build, embedding.
 
-In a Jupyter kernel: tqdm's notebook widget. On a terminal: a tqdm bar. Otherwise (a log file, a batch job, papermill): a plain line on
-stderr at most every ``TQDM_MININTERVAL`` seconds (default 10) and one when the step ends, so
-a log shows that a step is alive without carriage-return noise. ``TQDM_DISABLE=1`` turns both
-off; it is read at each call (tqdm itself reads it only once, at import), so a notebook or a
-test can set it at any time. Headless runs (`make study`, `make test`) set it from outside;
-no notebook sets it itself.
+In a Jupyter kernel: tqdm's notebook widget. On a terminal: a tqdm bar. Otherwise (a log file,
+a batch job, papermill): a plain line on stderr at most every ``TQDM_MININTERVAL`` seconds
+(default 10) and one when the step ends, so a log shows that a step is alive without
+carriage-return noise. ``TQDM_DISABLE=1`` turns both off; it is read at each call (tqdm itself
+reads it only once, at import), so a notebook or a test can set it at any time. Headless runs
+(`make study`, `make test`) set it from outside; no notebook sets it itself.
 """
 
 from __future__ import annotations

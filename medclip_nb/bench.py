@@ -57,7 +57,7 @@ def prepare_bench_phantom(cfg: Config, studies: int) -> Config:
     store at cfg.resize_size; return cfg pointing at them."""
     from medclip_nb.mimic import prepare_mimic
     from medclip_nb.phantom import generate_phantom, phantom_is_current
-    from medclip_nb.store import build_store
+    from medclip_nb.data.store import build_store
 
     folder = resolve(f"data/bench_phantom_{studies}")
     tree, prepared = folder / "mimic", folder / "prepared"
@@ -247,9 +247,9 @@ def run_bench(cfg: Config, phantom: int | None = None, steps: int = 20, rounds: 
 
 def _run_bench(cfg: Config, device: torch.device, phantom: int | None, steps: int, rounds: int) -> dict[str, Any]:
     from medclip_nb.data import build_datasets, make_collate, make_loader
-    from medclip_nb.gpu_augment import BatchAugment
-    from medclip_nb.store import find_store
-    from medclip_nb.text import build_tokenizer
+    from medclip_nb.data.gpu_augment import BatchAugment
+    from medclip_nb.data.store import find_store
+    from medclip_nb.tokenizers import build_tokenizer
 
     store = find_store(cfg)
     jpeg_sets, records, _ = build_datasets(cfg)

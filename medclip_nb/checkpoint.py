@@ -256,7 +256,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     from medclip_nb.checkpoint_check import MODEL_PARTS, check_checkpoint
     from medclip_nb.config import ConfigError, from_dict
     from medclip_nb.models import build_model
-    from medclip_nb.text import tokenizer_from_json
+    from medclip_nb.tokenizers import tokenizer_from_json
 
     p = resolve(path)
     state = check_checkpoint(load_checkpoint(p), p, MODEL_PARTS)

@@ -103,7 +103,7 @@ class _Checker:
             raise CheckpointError(f"{self.path}: field 'config' is not valid here: {one_line(e)}") from None
 
     def tokenizer(self, value: Any) -> None:
-        from medclip_nb.text import tokenizer_from_json
+        from medclip_nb.tokenizers import tokenizer_from_json
 
         if not isinstance(value, str):
             self.fail("tokenizer", "is not a JSON string")

@@ -50,14 +50,14 @@ def _data(args) -> int:
 
 
 def _convert(args) -> int:
-    from medclip_nb.convert import convert_to_jsonl
+    from medclip_nb.data.convert import convert_to_jsonl
 
     convert_to_jsonl(args.data_path, args.out)
     return 0
 
 
 def _cache(args) -> int:
-    from medclip_nb.store import ImageStore, build_store
+    from medclip_nb.data.store import ImageStore, build_store
 
     if args.size not in STORE_SIZES:
         raise UserError(f"--size: {args.size} is not in {STORE_SIZES.start}..{STORE_SIZES.stop - 1}")

@@ -737,8 +737,8 @@ def eval_datasets(cfg, tokenizer) -> tuple[dict[str, Any], list[str]]:
     needs the plain training images, so that split is rebuilt here with the eval transform.
     Returns (datasets, dataset warnings).
     """
-    from medclip_nb.data import CXRDataset, build_datasets, build_transforms
-    from medclip_nb.store import find_store
+    from medclip_nb.data import build_datasets, build_transforms, CXRDataset
+    from medclip_nb.data.store import find_store
 
     store = find_store(cfg)
     splits, _records, warnings = build_datasets(cfg, tokenizer, store=store)

@@ -96,7 +96,7 @@ def load_export(folder: str | os.PathLike, device: str | torch.device = "cpu"):
 
     from medclip_nb.config import ConfigError, from_dict
     from medclip_nb.models import build_model
-    from medclip_nb.text import tokenizer_from_json
+    from medclip_nb.tokenizers import tokenizer_from_json
 
     folder = Path(folder)
     meta = _read_json(folder / CONFIG_FILE, "json")

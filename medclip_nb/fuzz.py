@@ -257,7 +257,7 @@ def _resume_path(path: Path) -> tuple[str, str]:
     from medclip_nb.config import from_dict
     from medclip_nb.models import build_model
     from medclip_nb.runtime import World
-    from medclip_nb.text import tokenizer_from_json
+    from medclip_nb.tokenizers import tokenizer_from_json
 
     try:
         state = train.check_checkpoint(train.load_checkpoint(path), path, train.RESUME_PARTS)

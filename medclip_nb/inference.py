@@ -34,11 +34,11 @@ from medclip_nb.data import (
     REQUIRED_SPLITS,
     BadImageError,
     BadImageWarning,
-    SkippedSample,
     build_transforms,
     load_dataset_file,
     load_grayscale,
     pil_to_grayscale,
+    SkippedSample,
 )
 from medclip_nb.errors import DataError, UserError
 from medclip_nb.evaluate import encode_texts, model_logit_scale, zero_shot_classify

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
+from dataclasses import dataclass
 from multiprocessing import Pool
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -45,12 +45,21 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from medclip_nb.config import ConfigError
+from medclip_nb.data.sentence_labels import (
+    PREPARED_NAME,
+    find_source_table,
+    read_sentence_labels,
+    write_sentence_labels,
+)
+from medclip_nb.data.store import build_store
 from medclip_nb.errors import DataError
 from medclip_nb.files import write_bytes_atomic, write_json_atomic
 from medclip_nb.labels import CHEXPERT_LABELS
+from medclip_nb.mimic_reports import extract_sections, read_report, report_text  # noqa: F401 (re-exported)
 from medclip_nb.paths import resolve
 from medclip_nb.progress import progress
 from medclip_nb.provenance import PREPARE_REPORT, phantom_params, phantom_record
+from medclip_nb.text import split_sentences
 
 SPLIT_TABLE = "mimic-cxr-2.0.0-split.csv.gz"
 CHEXPERT_TABLE = "mimic-cxr-2.0.0-chexpert.csv.gz"
@@ -62,82 +71,10 @@ METADATA_COLUMNS: tuple[str, ...] = (
 )
 SPLIT_NAMES = {"train": "train", "validate": "val", "test": "test"}
 DROP_REASONS = ("blank_view", "lateral", "no_report_text", "missing_image", "unreadable_image")
-REPORT_SECTIONS = ("FINDINGS", "IMPRESSION")
 
 # Section header: an upper-case name at the start of a line (indentation allowed), then ':'.
-_HEADER = re.compile(r"^[ \t]*([A-Z][A-Z0-9 /&()'\-]*[A-Z)])[ \t]*:", re.MULTILINE)
-_FINAL_REPORT_LINE = re.compile(r"^[ \t]*FINAL REPORT[ \t]*$", re.MULTILINE)
-_PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 # Jobs smaller than this run in-process when num_workers is left to its default.
 _AUTO_PARALLEL_MIN = 2000
-
-
-# --------------------------------------------------------------------------------------
-# Report text
-# --------------------------------------------------------------------------------------
-
-
-def _squash(text: str) -> str:
-    """Collapse line wraps and runs of spaces: report line breaks are layout, not content."""
-    return " ".join(text.split())
-
-
-def extract_sections(text: str) -> dict[str, str]:
-    """Sections of a MIMIC-CXR report: {header: body}, bodies with whitespace collapsed.
-
-    A header is an upper-case name at the start of a line (it may be indented) followed by
-    ':' ("FINDINGS:", " IMPRESSION:"); its section runs to the next header. Text before the
-    first header is not a section. A header that repeats has its bodies joined.
-    """
-    matches = list(_HEADER.finditer(text))
-    sections: dict[str, str] = {}
-    for i, match in enumerate(matches):
-        name = " ".join(match.group(1).split())
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        body = _squash(text[match.end():end])
-        sections[name] = f"{sections[name]} {body}".strip() if name in sections else body
-    return sections
-
-
-def _last_paragraph(text: str) -> str:
-    """The last non-empty paragraph of a report, without a leading section header."""
-    text = _FINAL_REPORT_LINE.sub("", text)
-    paragraphs = [p for p in _PARAGRAPH_BREAK.split(text) if p.strip()]
-    if not paragraphs:
-        return ""
-    last = paragraphs[-1].strip("\n")
-    header = _HEADER.match(last)
-    if header:
-        last = last[header.end():]
-    return _squash(last)
-
-
-def _report_text_and_source(text: str) -> tuple[str, str]:
-    """(text, where it came from): "sections", "last_paragraph" or "none"."""
-    sections = extract_sections(text)
-    parts = [sections[name] for name in REPORT_SECTIONS if sections.get(name)]
-    if not parts:
-        # Combined headers such as "FINDINGS AND IMPRESSION" or "FINDINGS/IMPRESSION".
-        parts = [body for name, body in sections.items()
-                 if body and any(word in name for word in REPORT_SECTIONS)]
-    if parts:
-        return " ".join(parts), "sections"
-    last = _last_paragraph(text)
-    return (last, "last_paragraph") if last else ("", "none")
-
-
-def report_text(text: str) -> str:
-    """FINDINGS + IMPRESSION of a report; if it has neither, its last paragraph; else ""."""
-    return _report_text_and_source(text)[0]
-
-
-def _read_report(path: str) -> tuple[str, str]:
-    """Report text of one study file; a missing or undecodable file gives ("", "none")."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return _report_text_and_source(f.read())
-    except OSError:
-        return "", "none"
 
 
 def _check_image(path: str) -> str:
@@ -239,8 +176,6 @@ def _image_records(frame: pd.DataFrame, base: str) -> list[dict]:
 
 def _sentence_records(studies: pd.DataFrame) -> list[dict]:
     """Text-only records: one per report sentence, each with its whole study's labels."""
-    from medclip_nb.text import split_sentences
-
     labels = studies[list(CHEXPERT_LABELS)].to_numpy(dtype=np.float64).tolist()
     return [
         {"report": sentence, "labels": list(label_row), "study_id": int(study_id), "subject_id": int(subject_id)}
@@ -281,7 +216,6 @@ def _carry_sentence_labels(root: Path, out: Path) -> dict | None:
     """A sentence-label table in the MIMIC root (MedCLIP's `sentence-label.csv[.gz]`; the phantom
     writes one), checked and written with its sentences in matching form beside datasets.pkl
     (sentence_labels.py); None when the root has none."""
-    from medclip_nb.sentence_labels import PREPARED_NAME, find_source_table, read_sentence_labels, write_sentence_labels
 
     source = find_source_table(root)
     if source is None:
@@ -306,12 +240,45 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
     `out/prepare_report.json`. Report files and image headers are read on `num_workers`
     processes (default: all cores for large trees). `reports_root` is where the reports'
     `files/` tree lies when it is not `mimic_root`. With `store_size`, the uint8 image store
-    is built too (`medclip_nb.store.build_store`). Relative paths are taken from the
+    is built too (`medclip_nb.data.store.build_store`). Relative paths are taken from the
     repository root. A sentence-label table in the root is carried to
-    `out/sentence_labels.csv.gz` (`_carry_sentence_labels`). The unpaired splits `train_images` / `train_texts` and
-    `unpaired_fraction` / `unpaired_seed` are described in the module docstring; the report's
-    `unpaired` entry counts them.
+    `out/sentence_labels.csv.gz` (`_carry_sentence_labels`). The unpaired splits `train_images` /
+    `train_texts` and `unpaired_fraction` / `unpaired_seed` are described in the module docstring;
+    the report's `unpaired` entry counts them.
     """
+    source = _checked_source(mimic_root, out, frontal_views, reports_root, unpaired_fraction)
+    table, chexpert = _read_tables(source.root)
+    reason, absolute = _drop_reasons(table, source, num_workers)
+    kept = table[reason == ""]
+    if kept.empty:
+        counts = ", ".join(f"{r} {int((reason == r).sum())}" for r in DROP_REASONS)
+        raise DataError(f"no usable images in {source.root} (views kept: {', '.join(source.views)}; "
+                        f"dropped: {counts})")
+    kept = kept.merge(chexpert[["study_id", *CHEXPERT_LABELS]], on="study_id", how="left", sort=False)
+    split = _split_off_unpaired(table, reason, absolute, kept, chexpert, unpaired_fraction, unpaired_seed,
+                                num_workers)
+    datasets, path_style = _write_datasets(source, split)
+    extra = {"store_size": store_size, "sentence_labels": _carry_sentence_labels(source.root, source.out),
+             "unpaired_fraction": unpaired_fraction, "unpaired_seed": unpaired_seed}
+    report = _import_report(source, table, reason, chexpert, split, datasets, path_style, extra)
+    write_json_atomic(source.out / "prepare_report.json", report, error=DataError)
+    _print_report(report, source, split)
+    if store_size is not None:
+        build_store(source.out / "datasets.pkl", None, size=store_size, num_workers=num_workers)
+    return report
+
+
+@dataclass(frozen=True)
+class _Source:
+    root: Path  # the MIMIC-CXR-JPG root (tables, images)
+    out: Path  # where datasets.pkl goes
+    files_dir: Path  # root/files: the images
+    report_files: Path  # the reports' files/ tree
+    views: list[str]  # ViewPosition values kept
+
+
+def _checked_source(mimic_root, out, frontal_views, reports_root, unpaired_fraction) -> _Source:
+    """Every input checked before any table is read: one-line errors naming the folder, file or key."""
     if isinstance(unpaired_fraction, bool) or not isinstance(unpaired_fraction, (int, float)) \
             or not 0 <= unpaired_fraction < 1:
         raise ConfigError(f"prepare --unpaired-fraction: must be a number in [0, 1), got {unpaired_fraction!r}")
@@ -336,8 +303,11 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
     views = [v for v in (frontal_views or ()) if isinstance(v, str) and v.strip()]
     if not views:
         raise ConfigError(f"config key 'frontal_views': needs at least one ViewPosition, got {frontal_views!r}")
-    views = [v.strip() for v in views]
+    return _Source(root, out, files_dir, report_files, [v.strip() for v in views])
 
+
+def _read_tables(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per image: split table + view, the CheXpert table), checked."""
     split_path, meta_path, chexpert_path = root / SPLIT_TABLE, root / METADATA_TABLE, root / CHEXPERT_TABLE
     ids = {"subject_id": "int64", "study_id": "int64"}
     tables = progress(total=3, desc="prepare: reading tables", unit="table")
@@ -363,25 +333,31 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
     table = table.assign(split=split_name)
     # An image absent from the metadata has no known view: it counts as a blank view.
     table = table.merge(meta[["dicom_id", "ViewPosition"]], on="dicom_id", how="left", sort=False)
-    view = table["ViewPosition"].fillna("").astype(str).str.strip()
-    table["view"] = view
+    table["view"] = table["ViewPosition"].fillna("").astype(str).str.strip()
+    return table, chexpert
 
+
+def _drop_reasons(table: pd.DataFrame, source: _Source, num_workers: int | None) -> tuple[pd.Series, pd.Series]:
+    """(the first drop reason of each image, "" = kept; each image's absolute path). Adds the
+    study's report text to `table` (columns report, report_source)."""
+    view = table["view"]
     reason = pd.Series("", index=table.index, dtype=object)
     reason[view == ""] = "blank_view"
-    reason[(reason == "") & ~view.isin(views)] = "lateral"
+    reason[(reason == "") & ~view.isin(source.views)] = "lateral"
 
     # Report text, once per study of the images still in.
     alive = reason == ""
     studies = table.loc[alive, ["subject_id", "study_id"]].drop_duplicates("study_id")
-    report_paths = (_study_paths(str(report_files), studies["subject_id"], studies["study_id"]) + ".txt").tolist()
+    report_paths = (_study_paths(str(source.report_files), studies["subject_id"], studies["study_id"])
+                    + ".txt").tolist()
     workers = _worker_count(num_workers, len(report_paths))
-    texts = _parallel_map(_read_report, report_paths, workers, "prepare: reading reports", "report")
+    texts = _parallel_map(read_report, report_paths, workers, "prepare: reading reports", "report")
     study_text = pd.DataFrame(texts, columns=["report", "report_source"], index=studies["study_id"].to_numpy())
-    table = table.join(study_text, on="study_id")
+    table[["report", "report_source"]] = table.join(study_text, on="study_id")[["report", "report_source"]]
     reason[alive & (table["report"].fillna("") == "")] = "no_report_text"
 
     # Image files: present and with a header PIL recognises.
-    study_dirs = _study_paths(str(files_dir), table["subject_id"], table["study_id"])
+    study_dirs = _study_paths(str(source.files_dir), table["subject_id"], table["study_id"])
     absolute = study_dirs + "/" + table["dicom_id"] + ".jpg"
     alive = reason == ""
     image_paths = absolute[alive].tolist()
@@ -389,14 +365,23 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
     status = pd.Series(_parallel_map(_check_image, image_paths, workers, "prepare: checking images", "img"),
                        index=absolute[alive].index, dtype=object)
     reason[status.index[status != "ok"]] = status[status != "ok"]
+    return reason, absolute
 
-    kept = table[reason == ""]
-    if kept.empty:
-        counts = ", ".join(f"{r} {int((reason == r).sum())}" for r in DROP_REASONS)
-        raise DataError(f"no usable images in {root} (views kept: {', '.join(views)}; dropped: {counts})")
-    kept = kept.merge(chexpert[["study_id", *CHEXPERT_LABELS]], on="study_id", how="left", sort=False)
 
-    # ---- unpaired training data (see the module docstring) ----
+@dataclass
+class _Split:
+    """The kept images, after the unpaired studies have been moved out (module docstring)."""
+
+    kept: pd.DataFrame
+    unpaired_images: pd.DataFrame
+    unpaired_texts: pd.DataFrame
+    no_text_images: pd.DataFrame
+    to_images: set[int]
+    to_texts: set[int]
+    moved_subjects: int
+
+
+def _split_off_unpaired(table, reason, absolute, kept, chexpert, fraction, seed, num_workers) -> _Split:
     # Train images dropped only for their missing report text: image-only if they have labels.
     no_text = (reason == "no_report_text") & (table["split"] == "train")
     no_text_status = pd.Series(_parallel_map(_check_image, absolute[no_text].tolist(),
@@ -405,42 +390,51 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
                                index=absolute[no_text].index, dtype=object)
     no_text_images = table.loc[no_text_status.index[no_text_status == "ok"]]
     no_text_images = no_text_images.merge(chexpert[["study_id", *CHEXPERT_LABELS]], on="study_id", sort=False)
-    to_images, to_texts = _pick_unpaired_studies(kept, chexpert["study_id"], unpaired_fraction, unpaired_seed)
+    to_images, to_texts = _pick_unpaired_studies(kept, chexpert["study_id"], fraction, seed)
     moved = kept["study_id"].isin(to_images | to_texts)
     if moved.any() and not (kept.loc[~moved, "split"] == "train").any():
-        raise DataError(f"prepare --unpaired-fraction {unpaired_fraction}: no paired training study would be left")
-    unpaired_images = pd.concat([no_text_images, kept[kept["study_id"].isin(to_images)]], ignore_index=True)
-    unpaired_texts = kept[kept["study_id"].isin(to_texts)].drop_duplicates("study_id")
-    moved_subjects = int(kept.loc[moved, "subject_id"].nunique())
-    kept = kept[~moved]
-    # ---- end unpaired ----
+        raise DataError(f"prepare --unpaired-fraction {fraction}: no paired training study would be left")
+    return _Split(
+        kept=kept[~moved],
+        unpaired_images=pd.concat([no_text_images, kept[kept["study_id"].isin(to_images)]], ignore_index=True),
+        unpaired_texts=kept[kept["study_id"].isin(to_texts)].drop_duplicates("study_id"),
+        no_text_images=no_text_images, to_images=to_images, to_texts=to_texts,
+        moved_subjects=int(kept.loc[moved, "subject_id"].nunique()),
+    )
 
-    out.mkdir(parents=True, exist_ok=True)
+
+def _write_datasets(source: _Source, split: _Split) -> tuple[dict[str, list[dict]], str]:
+    """Write out/datasets.pkl (atomically); return its splits and how image paths are written."""
+    source.out.mkdir(parents=True, exist_ok=True)
     try:  # paths relative to `out` keep the dataset movable together with the images
-        base = os.path.relpath(files_dir, out).replace(os.sep, "/")
+        base = os.path.relpath(source.files_dir, source.out).replace(os.sep, "/")
         path_style = "relative to out"
     except ValueError:  # another drive on Windows
-        base, path_style = str(files_dir), "absolute"
+        base, path_style = str(source.files_dir), "absolute"
     datasets: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
-    for record, split in zip(_image_records(kept, base), kept["split"].tolist()):
-        datasets[split].append(record)
+    for record, name in zip(_image_records(split.kept, base), split.kept["split"].tolist()):
+        datasets[name].append(record)
     unpaired = {
-        "train_images": [{**r, "report": ""} for r in _image_records(unpaired_images, base)],
-        "train_texts": _sentence_records(unpaired_texts),
+        "train_images": [{**r, "report": ""} for r in _image_records(split.unpaired_images, base)],
+        "train_texts": _sentence_records(split.unpaired_texts),
     }
     datasets.update({name: records for name, records in unpaired.items() if records})
-    write_bytes_atomic(out / "datasets.pkl", pickle.dumps(datasets, protocol=4), error=DataError)
-    sentence_labels = _carry_sentence_labels(root, out)
+    write_bytes_atomic(source.out / "datasets.pkl", pickle.dumps(datasets, protocol=4), error=DataError)
+    return datasets, path_style
 
+
+def _import_report(source: _Source, table, reason, chexpert, split: _Split, datasets, path_style,
+                   extra: dict) -> dict:
+    kept = split.kept
     unlabeled = ~kept["study_id"].isin(chexpert["study_id"])
     by_split = kept.groupby("split", sort=False)
-    report = {
-        "mimic_root": str(root),
+    return {
+        "mimic_root": str(source.root),
         # The phantom parameters read (None for real MIMIC-CXR): a dataset of a replaced phantom is stale.
-        "source_phantom": phantom_params(phantom_record(root)),
-        "datasets": str(out / "datasets.pkl"),
+        "source_phantom": phantom_params(phantom_record(source.root)),
+        "datasets": str(source.out / "datasets.pkl"),
         "image_paths": path_style,
-        "frontal_views": views,
+        "frontal_views": source.views,
         "images_in_split_table": int(len(table)),
         "kept": {name: len(datasets[name]) for name in ("train", "val", "test")},
         "kept_total": int(len(kept)),
@@ -450,35 +444,33 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
         "studies_with_last_paragraph_text":
             int(kept.loc[kept["report_source"] == "last_paragraph", "study_id"].nunique()),
         "studies_without_chexpert_labels": int(kept.loc[unlabeled, "study_id"].nunique()),
-        "store_size": store_size,
-        "sentence_labels": sentence_labels,
+        "store_size": extra["store_size"],
+        "sentence_labels": extra["sentence_labels"],
         "unpaired": {
-            "unpaired_fraction": unpaired_fraction,
-            "unpaired_seed": unpaired_seed,
-            "train_images": len(unpaired["train_images"]),
-            "train_texts": len(unpaired["train_texts"]),
-            "images_without_report_text": int(len(no_text_images)),
-            "moved_studies": {"train_images": len(to_images), "train_texts": len(to_texts)},
-            "moved_subjects": moved_subjects,
+            "unpaired_fraction": extra["unpaired_fraction"],
+            "unpaired_seed": extra["unpaired_seed"],
+            "train_images": len(datasets.get("train_images", [])),
+            "train_texts": len(datasets.get("train_texts", [])),
+            "images_without_report_text": int(len(split.no_text_images)),
+            "moved_studies": {"train_images": len(split.to_images), "train_texts": len(split.to_texts)},
+            "moved_subjects": split.moved_subjects,
         },
     }
-    write_json_atomic(out / "prepare_report.json", report, error=DataError)
+
+
+def _print_report(report: dict, source: _Source, split: _Split) -> None:
     kept_line = ", ".join(f"{k} {v}" for k, v in report["kept"].items())
     dropped_line = ", ".join(f"{k} {v}" for k, v in report["dropped"].items())
-    print(f"prepared {report['kept_total']} images from {root} -> {out / 'datasets.pkl'}")
+    print(f"prepared {report['kept_total']} images from {source.root} -> {source.out / 'datasets.pkl'}")
     print(f"  kept: {kept_line}")
     print(f"  dropped: {dropped_line}")
+    unpaired = report["unpaired"]
     if unpaired["train_images"] or unpaired["train_texts"]:
-        print(f"  unpaired: train_images {len(unpaired['train_images'])}, train_texts {len(unpaired['train_texts'])} "
-              f"(sentences of {len(to_texts)} studies)")
+        print(f"  unpaired: train_images {unpaired['train_images']}, train_texts {unpaired['train_texts']} "
+              f"(sentences of {len(split.to_texts)} studies)")
+    sentence_labels = report["sentence_labels"]
     if sentence_labels:
         print(f"  sentence labels: {sentence_labels['sentences']} sentences -> {sentence_labels['path']}")
     if report["studies_with_last_paragraph_text"]:
         print(f"  studies without FINDINGS/IMPRESSION, text from their last paragraph: "
               f"{report['studies_with_last_paragraph_text']}")
-
-    if store_size is not None:
-        from medclip_nb.store import build_store
-
-        build_store(out / "datasets.pkl", None, size=store_size, num_workers=num_workers)
-    return report

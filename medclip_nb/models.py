@@ -35,8 +35,9 @@ import torchvision
 from torch import Tensor, nn
 
 from medclip_nb.config import ConfigError
-from medclip_nb.errors import CheckpointError, DataError, UserError
+from medclip_nb.errors import CheckpointError, DataError
 from medclip_nb.losses import LOG_MAX_LOGIT_SCALE, LOSS_KINDS
+from medclip_nb.tokenizers import from_local_folder, import_transformers, local_hf_folder
 
 VISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "swin_t", "mobilenet_v3_small")
 CLIP_INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP / MedCLIP
@@ -187,8 +188,8 @@ class TransformerTextEncoder(nn.Module):
     """Token + learned position embeddings, a pre-norm GELU transformer encoder, a final
     LayerNorm, mean pooling over the real (non-pad) tokens and Linear(width -> embed_dim, no bias).
 
-    Mean pooling rather than a [CLS] / end token: our tokenizer adds no special tokens, a report's
-    findings are spread over all of its words, the mean ignores padding so an embedding does not
+    Mean pooling rather than the [CLS] or [SEP] token the subword tokenizer adds (they are pooled
+    with the words, as real tokens): a report's findings are spread over all of its words, the mean ignores padding so an embedding does not
     depend on the padded length, and MedCLIP pools its BERT by token means too.
     """
 
@@ -236,27 +237,6 @@ class TransformerTextEncoder(nn.Module):
         return self.projection(_masked_mean(self.final_norm(x), attention_mask))
 
 
-def _import_transformers():
-    try:
-        import transformers
-    except ImportError:
-        raise UserError(
-            "text_encoder 'bert' needs the transformers package: pip install -e .[transformers]"
-        ) from None
-    return transformers
-
-
-def _local_hf_folder(path: str | os.PathLike) -> Path:
-    folder = Path(path)
-    if not folder.is_dir():
-        raise UserError(
-            f"bert_path {folder}: not a folder; nothing is downloaded here: on a networked machine save the model "
-            f"and its tokenizer there with save_pretrained (for Bio_ClinicalBERT see params/medclip_paper.yaml) "
-            f"and copy the folder"
-        )
-    return folder
-
-
 class BertTextEncoder(nn.Module):
     """A BERT-family model from a LOCAL Hugging Face folder (`local_files_only=True`) and
     Linear(hidden -> embed_dim, no bias), as MedCLIP does with Bio_ClinicalBERT.
@@ -271,9 +251,9 @@ class BertTextEncoder(nn.Module):
 
     def __init__(self, path: str | os.PathLike, embed_dim: int = 512):
         super().__init__()
-        transformers = _import_transformers()
-        folder = _local_hf_folder(path)
-        self.model = _from_local_folder(transformers.AutoModel, folder, "a Hugging Face model")
+        transformers = import_transformers()
+        folder = local_hf_folder(path)
+        self.model = from_local_folder(transformers.AutoModel, folder, "a Hugging Face model")
         self.embed_dim = embed_dim
         self.path = str(folder)
         self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
@@ -284,48 +264,6 @@ class BertTextEncoder(nn.Module):
         layers = output.hidden_states[1:][-self.LAYERS_AVERAGED:]  # [0] is the embedding layer
         tokens = torch.stack(layers).mean(dim=0)
         return self.projection(_masked_mean(tokens, attention_mask))
-
-
-def _from_local_folder(auto_class, folder, what: str):
-    """`auto_class.from_pretrained` on a local folder only (never the hub); one-line UserError."""
-    try:
-        return auto_class.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"bert_path {folder}: cannot load {what} from it ({first_line})") from None
-
-
-class HFTokenizerAdapter:
-    """A local Hugging Face tokenizer behind the interface of the text.py tokenizers:
-    `.encode(texts) -> {'input_ids', 'attention_mask'}` (int64 `[B, max_length]`),
-    `.vocab_size`, `.pad_id`, `.max_length`, `.to_json()`."""
-
-    kind = "hf"
-
-    def __init__(self, path: str | os.PathLike, max_length: int = 128):
-        transformers = _import_transformers()
-        folder = _local_hf_folder(path)
-        self.tokenizer = _from_local_folder(transformers.AutoTokenizer, folder, "a tokenizer")
-        if self.tokenizer.pad_token_id is None:
-            raise UserError(f"bert_path {folder}: the tokenizer has no pad token")
-        self.path = str(folder)
-        self.max_length = int(max_length)
-        self.pad_id = int(self.tokenizer.pad_token_id)
-        self.vocab_size = len(self.tokenizer)
-
-    def encode(self, texts: list[str]) -> dict[str, Tensor]:
-        encoded = self.tokenizer(
-            list(texts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        return {"input_ids": encoded["input_ids"].long(), "attention_mask": encoded["attention_mask"].long()}
-
-    def to_json(self) -> str:
-        return json.dumps({"kind": self.kind, "path": self.path, "max_length": self.max_length})
-
-    @classmethod
-    def from_json(cls, text: str) -> "HFTokenizerAdapter":
-        state = json.loads(text)
-        return cls(state["path"], state.get("max_length", 128))
 
 
 class PrecomputedTextEncoder(nn.Module):
@@ -443,7 +381,7 @@ def build_model(cfg, tokenizer=None) -> nn.Module:
     cfg.embed_dim and cfg.loss (which sets the logit scale init and the SigLIP bias, whose
     start `siglip_initial_bias` chooses).
 
-    `tokenizer` (text.py tokenizer or HFTokenizerAdapter) gives vocab_size, pad_id and
+    `tokenizer` (one of tokenizers.py) gives vocab_size, pad_id and
     max_length to the transformer encoder; the precomputed encoder needs none.
     """
     model = _build_model(cfg, tokenizer)

@@ -53,7 +53,7 @@ from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, PROMPT_VOCABUL
 from medclip_nb.mimic import CHEXPERT_TABLE, METADATA_COLUMNS, METADATA_TABLE, SPLIT_TABLE
 from medclip_nb.paths import resolve
 from medclip_nb.progress import progress
-from medclip_nb.sentence_labels import write_sentence_labels
+from medclip_nb.data.sentence_labels import write_sentence_labels
 from medclip_nb.text import split_sentences
 
 SENTENCE_TABLE = "sentence-label.csv.gz"  # MedCLIP's sentence-label table, every sentence as written

@@ -240,7 +240,7 @@ def run_scale(root: str | os.PathLike, studies: int, *, store_size: int = 16, nu
     from medclip_nb.data import build_datasets, load_dataset_file, validate_dataset
 
     timed("load", lambda: validate_dataset(load_dataset_file(data_path), data_path))
-    from medclip_nb.store import ImageStore, build_store
+    from medclip_nb.data.store import ImageStore, build_store
 
     store_dir = out / f"image_store_{store_size}"
     timed("store_build", lambda: build_store(data_path, store_dir, size=store_size, num_workers=num_workers))
@@ -249,8 +249,8 @@ def run_scale(root: str | os.PathLike, studies: int, *, store_size: int = 16, nu
     cfg = Config(data_path=str(data_path), image_store=str(store_dir), resize_size=store_size,
                  image_size=store_size, num_workers=num_workers, batch_size=batch_size, seed=0,
                  vocab_size=2000, max_text_tokens=64)
-    from medclip_nb.store import find_store
-    from medclip_nb.text import build_tokenizer
+    from medclip_nb.data.store import find_store
+    from medclip_nb.tokenizers import build_tokenizer
 
     store = find_store(cfg)
     datasets, records, _ = timed("datasets", lambda: build_datasets(cfg, store=store, raw_uint8=True))

@@ -300,7 +300,7 @@ def _validation_loss(model, loader, criterion, device, autocast, world: World, c
 def _to_device(batch: dict, device: torch.device, channels_last: bool, augment=None, generator=None):
     """The batch's tensors on `device`; uint8 store images are augmented there by `augment`."""
     if augment is not None:
-        from medclip_nb.gpu_augment import augment_on_device
+        from medclip_nb.data.gpu_augment import augment_on_device
 
         pixel_values = augment_on_device(batch, augment, device, generator)
     else:
@@ -372,16 +372,16 @@ def _prepare_data(cfg: Config, world: World, device: torch.device, tokenizer, sa
     """Datasets, tokenizer (learned from the training reports unless given) and loaders;
     prints the dataset and loader sizes. With an image store on a GPU (and cfg.gpu_augment)
     the loaders only gather uint8 rows and the training augmentation runs on the GPU."""
-    from medclip_nb.data import EpochSampler, build_datasets, make_collate, make_loader
-    from medclip_nb.data import _truncation_warning as truncation_warning
-    from medclip_nb.store import find_store
-    from medclip_nb.text import build_tokenizer
+    from medclip_nb.data import build_datasets, EpochSampler, make_collate, make_loader
+    from medclip_nb.data.build import _truncation_warning as truncation_warning
+    from medclip_nb.data.store import find_store
+    from medclip_nb.tokenizers import build_tokenizer
 
     say(f"Loading dataset: {resolve(cfg.data_path)}")
     store = find_store(cfg)
     augment = None
     if store is not None and device.type == "cuda" and cfg.gpu_augment:
-        from medclip_nb.gpu_augment import BatchAugment
+        from medclip_nb.data.gpu_augment import BatchAugment
 
         augment = BatchAugment(cfg.image_size, cfg.augment, train=True)
     splits, records, warnings = build_datasets(cfg, tokenizer, store=store, raw_uint8=augment is not None)
@@ -423,7 +423,7 @@ def _prepare_data(cfg: Config, world: World, device: torch.device, tokenizer, sa
             f"of batch_size {cfg.batch_size} per process"
         )
     # ---- unpaired data (unpaired.py): image-only / text-only items appended to each step ----
-    from medclip_nb.unpaired import build_unpaired
+    from medclip_nb.data.unpaired import build_unpaired
 
     unpaired = build_unpaired(cfg, records, tokenizer, data_path=resolve(cfg.data_path), store=store,
                               raw_uint8=augment is not None, world_size=world.world_size)
@@ -512,7 +512,7 @@ def _train(cfg: Config, world: World, device: torch.device, say, sync_free_guard
     from medclip_nb.data import check_clip_index_rows, uses_precomputed_text
     from medclip_nb.losses import ContrastiveLoss
     from medclip_nb.models import build_model, count_parameters
-    from medclip_nb.text import tokenizer_from_json
+    from medclip_nb.tokenizers import tokenizer_from_json
 
     on_gpu = device.type == "cuda"
     # A CPU .item() costs nothing, so the CPU keeps the guard that reads the flag every step.

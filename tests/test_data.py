@@ -16,20 +16,20 @@ from medclip_nb.data import (
     AUGMENT_PRESETS,
     BadImageError,
     BadImageWarning,
-    CXRDataset,
-    EpochSampler,
-    SkippedSample,
-    _to_grayscale_uint8,
     build_datasets,
     build_transforms,
+    CXRDataset,
+    EpochSampler,
     load_dataset_file,
     load_grayscale,
     make_collate,
     make_loader,
+    SkippedSample,
     validate_dataset,
 )
+from medclip_nb.data.images import _to_grayscale_uint8
 from medclip_nb.errors import DataError
-from medclip_nb.text import CharTokenizer
+from medclip_nb.tokenizers import CharTokenizer
 
 NAN = float("nan")
 

@@ -434,7 +434,7 @@ def test_evaluate_checkpoint_with_real_modules(tmp_path):
 
     from medclip_nb.checkpoint import save_checkpoint
     from medclip_nb.models import build_model
-    from medclip_nb.text import build_tokenizer
+    from medclip_nb.tokenizers import build_tokenizer
 
     rng = np.random.default_rng(0)
     reports = ["Small left pleural effusion.", "Mild pulmonary edema.", "Bibasilar atelectasis.",

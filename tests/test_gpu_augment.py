@@ -11,7 +11,7 @@ import torchvision.transforms.v2.functional as TF
 from medclip_nb.config import Config
 from medclip_nb.data import AUGMENT_PRESETS, build_transforms
 from medclip_nb.errors import DataError
-from medclip_nb.gpu_augment import BatchAugment
+from medclip_nb.data.gpu_augment import BatchAugment
 
 S, CROP = 64, 56
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

@@ -18,7 +18,6 @@ from medclip_nb.losses import LOG_MAX_LOGIT_SCALE
 from medclip_nb.models import (
     VISION_BACKBONES,
     BertTextEncoder,
-    HFTokenizerAdapter,
     MedCLIPModel,
     PrecomputedTextEncoder,
     SimpleMedCLIPModel,
@@ -29,6 +28,7 @@ from medclip_nb.models import (
     pretrained_weights_file,
     siglip_initial_bias,
 )
+from medclip_nb.tokenizers import HFTokenizerAdapter
 
 TOKENIZER = SimpleNamespace(vocab_size=50, pad_id=0, max_length=16)
 SMALL_TEXT = {"text_width": 32, "text_layers": 1, "text_heads": 2, "embed_dim": 24}

@@ -7,8 +7,6 @@ import json
 import math
 import pickle
 import shutil
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -170,9 +168,7 @@ def test_damaged_tree_counts_each_reason(phantom, prepared, tmp_path):
 
 def test_store_is_built_when_asked(phantom, tmp_path, monkeypatch):
     calls = []
-    fake = types.ModuleType("medclip_nb.store")
-    fake.build_store = lambda *args, **kwargs: calls.append((args, kwargs))
-    monkeypatch.setitem(sys.modules, "medclip_nb.store", fake)
+    monkeypatch.setattr("medclip_nb.mimic.build_store", lambda *args, **kwargs: calls.append((args, kwargs)))
     out = tmp_path / "out"
     report = prepare_mimic(phantom, out, store_size=32, num_workers=0)
     assert calls == [((out / "datasets.pkl", None), {"size": 32, "num_workers": 0})]

@@ -11,16 +11,17 @@ from PIL import Image
 
 from medclip_nb.config import Config
 from medclip_nb.data import (
+    build_transforms,
     CXRDataset,
     EpochSampler,
-    build_transforms,
     load_grayscale,
     make_collate,
     make_loader,
     validate_dataset,
 )
-from medclip_nb.records import SampleRecords
-from medclip_nb.text import CharTokenizer, clean_report, split_sentences
+from medclip_nb.data.records import SampleRecords
+from medclip_nb.text import clean_report, split_sentences
+from medclip_nb.tokenizers import CharTokenizer
 
 NAN = float("nan")
 

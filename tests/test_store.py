@@ -10,11 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from medclip_nb import store as store_module
+from medclip_nb.data import store as store_module
 from medclip_nb.config import Config
-from medclip_nb.data import CXRDataset, build_resize_transform, build_transforms, load_grayscale
+from medclip_nb.data import build_resize_transform, build_transforms, CXRDataset, load_grayscale
 from medclip_nb.errors import DataError
-from medclip_nb.store import ImageStore, build_store, default_store_dir, find_store
+from medclip_nb.data.store import ImageStore, build_store, default_store_dir, find_store
 
 SIZE = 32
 NO_LABELS = [None] * 14

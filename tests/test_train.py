@@ -81,7 +81,7 @@ def test_param_groups_split_decay_from_no_decay():
 
 # ---- batches on the device ------------------------------------------------------------------------
 def test_store_batches_are_augmented_on_the_device_reproducibly():
-    from medclip_nb.gpu_augment import BatchAugment
+    from medclip_nb.data.gpu_augment import BatchAugment
 
     augment = BatchAugment(32, "seed", train=True)
     batch = {"pixel_values": torch.randint(0, 256, (4, 1, 48, 48), dtype=torch.uint8),

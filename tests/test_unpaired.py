@@ -18,8 +18,9 @@ from medclip_nb.data import load_dataset_file, validate_dataset
 from medclip_nb.errors import DataError
 from medclip_nb.labels import CHEXPERT_LABELS, NUM_LABELS
 from medclip_nb.losses import ContrastiveLoss, medclip_cosine_loss, medclip_loss
-from medclip_nb.text import CharTokenizer, split_sentences
-from medclip_nb.unpaired import UnpairedBatches, UnpairedTexts, build_unpaired, draw_unpaired
+from medclip_nb.text import split_sentences
+from medclip_nb.tokenizers import CharTokenizer
+from medclip_nb.data.unpaired import UnpairedBatches, UnpairedTexts, build_unpaired, draw_unpaired
 
 SCALE = 2.0
 

@@ -130,7 +130,7 @@ def tiny_study(tmp_path_factory):
     from PIL import Image
 
     from medclip_nb.models import build_model
-    from medclip_nb.text import build_tokenizer
+    from medclip_nb.tokenizers import build_tokenizer
 
     root = tmp_path_factory.mktemp("paper_zs")
     rng = np.random.default_rng(0)

@@ -17,7 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from medclip_nb.data.loading import REQUIRED_SPLITS, UNPAIRED_SPLITS, load_dataset_file
+from medclip_nb.data.validation import validate_dataset
 from medclip_nb.errors import DataError, os_error_reason
+from medclip_nb.paths import resolve
 
 
 def _json_value(value: Any, where: str) -> Any:
@@ -44,9 +47,6 @@ def _refuse(where: str, value: Any) -> Any:
 def convert_to_jsonl(data_path: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write the records of `data_path` (a .pkl) as `out` (default: the same name, .jsonl):
     one JSON object per record with its `split`, in split order. Returns the path written."""
-    from medclip_nb.data import load_dataset_file, validate_dataset
-    from medclip_nb.paths import resolve
-
     source = resolve(data_path)
     target = resolve(out) if out is not None else source.with_suffix(".jsonl")
     if target.suffix.lower() != ".jsonl":
@@ -56,7 +56,6 @@ def convert_to_jsonl(data_path: str | os.PathLike, out: str | os.PathLike | None
     splits = load_dataset_file(source)
     for warning in validate_dataset(splits, source):
         print(f"warning: {warning}")
-    from medclip_nb.data import REQUIRED_SPLITS, UNPAIRED_SPLITS
 
     lines = []
     for split in (*REQUIRED_SPLITS, *UNPAIRED_SPLITS):  # the splits validate_dataset checked; others it ignores

@@ -27,6 +27,7 @@ import pandas as pd
 
 from medclip_nb.errors import DataError
 from medclip_nb.labels import CHEXPERT_LABELS, LABEL_INDEX, NUM_LABELS
+from medclip_nb.paths import resolve
 from medclip_nb.text import split_sentences
 
 SOURCE_NAMES = ("sentence-label.csv", "sentence-label.csv.gz")  # in a MIMIC root (MedCLIP's name)
@@ -103,8 +104,6 @@ def find_source_table(mimic_root: Path) -> Path | None:
 def resolve_sentence_labels(cfg) -> Path | None:
     """The table `cfg.sentence_labels` names: None (off), 'auto' (the prepared table beside the
     dataset file when there is one, else None) or a path (which must exist)."""
-    from medclip_nb.paths import resolve
-
     setting = cfg.sentence_labels
     if not setting:
         return None

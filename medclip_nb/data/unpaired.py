@@ -2,7 +2,8 @@
 sentences with labels but no image, mixed into the training batches.
 
 The MedCLIP loss needs no image-report pairs to build its targets: a row's soft targets are
-the label similarity to every column of the other side (losses.published_soft_targets, or losses.soft_targets for medclip_cosine). So each
+the label similarity to every column of the other side (losses.published_soft_targets, or
+losses.soft_targets for medclip_cosine). So each
 training step can append `unpaired_per_batch` image-only items to the image side and/or as
 many text-only items to the text side; the loss is then
 
@@ -35,8 +36,11 @@ import torch
 from torch.utils.data import Dataset
 
 from medclip_nb.config import ConfigError
-from medclip_nb.data import _UINT64_MASK, CXRDataset, SkippedSample, _splitmix64, build_transforms
+from medclip_nb.data.dataset import CXRDataset
+from medclip_nb.data.images import SkippedSample, build_transforms
+from medclip_nb.data.sampling import _UINT64_MASK, _splitmix64
 from medclip_nb.errors import DataError
+from medclip_nb.paths import resolve
 from medclip_nb.text import clean_report, split_sentences
 
 if TYPE_CHECKING:
@@ -181,8 +185,6 @@ def build_unpaired(
                             f"asks for {source} (prepare --unpaired-fraction writes it)")
     images = texts = None
     if "images" in cfg.unpaired_sources:
-        from medclip_nb.paths import resolve
-
         root = resolve(cfg.image_root) if cfg.image_root else data_path.parent
         images = CXRDataset(
             records["train_images"], root=root, transform=build_transforms(cfg, train=True),

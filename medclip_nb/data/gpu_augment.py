@@ -24,30 +24,26 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from medclip_nb.data.images import AUGMENT_PRESETS
 from medclip_nb.errors import DataError
 
 
 class BatchAugment(nn.Module):
     """uint8 `[B, 1, S, S]` (any device) -> float32 `[B, 3, image_size, image_size]`, normalised.
 
-    `preset` is a key of `data.AUGMENT_PRESETS` ('seed', 'medclip', 'none'); `train` turns the
-    random ops on (for presets that have them). `interpolation`: 'nearest' matches torchvision's
-    RandomAffine default used by the CPU path; 'bilinear' is smoother.
+    `preset` is a key of `data.images.AUGMENT_PRESETS` ('seed', 'medclip', 'none'); `train` turns the
+    random ops on (for presets that have them). The affine warp samples nearest pixels, as
+    torchvision's RandomAffine does by default on the CPU path.
     """
 
-    def __init__(self, image_size: int, preset: str, train: bool, interpolation: str = "nearest"):
+    def __init__(self, image_size: int, preset: str, train: bool):
         super().__init__()
-        from medclip_nb.data import AUGMENT_PRESETS
-
         if preset not in AUGMENT_PRESETS:
             raise DataError(f"config key 'augment': unknown preset {preset!r} (one of {', '.join(AUGMENT_PRESETS)})")
-        if interpolation not in ("nearest", "bilinear"):
-            raise ValueError(f"interpolation must be 'nearest' or 'bilinear', got {interpolation!r}")
         settings = AUGMENT_PRESETS[preset]
         self.image_size = int(image_size)
         self.preset = preset
         self.random = bool(train and settings["random"])
-        self.interpolation = interpolation
         self.mean, self.std = float(settings["mean"]), float(settings["std"])
         self.hflip_p = float(settings["hflip_p"])
         self.brightness, self.contrast = float(settings["brightness"]), float(settings["contrast"])
@@ -55,7 +51,7 @@ class BatchAugment(nn.Module):
         self.scale_range = tuple(float(s) for s in settings["scale"])
 
     def extra_repr(self) -> str:
-        return f"image_size={self.image_size}, preset={self.preset!r}, random={self.random}, interpolation={self.interpolation!r}"
+        return f"image_size={self.image_size}, preset={self.preset!r}, random={self.random}"
 
     # ---- random parameters --------------------------------------------------------------------
     def sample_params(self, batch: int, source_size: int, generator: torch.Generator | None = None,
@@ -133,7 +129,7 @@ class BatchAugment(nn.Module):
         x = self._jitter(x, params)
         theta = self._theta(params, source_size)
         grid = F.affine_grid(theta, [images.shape[0], 1, self.image_size, self.image_size], align_corners=False)
-        x = F.grid_sample(x, grid, mode=self.interpolation, padding_mode="zeros", align_corners=False)
+        x = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
         return self._normalise(x)
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:

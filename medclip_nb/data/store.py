@@ -56,6 +56,9 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from medclip_nb.data.images import BadImageError, build_resize_transform, load_grayscale
+from medclip_nb.data.loading import REQUIRED_SPLITS, load_dataset_file
+from medclip_nb.data.validation import validate_dataset
 from medclip_nb.errors import DataError
 from medclip_nb.files import write_atomic, write_json_atomic
 from medclip_nb.paths import resolve
@@ -95,7 +98,6 @@ def decode_for_store(path: str | os.PathLike, size: int) -> np.ndarray:
     Raises data.BadImageError for an unreadable file."""
     import torch
 
-    from medclip_nb.data import build_resize_transform, load_grayscale
 
     pixels = torch.from_numpy(load_grayscale(path, draft_size=size)).unsqueeze(0)
     return build_resize_transform(size)(pixels)[0].numpy()
@@ -117,8 +119,6 @@ def row_hash(image_path: str, pixels: bytes | memoryview | np.ndarray) -> int:
 # ---- dataset file ----------------------------------------------------------------------------------
 def _dataset_image_paths(data_path: Path) -> list[str]:
     """Unique image_path strings over all splits, in first-seen order (train, val, test)."""
-    from medclip_nb.data import REQUIRED_SPLITS, load_dataset_file, validate_dataset
-
     splits = load_dataset_file(data_path)
     validate_dataset(splits, data_path)  # a malformed record fails here, naming the file and key
     seen: dict[str, None] = {}
@@ -332,8 +332,6 @@ def _check_current_against(build: _Build, source: Path, hint: str) -> None:
 # ---- building --------------------------------------------------------------------------------------
 def _decode_rows(tasks: list[tuple[int, str]], size: int) -> list[tuple[int, np.ndarray | None, str | None]]:
     """Pool worker: decode (row, file) pairs; an unreadable image becomes (row, None, reason)."""
-    from medclip_nb.data import BadImageError
-
     out = []
     for row, file in tasks:
         try:

@@ -1,0 +1,331 @@
+"""Every tokenizer: text (or a record's feature rows) into the ids a text encoder reads.
+
+They share one interface (``encode``, ``vocab_size``, ``pad_id``, ``max_length``, ``to_json``)
+so the model, the collate function and the checkpoint code never need to know which one they have:
+
+- ``SubwordTokenizer``: a BPE vocabulary learned from the training reports with the
+  Hugging Face ``tokenizers`` library (``[CLS] ... [SEP]``, padded with ``[PAD]`` = 0);
+- ``CharTokenizer``: the seed script's character-level encoder (ASCII codes, 50 characters);
+- ``HFTokenizerAdapter``: a local BERT folder's own tokenizer (``text_encoder: bert``);
+- ``ClipIndexTokenizer``: ``text_encoder: precomputed``, whose text input is each record's
+  ``clip_indices`` (rows of a features file).
+
+``tokenizer_from_json`` rebuilds any of them from what ``to_json`` wrote (checkpoints, exports).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+import torch
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+
+from medclip_nb.data.validation import clip_index_list
+from medclip_nb.errors import CheckpointError, DataError, UserError
+from medclip_nb.progress import progress
+from medclip_nb.text import clean_report
+
+if TYPE_CHECKING:
+    from medclip_nb.config import Config
+
+PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN = "[PAD]", "[UNK]", "[CLS]", "[SEP]"
+# Order fixes the ids: [PAD] = 0 matches the zero padding of CharTokenizer.
+SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN)
+
+# The seed model reads exactly 50 character codes.
+CHAR_MAX_LENGTH = 50
+CLIP_INDEX_PAD = -1  # PrecomputedTextEncoder gives -1 / mask 0 positions no weight
+
+
+
+def _empty_batch(max_length: int) -> dict[str, torch.Tensor]:
+    empty = torch.zeros((0, max_length), dtype=torch.long)
+    return {"input_ids": empty, "attention_mask": empty.clone()}
+
+
+class SubwordTokenizer:
+    """A Hugging Face ``tokenizers`` tokenizer fixed to ``max_length`` tokens:
+    ``[CLS] tokens... [SEP] [PAD]...``, truncated to fit, ``[PAD]`` = 0."""
+
+    def __init__(self, tokenizer: Tokenizer, max_length: int):
+        if max_length < 2:
+            raise ValueError(f"max_length must leave room for [CLS] and [SEP], got {max_length}")
+        pad_id = tokenizer.token_to_id(PAD_TOKEN)
+        if pad_id is None:
+            raise ValueError(f"the tokenizer has no {PAD_TOKEN} token")
+        self._tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self._pad_id = int(pad_id)
+        # Truncation counts the [CLS]/[SEP] the post-processor adds.
+        tokenizer.enable_truncation(max_length=self.max_length)
+        tokenizer.enable_padding(length=self.max_length, pad_id=self._pad_id, pad_token=PAD_TOKEN)
+        self._unpadded: Tokenizer | None = None
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, max_length: int) -> "SubwordTokenizer":
+        """Learn a BPE vocabulary of at most ``vocab_size`` tokens from ``texts``.
+
+        Plain BPE (no "##" continuation prefix) on purpose: the library's trainer assigns
+        prefixed pieces their ids in hash-map order, which breaks ties between merges
+        differently from run to run (huggingface/tokenizers#1794); without the prefix the
+        same texts always give the same vocabulary.
+        """
+        texts = list(texts)
+        if not texts:
+            raise ValueError("no texts to learn a subword vocabulary from")
+        tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
+        tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+        # Splits on whitespace and on every punctuation character.
+        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        trainer = trainers.BpeTrainer(
+            vocab_size=int(vocab_size), special_tokens=list(SPECIAL_TOKENS), show_progress=False
+        )
+        # The bar counts the texts the trainer has read; its merges follow (a few seconds at MIMIC size).
+        tokenizer.train_from_iterator(progress(texts, desc="tokenizer: learning BPE from reports", unit="report"),
+                                      trainer=trainer, length=len(texts))
+        _add_cls_sep(tokenizer)
+        return cls(tokenizer, max_length)
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tokenizer.get_vocab_size()
+
+    @property
+    def pad_id(self) -> int:
+        return self._pad_id
+
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """``input_ids`` and ``attention_mask``, both int64 ``[len(texts), max_length]``."""
+        if not texts:
+            return _empty_batch(self.max_length)
+        encodings = self._tokenizer.encode_batch(list(texts))
+        return {
+            "input_ids": torch.tensor([e.ids for e in encodings], dtype=torch.long),
+            "attention_mask": torch.tensor([e.attention_mask for e in encodings], dtype=torch.long),
+        }
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Tokens each text needs before truncation, [CLS] and [SEP] included."""
+        if self._unpadded is None:
+            self._unpadded = Tokenizer.from_str(self._tokenizer.to_str())
+            self._unpadded.no_truncation()
+            self._unpadded.no_padding()
+        return [len(e.ids) for e in self._unpadded.encode_batch(list(texts))]
+
+    def to_json(self) -> str:
+        """The tokenizers library's own JSON (vocabulary, merges, padding and truncation)."""
+        return self._tokenizer.to_str()
+
+    @classmethod
+    def from_json(cls, text: str) -> "SubwordTokenizer":
+        try:
+            tokenizer = Tokenizer.from_str(text)
+        except Exception as exc:  # the Rust side raises a bare Exception
+            raise CheckpointError(f"tokenizer JSON: not a valid subword tokenizer ({exc})") from None
+        truncation = tokenizer.truncation
+        if not truncation:
+            raise CheckpointError("tokenizer JSON: no truncation length saved with the subword tokenizer")
+        return cls(tokenizer, truncation["max_length"])
+
+
+def _add_cls_sep(tokenizer: Tokenizer) -> None:
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{CLS_TOKEN} $A {SEP_TOKEN}",
+        special_tokens=[(t, tokenizer.token_to_id(t)) for t in (CLS_TOKEN, SEP_TOKEN)],
+    )
+
+
+class CharTokenizer:
+    """The seed script's text encoder: one id per character, its code point clipped to
+    0..255, padded with 0 / truncated to ``max_length``; the model divides ids by 255."""
+
+    vocab_size = 256
+    pad_id = 0
+
+    def __init__(self, max_length: int = CHAR_MAX_LENGTH):
+        if max_length < 1:
+            raise ValueError(f"max_length must be positive, got {max_length}")
+        self.max_length = int(max_length)
+
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """``input_ids`` and ``attention_mask`` (1 on real characters), int64 ``[B, max_length]``."""
+        if not texts:
+            return _empty_batch(self.max_length)
+        ids = torch.zeros((len(texts), self.max_length), dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, text in enumerate(texts):
+            codes = [min(ord(ch), 255) for ch in text[: self.max_length]]
+            ids[row, : len(codes)] = torch.tensor(codes, dtype=torch.long)
+            mask[row, : len(codes)] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        return [len(t) for t in texts]
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": "char", "max_length": self.max_length})
+
+
+def tokenizer_from_json(text: str):
+    """Rebuild the tokenizer that ``to_json`` wrote (as stored in checkpoints): a
+    ``SubwordTokenizer``, a ``CharTokenizer``, a local BERT tokenizer
+    (``HFTokenizerAdapter``) or ``ClipIndexTokenizer`` (precomputed features)."""
+    try:
+        data = json.loads(text)
+    except (TypeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"tokenizer JSON: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError("tokenizer JSON: expected an object")
+    kind = data.get("kind")
+    if kind == "char":
+        if not isinstance(data.get("max_length"), int):
+            raise CheckpointError("tokenizer JSON: the character-level tokenizer has no integer 'max_length'")
+        return CharTokenizer(data["max_length"])
+    if kind == "hf":
+        return HFTokenizerAdapter.from_json(text)
+    if kind == "clip_indices":  # text_encoder 'precomputed': records' rows of the features file
+        return ClipIndexTokenizer.from_json(text)
+    if "model" in data:
+        return SubwordTokenizer.from_json(text)
+    raise CheckpointError("tokenizer JSON: neither a subword, a character-level, a BERT nor a clip-index tokenizer")
+
+
+def build_tokenizer(cfg: "Config", train_reports: Iterable[str]):
+    """The tokenizer ``cfg`` asks for: the seed's ``CharTokenizer`` for ``model: simple``;
+    the BERT folder's own tokenizer for ``text_encoder: bert`` (its ids must match the
+    pretrained weights); ``ClipIndexTokenizer`` for ``text_encoder: precomputed`` (the
+    records' ``clip_indices`` are the text input); else a BPE vocabulary of ``cfg.vocab_size``
+    learned from the cleaned training reports, ``cfg.max_text_tokens`` long."""
+    if cfg.model == "simple":
+        return CharTokenizer(CHAR_MAX_LENGTH)
+    if cfg.text_encoder == "precomputed":
+        return ClipIndexTokenizer()
+    if cfg.text_encoder == "bert":
+        return HFTokenizerAdapter(cfg.path("bert_path"), cfg.max_text_tokens)
+    cleaned = [clean_report(r) for r in train_reports]
+    if not any(cleaned):
+        raise DataError(f"{cfg.data_path}: no training report text to learn the subword vocabulary from")
+    return SubwordTokenizer.train(cleaned, cfg.vocab_size, cfg.max_text_tokens)
+
+
+class ClipIndexTokenizer:
+    """The tokenizer slot for ``text_encoder: precomputed``: the model's text input is each
+    record's ``clip_indices`` (rows of the precomputed features file), not report text.
+
+    ``encode_indices`` pads a batch's index lists to the longest with -1 (attention mask 0),
+    as ``models.PrecomputedTextEncoder`` expects; ``BatchCollator`` calls it instead of
+    ``encode``. ``to_json``/``tokenizer_from_json`` round-trip it through checkpoints.
+    """
+
+    kind = "clip_indices"
+    pad_id = CLIP_INDEX_PAD
+
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        raise TypeError(
+            "text_encoder 'precomputed' cannot encode text (prompts, reports): its text input is "
+            "each record's clip_indices"
+        )
+
+    def encode_indices(
+        self, index_lists: Sequence[Any], sample_ids: Sequence[int] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``input_ids`` (int64 ``[B, K]``, K = the longest list, at least 1, padded with -1)
+        and ``attention_mask`` (1 on real indices). A missing (None) or malformed entry is a
+        ``DataError`` naming the sample's dataset index from ``sample_ids``."""
+        lists = []
+        for position, value in enumerate(index_lists):
+            sample = sample_ids[position] if sample_ids is not None else position
+            where = f"dataset sample {sample}"
+            if value is None:
+                raise DataError(
+                    f"{where}: no 'clip_indices' in its record (text_encoder 'precomputed' needs them)"
+                )
+            lists.append(clip_index_list(value, where))
+        width = max((len(indices) for indices in lists), default=1)
+        input_ids = torch.full((len(lists), width), CLIP_INDEX_PAD, dtype=torch.long)
+        for row, indices in enumerate(lists):
+            input_ids[row, : len(indices)] = torch.tensor(indices, dtype=torch.long)
+        return {"input_ids": input_ids, "attention_mask": (input_ids != CLIP_INDEX_PAD).long()}
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "pad_id": self.pad_id})
+
+    @classmethod
+    def from_json(cls, text: str) -> "ClipIndexTokenizer":
+        return cls()
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches and loaders
+# ---------------------------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# A local Hugging Face folder (text_encoder: bert); models.BertTextEncoder loads its weights the same way
+# ---------------------------------------------------------------------------------------------
+
+
+def import_transformers():
+    try:
+        import transformers
+    except ImportError:
+        raise UserError(
+            "text_encoder 'bert' needs the transformers package: pip install -e .[transformers]"
+        ) from None
+    return transformers
+
+
+def local_hf_folder(path: str | os.PathLike) -> Path:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(
+            f"bert_path {folder}: not a folder; nothing is downloaded here: on a networked machine save the model "
+            f"and its tokenizer there with save_pretrained (for Bio_ClinicalBERT see params/medclip_paper.yaml) "
+            f"and copy the folder"
+        )
+    return folder
+
+
+def from_local_folder(auto_class, folder, what: str):
+    """`auto_class.from_pretrained` on a local folder only (never the hub); one-line UserError."""
+    try:
+        return auto_class.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"bert_path {folder}: cannot load {what} from it ({first_line})") from None
+
+
+class HFTokenizerAdapter:
+    """A local Hugging Face tokenizer behind the interface of the other tokenizers here:
+    `.encode(texts) -> {'input_ids', 'attention_mask'}` (int64 `[B, max_length]`),
+    `.vocab_size`, `.pad_id`, `.max_length`, `.to_json()`."""
+
+    kind = "hf"
+
+    def __init__(self, path: str | os.PathLike, max_length: int = 128):
+        transformers = import_transformers()
+        folder = local_hf_folder(path)
+        self.tokenizer = from_local_folder(transformers.AutoTokenizer, folder, "a tokenizer")
+        if self.tokenizer.pad_token_id is None:
+            raise UserError(f"bert_path {folder}: the tokenizer has no pad token")
+        self.path = str(folder)
+        self.max_length = int(max_length)
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        self.vocab_size = len(self.tokenizer)
+
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        encoded = self.tokenizer(
+            list(texts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        return {"input_ids": encoded["input_ids"].long(), "attention_mask": encoded["attention_mask"].long()}
+
+    def to_json(self) -> str:
+        return json.dumps({"kind": self.kind, "path": self.path, "max_length": self.max_length})
+
+    @classmethod
+    def from_json(cls, text: str) -> "HFTokenizerAdapter":
+        state = json.loads(text)
+        return cls(state["path"], state.get("max_length", 128))

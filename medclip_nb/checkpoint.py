@@ -19,8 +19,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from medclip_nb.checkpoint_check import MODEL_PARTS, check_checkpoint
+from medclip_nb.config import ConfigError, from_dict
 from medclip_nb.errors import CheckpointError, os_error_reason
+from medclip_nb.models import build_model
 from medclip_nb.paths import resolve
+from medclip_nb.tokenizers import tokenizer_from_json
 
 CHECKPOINT_SUFFIX = ".pth"
 # Temporary files of an unfinished save look like `.last.pth.tmp-1234`.
@@ -253,11 +257,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild a trained model from a checkpoint: returns (model in eval mode on `device`,
     tokenizer, Config). Raises CheckpointError when the file lacks a part or the weights do
     not fit the stored configuration."""
-    from medclip_nb.checkpoint_check import MODEL_PARTS, check_checkpoint
-    from medclip_nb.config import ConfigError, from_dict
-    from medclip_nb.models import build_model
-    from medclip_nb.tokenizers import tokenizer_from_json
-
     p = resolve(path)
     state = check_checkpoint(load_checkpoint(p), p, MODEL_PARTS)
     try:

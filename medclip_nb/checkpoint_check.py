@@ -17,7 +17,9 @@ from typing import Any, Iterable
 
 import torch
 
+from medclip_nb.config import ConfigError, from_dict
 from medclip_nb.errors import CheckpointError, one_line, quote
+from medclip_nb.tokenizers import tokenizer_from_json
 
 _MAX_COUNT = 2**62
 # Progress counters a checkpoint stores (train._Progress), with their kind.
@@ -93,8 +95,6 @@ class _Checker:
             self.fail("scaler", "is not a grad scaler state (names and numbers)")
 
     def config(self, value: Any) -> None:
-        from medclip_nb.config import ConfigError, from_dict
-
         if not isinstance(value, dict):
             self.fail("config", "is not a dict")
         try:
@@ -103,8 +103,6 @@ class _Checker:
             raise CheckpointError(f"{self.path}: field 'config' is not valid here: {one_line(e)}") from None
 
     def tokenizer(self, value: Any) -> None:
-        from medclip_nb.tokenizers import tokenizer_from_json
-
         if not isinstance(value, str):
             self.fail("tokenizer", "is not a JSON string")
         try:

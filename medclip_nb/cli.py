@@ -42,7 +42,7 @@ def _prepare(args) -> int:
 
 
 def _data(args) -> int:
-    from medclip_nb.study import ensure_dataset
+    from medclip_nb.prepare import ensure_dataset
 
     path = ensure_dataset(config_from_args(args))
     print(f"dataset ready: {path}")
@@ -57,7 +57,8 @@ def _convert(args) -> int:
 
 
 def _cache(args) -> int:
-    from medclip_nb.data.store import ImageStore, build_store
+    from medclip_nb.data.store import ImageStore
+    from medclip_nb.data.store_build import build_store
 
     if args.size not in STORE_SIZES:
         raise UserError(f"--size: {args.size} is not in {STORE_SIZES.start}..{STORE_SIZES.stop - 1}")
@@ -149,7 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="MedCLIP-style image-report pretraining on MIMIC-CXR (or its phantom).",
     )
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
+    for add in _SUBCOMMANDS:
+        add(sub)
+    return parser
 
+
+def _add_phantom(sub) -> None:
     p = sub.add_parser("phantom", help="write a deterministic phantom MIMIC-CXR-JPG dataset")
     p.add_argument("--out", required=True, help="output folder (the MIMIC-CXR-JPG root)")
     p.add_argument("--studies", type=int, default=300, help="number of studies (default: 300)")
@@ -161,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace a phantom of other parameters in --out (and the datasets prepared from it)")
     p.set_defaults(func=_phantom)
 
+
+def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="import a MIMIC-CXR-JPG tree into datasets.pkl")
     p.add_argument("--mimic-root", "--mimic_root", dest="mimic_root", required=True,
                    help="MIMIC-CXR-JPG root: files/ and the mimic-cxr-2.0.0-*.csv.gz tables")
@@ -175,17 +183,25 @@ def build_parser() -> argparse.ArgumentParser:
                         "splits train_images / train_texts (default: 0)")
     p.set_defaults(func=_prepare)
 
-    p = sub.add_parser("data", help="make the config's dataset ready: generate the phantom and/or prepare it, build the store")
+
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="make the config's dataset ready: generate the phantom and/or prepare it, build "
+                                    "the store")
     add_config_arguments(p, keys=("data_path", "mimic_root", "frontal_views", "phantom_dir", "phantom_studies",
                                   "phantom_size", "phantom_seed", "phantom_test_studies", "image_store", "resize_size",
                                   "force"))
     p.set_defaults(func=_data)
 
+
+def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="write a dataset pickle once as a JSON Lines manifest (safe and fast to load)")
     p.add_argument("--data_path", "--data-path", dest="data_path", required=True, help="datasets.pkl to convert")
-    p.add_argument("--out", default=None, help="manifest to write (default: the pickle's name with .jsonl); never replaced")
+    p.add_argument("--out", default=None, help="manifest to write (default: the pickle's name with .jsonl); never "
+                                               "replaced")
     p.set_defaults(func=_convert)
 
+
+def _add_cache(sub) -> None:
     p = sub.add_parser("cache", help="decode every image of a dataset once into a uint8 store")
     p.add_argument("--data_path", "--data-path", dest="data_path", required=True, help="datasets.pkl or manifest")
     p.add_argument("--out", default=None, help="store folder (default: image_store_<size>/ beside the dataset file)")
@@ -197,11 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="afterwards, hash every stored row (opening checks a sample)")
     p.set_defaults(func=_cache)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="pretrain (the seed script's flags, plus every config key)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_config_arguments(p)
     p.set_defaults(func=_train)
 
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="zero-shot, retrieval and linear-probe evaluation of a checkpoint")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, last.pth, ...)")
     p.add_argument("--out", default="reports", help="folder for metrics.json and figures (default: reports)")
@@ -210,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                                   "zeroshot_prompt_draws", "num_workers", "gpu_id", "seed"))
     p.set_defaults(func=_evaluate)
 
+
+def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="zero-shot classify images or folders of images with a checkpoint or export")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, ...) or export folder")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
@@ -224,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(p, keys=("eval_batch_size", "num_workers", "gpu_id", "on_bad_image"))
     p.set_defaults(func=_predict)
 
+
+def _add_embed(sub) -> None:
     p = sub.add_parser("embed", help="image and report embeddings of a dataset file, with their ids, to .npz")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, ...) or export folder")
     p.add_argument("--out", required=True, metavar="FILE", help="output .npz file")
@@ -232,11 +256,15 @@ def build_parser() -> argparse.ArgumentParser:
                                   "gpu_id", "on_bad_image"))
     p.set_defaults(func=_embed)
 
+
+def _add_export(sub) -> None:
     p = sub.add_parser("export", help="portable export of a checkpoint's model: safetensors, config and tokenizer JSON")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, last.pth, ...)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty, or an earlier export)")
     p.set_defaults(func=_export)
 
+
+def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="throughput benchmark: model-only vs end-to-end from the store and from JPEGs")
     add_config_arguments(p)
     p.add_argument("--phantom", type=int, default=None,
@@ -244,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default: 20)")
     p.set_defaults(func=_bench)
 
+
+def _add_summary(sub) -> None:
     p = sub.add_parser("summary", help="write the results tables of metrics.json as summary.md (make study does)")
     p.add_argument("--metrics", default="reports/metrics.json", help="metrics.json (default: reports/metrics.json)")
     p.add_argument("--out", default="reports/summary.md", help="output file (default: reports/summary.md)")
@@ -252,9 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default=None, help="the parameter file the study ran with, shown in the summary")
     p.set_defaults(func=_summary)
 
-    p = sub.add_parser("bench-scale", help="time every data step on synthetic MIMIC-CXR-size trees (benchmarks/README.md)")
-    p.add_argument("--sizes", default="5000,60000,227827", help="studies per tree, comma-separated (full MIMIC: 227827)")
-    p.add_argument("--root", default="/tmp/medclip_scale", help="folder for the trees (removed afterwards unless --keep)")
+
+def _add_bench_scale(sub) -> None:
+    p = sub.add_parser("bench-scale", help="time every data step on synthetic MIMIC-CXR-size trees "
+                                           "(benchmarks/README.md)")
+    p.add_argument("--sizes", default="5000,60000,227827",
+                   help="studies per tree, comma-separated (full MIMIC: 227827)")
+    p.add_argument("--root", default="/tmp/medclip_scale", help="folder for the trees (removed afterwards unless "
+                                                                "--keep)")
     p.add_argument("--store-size", "--store_size", dest="store_size", type=int, default=16,
                    help="image store side in pixels (default: 16; the images are tiny)")
     p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=2,
@@ -263,7 +298,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", action="store_true", help="keep the trees")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     p.set_defaults(func=_bench_scale)
-    return parser
+
+
+# In the order `--help` lists them.
+_SUBCOMMANDS = (
+    _add_phantom,
+    _add_prepare,
+    _add_data,
+    _add_convert,
+    _add_cache,
+    _add_train,
+    _add_evaluate,
+    _add_predict,
+    _add_embed,
+    _add_export,
+    _add_bench,
+    _add_summary,
+    _add_bench_scale,
+)
 
 
 def main(argv: list[str] | None = None) -> int:

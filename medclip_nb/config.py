@@ -19,6 +19,7 @@ from typing import Any, Mapping, get_args, get_origin, get_type_hints
 import yaml
 
 from medclip_nb.errors import UserError, quote
+from medclip_nb.paths import resolve
 
 
 class ConfigError(UserError, ValueError):
@@ -83,13 +84,15 @@ class Config:
         None, "folder that relative image_path values are taken from (default: the dataset file's folder)"
     )
     image_store: str | None = _opt(
-        None, "prepared uint8 image store (from `prepare --store`/`cache`); 'auto' uses one beside the dataset file if present"
+        None, "prepared uint8 image store (from `prepare --store`/`cache`); 'auto' uses one beside the dataset file if "
+              "present"
     )
     mimic_root: str | None = _opt(None, "MIMIC-CXR-JPG root read by `prepare` (files/, *.csv.gz)")
     frontal_views: list = _opt(["PA", "AP"], "ViewPosition values kept by `prepare`")
     phantom_dir: str = _opt("data/phantom", "where the phantom MIMIC-CXR-JPG tree is written")
     phantom_studies: int = _opt(300, "number of phantom studies", check=_between(1, 1_000_000))
-    phantom_size: int = _opt(256, "phantom image side in pixels (MIMIC-CXR is about 2544 x 3056)", check=_between(1, 4096))
+    phantom_size: int = _opt(256, "phantom image side in pixels (MIMIC-CXR is about 2544 x 3056)",
+                             check=_between(1, 4096))
     phantom_test_studies: int = _opt(
         0, "extra test-only phantom studies of new patients: evaluation sets big enough for intervals",
         check=_between(0, 1_000_000)
@@ -100,7 +103,8 @@ class Config:
     image_size: int = _opt(224, "training crop size in pixels", check=_between(1, 4096))
     resize_size: int = _opt(256, "size images are resized to before cropping", check=_between(1, 4096))
     augment: str = _opt("seed", "augmentation preset", choices=["seed", "medclip", "none"])
-    on_bad_image: str = _opt("skip", "unreadable image: skip it and count it, or stop with an error", choices=["skip", "error"])
+    on_bad_image: str = _opt("skip", "unreadable image: skip it and count it, or stop with an error",
+                             choices=["skip", "error"])
     report_sampling: str = _opt(
         "full", "text per training step: the whole cleaned report, or one random sentence (MedCLIP)",
         choices=["full", "sentence"],
@@ -118,8 +122,10 @@ class Config:
         0.0, "report_sampling sentence: EDA fraction alpha (random swap / deletion / insertion of in-report "
         "words, seeded per sample; 0 is off)", check=lambda v: 0 <= v < 1,
     )
-    max_text_tokens: int = _opt(128, "text length in tokens (the simple model always uses 50 characters)", check=_between(1, 8192))
-    vocab_size: int = _opt(4000, "subword vocabulary size learned from the training reports", check=_between(1, 1_000_000))
+    max_text_tokens: int = _opt(128, "text length in tokens (the simple model always uses 50 characters)",
+                                check=_between(1, 8192))
+    vocab_size: int = _opt(4000, "subword vocabulary size learned from the training reports",
+                           check=_between(1, 1_000_000))
     train_fraction: float = _opt(
         1.0, "keep this fraction of the training pairs, whole patients, seeded by train_fraction_seed "
         "(data-efficiency runs; val and test stay whole)", check=lambda v: 0 < v <= 1,
@@ -128,12 +134,14 @@ class Config:
                                    check=_between(0, 2**32 - 1))
     debug_subset: int = _opt(64, "samples per split used with --debug", check=_between(1, _MAX_COUNT))
     # ---- model ----------------------------------------------------------------------------
-    model: str = _opt("medclip", "medclip: torchvision backbone + transformer text encoder; simple: the seed's SimpleMedCLIPModel", choices=["medclip", "simple"])
+    model: str = _opt("medclip", "medclip: torchvision backbone + transformer text encoder; simple: the seed's "
+                                 "SimpleMedCLIPModel", choices=["medclip", "simple"])
     vision_backbone: str = _opt(
         "resnet18", "torchvision image backbone",
         choices=["resnet18", "resnet34", "resnet50", "swin_t", "mobilenet_v3_small"],
     )
-    vision_pretrained: bool = _opt(False, "load torchvision ImageNet weights from the local torch hub cache (no download)")
+    vision_pretrained: bool = _opt(False, "load torchvision ImageNet weights from the local torch hub cache (no "
+                                          "download)")
     text_encoder: str = _opt("transformer", "text encoder", choices=["transformer", "bert", "precomputed"])
     text_layers: int = _opt(4, "transformer text encoder layers", check=_between(1, 128))
     text_width: int = _opt(256, "transformer text encoder width", check=_between(1, 16384))
@@ -160,10 +168,12 @@ class Config:
     )
     # unpaired data (MedCLIP's decoupled images and texts; medclip_nb/unpaired.py)
     unpaired_sources: list = _opt(
-        [], "unpaired data mixed into training batches (loss medclip or medclip_cosine): 'images' (split train_images), "
+        [], "unpaired data mixed into training batches (loss medclip or medclip_cosine): 'images' (split "
+            "train_images), "
         "'texts' (split train_texts)"
     )
-    unpaired_per_batch: int = _opt(8, "extra unpaired items of each used source per training step", check=_between(1, 65536))
+    unpaired_per_batch: int = _opt(8, "extra unpaired items of each used source per training step",
+                                   check=_between(1, 65536))
     # ---- training (the seed script's flags and defaults) ----------------------------------
     batch_size: int = _opt(
         32, "training batch size (pairs per step, per process; a contrastive step needs at least 2)",
@@ -171,11 +181,13 @@ class Config:
     )
     num_epochs: int = _opt(10, "training epochs", check=_between(1, _MAX_COUNT))
     lr: float = _opt(2e-5, "peak learning rate (AdamW)", check=_positive)
-    weight_decay: float = _opt(1e-4, "AdamW weight decay (not applied to biases, norms, temperature)", check=_non_negative)
+    weight_decay: float = _opt(1e-4, "AdamW weight decay (not applied to biases, norms, temperature)",
+                               check=_non_negative)
     warmup: float = _opt(0.1, "linear warmup as a fraction of total steps, in [0, 1)", check=lambda v: 0 <= v < 1)
     eval_batch_size: int = _opt(64, "evaluation batch size (a validation batch needs at least 2 pairs)",
                                 check=_between(1, 65536))
-    eval_steps: int = _opt(1000, "validate every N optimizer steps (and at each epoch end)", check=_between(1, _MAX_COUNT))
+    eval_steps: int = _opt(1000, "validate every N optimizer steps (and at each epoch end)",
+                           check=_between(1, _MAX_COUNT))
     save_steps: int = _opt(
         1000,
         "write a resumable mid-epoch checkpoint every N steps; the seed's default of 1 wrote one "
@@ -187,8 +199,10 @@ class Config:
                        check=_device_name)
     seed: int = _opt(42, "random seed for weights, data order and augmentation", check=_between(0, 2**32 - 1))
     model_save_path: str = _opt("./checkpoints/mimic_cxr_pretrain", "folder for checkpoints and the metrics log")
-    resume_from: str | None = _opt(None, "checkpoint to resume from, or 'latest' for the newest complete one in model_save_path")
-    use_amp: bool = _opt(True, "mixed precision on GPU (bf16 where supported, else fp16 with a grad scaler); CPU runs fp32")
+    resume_from: str | None = _opt(None, "checkpoint to resume from, or 'latest' for the newest complete one in "
+                                         "model_save_path")
+    use_amp: bool = _opt(True, "mixed precision on GPU (bf16 where supported, else fp16 with a grad scaler); CPU runs "
+                               "fp32")
     debug: bool = _opt(False, "small subset, batch shapes and loss terms printed, anomaly detection on")
     # ---- training extras --------------------------------------------------------------------
     max_steps: int | None = _opt(None, "stop after this many optimizer steps (overrides num_epochs when smaller)",
@@ -217,10 +231,14 @@ class Config:
         "pad-resize image; medclip_nb/zeroshot_paper.py), or both (paper under zero_shot_5x200_paper)",
         choices=["ours", "paper", "both"],
     )
-    zeroshot_prompts_n: int = _opt(10, "zeroshot_protocol paper: random prompts per class (MedCLIP: 10)", check=_between(1, 10_000))
-    zeroshot_prompt_draws: int = _opt(5, "zeroshot_protocol paper: seeded prompt draws; accuracy is reported as mean and std", check=_between(1, 10_000))
-    baselines: bool = _opt(True, "notebook 04: also evaluate the random-init model and train the seed's simple model with the same budget")
-    ablation_seeds: list = _opt([], "notebook 04: seeds of the model/loss ablation (empty: no ablation; see `make ablation`)")
+    zeroshot_prompts_n: int = _opt(10, "zeroshot_protocol paper: random prompts per class (MedCLIP: 10)",
+                                   check=_between(1, 10_000))
+    zeroshot_prompt_draws: int = _opt(5, "zeroshot_protocol paper: seeded prompt draws; accuracy is reported as mean "
+                                         "and std", check=_between(1, 10_000))
+    baselines: bool = _opt(True, "notebook 04: also evaluate the random-init model and train the seed's simple model "
+                                 "with the same budget")
+    ablation_seeds: list = _opt([], "notebook 04: seeds of the model/loss ablation (empty: no ablation; see `make "
+                                    "ablation`)")
     reports_dir: str = _opt("reports", "folder for metrics.json, executed notebooks and figures/ of the study")
 
     # ------------------------------------------------------------------------------------------
@@ -235,8 +253,6 @@ class Config:
 
     # Paths from the config, resolved from the repository root.
     def path(self, key: str) -> Path | None:
-        from medclip_nb.paths import resolve
-
         return resolve(getattr(self, key))
 
 
@@ -307,7 +323,8 @@ def _coerce(key: str, value: Any) -> Any:
             except (TypeError, ValueError):
                 numbers = []
             if len(numbers) != len(value) or not 0 < len(value) <= MAX_LIST:
-                raise ConfigError(f"config key '{key}': must be a list of at most {MAX_LIST} numbers, got {quote(value)}")
+                raise ConfigError(f"config key '{key}': must be a list of at most {MAX_LIST} numbers, got "
+                                  f"{quote(value)}")
             return numbers
         item_type = int if key in _INT_LISTS else str
         if len(value) > MAX_LIST or not all(
@@ -366,13 +383,15 @@ def _validate_unpaired(cfg: Config) -> None:
     sources = [str(s).strip() for s in cfg.unpaired_sources]
     for source in sources:
         if source not in UNPAIRED_SOURCES:
-            raise ConfigError(f"config key 'unpaired_sources': {quote(source)} is not one of {', '.join(UNPAIRED_SOURCES)}")
+            raise ConfigError(f"config key 'unpaired_sources': {quote(source)} is not one of "
+                              f"{', '.join(UNPAIRED_SOURCES)}")
     if len(set(sources)) != len(sources):
         raise ConfigError(f"config key 'unpaired_sources': {quote(cfg.unpaired_sources)} names a source twice")
     object.__setattr__(cfg, "unpaired_sources", sources)
     if sources and cfg.loss not in ("medclip", "medclip_cosine"):
         raise ConfigError(
-            f"config key 'unpaired_sources': needs loss 'medclip' or 'medclip_cosine' (label-based targets); loss {cfg.loss!r} "
+            "config key 'unpaired_sources': needs loss 'medclip' or 'medclip_cosine' (label-based targets); loss "
+            f"{cfg.loss!r} "
             "needs image-report pairs"
         )
     if "texts" in sources and cfg.model != "simple" and cfg.text_encoder == "precomputed":
@@ -403,8 +422,6 @@ def from_dict(values: Mapping[str, Any], source: str = "config") -> Config:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    from medclip_nb.paths import resolve
-
     p = resolve(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")

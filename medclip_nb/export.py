@@ -20,8 +20,13 @@ from pathlib import Path
 
 import torch
 
+from medclip_nb.checkpoint import load_model
+from medclip_nb.config import ConfigError, from_dict
 from medclip_nb.errors import CheckpointError
 from medclip_nb.files import write_atomic, write_json_atomic, write_text_atomic
+from medclip_nb.models import build_model
+from medclip_nb.paths import resolve
+from medclip_nb.tokenizers import tokenizer_from_json
 
 EXPORT_FORMAT = "medclip-nb-export"
 EXPORT_VERSION = 1
@@ -70,9 +75,6 @@ def export_model(model: torch.nn.Module, tokenizer, cfg, out_dir: str | os.PathL
 
 def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Export the model of a training checkpoint (best.pth, last.pth, ...) to `out_dir`."""
-    from medclip_nb.checkpoint import load_model
-    from medclip_nb.paths import resolve
-
     model, tokenizer, cfg = load_model(resolve(checkpoint), "cpu")
     return export_model(model, tokenizer, cfg, resolve(out_dir))
 
@@ -94,9 +96,6 @@ def load_export(folder: str | os.PathLike, device: str | torch.device = "cpu"):
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from medclip_nb.config import ConfigError, from_dict
-    from medclip_nb.models import build_model
-    from medclip_nb.tokenizers import tokenizer_from_json
 
     folder = Path(folder)
     meta = _read_json(folder / CONFIG_FILE, "json")

@@ -394,7 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="medclip-fuzz-") as tmp:
         folder = Path(args.folder or tmp)
         make_seeds(folder / "seeds")  # once, before the children (the checkpoint is a short training run)
-        print(f"{'format':11s} {'n':>6s} " + " ".join(f"{o:>15s}" for o in OUTCOMES) + f" {'peak RSS MiB':>13s} {'s':>6s}")
+        print(f"{'format':11s} {'n':>6s} " + " ".join(f"{o:>15s}" for o in OUTCOMES) + f" {'peak RSS MiB':>13s} "
+                                                                                       f"{'s':>6s}")
         failures = 0
         for fmt in args.formats.split(","):
             started = time.perf_counter()

@@ -1,6 +1,5 @@
 """Use a pretrained model: load it, embed images and texts, classify images zero-shot.
 
-    from medclip_nb.inference import load_pretrained
     pretrained = load_pretrained("checkpoints/debug/best.pth")     # or an export folder
     probabilities = pretrained.classify(["scan.jpg", "scans/"])      # pandas DataFrame
     images = pretrained.embed_images(["scan.jpg"])                   # .embeddings [N, D], .ids
@@ -30,20 +29,27 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from medclip_nb.checkpoint import load_model
 from medclip_nb.data import (
     REQUIRED_SPLITS,
     BadImageError,
     BadImageWarning,
+    SkippedSample,
     build_transforms,
+    check_clip_index_rows,
     load_dataset_file,
     load_grayscale,
+    make_collate,
+    make_loader,
     pil_to_grayscale,
-    SkippedSample,
+    uses_precomputed_text,
 )
 from medclip_nb.errors import DataError, UserError
-from medclip_nb.evaluate import encode_texts, model_logit_scale, zero_shot_classify
+from medclip_nb.evaluate import compute_embeddings, encode_texts, eval_datasets, model_logit_scale, zero_shot_classify
+from medclip_nb.export import is_export_dir, load_export
 from medclip_nb.files import write_atomic
 from medclip_nb.labels import COMPETITION_TASKS, PROMPT_VOCABULARY
+from medclip_nb.paths import resolve
 from medclip_nb.progress import progress as progress_display
 from medclip_nb.prompts import finding_phrase, generate_prompts
 from medclip_nb.runtime import amp_dtype, autocast, eval_mode, pick_device
@@ -117,7 +123,8 @@ class _ImageItems(Dataset):
         elif item.is_floating_point():  # already the eval transform's output
             expected = (3, self.image_size, self.image_size)
             if tuple(item.shape) != expected:
-                raise ValueError(f"{name}: a float tensor must be a transformed image {expected}, got {tuple(item.shape)}")
+                raise ValueError(f"{name}: a float tensor must be a transformed image {expected}, got "
+                                 f"{tuple(item.shape)}")
             return item.float()
         elif item.dtype == torch.uint8 and item.ndim in (2, 3):
             gray = item if item.ndim == 2 else item[0] if item.shape[0] == 1 else None
@@ -126,7 +133,8 @@ class _ImageItems(Dataset):
 
                 gray = rgb_to_grayscale(item)[0]
             if gray is None:
-                raise ValueError(f"{name}: a uint8 tensor must be [H, W], [1, H, W] or [3, H, W], got {tuple(item.shape)}")
+                raise ValueError(f"{name}: a uint8 tensor must be [H, W], [1, H, W] or [3, H, W], got "
+                                 f"{tuple(item.shape)}")
         else:
             raise ValueError(f"{name}: tensor of dtype {item.dtype} and shape {tuple(item.shape)} is not an image")
         return self.transform(gray.contiguous().unsqueeze(0))
@@ -281,10 +289,6 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device | None =
     folder (`python -m medclip_nb export`, read without pickle), with its tokenizer, config and
     evaluation transform, in eval mode on `device` (default: a GPU when there is one).
     Relative paths are taken from the repository root, as for config keys."""
-    from medclip_nb.checkpoint import load_model
-    from medclip_nb.export import is_export_dir, load_export
-    from medclip_nb.paths import resolve
-
     source = resolve(path)
     target = device if isinstance(device, torch.device) else pick_device(device, what="device", log=lambda _: None)
     if source.is_dir():
@@ -298,21 +302,19 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device | None =
 
 # ---- a whole dataset ----------------------------------------------------------------------------------
 def embed_dataset(pretrained: Pretrained, data_path: str | os.PathLike, *, splits: Sequence[str] = REQUIRED_SPLITS,
-                  overrides: Mapping[str, Any] | None = None, progress: bool = True, log=print) -> dict[str, np.ndarray]:
+                  overrides: Mapping[str, Any] | None = None, progress: bool = True, log=print) -> dict[str,
+                                                                                                        np.ndarray]:
     """Image and report embeddings of every record of `splits` of a dataset file, as arrays
     aligned by row: image, text [N, D] float32 (text: the record's whole cleaned report),
     split, index (row in its split), image_path, study_id (-1 when absent), dicom_id ('' when
     absent), text_group (rows with equal ids have the same report text), labels [N, 14].
     Unreadable images are skipped (on_bad_image 'skip') and logged by name. `overrides`: config
     keys such as image_root, image_store, eval_batch_size, num_workers, on_bad_image."""
-    from medclip_nb.data import check_clip_index_rows, make_collate, make_loader, uses_precomputed_text
-    from medclip_nb.evaluate import compute_embeddings, eval_datasets
-    from medclip_nb.paths import resolve
-
     cfg = pretrained.config.replace(data_path=str(data_path), debug=False, **dict(overrides or {}))
     unknown = [s for s in splits if s not in REQUIRED_SPLITS]
     if unknown or not splits:
-        raise UserError(f"--splits: {unknown[0] if unknown else 'nothing'!r} is not one of {', '.join(REQUIRED_SPLITS)}")
+        first = unknown[0] if unknown else "nothing"
+        raise UserError(f"--splits: {first!r} is not one of {', '.join(REQUIRED_SPLITS)}")
     datasets, dataset_warnings = eval_datasets(cfg, pretrained.tokenizer)
     for warning in dataset_warnings:
         log(f"warning: {warning}")

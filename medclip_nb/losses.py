@@ -160,7 +160,8 @@ def _clip_terms(image_q, text_k, text_q, image_k, logit_scale, offset: int) -> d
     }
 
 
-def _label_targets(targets: str, query_vectors: Tensor, key_vectors: Tensor, offset: int, num_pairs: int | None) -> Tensor:
+def _label_targets(targets: str, query_vectors: Tensor, key_vectors: Tensor, offset: int,
+                   num_pairs: int | None) -> Tensor:
     if targets == "published":
         return published_soft_targets(query_vectors, key_vectors)
     return soft_targets(query_vectors, key_vectors, offset, num_pairs)
@@ -206,7 +207,8 @@ def _finish(terms: dict[str, Tensor], mean: bool) -> tuple[Tensor, dict[str, Ten
 
 
 # ---- public single-batch losses ---------------------------------------------------------------
-def clip_loss(image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor | float) -> tuple[Tensor, dict[str, Tensor]]:
+def clip_loss(image_embeds: Tensor, text_embeds: Tensor, logit_scale: Tensor | float) -> tuple[Tensor,
+                                                                                               dict[str, Tensor]]:
     """Symmetric InfoNCE: logits = scale * image @ text^T, cross-entropy against the diagonal
     for image->text (rows) and text->image (columns), averaged.
 

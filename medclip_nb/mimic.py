@@ -51,7 +51,7 @@ from medclip_nb.data.sentence_labels import (
     read_sentence_labels,
     write_sentence_labels,
 )
-from medclip_nb.data.store import build_store
+from medclip_nb.data.store_build import build_store
 from medclip_nb.errors import DataError
 from medclip_nb.files import write_bytes_atomic, write_json_atomic
 from medclip_nb.labels import CHEXPERT_LABELS

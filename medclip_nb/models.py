@@ -189,8 +189,9 @@ class TransformerTextEncoder(nn.Module):
     LayerNorm, mean pooling over the real (non-pad) tokens and Linear(width -> embed_dim, no bias).
 
     Mean pooling rather than the [CLS] or [SEP] token the subword tokenizer adds (they are pooled
-    with the words, as real tokens): a report's findings are spread over all of its words, the mean ignores padding so an embedding does not
-    depend on the padded length, and MedCLIP pools its BERT by token means too.
+    with the words, as real tokens): a report's findings are spread over all of its words, the mean
+    ignores padding so an embedding does not depend on the padded length, and MedCLIP pools its
+    BERT by token means too.
     """
 
     def __init__(

@@ -69,7 +69,8 @@ def foreign_file(files_dir: Path) -> Path | None:
     for path in sorted(files_dir.rglob("*")):
         if path.is_dir() and not path.is_symlink():
             continue
-        if not path.is_file() or path.is_symlink() or not _PHANTOM_FILE.fullmatch(path.relative_to(files_dir).as_posix()):
+        relative = path.relative_to(files_dir).as_posix()
+        if not path.is_file() or path.is_symlink() or not _PHANTOM_FILE.fullmatch(relative):
             return path
     return None
 

@@ -34,7 +34,21 @@ from typing import Any
 
 import numpy as np
 
+from medclip_nb.config import Config
+from medclip_nb.data import (
+    EpochSampler,
+    build_datasets,
+    load_dataset_file,
+    make_collate,
+    make_loader,
+    seed_worker,
+    validate_dataset,
+)
+from medclip_nb.data.store import ImageStore, find_store
+from medclip_nb.data.store_build import build_store
 from medclip_nb.labels import CHEXPERT_LABELS
+from medclip_nb.mimic import prepare_mimic
+from medclip_nb.tokenizers import build_tokenizer
 
 MIMIC_STUDIES, MIMIC_IMAGES, MIMIC_SUBJECTS = 227_827, 378_680, 64_588
 MARKER = "scale_tree.json"
@@ -166,7 +180,6 @@ def _epoch_worker_memory(dataset, cfg, tokenizer, old_layout: bool) -> dict[str,
     its first batch and after the epoch (MiB), and the epoch's seconds."""
     from torch.utils.data import DataLoader
 
-    from medclip_nb.data import EpochSampler, make_collate, seed_worker
 
     loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=EpochSampler(len(dataset), seed=cfg.seed),
                         num_workers=cfg.num_workers, persistent_workers=True, collate_fn=make_collate(tokenizer),
@@ -216,8 +229,6 @@ class _DictRecords:
 def run_scale(root: str | os.PathLike, studies: int, *, store_size: int = 16, num_workers: int = 2,
               batch_size: int = 256, compare_old: bool = True) -> dict[str, Any]:
     """Time every data step at one size (see the module docstring); return the figures."""
-    from medclip_nb.mimic import prepare_mimic  # torch is not imported before prepare has run
-
     os.environ.setdefault("TQDM_MININTERVAL", "10")
     root = Path(root)
     result: dict[str, Any] = {"studies": studies}
@@ -236,11 +247,8 @@ def run_scale(root: str | os.PathLike, studies: int, *, store_size: int = 16, nu
     report = timed("prepare", lambda: prepare_mimic(root / "mimic", out, num_workers=num_workers))
     result["records"] = report["kept_total"]
     data_path = out / "datasets.pkl"
-    from medclip_nb.config import Config
-    from medclip_nb.data import build_datasets, load_dataset_file, validate_dataset
 
     timed("load", lambda: validate_dataset(load_dataset_file(data_path), data_path))
-    from medclip_nb.data.store import ImageStore, build_store
 
     store_dir = out / f"image_store_{store_size}"
     timed("store_build", lambda: build_store(data_path, store_dir, size=store_size, num_workers=num_workers))
@@ -249,8 +257,6 @@ def run_scale(root: str | os.PathLike, studies: int, *, store_size: int = 16, nu
     cfg = Config(data_path=str(data_path), image_store=str(store_dir), resize_size=store_size,
                  image_size=store_size, num_workers=num_workers, batch_size=batch_size, seed=0,
                  vocab_size=2000, max_text_tokens=64)
-    from medclip_nb.data.store import find_store
-    from medclip_nb.tokenizers import build_tokenizer
 
     store = find_store(cfg)
     datasets, records, _ = timed("datasets", lambda: build_datasets(cfg, store=store, raw_uint8=True))
@@ -260,8 +266,6 @@ def run_scale(root: str | os.PathLike, studies: int, *, store_size: int = 16, nu
     result["records_mib"] = round(train.records.nbytes() / 2**20, 1)
 
     def first_batch():
-        from medclip_nb.data import EpochSampler, make_collate, make_loader
-
         loader = make_loader(train, cfg, train=True, sampler=EpochSampler(len(train), seed=0),
                              collate_fn=make_collate(tokenizer))
         next(iter(loader))

@@ -63,7 +63,7 @@ def ensure_dataset(cfg: Config, *, log=print) -> Path:
         if data_path.name != "datasets.pkl":
             os.replace(data_path.parent / "datasets.pkl", data_path)
     if cfg.image_store == "auto":
-        from medclip_nb.data.store import build_store
+        from medclip_nb.data.store_build import build_store
 
         build_store(data_path, None, size=cfg.resize_size)
     return data_path

@@ -16,15 +16,15 @@ from medclip_nb.data import (
     AUGMENT_PRESETS,
     BadImageError,
     BadImageWarning,
-    build_datasets,
-    build_transforms,
     CXRDataset,
     EpochSampler,
+    SkippedSample,
+    build_datasets,
+    build_transforms,
     load_dataset_file,
     load_grayscale,
     make_collate,
     make_loader,
-    SkippedSample,
     validate_dataset,
 )
 from medclip_nb.data.images import _to_grayscale_uint8

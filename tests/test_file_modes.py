@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from medclip_nb.files import write_bytes_atomic, umask_file_mode
+from medclip_nb.files import umask_file_mode, write_bytes_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 

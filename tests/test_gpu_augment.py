@@ -10,8 +10,8 @@ import torchvision.transforms.v2.functional as TF
 
 from medclip_nb.config import Config
 from medclip_nb.data import AUGMENT_PRESETS, build_transforms
-from medclip_nb.errors import DataError
 from medclip_nb.data.gpu_augment import BatchAugment
+from medclip_nb.errors import DataError
 
 S, CROP = 64, 56
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -98,7 +98,8 @@ def test_same_distribution_as_the_cpu_transforms():
     cpu_transform = build_transforms(cfg, train=True)
     torch.manual_seed(0)
     cpu = torch.stack([cpu_transform(image) for _ in range(n)])
-    gpu = BatchAugment(CROP, "medclip", train=True)(image.expand(n, 1, S, S), generator=torch.Generator().manual_seed(0))
+    gpu = BatchAugment(CROP, "medclip", train=True)(image.expand(n, 1, S, S),
+                                                    generator=torch.Generator().manual_seed(0))
     assert cpu.shape == gpu.shape
 
     def stats(batch: torch.Tensor) -> dict[str, float]:

@@ -28,9 +28,9 @@ from medclip_nb.config import ConfigError, from_dict, load_config
 from medclip_nb.data import (
     BadImageError,
     CXRDataset,
+    SkippedSample,
     load_dataset_file,
     load_grayscale,
-    SkippedSample,
     validate_dataset,
 )
 from medclip_nb.errors import CheckpointError, DataError, TrainingError, one_line

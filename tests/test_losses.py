@@ -169,7 +169,8 @@ def _outputs(bias=None):
 def test_contrastive_loss_module_matches_functions():
     labels = labels_with_positives(["Edema"], ["Edema"])
     assert ContrastiveLoss("clip")(_outputs(), labels)[0] == clip_loss(t(IMAGE), t(TEXT), SCALE)[0]
-    assert ContrastiveLoss("medclip")(_outputs(), labels)[0] == medclip_loss(t(IMAGE), t(TEXT), SCALE, labels, labels)[0]
+    assert ContrastiveLoss("medclip")(_outputs(), labels)[0] == medclip_loss(t(IMAGE), t(TEXT), SCALE, labels,
+                                                                             labels)[0]
     assert (ContrastiveLoss("medclip_cosine")(_outputs(), labels)[0]
             == medclip_cosine_loss(t(IMAGE), t(TEXT), SCALE, labels, labels)[0])
     assert ContrastiveLoss("siglip")(_outputs(-1.0), labels)[0] == siglip_loss(t(IMAGE), t(TEXT), SCALE, -1.0)[0]

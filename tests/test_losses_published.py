@@ -68,7 +68,8 @@ def test_medclip_loss_equals_the_published_formula(seed):
     assert terms["loss_i2t"].item() == pytest.approx(i2t, abs=1e-6, rel=1e-6)
     assert terms["loss_t2i"].item() == pytest.approx(t2i, abs=1e-6, rel=1e-6)
     module_loss, _ = ContrastiveLoss("medclip")(
-        {"image_embeds": torch.tensor(image, dtype=torch.float32), "text_embeds": torch.tensor(text, dtype=torch.float32),
+        {"image_embeds": torch.tensor(image, dtype=torch.float32),
+         "text_embeds": torch.tensor(text, dtype=torch.float32),
          "logit_scale": torch.tensor(scale), "logit_bias": None},
         torch.tensor(labels, dtype=torch.float32),
     )

@@ -35,7 +35,8 @@ SMALL_TEXT = {"text_width": 32, "text_layers": 1, "text_heads": 2, "embed_dim": 
 
 
 def small_text_encoder(embed_dim=24):
-    return TransformerTextEncoder(vocab_size=50, width=32, layers=1, heads=2, max_length=16, pad_id=0, embed_dim=embed_dim)
+    return TransformerTextEncoder(vocab_size=50, width=32, layers=1, heads=2, max_length=16, pad_id=0,
+                                  embed_dim=embed_dim)
 
 
 def text_batch(batch=2, length=16):
@@ -99,7 +100,8 @@ def test_siglip_model_has_bias_and_scale_init():
     assert model.logit_bias in set(model.parameters())
 
 
-@pytest.mark.parametrize("init, world, expected", [("batch_prior", "1", -math.log(31)), ("batch_prior", "4", -math.log(127)),
+@pytest.mark.parametrize("init, world, expected",
+                         [("batch_prior", "1", -math.log(31)), ("batch_prior", "4", -math.log(127)),
                                                     ("paper", "1", -10.0)])
 def test_build_model_starts_the_siglip_bias_at_the_batch_prior(monkeypatch, init, world, expected):
     """The bias starts at the log-odds of a positive pair among all pairs the loss sees; the
@@ -226,7 +228,8 @@ def test_precomputed_encoder_refuses_malformed_files(tmp_path, content, problem)
 def test_build_model_precomputed(tmp_path):
     path = tmp_path / "clip_text_features.json"
     path.write_text(json.dumps([[0.1] * 6, [0.2] * 6]))
-    cfg = Config(vision_backbone="mobilenet_v3_small", text_encoder="precomputed", text_features_path=str(path), embed_dim=16)
+    cfg = Config(vision_backbone="mobilenet_v3_small", text_encoder="precomputed", text_features_path=str(path),
+                 embed_dim=16)
     model = build_model(cfg).eval()
     with torch.no_grad():
         out = model(torch.randn(2, 3, 64, 64), torch.tensor([[0, -1], [1, 0]]), torch.tensor([[1, 0], [1, 1]]))
@@ -271,11 +274,13 @@ def test_local_bert_encoder_and_tokenizer(tiny_bert):
     with torch.no_grad():
         out = encoder(batch["input_ids"], batch["attention_mask"])
         # Masked mean: more padding does not change the embedding.
-        longer = HFTokenizerAdapter(tiny_bert, max_length=24).encode(["heart size normal", "small left pleural effusion"])
+        longer = HFTokenizerAdapter(tiny_bert,
+                                    max_length=24).encode(["heart size normal", "small left pleural effusion"])
         torch.testing.assert_close(out, encoder(longer["input_ids"], longer["attention_mask"]), rtol=1e-4, atol=1e-5)
     assert out.shape == (2, 24)
 
-    model = build_model(Config(text_encoder="bert", bert_path=str(tiny_bert), vision_backbone="resnet18", embed_dim=24), tokenizer)
+    model = build_model(Config(text_encoder="bert", bert_path=str(tiny_bert), vision_backbone="resnet18",
+                               embed_dim=24), tokenizer)
     with torch.no_grad():
         embeds = model.eval()(torch.randn(2, 3, 64, 64), batch["input_ids"], batch["attention_mask"])
     assert_unit_rows(embeds["text_embeds"], 2, 24)

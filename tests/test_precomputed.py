@@ -16,11 +16,10 @@ from medclip_nb import models
 from medclip_nb.checkpoint import load_checkpoint, load_model
 from medclip_nb.config import from_dict
 from medclip_nb.data import BatchCollator, build_datasets
-from medclip_nb.tokenizers import ClipIndexTokenizer
 from medclip_nb.errors import DataError
 from medclip_nb.evaluate import evaluate_checkpoint
 from medclip_nb.labels import CHEXPERT_LABELS, NUM_LABELS
-from medclip_nb.tokenizers import build_tokenizer, tokenizer_from_json
+from medclip_nb.tokenizers import ClipIndexTokenizer, build_tokenizer, tokenizer_from_json
 from medclip_nb.train import train
 
 SPLIT_SIZES = {"train": 12, "val": 4, "test": 4}

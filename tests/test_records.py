@@ -11,9 +11,9 @@ from PIL import Image
 
 from medclip_nb.config import Config
 from medclip_nb.data import (
-    build_transforms,
     CXRDataset,
     EpochSampler,
+    build_transforms,
     load_grayscale,
     make_collate,
     make_loader,

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from medclip_nb.config import Config, ConfigError, from_dict
+from medclip_nb.data.sentence_labels import PREPARED_NAME, read_sentence_labels, sentence_key
 from medclip_nb.errors import DataError
 from medclip_nb.labels import CHEXPERT_LABELS, LABEL_INDEX, NUM_LABELS
 from medclip_nb.losses import ContrastiveLoss, medclip_loss
-from medclip_nb.data.sentence_labels import PREPARED_NAME, read_sentence_labels, sentence_key
 from medclip_nb.text import clean_report, split_sentences
 
 pytestmark = pytest.mark.usefixtures("one_thread_no_bars")  # tests/conftest.py
@@ -121,7 +121,8 @@ def test_short_training_run_with_sentence_labels(prepared, tmp_path, monkeypatch
     forward = ContrastiveLoss.forward
 
     def recording_forward(self, outputs, labels=None, text_labels=None, num_pairs=None):
-        seen.append(text_labels is not None and not torch.equal(torch.nan_to_num(text_labels), torch.nan_to_num(labels)))
+        seen.append(text_labels is not None and not torch.equal(torch.nan_to_num(text_labels),
+                                                                torch.nan_to_num(labels)))
         return forward(self, outputs, labels, text_labels, num_pairs)
 
     monkeypatch.setattr(ContrastiveLoss, "forward", recording_forward)

@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from medclip_nb.data import store as store_module
 from medclip_nb.config import Config
-from medclip_nb.data import build_resize_transform, build_transforms, CXRDataset, load_grayscale
+from medclip_nb.data import CXRDataset, build_resize_transform, build_transforms, load_grayscale
+from medclip_nb.data import store_build as store_module
+from medclip_nb.data.store import ImageStore, default_store_dir, find_store
+from medclip_nb.data.store_build import build_store
 from medclip_nb.errors import DataError
-from medclip_nb.data.store import ImageStore, build_store, default_store_dir, find_store
 
 SIZE = 32
 NO_LABELS = [None] * 14
@@ -112,7 +113,8 @@ def test_interrupted_build_resumes_only_missing_rows(dataset, tmp_path, monkeypa
         ImageStore.open(out)
 
     decoded.clear()
-    monkeypatch.setattr(store_module, "decode_for_store", lambda path, size: decoded.append(str(path)) or real_decode(path, size))
+    monkeypatch.setattr(store_module, "decode_for_store", lambda path,
+                        size: decoded.append(str(path)) or real_decode(path, size))
     build_store(manifest, out, size=SIZE, num_workers=0)
     assert len(decoded) == len(names) - stop_after
     assert set(decoded) == {str(manifest.parent / n) for n in names[stop_after:]}
@@ -203,7 +205,8 @@ def test_changed_image_files_are_decoded_again_and_refused_until_then(dataset, m
 
     real_decode = store_module.decode_for_store
     decoded: list[str] = []
-    monkeypatch.setattr(store_module, "decode_for_store", lambda path, size: decoded.append(str(path)) or real_decode(path, size))
+    monkeypatch.setattr(store_module, "decode_for_store", lambda path,
+                        size: decoded.append(str(path)) or real_decode(path, size))
     build_store(manifest, size=SIZE, num_workers=0)
     assert decoded == [str(changed)]
     store = ImageStore.open(folder, expected_source=manifest, expected_size=SIZE)

@@ -10,10 +10,11 @@ import pytest
 from PIL import Image
 from test_store import SHAPES, SIZE, _direct, _write_dataset, _xray
 
-from medclip_nb.data import store as store_module
 from medclip_nb.cli import main
+from medclip_nb.data import store_build as store_module
+from medclip_nb.data.store import ImageStore, StoreIntegrityError, current_build
+from medclip_nb.data.store_build import build_store
 from medclip_nb.errors import DataError
-from medclip_nb.data.store import ImageStore, StoreIntegrityError, build_store, current_build
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ def test_dataset_applies_the_options_to_its_sentence(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from medclip_nb.data import build_transforms, CXRDataset
+    from medclip_nb.data import CXRDataset, build_transforms
 
     Image.fromarray(np.full((16, 16), 100, dtype=np.uint8)).save(tmp_path / "a.png")
     record = {"image_path": "a.png", "labels": [None] * 14,

@@ -15,12 +15,12 @@ import torch
 from medclip_nb import losses
 from medclip_nb.config import ConfigError, from_dict
 from medclip_nb.data import load_dataset_file, validate_dataset
+from medclip_nb.data.unpaired import UnpairedBatches, UnpairedTexts, build_unpaired, draw_unpaired
 from medclip_nb.errors import DataError
 from medclip_nb.labels import CHEXPERT_LABELS, NUM_LABELS
 from medclip_nb.losses import ContrastiveLoss, medclip_cosine_loss, medclip_loss
 from medclip_nb.text import split_sentences
 from medclip_nb.tokenizers import CharTokenizer
-from medclip_nb.data.unpaired import UnpairedBatches, UnpairedTexts, build_unpaired, draw_unpaired
 
 SCALE = 2.0
 
@@ -112,7 +112,8 @@ def test_contrastive_loss_module_passes_unpaired_rows_to_medclip_loss():
     module_loss, _ = ContrastiveLoss("medclip")(outputs, image_labels, text_labels, 2)
     assert torch.equal(module_loss, medclip_loss(IMAGES, TEXTS, SCALE, image_labels, text_labels, num_pairs=2)[0])
     module_loss, _ = ContrastiveLoss("medclip_cosine")(outputs, image_labels, text_labels, 2)
-    assert torch.equal(module_loss, medclip_cosine_loss(IMAGES, TEXTS, SCALE, image_labels, text_labels, num_pairs=2)[0])
+    assert torch.equal(module_loss,
+                       medclip_cosine_loss(IMAGES, TEXTS, SCALE, image_labels, text_labels, num_pairs=2)[0])
     with pytest.raises(ValueError, match="medclip"):
         ContrastiveLoss("clip")(outputs, image_labels, text_labels, 2)
 
@@ -177,7 +178,8 @@ def test_unpaired_fraction_moves_whole_train_studies_and_counts_add_up(prepared)
     assert sorted(r["image_path"] for r in data["train_images"]) == \
         sorted(r["image_path"] for s in image_studies for r in by_study[s])
     assert all(r["report"] == "" for r in data["train_images"])
-    expected_texts = [(s, sentence) for s in sorted(text_studies) for sentence in split_sentences(by_study[s][0]["report"])]
+    expected_texts = [(s, sentence) for s in sorted(text_studies)
+                      for sentence in split_sentences(by_study[s][0]["report"])]
     assert sorted((r["study_id"], r["report"]) for r in data["train_texts"]) == sorted(expected_texts)
     for record in data["train_texts"]:
         assert "image_path" not in record

@@ -138,7 +138,8 @@ class BatchAugment(nn.Module):
         the random draws reproducible."""
         if images.shape[0] == 0:  # a batch whose images were all unreadable
             return torch.zeros((0, 3, self.image_size, self.image_size), device=images.device)
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 1 or images.shape[2] != images.shape[3]:
+        square_gray = images.ndim == 4 and images.shape[1] == 1 and images.shape[2] == images.shape[3]
+        if images.dtype != torch.uint8 or not square_gray:
             raise ValueError(f"BatchAugment expects uint8 [B, 1, S, S], got {images.dtype} {list(images.shape)}")
         source_size = images.shape[-1]
         if source_size < self.image_size:

@@ -155,7 +155,8 @@ class UnpairedBatches:
                 out["labels"] = torch.cat([batch["labels"], torch.stack([s["labels"] for s in kept])])
             out["n_unpaired_skipped"] = len(skipped)
             out["n_skipped"] = batch["n_skipped"] + len(skipped)
-            out["skipped_paths"] = list(batch["skipped_paths"]) + [s.path for s in skipped if isinstance(s, SkippedSample)]
+            out["skipped_paths"] = list(batch["skipped_paths"]) + [s.path for s in skipped if isinstance(s,
+                                                                                                         SkippedSample)]
         if "texts" in self.sources:
             samples = [self.sources["texts"][key] for key in self.draw("texts", epoch, step)]
             text = self.tokenizer.encode([s["report"] for s in samples])
@@ -177,7 +178,8 @@ def build_unpaired(
     if not cfg.unpaired_sources:
         return None
     if world_size > 1:
-        raise ConfigError(f"config key 'unpaired_sources': single-process for now (this run has {world_size} processes)")
+        raise ConfigError(f"config key 'unpaired_sources': single-process for now (this run has {world_size} "
+                          "processes)")
     for source in cfg.unpaired_sources:
         split = SOURCE_SPLITS[source]
         if not records.get(split):

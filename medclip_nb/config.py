@@ -58,6 +58,10 @@ def _device_name(v) -> bool:
 
 _device_name.allowed = "must be a CUDA device index such as 0, cuda:1, or cpu"
 
+# torchvision image backbones models.py builds (checked here, before any work starts).
+VISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "swin_t", "mobilenet_v3_small")
+# Phantom image sides the generator draws (phantom/); checked here so a bad size stops before any work.
+PHANTOM_SIZES = (16, 4096)
 _MAX_COUNT = 10**12  # steps, epochs, intervals: beyond any real run
 
 
@@ -92,7 +96,7 @@ class Config:
     phantom_dir: str = _opt("data/phantom", "where the phantom MIMIC-CXR-JPG tree is written")
     phantom_studies: int = _opt(300, "number of phantom studies", check=_between(1, 1_000_000))
     phantom_size: int = _opt(256, "phantom image side in pixels (MIMIC-CXR is about 2544 x 3056)",
-                             check=_between(1, 4096))
+                             check=_between(*PHANTOM_SIZES))
     phantom_test_studies: int = _opt(
         0, "extra test-only phantom studies of new patients: evaluation sets big enough for intervals",
         check=_between(0, 1_000_000)
@@ -138,7 +142,7 @@ class Config:
                                  "SimpleMedCLIPModel", choices=["medclip", "simple"])
     vision_backbone: str = _opt(
         "resnet18", "torchvision image backbone",
-        choices=["resnet18", "resnet34", "resnet50", "swin_t", "mobilenet_v3_small"],
+        choices=list(VISION_BACKBONES),
     )
     vision_pretrained: bool = _opt(False, "load torchvision ImageNet weights from the local torch hub cache (no "
                                           "download)")

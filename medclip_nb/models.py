@@ -34,12 +34,11 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from medclip_nb.config import ConfigError
+from medclip_nb.config import VISION_BACKBONES, ConfigError
 from medclip_nb.errors import CheckpointError, DataError
 from medclip_nb.losses import LOG_MAX_LOGIT_SCALE, LOSS_KINDS
 from medclip_nb.tokenizers import from_local_folder, import_transformers, local_hf_folder
 
-VISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "swin_t", "mobilenet_v3_small")
 CLIP_INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP / MedCLIP
 SIGLIP_INIT_LOGIT_SCALE = math.log(10.0)
 SIGLIP_INIT_LOGIT_BIAS = -10.0

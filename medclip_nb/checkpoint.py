@@ -22,31 +22,14 @@ import torch
 from medclip_nb.checkpoint_check import MODEL_PARTS, check_checkpoint
 from medclip_nb.config import ConfigError, from_dict
 from medclip_nb.errors import CheckpointError, os_error_reason
+from medclip_nb.files import TEMP_INFIX, fsync_path, temp_path
 from medclip_nb.models import build_model
 from medclip_nb.paths import resolve
 from medclip_nb.tokenizers import tokenizer_from_json
 
 CHECKPOINT_SUFFIX = ".pth"
-# Temporary files of an unfinished save look like `.last.pth.tmp-1234`.
-TEMP_MARKER = ".tmp-"
-
-
-def _temp_path(target: Path) -> Path:
-    return target.with_name(f".{target.name}{TEMP_MARKER}{os.getpid()}")
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename itself durable; not every platform lets a folder be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+# Temporary files of an unfinished save look like `.last.pth.tmp-1234` (files.temp_path).
+TEMP_MARKER = TEMP_INFIX
 
 
 class _WriteRecorder:
@@ -83,7 +66,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     Returns the path written. Raises CheckpointError (one line) when the write fails.
     """
     target = Path(path)
-    tmp = _temp_path(target)
+    tmp = temp_path(target)
     recorder = None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +78,7 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
             recorder.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_path(target.parent)  # the rename itself made durable
     except CheckpointError:
         raise
     except BaseException as e:  # noqa: BLE001 - KeyboardInterrupt must clean up too

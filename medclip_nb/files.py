@@ -38,7 +38,7 @@ def temp_path(target: Path) -> Path:
     return target.with_name(f".{target.name}{TEMP_INFIX}{os.getpid()}")
 
 
-def _fsync(path: Path) -> None:
+def fsync_path(path: Path) -> None:
     """Flush a file (or a folder's entries) to disk; a file system that cannot is not an error."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -66,9 +66,9 @@ def write_atomic(target: str | os.PathLike, write: Callable[[Path], object], *, 
             raise IsADirectoryError(21, "it is a folder")
         write(tmp)
         os.chmod(tmp, umask_file_mode())
-        _fsync(tmp)
+        fsync_path(tmp)
         os.replace(tmp, target)
-        _fsync(target.parent)
+        fsync_path(target.parent)
     except OSError as e:
         previous = "the previous file is intact" if target.exists() else "no previous file existed"
         label = f"{what} " if what else ""

@@ -51,7 +51,6 @@ from medclip_nb.data.sentence_labels import (
     read_sentence_labels,
     write_sentence_labels,
 )
-from medclip_nb.data.store_build import build_store
 from medclip_nb.errors import DataError
 from medclip_nb.files import write_bytes_atomic, write_json_atomic
 from medclip_nb.labels import CHEXPERT_LABELS
@@ -264,6 +263,8 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
     write_json_atomic(source.out / "prepare_report.json", report, error=DataError)
     _print_report(report, source, split)
     if store_size is not None:
+        from medclip_nb.data.store_build import build_store  # torch: the import itself runs without it
+
         build_store(source.out / "datasets.pkl", None, size=store_size, num_workers=num_workers)
     return report
 

@@ -168,7 +168,7 @@ def test_damaged_tree_counts_each_reason(phantom, prepared, tmp_path):
 
 def test_store_is_built_when_asked(phantom, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr("medclip_nb.mimic.build_store", lambda *args, **kwargs: calls.append((args, kwargs)))
+    monkeypatch.setattr("medclip_nb.data.store_build.build_store", lambda *args, **kwargs: calls.append((args, kwargs)))
     out = tmp_path / "out"
     report = prepare_mimic(phantom, out, store_size=32, num_workers=0)
     assert calls == [((out / "datasets.pkl", None), {"size": 32, "num_workers": 0})]

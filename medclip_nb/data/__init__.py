@@ -6,39 +6,56 @@ each lives in one submodule, listed in docs/architecture.md. Inside the package,
 from each other's submodules, never from here.
 """
 
-from medclip_nb.data.build import build_datasets
-from medclip_nb.data.dataset import BatchCollator, CXRDataset, make_collate, make_loader, seed_worker
-from medclip_nb.data.images import (
-    AUGMENT_PRESETS,
-    DECODED_FORMATS,
-    MAX_ASPECT_RATIO,
-    MAX_PADDED_SIDE,
-    BadImageError,
-    BadImageWarning,
-    PadToSquare,
-    RepeatChannels,
-    SkippedSample,
-    build_resize_transform,
-    build_transforms,
-    check_image_size,
-    load_grayscale,
-    pil_to_grayscale,
-)
-from medclip_nb.data.loading import REQUIRED_SPLITS, SPLIT_ALIASES, UNPAIRED_SPLITS, load_dataset_file
-from medclip_nb.data.sampling import EpochSampler, sample_seeds
-from medclip_nb.data.validation import (
-    ALLOWED_LABEL_VALUES,
-    check_clip_index_rows,
-    uses_precomputed_text,
-    validate_clip_indices,
-    validate_dataset,
-)
+from __future__ import annotations
 
-__all__ = [
-    "ALLOWED_LABEL_VALUES", "AUGMENT_PRESETS", "DECODED_FORMATS", "MAX_ASPECT_RATIO", "MAX_PADDED_SIDE",
-    "REQUIRED_SPLITS", "SPLIT_ALIASES", "UNPAIRED_SPLITS", "BadImageError", "BadImageWarning", "BatchCollator",
-    "CXRDataset", "EpochSampler", "PadToSquare", "RepeatChannels", "SkippedSample", "build_datasets",
-    "build_resize_transform", "build_transforms", "check_clip_index_rows", "check_image_size", "load_dataset_file",
-    "load_grayscale", "make_collate", "make_loader", "pil_to_grayscale", "sample_seeds", "seed_worker",
-    "uses_precomputed_text", "validate_clip_indices", "validate_dataset",
-]
+import importlib
+from typing import Any
+
+# name -> the submodule that defines it. Loaded on first use (PEP 562), so importing one light
+# submodule (sentence_labels for prepare, loading for convert) does not import torch.
+_PUBLIC = {
+    "build_datasets": "medclip_nb.data.build",
+    "BatchCollator": "medclip_nb.data.dataset",
+    "CXRDataset": "medclip_nb.data.dataset",
+    "make_collate": "medclip_nb.data.dataset",
+    "make_loader": "medclip_nb.data.dataset",
+    "seed_worker": "medclip_nb.data.dataset",
+    "AUGMENT_PRESETS": "medclip_nb.data.images",
+    "BadImageError": "medclip_nb.data.images",
+    "BadImageWarning": "medclip_nb.data.images",
+    "DECODED_FORMATS": "medclip_nb.data.images",
+    "MAX_ASPECT_RATIO": "medclip_nb.data.images",
+    "MAX_PADDED_SIDE": "medclip_nb.data.images",
+    "PadToSquare": "medclip_nb.data.images",
+    "RepeatChannels": "medclip_nb.data.images",
+    "SkippedSample": "medclip_nb.data.images",
+    "build_resize_transform": "medclip_nb.data.images",
+    "build_transforms": "medclip_nb.data.images",
+    "check_image_size": "medclip_nb.data.images",
+    "load_grayscale": "medclip_nb.data.images",
+    "pil_to_grayscale": "medclip_nb.data.images",
+    "REQUIRED_SPLITS": "medclip_nb.data.loading",
+    "SPLIT_ALIASES": "medclip_nb.data.loading",
+    "UNPAIRED_SPLITS": "medclip_nb.data.loading",
+    "load_dataset_file": "medclip_nb.data.loading",
+    "EpochSampler": "medclip_nb.data.sampling",
+    "sample_seeds": "medclip_nb.data.sampling",
+    "ALLOWED_LABEL_VALUES": "medclip_nb.data.validation",
+    "check_clip_index_rows": "medclip_nb.data.validation",
+    "uses_precomputed_text": "medclip_nb.data.validation",
+    "validate_clip_indices": "medclip_nb.data.validation",
+    "validate_dataset": "medclip_nb.data.validation",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'medclip_nb.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

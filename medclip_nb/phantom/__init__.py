@@ -20,7 +20,7 @@ The package, by pipeline step:
     findings.py       what a study shows (Finding, sample_findings) and its CheXpert labels
     anatomy.py        a patient's chest and its variation per study
     canvas.py         pixel grids in the patient's frame, hemithoraces, soft shapes
-    render.py         the radiograph: anatomy, frontal and lateral views, exposure (render_chest)
+    render.py         the radiograph: anatomy of the frontal and lateral views, exposure (render_chest)
     draw_findings.py  one drawer per finding on the frontal view (and the support devices)
     reports.py        the radiology report, one sentence builder per finding (write_report)
     plan.py           patients, studies, splits, dates, report styles, images of each study

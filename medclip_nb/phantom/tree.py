@@ -7,6 +7,7 @@ import gzip
 import io
 import json
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +21,9 @@ from medclip_nb.mimic import CHEXPERT_TABLE, METADATA_COLUMNS, METADATA_TABLE, S
 from medclip_nb.paths import resolve
 from medclip_nb.phantom.anatomy import Anatomy, _study_anatomy, sample_anatomy
 from medclip_nb.phantom.findings import study_labels
-from medclip_nb.phantom.plan import _RNG_STUDY, _RNG_SUBJECT, _plan_studies, _Study
+from medclip_nb.phantom.plan import _RNG_STUDY, _RNG_SUBJECT, _Image, _plan_studies, _Study
 from medclip_nb.phantom.render import MAX_SIZE, MIN_SIZE, image_width, render_chest
-from medclip_nb.phantom.reports import write_report
+from medclip_nb.phantom.reports import PhantomReport, write_report
 from medclip_nb.progress import progress
 from medclip_nb.sentence_labels import write_sentence_labels
 from medclip_nb.text import split_sentences
@@ -115,6 +116,67 @@ def _clear_previous(out: Path, wanted: dict, force: bool) -> None:
         (out / name).unlink(missing_ok=True)
 
 
+@dataclass
+class _Tables:
+    """Rows of the three MIMIC tables and the sentence-label table, filled study by study."""
+
+    split_rows: list[dict] = field(default_factory=list)
+    label_rows: list[dict] = field(default_factory=list)
+    meta_rows: list[dict] = field(default_factory=list)
+    sentences: dict[str, list[float]] = field(default_factory=dict)  # sentence key -> labels, first writing wins
+
+    def add_report(self, s: _Study, report: PhantomReport) -> None:
+        labels = study_labels(s.findings, report.negated, report.uncertain)
+        for text, sentence_labels in report.sentence_labels:
+            for piece in split_sentences(text):
+                self.sentences.setdefault(piece, [sentence_labels[name] for name in CHEXPERT_LABELS])
+        self.label_rows.append({"subject_id": s.subject_id, "study_id": s.study_id, **labels})
+
+    def add_image(self, s: _Study, im: _Image, frontal: str, size: int, rng: np.random.Generator) -> None:
+        self.split_rows.append({"dicom_id": im.dicom_id, "study_id": s.study_id, "subject_id": s.subject_id,
+                                "split": s.split})
+        procedure = "CHEST (PORTABLE AP)" if frontal == "AP" else "CHEST (PA AND LAT)"
+        orientation = ("Recumbent" if rng.random() < 0.5 else "Erect") if frontal == "AP" else "Erect"
+        self.meta_rows.append({
+            "dicom_id": im.dicom_id, "subject_id": s.subject_id, "study_id": s.study_id,
+            "PerformedProcedureStepDescription": procedure,
+            "ViewPosition": "" if im.blank_view else im.view,
+            "Rows": size, "Columns": image_width(size), "StudyDate": s.date, "StudyTime": s.time,
+            "ProcedureCodeSequence_CodeMeaning": procedure,
+            "ViewCodeSequence_CodeMeaning": "" if im.blank_view else _VIEW_MEANING[im.view],
+            "PatientOrientationCodeSequence_CodeMeaning": "" if im.blank_view else orientation,
+        })
+
+    def write(self, out: Path) -> None:
+        split_columns = ["dicom_id", "study_id", "subject_id", "split"]
+        _write_gzip_csv(out / SPLIT_TABLE, pd.DataFrame(self.split_rows, columns=split_columns))
+        label_columns = ["subject_id", "study_id", *CHEXPERT_LABELS]
+        _write_gzip_csv(out / CHEXPERT_TABLE, pd.DataFrame(self.label_rows, columns=label_columns))
+        _write_gzip_csv(out / METADATA_TABLE, pd.DataFrame(self.meta_rows, columns=list(METADATA_COLUMNS)))
+        write_sentence_labels(out / SENTENCE_TABLE, dict(sorted(self.sentences.items())))
+
+
+def _write_study(out: Path, s: _Study, patient: Anatomy, size: int, seed: int, tables: _Tables) -> None:
+    """Write the study's report and JPEGs and add its rows. The report, then each image
+    (sorted by dicom_id), draw from one random stream of the study, in this order."""
+    rng = np.random.default_rng([seed, _RNG_STUDY, s.index, 1])
+    views = [im.view for im in s.images]
+    report = write_report(s.findings, views, s.style, rng)
+    folder = out / "files" / f"p{str(s.subject_id)[:2]}" / f"p{s.subject_id}"
+    study_dir = folder / f"s{s.study_id}"
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (folder / f"s{s.study_id}.txt").write_text(report.text, encoding="utf-8")
+    tables.add_report(s, report)
+    frontal = next(v for v in views if v in ("PA", "AP"))
+    for im in s.images:  # sorted by dicom_id
+        anatomy = _study_anatomy(patient, rng, im.view)
+        image = render_chest(size, anatomy, s.findings, im.view, rng)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        (study_dir / f"{im.dicom_id}.jpg").write_bytes(buffer.getvalue())
+        tables.add_image(s, im, frontal, size, rng)
+
+
 def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, test_studies: int = 0, *,
                      force: bool = False) -> dict:
     """Write a deterministic phantom MIMIC-CXR-JPG tree (images, reports, three tables) to `out`.
@@ -143,51 +205,12 @@ def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, te
 
     plan = _plan_studies(studies, seed, test_studies)
     patients: dict[int, Anatomy] = {}
-    split_rows, label_rows, meta_rows = [], [], []
-    sentence_table: dict[str, list[float]] = {}  # sentence key -> labels, first writing wins
-    width = image_width(size)
+    tables = _Tables()
     for s in progress(plan, desc="phantom", unit="study"):  # sorted by (subject_id, study_id)
         if s.subject_index not in patients:
             patients[s.subject_index] = sample_anatomy(np.random.default_rng([seed, _RNG_SUBJECT, s.subject_index]))
-        rng = np.random.default_rng([seed, _RNG_STUDY, s.index, 1])
-        views = [im.view for im in s.images]
-        report = write_report(s.findings, views, s.style, rng)
-        folder = out / "files" / f"p{str(s.subject_id)[:2]}" / f"p{s.subject_id}"
-        study_dir = folder / f"s{s.study_id}"
-        study_dir.mkdir(parents=True, exist_ok=True)
-        (folder / f"s{s.study_id}.txt").write_text(report.text, encoding="utf-8")
-        labels = study_labels(s.findings, report.negated, report.uncertain)
-        for text, sentence_labels in report.sentence_labels:
-            for piece in split_sentences(text):
-                sentence_table.setdefault(piece, [sentence_labels[name] for name in CHEXPERT_LABELS])
-        label_rows.append({"subject_id": s.subject_id, "study_id": s.study_id, **labels})
-        frontal = next(v for v in views if v in ("PA", "AP"))
-        for im in s.images:  # sorted by dicom_id
-            anatomy = _study_anatomy(patients[s.subject_index], rng, im.view)
-            image = render_chest(size, anatomy, s.findings, im.view, rng)
-            buffer = io.BytesIO()
-            image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-            (study_dir / f"{im.dicom_id}.jpg").write_bytes(buffer.getvalue())
-            split_rows.append({"dicom_id": im.dicom_id, "study_id": s.study_id, "subject_id": s.subject_id,
-                               "split": s.split})
-            procedure = "CHEST (PORTABLE AP)" if frontal == "AP" else "CHEST (PA AND LAT)"
-            orientation = ("Recumbent" if rng.random() < 0.5 else "Erect") if frontal == "AP" else "Erect"
-            meta_rows.append({
-                "dicom_id": im.dicom_id, "subject_id": s.subject_id, "study_id": s.study_id,
-                "PerformedProcedureStepDescription": procedure,
-                "ViewPosition": "" if im.blank_view else im.view,
-                "Rows": size, "Columns": width, "StudyDate": s.date, "StudyTime": s.time,
-                "ProcedureCodeSequence_CodeMeaning": procedure,
-                "ViewCodeSequence_CodeMeaning": "" if im.blank_view else _VIEW_MEANING[im.view],
-                "PatientOrientationCodeSequence_CodeMeaning": "" if im.blank_view else orientation,
-            })
-
-    split_columns = ["dicom_id", "study_id", "subject_id", "split"]
-    _write_gzip_csv(out / SPLIT_TABLE, pd.DataFrame(split_rows, columns=split_columns))
-    label_columns = ["subject_id", "study_id", *CHEXPERT_LABELS]
-    _write_gzip_csv(out / CHEXPERT_TABLE, pd.DataFrame(label_rows, columns=label_columns))
-    _write_gzip_csv(out / METADATA_TABLE, pd.DataFrame(meta_rows, columns=list(METADATA_COLUMNS)))
-    write_sentence_labels(out / SENTENCE_TABLE, dict(sorted(sentence_table.items())))
+        _write_study(out, s, patients[s.subject_index], size, seed, tables)
+    tables.write(out)
 
     summary = _summary(plan, studies, size, seed)
     (out / PHANTOM_MANIFEST).write_text(json.dumps({**manifest, "complete": True, "summary": summary}, indent=2) + "\n")

@@ -1,0 +1,74 @@
+"""Deterministic phantom MIMIC-CXR-JPG dataset, for machines without the real data.
+
+`generate_phantom(out)` writes the official MIMIC-CXR-JPG + reports layout:
+
+    out/files/p10/p10000032/s50414267/<dicom_id>.jpg     8-bit grayscale radiographs
+    out/files/p10/p10000032/s50414267.txt                free-text radiology report
+    out/mimic-cxr-2.0.0-split.csv.gz                     patient-disjoint train/validate/test
+    out/mimic-cxr-2.0.0-chexpert.csv.gz                  study-level CheXpert labels
+    out/mimic-cxr-2.0.0-metadata.csv.gz                  DICOM metadata (ViewPosition, ...)
+    out/sentence-label.csv.gz                            every report sentence with its own labels (MedCLIP's
+                                                         sentence-label table; not part of MIMIC-CXR)
+    out/phantom.json                                     generator arguments and version
+
+so the real importer (`medclip_nb.mimic.prepare_mimic`) reads it unchanged. Same seed, same
+bytes: every random draw comes from numpy Generators seeded from (seed, stream, index), the
+gzip headers carry no time or name, and JPEGs use a fixed quality.
+
+The package, by pipeline step:
+
+    findings.py       what a study shows (Finding, sample_findings) and its CheXpert labels
+    anatomy.py        a patient's chest and its variation per study
+    canvas.py         pixel grids in the patient's frame, hemithoraces, soft shapes
+    render.py         the radiograph: anatomy of the frontal and lateral views, exposure (render_chest)
+    draw_findings.py  one drawer per finding on the frontal view (and the support devices)
+    reports.py        the radiology report, one sentence builder per finding (write_report)
+    plan.py           patients, studies, splits, dates, report styles, images of each study
+    tree.py           the MIMIC-CXR-JPG tree, its tables and the manifest (generate_phantom)
+"""
+
+from medclip_nb.phantom.anatomy import Anatomy, sample_anatomy
+from medclip_nb.phantom.findings import (
+    NO_FINDING_SHARE,
+    SINGLE_COMPETITION_SHARE,
+    Finding,
+    sample_findings,
+    study_labels,
+)
+from medclip_nb.phantom.plan import (
+    BLANK_VIEW_SHARE,
+    IMPRESSION_ONLY_SHARE,
+    LATERAL_SHARE_AP,
+    LATERAL_SHARE_PA,
+    NO_SECTIONS_SHARE,
+    SPLIT_SHARES,
+)
+from medclip_nb.phantom.render import (
+    MAX_SIZE,
+    MIMIC_HEIGHT,
+    MIMIC_WIDTH,
+    MIN_SIZE,
+    WORKING_MAX_HEIGHT,
+    image_width,
+    render_chest,
+)
+from medclip_nb.phantom.reports import PhantomReport, write_report
+from medclip_nb.phantom.tree import (
+    JPEG_QUALITY,
+    PHANTOM_MANIFEST,
+    PHANTOM_VERSION,
+    SENTENCE_TABLE,
+    generate_phantom,
+    phantom_is_current,
+)
+
+__all__ = [
+    "Anatomy", "sample_anatomy",
+    "Finding", "sample_findings", "study_labels", "NO_FINDING_SHARE", "SINGLE_COMPETITION_SHARE",
+    "SPLIT_SHARES", "LATERAL_SHARE_PA", "LATERAL_SHARE_AP", "BLANK_VIEW_SHARE", "IMPRESSION_ONLY_SHARE",
+    "NO_SECTIONS_SHARE",
+    "MIMIC_WIDTH", "MIMIC_HEIGHT", "WORKING_MAX_HEIGHT", "MIN_SIZE", "MAX_SIZE", "image_width", "render_chest",
+    "PhantomReport", "write_report",
+    "JPEG_QUALITY", "PHANTOM_MANIFEST", "PHANTOM_VERSION", "SENTENCE_TABLE", "generate_phantom",
+    "phantom_is_current",
+]

@@ -1,0 +1,240 @@
+"""Writes the phantom MIMIC-CXR-JPG tree: images, reports, the three tables, the sentence-label
+table and the manifest (see the package docstring for the layout)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medclip_nb import provenance
+from medclip_nb.config import ConfigError
+from medclip_nb.data.sentence_labels import write_sentence_labels
+from medclip_nb.errors import DataError
+from medclip_nb.labels import CHEXPERT_LABELS
+from medclip_nb.mimic import CHEXPERT_TABLE, METADATA_COLUMNS, METADATA_TABLE, SPLIT_TABLE
+from medclip_nb.paths import resolve
+from medclip_nb.phantom.anatomy import Anatomy, _study_anatomy, sample_anatomy
+from medclip_nb.phantom.findings import study_labels
+from medclip_nb.phantom.plan import _RNG_STUDY, _RNG_SUBJECT, _Image, _plan_studies, _Study
+from medclip_nb.phantom.render import MAX_SIZE, MIN_SIZE, image_width, render_chest
+from medclip_nb.phantom.reports import PhantomReport, write_report
+from medclip_nb.progress import progress
+from medclip_nb.text import split_sentences
+
+SENTENCE_TABLE = "sentence-label.csv.gz"  # MedCLIP's sentence-label table, every sentence as written
+
+# Bump when the output of the same arguments changes, so `phantom_is_current` rebuilds.
+PHANTOM_VERSION = 2  # 2: writes the sentence-label table
+PHANTOM_MANIFEST = "phantom.json"
+JPEG_QUALITY = 90
+
+
+_VIEW_MEANING = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral", "LL": "left lateral"}
+
+
+def _write_gzip_csv(path: Path, frame: pd.DataFrame) -> None:
+    """CSV inside a gzip stream with no name and mtime 0, so the bytes depend on the data only."""
+    data = frame.to_csv(index=False, lineterminator="\n").encode("utf-8")
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
+        gz.write(data)
+
+
+def _check_args(studies: int, size: int, seed: int, test_studies: int = 0) -> None:
+    if not isinstance(studies, (int, np.integer)) or studies < 1:
+        raise ConfigError(f"config key 'phantom_studies': must be a positive integer, got {studies!r}")
+    if not isinstance(size, (int, np.integer)) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ConfigError(f"config key 'phantom_size': must be an integer in {MIN_SIZE}..{MAX_SIZE}, got {size!r}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"config key 'phantom_seed': must be a non-negative integer, got {seed!r}")
+    if not isinstance(test_studies, (int, np.integer)) or test_studies < 0:
+        raise ConfigError(f"config key 'phantom_test_studies': must be a non-negative integer, got {test_studies!r}")
+
+
+def _manifest(studies: int, size: int, seed: int, test_studies: int = 0) -> dict:
+    return {"generator": "medclip_nb.phantom", "version": PHANTOM_VERSION,
+            "studies": int(studies), "size": int(size), "seed": int(seed), "test_studies": int(test_studies)}
+
+
+def phantom_is_current(out, studies: int, size: int, seed: int, test_studies: int = 0) -> bool:
+    """True when `out` holds a complete phantom written with these arguments by this version.
+    Relative paths are taken from the repository root."""
+    out = resolve(out)
+    path = out / PHANTOM_MANIFEST
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(recorded, dict) or not recorded.get("complete"):
+        return False
+    wanted = _manifest(studies, size, seed, test_studies)
+    if any(recorded.get(k) != v for k, v in wanted.items()):
+        return False
+    tables = (SPLIT_TABLE, CHEXPERT_TABLE, METADATA_TABLE, SENTENCE_TABLE)
+    return (out / "files").is_dir() and all((out / name).is_file() for name in tables)
+
+
+def _clear_previous(out: Path, wanted: dict, force: bool) -> None:
+    """Remove an earlier phantom's files (see provenance.py): refuse a folder that is not a
+    phantom, a complete phantom of other parameters unless `force`, and a files/ tree holding
+    anything the generator did not write."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise DataError(f"phantom output {out} exists and is not a folder")
+    if not (out / PHANTOM_MANIFEST).exists():
+        if (out / "files").exists() or any((out / n).exists() for n in (SPLIT_TABLE, CHEXPERT_TABLE, METADATA_TABLE)):
+            raise DataError(f"refusing to overwrite {out}: it holds MIMIC-CXR files but no "
+                            f"{PHANTOM_MANIFEST} (not a phantom)")
+        return
+    recorded = provenance.phantom_record(out)
+    if recorded is None and not force:
+        raise DataError(f"refusing to replace {out}: its {PHANTOM_MANIFEST} cannot be read "
+                        f"(pass --force to replace it)")
+    old = provenance.phantom_params(recorded)
+    if old is not None and provenance.user_params(old) != provenance.user_params(wanted) and not force:
+        raise DataError(
+            f"{out} holds a phantom of {provenance.describe(old)}; replacing it with one of "
+            f"{provenance.describe(wanted)} deletes its files/ and the datasets prepared from it: pass --force "
+            f"(config key 'force'), or choose another phantom_dir")
+    foreign = provenance.foreign_file(out / "files")
+    if foreign is not None:
+        raise DataError(f"refusing to delete {out / 'files'}: it holds {foreign}, which the phantom generator did "
+                        f"not write; move it away first")
+    if old is not None:
+        provenance.remove_derived_datasets(out, old)
+    (out / PHANTOM_MANIFEST).unlink()
+    if (out / "files").is_dir():
+        shutil.rmtree(out / "files")
+    for name in (SPLIT_TABLE, CHEXPERT_TABLE, METADATA_TABLE, SENTENCE_TABLE):
+        (out / name).unlink(missing_ok=True)
+
+
+@dataclass
+class _Tables:
+    """Rows of the three MIMIC tables and the sentence-label table, filled study by study."""
+
+    split_rows: list[dict] = field(default_factory=list)
+    label_rows: list[dict] = field(default_factory=list)
+    meta_rows: list[dict] = field(default_factory=list)
+    sentences: dict[str, list[float]] = field(default_factory=dict)  # sentence key -> labels, first writing wins
+
+    def add_report(self, s: _Study, report: PhantomReport) -> None:
+        labels = study_labels(s.findings, report.negated, report.uncertain)
+        for text, sentence_labels in report.sentence_labels:
+            for piece in split_sentences(text):
+                self.sentences.setdefault(piece, [sentence_labels[name] for name in CHEXPERT_LABELS])
+        self.label_rows.append({"subject_id": s.subject_id, "study_id": s.study_id, **labels})
+
+    def add_image(self, s: _Study, im: _Image, frontal: str, size: int, rng: np.random.Generator) -> None:
+        self.split_rows.append({"dicom_id": im.dicom_id, "study_id": s.study_id, "subject_id": s.subject_id,
+                                "split": s.split})
+        procedure = "CHEST (PORTABLE AP)" if frontal == "AP" else "CHEST (PA AND LAT)"
+        orientation = ("Recumbent" if rng.random() < 0.5 else "Erect") if frontal == "AP" else "Erect"
+        self.meta_rows.append({
+            "dicom_id": im.dicom_id, "subject_id": s.subject_id, "study_id": s.study_id,
+            "PerformedProcedureStepDescription": procedure,
+            "ViewPosition": "" if im.blank_view else im.view,
+            "Rows": size, "Columns": image_width(size), "StudyDate": s.date, "StudyTime": s.time,
+            "ProcedureCodeSequence_CodeMeaning": procedure,
+            "ViewCodeSequence_CodeMeaning": "" if im.blank_view else _VIEW_MEANING[im.view],
+            "PatientOrientationCodeSequence_CodeMeaning": "" if im.blank_view else orientation,
+        })
+
+    def write(self, out: Path) -> None:
+        split_columns = ["dicom_id", "study_id", "subject_id", "split"]
+        _write_gzip_csv(out / SPLIT_TABLE, pd.DataFrame(self.split_rows, columns=split_columns))
+        label_columns = ["subject_id", "study_id", *CHEXPERT_LABELS]
+        _write_gzip_csv(out / CHEXPERT_TABLE, pd.DataFrame(self.label_rows, columns=label_columns))
+        _write_gzip_csv(out / METADATA_TABLE, pd.DataFrame(self.meta_rows, columns=list(METADATA_COLUMNS)))
+        write_sentence_labels(out / SENTENCE_TABLE, dict(sorted(self.sentences.items())))
+
+
+def _write_study(out: Path, s: _Study, patient: Anatomy, size: int, seed: int, tables: _Tables) -> None:
+    """Write the study's report and JPEGs and add its rows. The report, then each image
+    (sorted by dicom_id), draw from one random stream of the study, in this order."""
+    rng = np.random.default_rng([seed, _RNG_STUDY, s.index, 1])
+    views = [im.view for im in s.images]
+    report = write_report(s.findings, views, s.style, rng)
+    folder = out / "files" / f"p{str(s.subject_id)[:2]}" / f"p{s.subject_id}"
+    study_dir = folder / f"s{s.study_id}"
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (folder / f"s{s.study_id}.txt").write_text(report.text, encoding="utf-8")
+    tables.add_report(s, report)
+    frontal = next(v for v in views if v in ("PA", "AP"))
+    for im in s.images:  # sorted by dicom_id
+        anatomy = _study_anatomy(patient, rng, im.view)
+        image = render_chest(size, anatomy, s.findings, im.view, rng)
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        (study_dir / f"{im.dicom_id}.jpg").write_bytes(buffer.getvalue())
+        tables.add_image(s, im, frontal, size, rng)
+
+
+def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, test_studies: int = 0, *,
+                     force: bool = False) -> dict:
+    """Write a deterministic phantom MIMIC-CXR-JPG tree (images, reports, three tables) to `out`.
+
+    About studies/3 patients with several studies each; patient-disjoint splits of about
+    70/10/20 % (train/validate/test) of the studies. Each study has one frontal image (PA
+    or AP) and about 25% also a lateral (LATERAL or LL); about 4% of images have a blank
+    ViewPosition; about 3% of reports lack FINDINGS and about 1% have no sections at all.
+    Images are `size` pixels tall and round(size * 2544 / 3056) wide. Same arguments, same
+    bytes. `test_studies` adds that many test-only studies of new patients (a test cohort for
+    evaluation sets big enough to separate methods; the other studies keep their bytes). An
+    earlier phantom in `out` is replaced when it was incomplete or had the same
+    arguments; one of other arguments only with `force` (the datasets prepared from it in `out`
+    are deleted too); a folder holding other MIMIC files, or a files/ tree holding files the
+    generator does not write, is refused (provenance.py). Relative paths are taken from the
+    repository root. Returns a summary: studies, images, subjects and per-split counts
+    (subjects, studies, images of each split).
+    """
+    _check_args(studies, size, seed, test_studies)
+    out = resolve(out)
+    manifest = _manifest(studies, size, seed, test_studies)
+    _clear_previous(out, manifest, force)
+    out.mkdir(parents=True, exist_ok=True)
+    # Written first as incomplete: an interrupted run is recognised as a phantom and redone.
+    (out / PHANTOM_MANIFEST).write_text(json.dumps({**manifest, "complete": False}, indent=2) + "\n")
+
+    plan = _plan_studies(studies, seed, test_studies)
+    patients: dict[int, Anatomy] = {}
+    tables = _Tables()
+    for s in progress(plan, desc="phantom", unit="study"):  # sorted by (subject_id, study_id)
+        if s.subject_index not in patients:
+            patients[s.subject_index] = sample_anatomy(np.random.default_rng([seed, _RNG_SUBJECT, s.subject_index]))
+        _write_study(out, s, patients[s.subject_index], size, seed, tables)
+    tables.write(out)
+
+    summary = _summary(plan, studies, size, seed)
+    (out / PHANTOM_MANIFEST).write_text(json.dumps({**manifest, "complete": True, "summary": summary}, indent=2) + "\n")
+    return summary
+
+
+def _summary(plan: list[_Study], studies: int, size: int, seed: int) -> dict:
+    splits = {}
+    for name in ("train", "validate", "test"):
+        group = [s for s in plan if s.split == name]
+        splits[name] = {"subjects": len({s.subject_id for s in group}), "studies": len(group),
+                        "images": sum(len(s.images) for s in group)}
+    images = [im for s in plan for im in s.images]
+    return {
+        "studies": len(plan),
+        "images": len(images),
+        "subjects": len({s.subject_id for s in plan}),
+        "splits": splits,
+        "frontal_images": sum(im.view in ("PA", "AP") for im in images),
+        "lateral_images": sum(im.view in ("LATERAL", "LL") for im in images),
+        "blank_view_images": sum(im.blank_view for im in images),
+        "reports_without_findings": sum(s.style == "impression_only" for s in plan),
+        "reports_without_sections": sum(s.style == "no_sections" for s in plan),
+        "size": [image_width(size), size],
+        "seed": seed,
+        "version": PHANTOM_VERSION,
+    }

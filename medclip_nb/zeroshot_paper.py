@@ -156,15 +156,8 @@ def zero_shot_5x200_paper(model, tokenizer, test_dataset, cfg, device, *, seed: 
     `accuracy` / `macro_f1` hold the mean over draws, `confusion` that of draw 0, so the entry
     reads like ours (`protocol` says which it is)."""
     from medclip_nb.data import AUGMENT_PRESETS, CXRDataset
-    from medclip_nb.evaluate import (
-        _loader_for,
-        accuracy,
-        compute_embeddings,
-        confusion,
-        encode_texts,
-        macro_f1,
-        model_logit_scale,
-    )
+    from medclip_nb.evaluate.embeddings import compute_embeddings, encode_texts, loader_for, model_logit_scale
+    from medclip_nb.evaluate.metrics import accuracy, confusion, macro_f1
 
     if not isinstance(test_dataset, CXRDataset):
         return {"protocol": "paper", "skipped": "the paper protocol needs the test split as a dataset (it re-reads the images)"}
@@ -185,7 +178,7 @@ def zero_shot_5x200_paper(model, tokenizer, test_dataset, cfg, device, *, seed: 
         store=test_dataset.store, resize_size=test_dataset.resize_size,
     )
     log(f"Embedding the {len(rows)} images of the published 5x200 (pad, resize {cfg.image_size})...")
-    embedded = compute_embeddings(model, _loader_for(subset, cfg, tokenizer), device, with_text=False,
+    embedded = compute_embeddings(model, loader_for(subset, cfg, tokenizer), device, with_text=False,
                                   amp=bool(getattr(cfg, "use_amp", True)))
     truth = classes[embedded["index"]]  # rows the loader skipped (unreadable) are left out
     scale, amp = model_logit_scale(model), bool(getattr(cfg, "use_amp", True))

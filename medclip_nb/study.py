@@ -272,7 +272,7 @@ def results_table_with_intervals(by_model: Mapping[str, Mapping[str, Any]]) -> "
     """The headline numbers as 'value [low, high]' strings (95 % bootstrap intervals)."""
     import pandas as pd
 
-    from medclip_nb.intervals import format_with_interval
+    from medclip_nb.evaluate.intervals import format_with_interval
 
     return pd.DataFrame({
         name: {key: format_with_interval(value, headline_intervals(m)[key]) for key, value in headline(m).items()}
@@ -284,7 +284,7 @@ def probe_fraction_table(by_model: Mapping[str, Mapping[str, Any]]) -> "pd.DataF
     """Linear-probe mean AUROC [95 % CI] per model (rows) and fraction of training labels (columns)."""
     import pandas as pd
 
-    from medclip_nb.intervals import format_with_interval
+    from medclip_nb.evaluate.intervals import format_with_interval
 
     table = {}
     for name, m in by_model.items():
@@ -330,7 +330,7 @@ def paired_comparisons(arrays_by_model: Mapping[str, Any], reference: str = "def
     import numpy as np
     import pandas as pd
 
-    from medclip_nb.intervals import paired_difference
+    from medclip_nb.evaluate.intervals import paired_difference
 
     ref = arrays_by_model[reference]
     rows = []

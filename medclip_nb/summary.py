@@ -80,7 +80,7 @@ def summary_markdown(metrics: Mapping[str, Any], *, wall_seconds: float | None =
     """The text of summary.md for a metrics.json mapping {model name: metrics, 'ablation': ...}."""
     import torch
 
-    from medclip_nb.intervals import format_with_interval
+    from medclip_nb.evaluate.intervals import format_with_interval
     from medclip_nb.study import headline, headline_intervals
 
     when = when or _dt.datetime.now().astimezone()

@@ -3,7 +3,9 @@
 - metrics.py: the pure metrics (NumPy/scikit-learn), the 5x200 selection, the linear probe;
 - embeddings.py: what evaluation asks of a model (embeddings, prompt embeddings, logit scale);
 - run.py: `evaluate_model` / `evaluate_checkpoint` and metrics.json;
-- report.py: the confusion figure and the summary table.
+- report.py: the confusion figure and the summary table;
+- intervals.py: 95 % bootstrap intervals and paired differences;
+- zeroshot_paper.py: CheXpert-5x200 zero-shot as MedCLIP published it.
 
 The names below are re-exported so that `from medclip_nb.evaluate import name` keeps working.
 """
@@ -14,6 +16,16 @@ from medclip_nb.evaluate.embeddings import (
     encode_texts,
     loader_for,
     model_logit_scale,
+)
+from medclip_nb.evaluate.intervals import (
+    CONFIDENCE,
+    N_RESAMPLES,
+    auroc_columns,
+    format_with_interval,
+    mean_auroc_interval,
+    mean_interval,
+    paired_difference,
+    statistic_interval,
 )
 from medclip_nb.evaluate.metrics import (
     DEFAULT_C,
@@ -46,13 +58,30 @@ from medclip_nb.evaluate.run import (
     merge_metrics,
     read_metrics,
 )
+from medclip_nb.evaluate.zeroshot_paper import (
+    FRONTAL_VIEWS,
+    PAPER_PROMPT_VOCABULARY,
+    frontal_mask,
+    logit_class_scores,
+    paper_eval_transform,
+    paper_prompt_pool,
+    record_labels,
+    sample_paper_prompts,
+    select_5x200_paper,
+    zero_shot_5x200_paper,
+)
 
 __all__ = [
+    "CONFIDENCE",
     "DEFAULT_C",
     "DEFAULT_CS",
+    "FRONTAL_VIEWS",
+    "N_RESAMPLES",
+    "PAPER_PROMPT_VOCABULARY",
     "ROUND_DIGITS",
     "EvaluationArrays",
     "accuracy",
+    "auroc_columns",
     "auroc_per_label",
     "binarize_labels",
     "build_5x200",
@@ -64,21 +93,34 @@ __all__ = [
     "eval_datasets",
     "evaluate_checkpoint",
     "evaluate_model",
+    "format_with_interval",
+    "frontal_mask",
     "json_ready",
     "linear_probe",
     "linear_probe_fractions",
     "loader_for",
+    "logit_class_scores",
     "macro_f1",
+    "mean_auroc_interval",
     "mean_defined",
+    "mean_interval",
     "merge_metrics",
     "model_logit_scale",
     "multilabel_auroc",
+    "paired_difference",
+    "paper_eval_transform",
+    "paper_prompt_pool",
     "precision_at_k",
     "read_metrics",
     "recall_at_k",
+    "record_labels",
     "retrieval_metrics",
+    "sample_paper_prompts",
     "select_5x200",
+    "select_5x200_paper",
+    "statistic_interval",
     "summary_lines",
+    "zero_shot_5x200_paper",
     "zero_shot_classify",
     "zero_shot_multilabel",
 ]

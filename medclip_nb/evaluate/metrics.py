@@ -32,7 +32,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from medclip_nb.errors import DataError
-from medclip_nb.intervals import mean_auroc_interval, mean_interval
+from medclip_nb.evaluate.intervals import mean_auroc_interval, mean_interval
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, LABEL_INDEX, NUM_LABELS
 
 DEFAULT_CS = (0.01, 0.1, 1.0, 10.0)

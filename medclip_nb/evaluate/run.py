@@ -35,6 +35,7 @@ from medclip_nb.evaluate.embeddings import (
     loader_for,
     model_logit_scale,
 )
+from medclip_nb.evaluate.intervals import mean_interval, statistic_interval
 from medclip_nb.evaluate.metrics import (
     accuracy,
     confusion,
@@ -48,14 +49,13 @@ from medclip_nb.evaluate.metrics import (
     zero_shot_multilabel,
 )
 from medclip_nb.evaluate.report import confusion_figure, summary_lines
+from medclip_nb.evaluate.zeroshot_paper import zero_shot_5x200_paper
 from medclip_nb.files import write_json_atomic
-from medclip_nb.intervals import mean_interval, statistic_interval
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS
 from medclip_nb.paths import resolve
 from medclip_nb.prompts import class_prompts, label_prompt_pairs
 from medclip_nb.runtime import pick_device
 from medclip_nb.store import find_store
-from medclip_nb.zeroshot_paper import zero_shot_5x200_paper
 
 ROUND_DIGITS = 4
 

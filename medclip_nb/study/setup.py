@@ -1,0 +1,63 @@
+"""Notebook set-up: the Config of a notebook and the dataset it needs, built when it is missing.
+
+The notebooks stay short: they build a Config from their parameters, call `ensure_dataset`,
+and then the package's training and evaluation functions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from medclip_nb.config import Config, config_from_namespace
+from medclip_nb.mimic import prepare_mimic
+from medclip_nb.paths import resolve
+from medclip_nb.phantom import generate_phantom, phantom_is_current
+from medclip_nb.provenance import PREPARE_REPORT, prepare_record, stale_reason
+from medclip_nb.store import build_store
+
+
+def notebook_config(namespace: Mapping[str, Any]) -> Config:
+    """The Config of a notebook: its `parameters` cell and papermill's injected values."""
+    return config_from_namespace(namespace)
+
+
+def ensure_dataset(cfg: Config, *, log=print) -> Path:
+    """Return the dataset file of `cfg`, building what is missing.
+
+    - `data_path` exists and was not written by `prepare` (no prepare_report.json beside it):
+      used as it is (real MIMIC-CXR or a hand-made file); nothing else is touched.
+    - else `mimic_root` is set: the official MIMIC-CXR-JPG tree is imported with `prepare`.
+    - else: the phantom is generated in `phantom_dir` unless it is already the same phantom (a
+      phantom of other parameters is replaced only with `force`, see provenance.py) and
+      imported from there; a dataset prepared from an earlier phantom is prepared again.
+    An image store is built beside the dataset file when `image_store` is 'auto'.
+    """
+    data_path = resolve(cfg.data_path)
+    ours = prepare_record(data_path) is not None
+    if data_path.exists() and not ours:
+        log(f"Using {data_path} as it is (not written by prepare)")
+    elif cfg.mimic_root:
+        source = resolve(cfg.mimic_root)
+    else:
+        source = resolve(cfg.phantom_dir)
+        shape = dict(studies=cfg.phantom_studies, size=cfg.phantom_size, seed=cfg.phantom_seed,
+                     test_studies=cfg.phantom_test_studies)
+        if not phantom_is_current(source, **shape):
+            log(f"Generating phantom MIMIC-CXR-JPG in {source} ({cfg.phantom_studies} studies"
+                + (f" + {cfg.phantom_test_studies} test studies" if cfg.phantom_test_studies else "")
+                + f", {cfg.phantom_size} px, seed {cfg.phantom_seed})")
+            generate_phantom(source, **shape, force=cfg.force)
+        if data_path.exists() and stale_reason(data_path):
+            log(f"Removing {data_path}: prepared from an earlier phantom")
+            data_path.unlink()  # ours: prepare_report.json beside it says so
+            (data_path.parent / PREPARE_REPORT).unlink(missing_ok=True)
+    if not data_path.exists():
+        log(f"Preparing {source} -> {data_path.parent}")
+        prepare_mimic(source, data_path.parent, frontal_views=tuple(cfg.frontal_views))
+        if data_path.name != "datasets.pkl":
+            os.replace(data_path.parent / "datasets.pkl", data_path)
+    if cfg.image_store == "auto":
+        build_store(data_path, None, size=cfg.resize_size)
+    return data_path

@@ -92,7 +92,8 @@ def test_lab_allows_root():
 # ---- summary.md written from metrics.json ---------------------------------------------------------
 METRICS = {
     "default": {
-        "zero_shot_5x200": {"mean": {"accuracy": 0.8125, "accuracy_ci": [0.78, 0.84], "macro_f1": 0.8}, "max": {"accuracy": 0.75},
+        "zero_shot_5x200": {"mean": {"accuracy": 0.8125, "accuracy_ci": [0.78, 0.84], "macro_f1": 0.8},
+                            "max": {"accuracy": 0.75},
                             "n_per_class": {"Atelectasis": 200, "Edema": 200}},
         "zero_shot_multilabel": {"auroc_mean": 0.9},
         "retrieval": {"test": {"image_to_text": {"R@1": 0.05, "R@10": 0.25}, "text_to_image": {"R@10": 0.3}}},

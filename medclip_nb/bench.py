@@ -55,9 +55,9 @@ DATA_ONLY_STEPS_FACTOR = 4
 def prepare_bench_phantom(cfg: Config, studies: int) -> Config:
     """Make (or reuse) a full-size phantom of `studies` studies, its datasets.pkl and its image
     store at cfg.resize_size; return cfg pointing at them."""
+    from medclip_nb.data.store_build import build_store
     from medclip_nb.mimic import prepare_mimic
     from medclip_nb.phantom import generate_phantom, phantom_is_current
-    from medclip_nb.data.store_build import build_store
 
     folder = resolve(f"data/bench_phantom_{studies}")
     tree, prepared = folder / "mimic", folder / "prepared"

@@ -231,8 +231,8 @@ class Config:
         "the low-label protocol of this literature", check=_fractions
     )
     zeroshot_protocol: str = _opt(
-        "ours", "CheXpert-5x200 protocol: ours (evaluate.py), paper (MedCLIP's rule, prompts, logit mean and "
-        "pad-resize image; medclip_nb/zeroshot_paper.py), or both (paper under zero_shot_5x200_paper)",
+        "ours", "CheXpert-5x200 protocol: ours (evaluate/metrics.py), paper (MedCLIP's rule, prompts, logit mean and "
+        "pad-resize image; medclip_nb/evaluate/zeroshot_paper.py), or both (paper under zero_shot_5x200_paper)",
         choices=["ours", "paper", "both"],
     )
     zeroshot_prompts_n: int = _opt(10, "zeroshot_protocol paper: random prompts per class (MedCLIP: 10)",

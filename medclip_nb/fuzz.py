@@ -234,7 +234,7 @@ def _cli(argv: list[str]) -> tuple[str, str]:
 def _stubs():
     """The trainer and the evaluation metrics are replaced while the inputs run (restored after);
     everything that reads the inputs is real."""
-    import medclip_nb.evaluate as evaluate
+    import medclip_nb.evaluate.run as evaluate
     import medclip_nb.train as train
 
     def reached(*_args, **_kwargs):

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from medclip_nb.errors import DataError
+from medclip_nb.evaluate.intervals import format_with_interval
 from medclip_nb.files import write_text_atomic
 from medclip_nb.paths import resolve
+from medclip_nb.study.tables import headline, headline_intervals
 
 HEADLINE_NAMES = {
     "zs_acc_mean": "5x200 zero-shot acc (mean)",
@@ -79,9 +81,6 @@ def summary_markdown(metrics: Mapping[str, Any], *, wall_seconds: float | None =
                      params: str | None = None, when: _dt.datetime | None = None) -> str:
     """The text of summary.md for a metrics.json mapping {model name: metrics, 'ablation': ...}."""
     import torch
-
-    from medclip_nb.intervals import format_with_interval
-    from medclip_nb.study import headline, headline_intervals
 
     when = when or _dt.datetime.now().astimezone()
     models = {name: {key: format_with_interval(value, headline_intervals(m)[key])

@@ -372,7 +372,7 @@ def _prepare_data(cfg: Config, world: World, device: torch.device, tokenizer, sa
     """Datasets, tokenizer (learned from the training reports unless given) and loaders;
     prints the dataset and loader sizes. With an image store on a GPU (and cfg.gpu_augment)
     the loaders only gather uint8 rows and the training augmentation runs on the GPU."""
-    from medclip_nb.data import build_datasets, EpochSampler, make_collate, make_loader
+    from medclip_nb.data import EpochSampler, build_datasets, make_collate, make_loader
     from medclip_nb.data.build import _truncation_warning as truncation_warning
     from medclip_nb.data.store import find_store
     from medclip_nb.tokenizers import build_tokenizer

@@ -405,10 +405,10 @@ def test_evaluate_checkpoint_writes_and_merges(tmp_path, monkeypatch, capsys):
         seen["cfg"] = cfg
         return splits, ["2 images appear in two splits"]
 
-    import medclip_nb.checkpoint
+    import medclip_nb.evaluate.run as run  # where evaluate_checkpoint looks both names up
 
-    monkeypatch.setattr(medclip_nb.checkpoint, "load_model", load_model)
-    monkeypatch.setattr(ev, "eval_datasets", eval_datasets)
+    monkeypatch.setattr(run, "load_model", load_model)
+    monkeypatch.setattr(run, "eval_datasets", eval_datasets)
     out = tmp_path / "reports"
     out.mkdir()
     (out / "metrics.json").write_text(json.dumps({"other/best": {"keep": 1}}))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medclip_nb.intervals import (
+from medclip_nb.evaluate.intervals import (
     auroc_columns,
     format_with_interval,
     mean_auroc_interval,

@@ -10,8 +10,7 @@ import torch
 
 from medclip_nb import evaluate as ev
 from medclip_nb.config import Config, ConfigError
-from medclip_nb.labels import COMPETITION_TASKS, LABEL_INDEX, NUM_LABELS, PROMPT_VOCABULARY
-from medclip_nb.zeroshot_paper import (
+from medclip_nb.evaluate.zeroshot_paper import (
     PAPER_PROMPT_VOCABULARY,
     logit_class_scores,
     paper_eval_transform,
@@ -19,6 +18,7 @@ from medclip_nb.zeroshot_paper import (
     sample_paper_prompts,
     select_5x200_paper,
 )
+from medclip_nb.labels import COMPETITION_TASKS, LABEL_INDEX, NUM_LABELS, PROMPT_VOCABULARY
 
 NAN = float("nan")
 

@@ -1,6 +1,6 @@
 """CheXpert-5x200 zero-shot as MedCLIP published it (config `zeroshot_protocol: paper`).
 
-Beside our protocol (evaluate.py: 5x200 = positive for one competition class and not
+Beside our protocol (metrics.py: 5x200 = positive for one competition class and not
 positive for the other four; every prompt; the mean of normalised prompt embeddings; resize
 256 + centre crop 224), this module restates MedCLIP's (medclip/prompts.py, evaluator.py and
 GLoRIA's `preprocess_chexpert_5x200_data`, which MedCLIP follows):
@@ -27,6 +27,9 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
+from medclip_nb.data import AUGMENT_PRESETS, CXRDataset, PadToSquare, RepeatChannels
+from medclip_nb.evaluate.embeddings import compute_embeddings, encode_texts, loader_for, model_logit_scale
+from medclip_nb.evaluate.metrics import accuracy, confusion, macro_f1
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, LABEL_INDEX, NUM_LABELS, PROMPT_VOCABULARY
 
 FRONTAL_VIEWS = ("PA", "AP")
@@ -34,7 +37,8 @@ FRONTAL_VIEWS = ("PA", "AP")
 
 def _verbatim_vocabulary() -> dict[str, dict[str, list[str]]]:
     """Our (respelled) vocabulary with MedCLIP's spellings and word lists put back."""
-    vocabulary = {task: {part: list(words) for part, words in parts.items()} for task, parts in PROMPT_VOCABULARY.items()}
+    vocabulary = {task: {part: list(words) for part, words in parts.items()}
+                  for task, parts in PROMPT_VOCABULARY.items()}
     consolidation = vocabulary["Consolidation"]
     consolidation["severity"] = [w.replace("appearance of", "apperance of") for w in consolidation["severity"]]
     consolidation["location"] = [w.replace("right upper lobe", "right uppper lobe") for w in consolidation["location"]]
@@ -58,7 +62,7 @@ def select_5x200_paper(labels, per_class: int = 200, seed: int = 0, frontal=None
     After blank -> 0 a row qualifies for a class when it is 1 for the class and 0 for all twelve
     other findings (No Finding free; an uncertain -1 anywhere among them disqualifies it), and,
     with `frontal` (bool [N]), when it is a frontal image. Up to `per_class` rows per class,
-    sampled as in evaluate.select_5x200 (generator seeded with (seed, class)); sorted by row.
+    sampled as in metrics.select_5x200 (generator seeded with (seed, class)); sorted by row.
     """
     labels = np.nan_to_num(np.asarray(labels, dtype=np.float64).reshape(-1, NUM_LABELS), nan=0.0)
     keep = np.ones(len(labels), dtype=bool) if frontal is None else np.asarray(frontal, dtype=bool)
@@ -134,8 +138,6 @@ def logit_class_scores(image_emb, class_prompt_embs: Sequence, scale: float, mod
 def paper_eval_transform(image_size: int = 224, mean: float = 0.5862785803043838, std: float = 0.27950088968644304):
     """uint8 [1, H, W] -> float32 [3, S, S]: pad to square (black, centred), resize to S, scale,
     normalise, three channels. No crop: the whole film is seen."""
-    from medclip_nb.data import PadToSquare, RepeatChannels
-
     return v2.Compose([
         PadToSquare(), v2.Resize([image_size, image_size], antialias=True),
         v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=[mean], std=[std]), RepeatChannels(),
@@ -155,19 +157,9 @@ def zero_shot_5x200_paper(model, tokenizer, test_dataset, cfg, device, *, seed: 
 
     `accuracy` / `macro_f1` hold the mean over draws, `confusion` that of draw 0, so the entry
     reads like ours (`protocol` says which it is)."""
-    from medclip_nb.data import AUGMENT_PRESETS, CXRDataset
-    from medclip_nb.evaluate import (
-        _loader_for,
-        accuracy,
-        compute_embeddings,
-        confusion,
-        encode_texts,
-        macro_f1,
-        model_logit_scale,
-    )
-
     if not isinstance(test_dataset, CXRDataset):
-        return {"protocol": "paper", "skipped": "the paper protocol needs the test split as a dataset (it re-reads the images)"}
+        return {"protocol": "paper",
+                "skipped": "the paper protocol needs the test split as a dataset (it re-reads the images)"}
     records = test_dataset.records
     rows, classes = select_5x200_paper(record_labels(records), cfg.zeroshot_per_class, seed, frontal_mask(records))
     preset = AUGMENT_PRESETS[cfg.augment]  # the normalisation the model was trained with
@@ -185,14 +177,16 @@ def zero_shot_5x200_paper(model, tokenizer, test_dataset, cfg, device, *, seed: 
         store=test_dataset.store, resize_size=test_dataset.resize_size,
     )
     log(f"Embedding the {len(rows)} images of the published 5x200 (pad, resize {cfg.image_size})...")
-    embedded = compute_embeddings(model, _loader_for(subset, cfg, tokenizer), device, with_text=False,
+    embedded = compute_embeddings(model, loader_for(subset, cfg, tokenizer), device, with_text=False,
                                   amp=bool(getattr(cfg, "use_amp", True)))
     truth = classes[embedded["index"]]  # rows the loader skipped (unreadable) are left out
     scale, amp = model_logit_scale(model), bool(getattr(cfg, "use_amp", True))
-    per_mode: dict[str, dict[str, list]] = {m: {"accuracy": [], "macro_f1": [], "confusion": []} for m in ("mean", "max")}
+    per_mode: dict[str, dict[str, list]] = {m: {"accuracy": [], "macro_f1": [], "confusion": []}
+                                            for m in ("mean", "max")}
     for draw in range(int(cfg.zeroshot_prompt_draws)):
         prompts = sample_paper_prompts(int(cfg.zeroshot_prompts_n), seed, draw)
-        embs = [encode_texts(model, tokenizer, prompts[t], device, cfg.eval_batch_size, amp=amp) for t in COMPETITION_TASKS]
+        embs = [encode_texts(model, tokenizer, prompts[t], device, cfg.eval_batch_size, amp=amp)
+                for t in COMPETITION_TASKS]
         for mode, out in per_mode.items():
             predicted = logit_class_scores(embedded["image"], embs, scale, mode).argmax(axis=1)
             out["accuracy"].append(accuracy(truth, predicted))

@@ -1,0 +1,63 @@
+"""What a person reads of an evaluation: the zero-shot confusion figure and a short table of headline numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from medclip_nb.labels import COMPETITION_TASKS
+
+
+def confusion_figure(confusions: Mapping[str, Any], class_names: Sequence[str] = COMPETITION_TASKS):
+    """A matplotlib Figure with one confusion matrix per zero-shot mode. Built on the Agg
+    canvas directly, so it never changes the notebook's pyplot backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    modes = [m for m, cm in confusions.items() if cm is not None]
+    fig = Figure(figsize=(5.2 * max(len(modes), 1), 4.6))
+    FigureCanvasAgg(fig)
+    for i, mode in enumerate(modes):
+        ax = fig.add_subplot(1, len(modes), i + 1)
+        display = ConfusionMatrixDisplay(np.asarray(confusions[mode]), display_labels=list(class_names))
+        display.plot(ax=ax, colorbar=False, xticks_rotation=30, values_format="d")
+        ax.set_title(f"zero-shot 5x200 ({mode} over prompts)")
+    fig.tight_layout()
+    return fig
+
+
+def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """A short human-readable table of the headline numbers."""
+
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    rows: list[tuple[str, Any]] = []
+    for key in ("zero_shot_5x200", "zero_shot_5x200_paper"):
+        zs = metrics.get(key)
+        if zs is None or "skipped" in zs:
+            continue
+        tag = "" if zs.get("protocol", "ours") == "ours" else f"{zs['protocol']}, "
+        for mode in ("mean", "max"):
+            draws = zs[mode].get("accuracy_draws")
+            rows.append((f"5x200 zero-shot accuracy ({tag}{mode}, n={zs['n']})", zs[mode]["accuracy"]))
+            if draws:
+                rows.append((f"  its std over {len(draws)} prompt draws", zs[mode]["accuracy_std"]))
+            rows.append((f"5x200 zero-shot macro-F1 ({tag}{mode})", zs[mode]["macro_f1"]))
+    multilabel = metrics["zero_shot_multilabel"]
+    if "skipped" not in multilabel:
+        rows.append(("per-label zero-shot AUROC (mean)", multilabel["auroc_mean"]))
+        rows.append(("per-label zero-shot AUROC (5 competition)", multilabel["auroc_mean_competition"]))
+    test_retrieval = metrics["retrieval"]["test"]
+    for direction in ("image_to_text", "text_to_image"):
+        for k, v in test_retrieval[direction].items():
+            rows.append((f"retrieval {direction} {k} (n={test_retrieval['n']})", v))
+    probe = metrics.get("linear_probe")
+    rows.append(("linear probe AUROC (mean)", probe["auroc_mean"] if probe else None))
+    width = max([46] + [len(label) for label, _ in rows])
+    lines = [f"{'metric':{width}s} value", "-" * (width + 8)]
+    lines += [f"{label:{width}s} {fmt(value)}" for label, value in rows]
+    return lines

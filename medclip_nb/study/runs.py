@@ -1,0 +1,42 @@
+"""Training and evaluation from a notebook, and the entries they leave in reports/metrics.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from medclip_nb.checkpoint import load_model
+from medclip_nb.config import Config
+from medclip_nb.errors import DataError
+from medclip_nb.evaluate import eval_datasets, evaluate_model, merge_metrics
+from medclip_nb.paths import resolve
+from medclip_nb.train import train
+
+
+def evaluate_run(model, tokenizer, cfg: Config, device="cpu", *, log=print):
+    """Evaluate a model on every split of cfg.data_path (eval transforms): (metrics, arrays)."""
+    splits, _ = eval_datasets(cfg, tokenizer)
+    return evaluate_model(model, tokenizer, splits, cfg, device, seed=0, log=log)
+
+
+def train_and_evaluate(cfg: Config, *, log=print):
+    """Train with `cfg` and evaluate its best checkpoint: (TrainResult, metrics, arrays)."""
+    result = train(cfg, log=log)
+    model, tokenizer, saved_cfg = load_model(result.best_checkpoint or result.last_checkpoint, "cpu")
+    metrics, arrays = evaluate_run(model, tokenizer, saved_cfg, log=log)
+    return result, metrics, arrays
+
+
+def update_metrics(cfg: Config, key: str, value: Any) -> Path:
+    """Merge one entry into reports_dir/metrics.json, keeping the others (atomic write)."""
+    return merge_metrics(resolve(cfg.reports_dir) / "metrics.json", key, value)
+
+
+def copy_metrics_entry(source: str | Path, target: str | Path, key: str) -> Path:
+    """Copy one entry of a metrics.json into another (used by `make ablation`)."""
+    source = resolve(source)
+    data = json.loads(source.read_text()) if source.is_file() else {}
+    if key not in data:
+        raise DataError(f"{source}: no '{key}' entry to copy")
+    return merge_metrics(resolve(target), key, data[key])

@@ -69,7 +69,7 @@ from medclip_nb.progress import progress as progress_display
 from medclip_nb.runtime import World, set_backend_flags, start_distributed, stop_distributed
 from medclip_nb.runtime import amp_dtype as choose_amp_dtype
 from medclip_nb.runtime import autocast as autocast_context
-from medclip_nb.tensorboard_log import TensorBoardLog, require_tensorboard
+from medclip_nb.train.tensorboard_log import TensorBoardLog, require_tensorboard
 
 METRICS_FILE = "metrics.jsonl"
 # Config keys that may differ on resume without it being worth a note.

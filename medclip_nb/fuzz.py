@@ -11,7 +11,7 @@ The CLI paths: `convert --data_path X.pkl` and `convert --data_path X.jsonl` (lo
 write a manifest); `train --config X.yaml` up to the trainer (the trainer itself is replaced by
 a stub: training is not the subject); `evaluate --checkpoint X.pth` up to the evaluation
 (model rebuilt from the checkpoint; the metrics themselves stubbed), then the resume path
-(`train._open_resume_point` checks, `train._restore` into a fresh model, RNG restore).
+(`train.state.open_resume_point` checks, `train.restore_training_state` into a fresh model, RNG restore).
 """
 
 from __future__ import annotations
@@ -266,7 +266,8 @@ def _resume_path(path: Path) -> tuple[str, str]:
         optimizer = torch.optim.AdamW(train.param_groups(model, cfg.weight_decay), lr=cfg.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
         scaler = torch.amp.GradScaler("cuda", enabled=False)
-        train._restore(path, state, cfg, World(), 10**6, model, optimizer, scheduler, scaler, lambda *a: None)
+        train.restore_training_state(path, state, cfg, World(), 10**6, model, optimizer, scheduler, scaler,
+                                     lambda *a: None)
         restore_rng_state(state["rng"])
         scheduler.step()
         return "loaded", ""

@@ -11,6 +11,7 @@ import math
 import random
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -120,7 +121,8 @@ class Run:
         return (self.progress.epoch >= self.cfg.num_epochs or self.progress.step >= self.total_steps
                 or self.result.stopped_early)
 
-    def save(self, name: str, **position) -> Any:
+    def save(self, name: str, **position) -> Path:
+        """Write `name` in the output folder (see Checkpointer.save)."""
         return self.checkpoints.save(self.result.output_dir / name, **position)
 
 

@@ -33,6 +33,7 @@ import platform
 import re
 import resource
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -40,9 +41,20 @@ import torch
 from torch.utils.data import Sampler
 
 from medclip_nb.config import Config
+from medclip_nb.data import build_datasets, make_collate, make_loader
+from medclip_nb.data.gpu_augment import BatchAugment
+from medclip_nb.data.store import find_store
+from medclip_nb.data.store_build import build_store
 from medclip_nb.errors import DataError
+from medclip_nb.mimic import prepare_mimic
+from medclip_nb.models import build_model
 from medclip_nb.paths import repo_root, resolve
-from medclip_nb.runtime import amp_dtype, autocast, pick_device, precision_name, set_backend_flags
+from medclip_nb.phantom import generate_phantom, phantom_is_current
+from medclip_nb.runtime import amp_dtype, pick_device, precision_name, set_backend_flags
+from medclip_nb.tokenizers import build_tokenizer
+from medclip_nb.train.guard import make_guard
+from medclip_nb.train.state import Progress
+from medclip_nb.train.step import TrainStep, build_optimizer, contrastive_loss, grad_scaler
 
 FULL_MIMIC_HEIGHT = 3056  # phantom.generate_phantom's `size` is the image height
 WARMUP_STEPS = 3
@@ -55,10 +67,6 @@ DATA_ONLY_STEPS_FACTOR = 4
 def prepare_bench_phantom(cfg: Config, studies: int) -> Config:
     """Make (or reuse) a full-size phantom of `studies` studies, its datasets.pkl and its image
     store at cfg.resize_size; return cfg pointing at them."""
-    from medclip_nb.data.store_build import build_store
-    from medclip_nb.mimic import prepare_mimic
-    from medclip_nb.phantom import generate_phantom, phantom_is_current
-
     folder = resolve(f"data/bench_phantom_{studies}")
     tree, prepared = folder / "mimic", folder / "prepared"
     data_path = prepared / "datasets.pkl"
@@ -155,46 +163,32 @@ def _interleaved(measurements: dict[str, _Measurement], steps: int, rounds: int,
             m.run(block, device)
 
 
-class _TrainStep:
-    """One optimizer step as train.py takes it: autocast forward, contrastive loss, backward,
-    gradient clipping, AdamW."""
+class _PairsStep:
+    """`train.step.TrainStep`, the step train() takes, on a fresh model as train() builds it
+    (fused AdamW and the sync-free guard on a GPU, channels_last, torch.compile), at a constant
+    learning rate; a call returns the pairs it trained on (0: fewer than 2, no step)."""
 
     def __init__(self, cfg: Config, tokenizer, device: torch.device):
-        from medclip_nb.losses import ContrastiveLoss
-        from medclip_nb.models import build_model
-        from medclip_nb.train import param_groups
-
         on_gpu = device.type == "cuda"
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg, tokenizer).to(device)
+        model = build_model(cfg, tokenizer).to(device)
         self.channels_last = on_gpu and cfg.channels_last
         if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
-        self.criterion = ContrastiveLoss(cfg.loss, cfg.uncertain_label_value, cfg.medclip_cosine_no_finding)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr,
-                                           **({"fused": True} if on_gpu else {}))
-        self.amp_dtype = amp_dtype(device, cfg.use_amp)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.grad_clip = cfg.grad_clip
-        self.device = device
-        self.precision = precision_name(self.amp_dtype)
+            model = model.to(memory_format=torch.channels_last)
+        optimizer = build_optimizer(model, cfg, fused=on_gpu)
+        dtype = amp_dtype(device, cfg.use_amp)
+        guard = make_guard(on_gpu, model, Progress(), cfg.max_nonfinite_steps, print, device)
+        self.step = TrainStep(torch.compile(model) if cfg.compile else model, model, contrastive_loss(cfg), optimizer,
+                              torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), grad_scaler(dtype), guard,
+                              amp_dtype=dtype, grad_clip=cfg.grad_clip)
+        self.precision = precision_name(dtype)
 
     def __call__(self, pixel_values, input_ids, attention_mask, labels) -> int:
         if pixel_values.shape[0] < 2:  # a contrastive step needs pairs to contrast
             return 0
         if self.channels_last:
             pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        with autocast(self.amp_dtype):
-            outputs = self.forward(pixel_values, input_ids, attention_mask)
-        loss, _ = self.criterion(outputs, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        if self.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.step(pixel_values, input_ids, attention_mask, labels)
         return pixel_values.shape[0]
 
 
@@ -245,95 +239,121 @@ def run_bench(cfg: Config, phantom: int | None = None, steps: int = 20, rounds: 
         torch.set_num_threads(threads_before)
 
 
-def _run_bench(cfg: Config, device: torch.device, phantom: int | None, steps: int, rounds: int) -> dict[str, Any]:
-    from medclip_nb.data import build_datasets, make_collate, make_loader
-    from medclip_nb.data.gpu_augment import BatchAugment
-    from medclip_nb.data.store import find_store
-    from medclip_nb.tokenizers import build_tokenizer
+@dataclass
+class _Inputs:
+    """What every measurement shares: the step, the device augmentation and the training data."""
 
+    cfg: Config
+    device: torch.device
+    step: _PairsStep
+    augment: BatchAugment
+    generator: torch.Generator
+    tokenizer: Any
+    collate: Callable
+    jpeg_train: Any  # the train split decoding JPEGs
+    store: Any  # the image store, or None
+
+    def to_device(self, b: dict):
+        return (b["input_ids"].to(self.device, non_blocking=True),
+                b["attention_mask"].to(self.device, non_blocking=True), b["labels"].to(self.device, non_blocking=True))
+
+    def jpeg_step(self, b: dict) -> int:
+        return self.step(b["pixel_values"].to(self.device, non_blocking=True), *self.to_device(b))
+
+    def store_step(self, b: dict) -> int:
+        pixels = self.augment(b["pixel_values"].to(self.device, non_blocking=True), generator=self.generator)
+        return self.step(pixels, *self.to_device(b))
+
+    def data_only(self, b: dict) -> int:
+        # Loader only: the batch as the step would receive it on the device, no model and (for
+        # the store) no augmentation, which is timed on its own as "device augmentation".
+        b["pixel_values"].to(self.device, non_blocking=True)
+        return b["pixel_values"].shape[0]
+
+    def augment_only(self, pixels: torch.Tensor) -> int:
+        return self.augment(pixels, generator=self.generator).shape[0]
+
+
+def _inputs(cfg: Config, device: torch.device) -> _Inputs:
     store = find_store(cfg)
     jpeg_sets, records, _ = build_datasets(cfg)
     tokenizer = build_tokenizer(cfg, [r["report"] for r in records["train"]])
     collate = make_collate(tokenizer)
-    step = _TrainStep(cfg, tokenizer, device)
+    step = _PairsStep(cfg, tokenizer, device)
     augment = BatchAugment(cfg.image_size, cfg.augment, train=True).to(device)
     generator = torch.Generator(device).manual_seed(cfg.seed)
-    batch, length = cfg.batch_size, tokenizer.max_length
-    if len(jpeg_sets["train"]) < batch:
+    if len(jpeg_sets["train"]) < cfg.batch_size:
         raise DataError(f"{cfg.data_path}: the train split has {len(jpeg_sets['train'])} samples, "
-                        f"fewer than one batch of {batch}")
+                        f"fewer than one batch of {cfg.batch_size}")
+    return _Inputs(cfg, device, step, augment, generator, tokenizer, collate, jpeg_sets["train"], store)
 
-    def to_device(b: dict):
-        return (b["input_ids"].to(device, non_blocking=True), b["attention_mask"].to(device, non_blocking=True),
-                b["labels"].to(device, non_blocking=True))
 
-    def jpeg_step(b: dict) -> int:
-        return step(b["pixel_values"].to(device, non_blocking=True), *to_device(b))
-
-    def store_step(b: dict) -> int:
-        pixels = augment(b["pixel_values"].to(device, non_blocking=True), generator=generator)
-        return step(pixels, *to_device(b))
-
-    def data_only(b: dict) -> int:
-        # Loader only: the batch as the step would receive it on the device, no model and (for
-        # the store) no augmentation, which is timed on its own as "device augmentation".
-        b["pixel_values"].to(device, non_blocking=True)
-        return b["pixel_values"].shape[0]
-
-    def augment_only(pixels: torch.Tensor) -> int:
-        return augment(pixels, generator=generator).shape[0]
-
-    # Model only: one synthetic batch, already on the device, used for every step.
-    synthetic = (
+def _synthetic_batch(inputs: _Inputs) -> tuple[torch.Tensor, ...]:
+    """Model only: one synthetic batch, already on the device, used for every step."""
+    cfg, device = inputs.cfg, inputs.device
+    batch, length = cfg.batch_size, inputs.tokenizer.max_length
+    return (
         torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device),
-        torch.randint(3, tokenizer.vocab_size, (batch, length), device=device),
+        torch.randint(3, inputs.tokenizer.vocab_size, (batch, length), device=device),
         torch.ones(batch, length, dtype=torch.int64, device=device),
         torch.zeros(batch, 14, device=device),
     )
-    measurements = {"model_only": _Measurement(lambda n: itertools.repeat(synthetic, n), lambda b: step(*b))}
 
-    datasets = {"jpeg": jpeg_sets["train"]}
-    if store is None:
+
+def _loader_epochs(dataset, inputs: _Inputs) -> Callable[[int], Iterator[dict]]:
+    """`epochs(n)`: a fresh loader epoch of n batches drawn with replacement from `dataset`."""
+    sampler = _ResampledEpochs(len(dataset), inputs.cfg.seed)
+    loader = make_loader(dataset, inputs.cfg, train=True, sampler=sampler, collate_fn=inputs.collate)
+
+    def epoch(n: int) -> Iterator[dict]:
+        sampler.length = n * inputs.cfg.batch_size
+        return iter(loader)
+
+    return epoch
+
+
+def _measurements(inputs: _Inputs) -> dict[str, _Measurement]:
+    synthetic = _synthetic_batch(inputs)
+    measurements = {"model_only": _Measurement(lambda n: itertools.repeat(synthetic, n), lambda b: inputs.step(*b))}
+    datasets = {"jpeg": inputs.jpeg_train}
+    if inputs.store is None:
         print("bench: no image store for this config (set image_store, or build one with "
               "`python -m medclip_nb cache`): the store rows are skipped")
     else:
-        datasets["store"] = build_datasets(cfg, store=store, raw_uint8=True)[0]["train"]
-        rows = torch.stack([datasets["store"][i % len(datasets["store"])]["pixel_values"] for i in range(batch)])
+        store_train = build_datasets(inputs.cfg, store=inputs.store, raw_uint8=True)[0]["train"]
+        datasets["store"] = store_train
+        rows = torch.stack([store_train[i % len(store_train)]["pixel_values"] for i in range(inputs.cfg.batch_size)])
+        device_rows = rows.to(inputs.device)
         measurements["device_augment_only"] = _Measurement(
-            lambda n, rows=rows.to(device): itertools.repeat(rows, n), augment_only, DATA_ONLY_STEPS_FACTOR)
-    work = {"store": store_step, "jpeg": jpeg_step}
+            lambda n: itertools.repeat(device_rows, n), inputs.augment_only, DATA_ONLY_STEPS_FACTOR)
+    work = {"store": inputs.store_step, "jpeg": inputs.jpeg_step}
     for name in ("store", "jpeg"):
-        if name not in datasets:
-            continue
-        sampler = _ResampledEpochs(len(datasets[name]), cfg.seed)
-        loader = make_loader(datasets[name], cfg, train=True, sampler=sampler, collate_fn=collate)
+        if name in datasets:
+            epochs = _loader_epochs(datasets[name], inputs)
+            measurements[f"{name}_end_to_end"] = _Measurement(epochs, work[name])
+            measurements[f"{name}_data_only"] = _Measurement(epochs, inputs.data_only, DATA_ONLY_STEPS_FACTOR)
+    return measurements
 
-        def epoch(n: int, loader=loader, sampler=sampler) -> Iterator[dict]:
-            sampler.length = n * batch
-            return iter(loader)
 
-        measurements[f"{name}_end_to_end"] = _Measurement(epoch, work[name])
-        measurements[f"{name}_data_only"] = _Measurement(epoch, data_only, DATA_ONLY_STEPS_FACTOR)
-    print(f"bench: {steps} timed steps of {batch} pairs ({step.precision}) per measurement, in {rounds} rounds")
-    _interleaved(measurements, steps, rounds, device)
-    results = {name: m.as_dict() for name, m in measurements.items()}
-    measurements.clear()  # ends the loader workers
-
+def _ratios(results: dict) -> dict[str, float | None]:
     def ratio(a: str, b: str) -> float | None:
         if a in results and b in results:
             return round(results[a]["pairs_per_s"] / results[b]["pairs_per_s"], 3)
         return None
 
-    summary = {
+    return {
         "store_end_to_end_over_model_only": ratio("store_end_to_end", "model_only"),
         "jpeg_end_to_end_over_model_only": ratio("jpeg_end_to_end", "model_only"),
         "store_over_jpeg_end_to_end": ratio("store_end_to_end", "jpeg_end_to_end"),
         "store_over_jpeg_data_only": ratio("store_data_only", "jpeg_data_only"),
     }
-    now = dt.datetime.now()
-    report = {
-        "date": now.date().isoformat(),
-        "device": _device_name(device),
+
+
+def _report(inputs: _Inputs, results: dict, phantom: int | None, steps: int, rounds: int) -> dict[str, Any]:
+    cfg = inputs.cfg
+    return {
+        "date": dt.datetime.now().date().isoformat(),
+        "device": _device_name(inputs.device),
         "torch": torch.__version__,
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -341,17 +361,28 @@ def _run_bench(cfg: Config, device: torch.device, phantom: int | None, steps: in
             "data_path", "image_store", "model", "vision_backbone", "text_layers", "text_width", "max_text_tokens",
             "image_size", "resize_size", "augment", "batch_size", "num_workers", "use_amp", "channels_last",
             "compile", "loss")},
-        "precision": step.precision,
+        "precision": inputs.step.precision,
         "steps": steps,
         "rounds": rounds,
         "warmup_steps": WARMUP_STEPS,
         "data_only_steps_factor": DATA_ONLY_STEPS_FACTOR,
         "phantom_studies": phantom,
-        "train_images": len(jpeg_sets["train"]),
-        "source_image_hw": _source_image_shape(jpeg_sets["train"]),
+        "train_images": len(inputs.jpeg_train),
+        "source_image_hw": _source_image_shape(inputs.jpeg_train),
         "results": results,
-        "ratios": summary,
+        "ratios": _ratios(results),
     }
+
+
+def _run_bench(cfg: Config, device: torch.device, phantom: int | None, steps: int, rounds: int) -> dict[str, Any]:
+    inputs = _inputs(cfg, device)
+    measurements = _measurements(inputs)
+    print(f"bench: {steps} timed steps of {cfg.batch_size} pairs ({inputs.step.precision}) per measurement, "
+          f"in {rounds} rounds")
+    _interleaved(measurements, steps, rounds, device)
+    results = {name: m.as_dict() for name, m in measurements.items()}
+    measurements.clear()  # ends the loader workers
+    report = _report(inputs, results, phantom, steps, rounds)
     print(format_table(report))
     out = repo_root() / "benchmarks" / f"results-{_device_slug(device)}-{report['date']}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -379,7 +410,8 @@ def format_table(report: dict) -> str:
     for key, label in labels.items():
         row = report["results"].get(key)
         if row is not None:
-            lines.append(f"{label:<30} {row['pairs_per_s']:>10.1f} {row['seconds']:>9.2f} {row['peak_memory_gib']:>13.2f}")
+            lines.append(f"{label:<30} {row['pairs_per_s']:>10.1f} {row['seconds']:>9.2f} "
+                         f"{row['peak_memory_gib']:>13.2f}")
     names = {"store_end_to_end_over_model_only": "store end-to-end / model only",
              "jpeg_end_to_end_over_model_only": "JPEG end-to-end / model only",
              "store_over_jpeg_end_to_end": "store / JPEG, end to end",

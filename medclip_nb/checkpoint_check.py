@@ -22,7 +22,7 @@ from medclip_nb.errors import CheckpointError, one_line, quote
 from medclip_nb.tokenizers import tokenizer_from_json
 
 _MAX_COUNT = 2**62
-# Progress counters a checkpoint stores (train._Progress), with their kind.
+# Progress counters a checkpoint stores (train.state.Progress), with their kind.
 _COUNTERS = ("step", "epoch", "batch_in_epoch", "patience_counter", "bad_image_count", "nonfinite_total",
              "nonfinite_streak", "epoch_loss_steps", "epoch_bad_images")
 _NUMBERS = ("best_val_loss", "epoch_loss_sum", "train_time")

@@ -11,7 +11,7 @@ The CLI paths: `convert --data_path X.pkl` and `convert --data_path X.jsonl` (lo
 write a manifest); `train --config X.yaml` up to the trainer (the trainer itself is replaced by
 a stub: training is not the subject); `evaluate --checkpoint X.pth` up to the evaluation
 (model rebuilt from the checkpoint; the metrics themselves stubbed), then the resume path
-(`train._open_resume_point` checks, `train._restore` into a fresh model, RNG restore).
+(`train.state.open_resume_point` checks, `train.restore_training_state` into a fresh model, RNG restore).
 """
 
 from __future__ import annotations
@@ -34,6 +34,19 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
+
+from medclip_nb import cli, errors
+from medclip_nb import train as training
+from medclip_nb.checkpoint import load_checkpoint, restore_rng_state
+from medclip_nb.checkpoint_check import RESUME_PARTS, check_checkpoint
+from medclip_nb.config import from_dict, load_config
+from medclip_nb.evaluate import run as evaluate_run
+from medclip_nb.models import build_model
+from medclip_nb.runtime import World
+from medclip_nb.tokenizers import tokenizer_from_json
+from medclip_nb.train.state import restore_training_state
+from medclip_nb.train.step import param_groups
 
 FORMATS = ("pickle", "manifest", "yaml", "checkpoint")
 OUTCOMES = ("loaded", "one-line error", "traceback", "crash")
@@ -73,11 +86,8 @@ def make_seeds(folder: Path) -> dict[str, Path]:
         f"model_save_path: {folder / 'run'}\nseed: 3\nwarmup: 0.1\nuse_amp: false\n")
     checkpoint = folder / "run" / "last.pth"
     if not checkpoint.is_file():
-        from medclip_nb.config import load_config
-        from medclip_nb.train import train
-
         with contextlib.redirect_stderr(io.StringIO()):
-            train(load_config(yaml_path), log=lambda *a, **k: None)
+            training.train(load_config(yaml_path), log=lambda *a, **k: None)
     return {"pickle": pkl, "manifest": manifest, "yaml": yaml_path, "checkpoint": checkpoint}
 
 
@@ -209,8 +219,6 @@ class _Reached(Exception):
 
 def _cli(argv: list[str]) -> tuple[str, str]:
     """Run `cli.main(argv)` in-process: (outcome, detail)."""
-    from medclip_nb import cli
-
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
@@ -234,39 +242,28 @@ def _cli(argv: list[str]) -> tuple[str, str]:
 def _stubs():
     """The trainer and the evaluation metrics are replaced while the inputs run (restored after);
     everything that reads the inputs is real."""
-    import medclip_nb.evaluate.run as evaluate
-    import medclip_nb.train as train
-
     def reached(*_args, **_kwargs):
         raise _Reached
 
-    saved = train.train, evaluate.eval_datasets
-    train.train = evaluate.eval_datasets = reached
+    saved = training.train, evaluate_run.eval_datasets
+    training.train = evaluate_run.eval_datasets = reached
     try:
         yield
     finally:
-        train.train, evaluate.eval_datasets = saved
+        training.train, evaluate_run.eval_datasets = saved
 
 
 def _resume_path(path: Path) -> tuple[str, str]:
     """The resume checks and restore of `train` on a fresh model, as `train --resume_from` does."""
-    import torch
-
-    from medclip_nb import errors, train
-    from medclip_nb.checkpoint import restore_rng_state
-    from medclip_nb.config import from_dict
-    from medclip_nb.models import build_model
-    from medclip_nb.runtime import World
-    from medclip_nb.tokenizers import tokenizer_from_json
-
     try:
-        state = train.check_checkpoint(train.load_checkpoint(path), path, train.RESUME_PARTS)
+        state = check_checkpoint(load_checkpoint(path), path, RESUME_PARTS)
         cfg = from_dict(state["config"])
         model = build_model(cfg, tokenizer_from_json(state["tokenizer"]))
-        optimizer = torch.optim.AdamW(train.param_groups(model, cfg.weight_decay), lr=cfg.lr)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
         scaler = torch.amp.GradScaler("cuda", enabled=False)
-        train._restore(path, state, cfg, World(), 10**6, model, optimizer, scheduler, scaler, lambda *a: None)
+        restore_training_state(path, state, cfg, World(), 10**6, model, optimizer, scheduler, scaler,
+                                     lambda *a: None)
         restore_rng_state(state["rng"])
         scheduler.step()
         return "loaded", ""

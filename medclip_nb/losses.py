@@ -329,6 +329,11 @@ def gather_features(*tensors: Tensor) -> tuple[list[Tensor], int]:
     return gathered, rank * tensors[0].shape[0]
 
 
+def _local_rows(*tensors: Tensor) -> tuple[list[Tensor], int]:
+    """`gather_features` without the gathering: the tensors as they are, offset 0."""
+    return list(tensors), 0
+
+
 class ContrastiveLoss(nn.Module):
     """The training loss: `kind` is one of LOSS_KINDS.
 
@@ -368,6 +373,15 @@ class ContrastiveLoss(nn.Module):
         self, outputs: dict, labels: Tensor | None = None, text_labels: Tensor | None = None,
         num_pairs: int | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.compute(outputs, labels, text_labels, num_pairs)
+
+    def compute(
+        self, outputs: dict, labels: Tensor | None = None, text_labels: Tensor | None = None,
+        num_pairs: int | None = None, *, gather: bool = True,
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss `forward` returns; `gather=False` scores this process's rows alone, against
+        its own columns (validation: its shards need not be the same size on every rank)."""
+        gather_rows = gather_features if gather else _local_rows
         if text_labels is not None and (self.kind not in LABEL_LOSS_KINDS or labels is None):
             raise ValueError("text_labels (sentence labels, unpaired rows) need a medclip loss kind and image labels")
         if num_pairs is not None and (text_labels is None or _distributed_world()[1] > 1):
@@ -383,11 +397,11 @@ class ContrastiveLoss(nn.Module):
                 if bias is None:
                     raise ValueError("siglip loss needs a model built with loss 'siglip' (its logit_bias is None)")
                 # The image rows of all ranks against all texts cover the N x N matrix exactly once.
-                (text_all,), offset = gather_features(text)
+                (text_all,), offset = gather_rows(text)
                 return _finish(_siglip_terms(image, text_all, scale, bias.float(), offset), mean=False)
 
             if self.kind == "clip" or (self.kind == "medclip" and labels is None):
-                (image_all, text_all), offset = gather_features(image, text)
+                (image_all, text_all), offset = gather_rows(image, text)
                 return _finish(_clip_terms(image, text_all, text, image_all, scale, offset), mean=True)
 
             if labels is None:
@@ -399,11 +413,11 @@ class ContrastiveLoss(nn.Module):
             encode = lambda values: _encode_labels(targets, values, self.uncertain_value, self.no_finding_rule)
             image_vectors = encode(labels).to(image.device)
             if text_labels is None:  # image and report of a pair come from one study: one label vector
-                (image_all, text_all, vectors_all), offset = gather_features(image, text, image_vectors)
+                (image_all, text_all, vectors_all), offset = gather_rows(image, text, image_vectors)
                 text_vectors, image_vectors_all, text_vectors_all = image_vectors, vectors_all, vectors_all
             else:  # a sampled sentence with its own labels (sentence-label table)
                 text_vectors = encode(text_labels).to(image.device)
-                (image_all, text_all, image_vectors_all, text_vectors_all), offset = gather_features(
+                (image_all, text_all, image_vectors_all, text_vectors_all), offset = gather_rows(
                     image, text, image_vectors, text_vectors)
             terms = _medclip_terms(
                 image, text_all, text, image_all, scale, image_vectors, text_vectors_all, text_vectors,

@@ -20,6 +20,7 @@ from medclip_nb.errors import DataError
 from medclip_nb.evaluate import evaluate_checkpoint
 from medclip_nb.labels import CHEXPERT_LABELS, NUM_LABELS
 from medclip_nb.tokenizers import ClipIndexTokenizer, build_tokenizer, tokenizer_from_json
+from medclip_nb.train import loop as train_loop
 from medclip_nb.train import train
 
 SPLIT_SIZES = {"train": 12, "val": 4, "test": 4}
@@ -149,7 +150,7 @@ def trained(dataset, tmp_path_factory):
         return model
 
     patch = pytest.MonkeyPatch()
-    patch.setattr(models, "build_model", capturing_build_model)  # train() imports it at call time
+    patch.setattr(train_loop, "build_model", capturing_build_model)  # the name train() calls
     try:
         cfg = config(dataset["manifest"], dataset["features"], out)
         result = train(cfg, log=quiet)

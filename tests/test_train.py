@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from medclip_nb import losses
-from medclip_nb import train as train_module
 from medclip_nb.checkpoint import load_checkpoint, load_model
 from medclip_nb.config import from_dict
 from medclip_nb.data import load_dataset_file
 from medclip_nb.errors import CheckpointError, TrainingError
 from medclip_nb.paths import repo_root
-from medclip_nb.train import TrainResult, param_groups, train, warmup_cosine
+from medclip_nb.train import TrainResult, batch_to_device, param_groups, step_unless, train, warmup_cosine
+from medclip_nb.train import guard as train_guard
+from medclip_nb.train import loop as train_loop
 
 
 # ---- schedule ------------------------------------------------------------------------------------
@@ -87,11 +88,11 @@ def test_store_batches_are_augmented_on_the_device_reproducibly():
     batch = {"pixel_values": torch.randint(0, 256, (4, 1, 48, 48), dtype=torch.uint8),
              "input_ids": torch.ones(4, 8, dtype=torch.long), "attention_mask": torch.ones(4, 8, dtype=torch.long),
              "labels": torch.zeros(4, 14)}
-    first = train_module._to_device(batch, torch.device("cpu"), False, augment, torch.Generator().manual_seed(5))
-    again = train_module._to_device(batch, torch.device("cpu"), False, augment, torch.Generator().manual_seed(5))
+    first = batch_to_device(batch, torch.device("cpu"), False, augment, torch.Generator().manual_seed(5))
+    again = batch_to_device(batch, torch.device("cpu"), False, augment, torch.Generator().manual_seed(5))
     assert first[0].shape == (4, 3, 32, 32) and first[0].dtype == torch.float32
     assert torch.equal(first[0], again[0])
-    plain = train_module._to_device({**batch, "pixel_values": first[0]}, torch.device("cpu"), False)
+    plain = batch_to_device({**batch, "pixel_values": first[0]}, torch.device("cpu"), False)
     assert plain[0] is first[0]  # float batches pass through untouched
 
 
@@ -268,7 +269,7 @@ def test_non_finite_losses_stop_with_last_good_state(tiny_dataset, tmp_path, mon
 
 def test_early_stopping_after_patience_validations(tiny_dataset, tmp_path, monkeypatch):
     val_losses = iter([1.0, 1.5, 0.9, 1.2, 1.3, 1.4])
-    monkeypatch.setattr(train_module, "_validation_loss", lambda *args, **kw: (next(val_losses), 14.0, 1))
+    monkeypatch.setattr(train_loop, "validation_loss", lambda *args, **kw: (next(val_losses), 14.0, 1))
     cfg = tiny_config(tiny_dataset, tmp_path, eval_steps=1, early_stopping_patience=2, max_steps=None,
                       num_epochs=10)
     result = train(cfg, log=quiet)
@@ -325,29 +326,28 @@ def nan_on_steps(monkeypatch, bad_steps: set[int] | Callable) -> list[float]:
 def watch_steps(monkeypatch):
     """Calls `on_step(step, model, optimizer)` after every attempted step of the sync-free guard
     (after the skipped step's BatchNorm statistics were put back)."""
-    import medclip_nb.models as models
-
     model_and_optimizer: dict = {}
-    real_build, real_step = models.build_model, train_module._step_unless
-    real_record = train_module._DeviceNonfiniteCounts.record
+    real_build = train_loop.build_model
+    real_step, real_kept = train_guard.SyncFreeGuard.step, train_guard.SyncFreeGuard.kept
     calls: list = []
 
     def build_model(*args, **kwargs):
         model_and_optimizer["model"] = real_build(*args, **kwargs)
         return model_and_optimizer["model"]
 
-    def step_unless(bad, optimizer, scaler):
+    def step(self, bad, optimizer, scaler):
         model_and_optimizer["optimizer"] = optimizer
-        return real_step(bad, optimizer, scaler)
+        return real_step(self, bad, optimizer, scaler)
 
-    def record(self, bad):
-        real_record(self, bad)
+    def kept(self, bad, loss):
+        step_loss = real_kept(self, bad, loss)
         for on_step in calls:
             on_step(**model_and_optimizer)
+        return step_loss
 
-    monkeypatch.setattr(models, "build_model", build_model)
-    monkeypatch.setattr(train_module, "_step_unless", step_unless)
-    monkeypatch.setattr(train_module._DeviceNonfiniteCounts, "record", record)
+    monkeypatch.setattr(train_loop, "build_model", build_model)
+    monkeypatch.setattr(train_guard.SyncFreeGuard, "step", step)
+    monkeypatch.setattr(train_guard.SyncFreeGuard, "kept", kept)
     return calls
 
 
@@ -497,7 +497,7 @@ def test_sync_free_guard_reads_nothing_from_the_device_between_log_steps(tiny_da
     # The same probe sees the synchronous guard's one read per step (and the CPU-only unfused
     # AdamW's reads of its step counters): it does detect reads.
     reads, steps = _reads_between_training_steps(monkeypatch, tiny_dataset, tmp_path / "sync", False)
-    assert sum(Path(f) == Path(train_module.__file__) for f in reads) == steps - 1
+    assert sum(Path(f) == Path(train_guard.__file__) for f in reads) == steps - 1
 
 
 def test_step_unless_folds_the_bad_flag_into_the_grad_scaler():
@@ -511,7 +511,7 @@ def test_step_unless_folds_the_bad_flag_into_the_grad_scaler():
         before = layer.weight.detach().clone()
         scaler.scale(layer(torch.randn(2, 4)).sum()).backward()  # finite gradients every time
         scaler.unscale_(optimizer)
-        train_module._step_unless(torch.tensor(bad), optimizer, scaler)
+        step_unless(torch.tensor(bad), optimizer, scaler)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         assert (not torch.equal(before, layer.weight)) == moved

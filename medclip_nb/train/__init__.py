@@ -1,0 +1,55 @@
+"""`train(cfg)`: the one training loop, used by the CLI, the notebooks and torchrun.
+
+A plain loop in the style of nanoGPT: data -> model -> AdamW with a warmup + cosine schedule
+-> steps with AMP on GPU, gradient clipping, a non-finite-loss guard, periodic validation,
+early stopping, atomic checkpoints and a JSON Lines metrics log.
+
+    loop.py             train(): setup_run, train_one_epoch until done, finish_run
+    step.py             TrainStep, the one training step (bench.py times the same), its optimizer and schedule
+    guard.py            the non-finite-loss guard: syncing (CPU) or sync-free (CUDA), one interface
+    validate.py         validation_loss(): the training loss over the validation batches, no gathering
+    state.py            TrainResult, MetricsLog, Progress, checkpoint saving, output folder, resume
+    loaders.py          datasets, tokenizer, loaders and unpaired items of a run
+    tensorboard_log.py  TensorBoardLog: the metrics rows as TensorBoard scalars
+
+Distributed data parallel runs start under torchrun (`WORLD_SIZE` > 1): one process per GPU,
+each with its share of every epoch; only rank 0 prints, logs and writes checkpoints.
+
+Files in `model_save_path`:
+    checkpoint_epoch_N.pth  after each complete epoch (the seed script's name)
+    last.pth                after each epoch, every `save_steps` steps and at the end (resumable)
+    best.pth                at each new lowest validation loss
+    last_good.pth           only when too many non-finite losses in a row stopped the run: the
+                            weights of the last good step; position and RNG at the first
+                            skipped step (CPU guard) or where the streak was noticed (CUDA)
+    metrics.jsonl           one JSON object per line: step, epoch, split ('train' rows every
+                            `log_every` steps, averaged over them; 'val' rows at each validation),
+                            loss, lr, temperature (1 / logit_scale), logit_scale, pairs_per_s,
+                            time (seconds of training, summed over resumes); with the sync-free
+                            guard (CUDA) train rows also hold nonfinite_skipped, the steps of
+                            the row's window that were skipped
+    tensorboard/            with `tensorboard: true`: the same rows as TensorBoard scalars
+                            (medclip_nb/train/tensorboard_log.py); metrics.jsonl stays the record
+"""
+
+# fuzz.py reads the checkpoint checks through this package, as it did through train.py.
+from medclip_nb.checkpoint import load_checkpoint
+from medclip_nb.checkpoint_check import RESUME_PARTS, check_checkpoint
+from medclip_nb.train.guard import NonfiniteGuard, NonfiniteStreak, make_guard, step_unless
+from medclip_nb.train.loop import train
+from medclip_nb.train.state import (
+    METRICS_FILE,
+    MetricsLog,
+    Progress,
+    TrainResult,
+    restore_training_state,
+)
+from medclip_nb.train.step import TrainStep, batch_to_device, param_groups, warmup_cosine
+from medclip_nb.train.tensorboard_log import TensorBoardLog
+from medclip_nb.train.validate import validation_loss
+
+__all__ = [
+    "METRICS_FILE", "RESUME_PARTS", "MetricsLog", "NonfiniteGuard", "NonfiniteStreak", "Progress", "TensorBoardLog",
+    "TrainResult", "TrainStep", "batch_to_device", "check_checkpoint", "load_checkpoint", "make_guard", "param_groups",
+    "restore_training_state", "step_unless", "train", "validation_loss", "warmup_cosine",
+]

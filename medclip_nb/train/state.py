@@ -1,0 +1,256 @@
+"""A training run's state on disk: the output folder, the metrics log, checkpoints and resuming.
+
+Resuming is exact: a checkpoint stores the sampler position (`epoch`, `batch_in_epoch`), the
+RNG states and everything the optimizer, schedule and grad scaler need, so on CPU a run killed
+after a checkpoint and resumed ends with bitwise the same parameters as one never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from medclip_nb.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    remove_stale_temp_files,
+    resolve_resume,
+    save_checkpoint,
+)
+from medclip_nb.checkpoint_check import RESUME_PARTS, check_checkpoint
+from medclip_nb.config import Config, ConfigError
+from medclip_nb.errors import CheckpointError, TrainingError, os_error_reason
+from medclip_nb.paths import resolve
+from medclip_nb.runtime import World
+
+METRICS_FILE = "metrics.jsonl"
+# Config keys that may differ on resume without it being worth a note.
+_RESUME_QUIET_KEYS = {"resume_from", "force"}
+
+
+@dataclass
+class TrainResult:
+    """What a finished `train()` call produced."""
+
+    output_dir: Path
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    metrics_path: Path
+    history: list[dict] = field(default_factory=list)  # the rows of metrics.jsonl
+    best_val_loss: float = math.inf
+    steps: int = 0
+    epochs_completed: int = 0
+    bad_images: int = 0
+    stopped_early: bool = False
+
+
+# ---- metrics log ---------------------------------------------------------------------------------
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per line. On resume the rows written after the resume
+    step (by the run that was stopped) are dropped first, so no step appears twice. `mirror`
+    (for example a TensorBoardLog) receives every row written and is closed with the log."""
+
+    def __init__(self, path: Path, resume_step: int | None, enabled: bool = True, mirror=None):
+        self.path = path
+        self.rows: list[dict] = []
+        self.enabled = enabled
+        self.mirror = mirror
+        if not enabled:
+            return
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            if resume_step is not None and path.is_file():
+                self.rows = [r for r in self._read(path) if self._step_of(r) <= resume_step]
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+            os.replace(tmp, path)
+            self._file = open(path, "a", encoding="utf-8")
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise TrainingError(f"could not write {path}: {os_error_reason(e)}; it was left as it was") from None
+
+    @staticmethod
+    def _step_of(row: Any) -> int:
+        step = row.get("step") if isinstance(row, dict) else None
+        return step if isinstance(step, int) and not isinstance(step, bool) else 0
+
+    @staticmethod
+    def _read(path: Path) -> list[dict]:
+        rows = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except (ValueError, RecursionError):
+                continue  # a line cut short when the previous run was killed
+        return rows
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        # NaN / inf are not JSON: a loss that could not be computed is written as null.
+        row = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+        self.rows.append(row)
+        try:
+            self._file.write(json.dumps(row, allow_nan=False) + "\n")
+            self._file.flush()
+        except OSError as e:
+            raise TrainingError(f"could not write {self.path}: {os_error_reason(e)}") from None
+        if self.mirror is not None:
+            self.mirror.write(row)
+
+    def close(self) -> None:
+        if self.enabled:
+            try:
+                self._file.close()
+            except OSError:
+                pass  # its write already raised the error that is being reported
+        if self.mirror is not None:
+            self.mirror.close()
+
+
+# ---- run state -----------------------------------------------------------------------------------
+@dataclass
+class Progress:
+    """Counters that a checkpoint stores and a resume restores."""
+
+    epoch: int = 0  # completed epochs = index of the epoch in progress
+    step: int = 0  # optimizer steps taken
+    batch_in_epoch: int = 0  # batches of the current epoch consumed (sampler position / batch size)
+    best_val_loss: float = math.inf
+    patience_counter: int = 0
+    bad_image_count: int = 0
+    nonfinite_total: int = 0
+    nonfinite_streak: int = 0
+    epoch_loss_sum: float = 0.0  # this epoch's steps so far, for its "Average loss"
+    epoch_loss_steps: int = 0
+    epoch_bad_images: int = 0
+    train_time: float = 0.0  # seconds of training before this process started
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_checkpoint(cls, state: dict) -> "Progress":
+        return cls(**{f.name: state[f.name] for f in fields(cls) if f.name in state})
+
+
+@dataclass
+class TrainClock:
+    """Seconds of training, summed over resumes."""
+
+    before: float  # seconds of training before this process started
+    started: float = field(default_factory=time.perf_counter)
+
+    def __call__(self) -> float:
+        return self.before + time.perf_counter() - self.started
+
+
+@dataclass
+class Checkpointer:
+    """Writes everything a resume needs (on rank 0; the other ranks only return the path)."""
+
+    cfg: Config
+    world: World
+    model: nn.Module  # unwrapped: no 'module.' / '_orig_mod.' prefixes
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    tokenizer: Any
+    progress: Progress
+    elapsed: Callable[[], float]
+
+    def save(self, path: Path, rng: dict | None = None, **position) -> Path:
+        """`position`/`rng` override the current ones."""
+        if self.world.is_main:
+            save_checkpoint({
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "config": self.cfg.to_dict(),
+                "tokenizer": self.tokenizer.to_json(),
+                "rng": rng if rng is not None else capture_rng_state(),
+                "world_size": self.world.world_size,
+                **self.progress.as_dict(),
+                "train_time": self.elapsed(),
+                **position,
+            }, path)
+        return path
+
+
+# ---- output folder and resume --------------------------------------------------------------------
+def output_dir(cfg: Config, world: World, say) -> Path:
+    """model_save_path as a folder (created), with the temporary files of killed saves gone."""
+    out_dir = resolve(cfg.model_save_path)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"config key 'model_save_path': {out_dir} is a file, not a folder")
+    if world.is_main:
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"config key 'model_save_path': cannot create {out_dir} ({os_error_reason(e)})") from None
+        remove_stale_temp_files(out_dir, log=say)
+    return out_dir
+
+
+def open_resume_point(cfg: Config, say) -> tuple[Path | None, dict | None]:
+    """The checkpoint `cfg.resume_from` names, loaded and checked, or (None, None)."""
+    path = resolve_resume(cfg.resume_from, cfg.model_save_path, force=cfg.force, log=say)
+    if path is None:
+        if cfg.resume_from:
+            say(f"No checkpoint in {resolve(cfg.model_save_path)} to resume from: starting a new run")
+        return None, None
+    return path, check_checkpoint(load_checkpoint(path), path, RESUME_PARTS)
+
+
+def _config_differences(saved: dict, current: dict) -> list[str]:
+    return [
+        f"{k} {saved.get(k)!r} -> {current[k]!r}"
+        for k in current
+        if k not in _RESUME_QUIET_KEYS and k in saved and saved[k] != current[k]
+    ]
+
+
+def _check_resume_position(path: Path, state: dict, cfg: Config, batches_per_epoch: int) -> None:
+    """A mid-epoch position past the end of this dataset's epoch cannot be resumed (it was
+    saved on a larger dataset); checked before anything (metrics.jsonl included) is touched."""
+    if state["batch_in_epoch"] > batches_per_epoch:
+        raise CheckpointError(
+            f"{path}: resume position batch {state['batch_in_epoch']} of epoch {state['epoch'] + 1} is past the end "
+            f"of an epoch of this dataset ({batches_per_epoch} batches of {cfg.batch_size}); resume from an epoch "
+            f"checkpoint, or with the dataset it was saved with")
+
+
+def restore_training_state(path: Path, state: dict, cfg: Config, world: World, batches_per_epoch: int,
+                           model: nn.Module, optimizer, scheduler, scaler, say) -> Progress:
+    """Load weights, optimizer, schedule and scaler states; returns the saved progress."""
+    saved_cfg = state["config"]
+    samples_per_step = saved_cfg.get("batch_size"), state.get("world_size", 1)
+    if state["batch_in_epoch"] and samples_per_step != (cfg.batch_size, world.world_size):
+        raise CheckpointError(
+            f"{path}: a mid-epoch checkpoint of a run with batch_size {samples_per_step[0]} on "
+            f"{samples_per_step[1]} process(es); resume it with the same, or from an epoch checkpoint"
+        )
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        reason = (str(e).strip() or type(e).__name__).splitlines()[0]
+        raise CheckpointError(f"{path}: does not fit the model of this config ({reason})") from None
+    scheduler.load_state_dict(state["scheduler"])
+    if scaler.is_enabled() and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    _check_resume_position(path, state, cfg, batches_per_epoch)
+    progress = Progress.from_checkpoint(state)
+    say(f"Resuming from {path}: epoch {progress.epoch + 1}, step {progress.step}, "
+        f"batch {progress.batch_in_epoch} of {batches_per_epoch}")
+    differences = _config_differences(saved_cfg, cfg.to_dict())
+    if differences:
+        say("Settings changed since the checkpoint: " + "; ".join(differences))
+    return progress

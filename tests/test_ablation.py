@@ -3,6 +3,7 @@ intervals over seeds, differences paired by seed, "resolved", the data-efficienc
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -24,7 +25,7 @@ from medclip_nb.study import (
     variant_stats,
 )
 from medclip_nb.study.ablation import run_config
-from medclip_nb.study.readings import NOT_RESOLVED, ablation_reading, verdict
+from medclip_nb.study.readings import NOT_RESOLVED, ablation_reading, data_efficiency_reading, verdict
 from medclip_nb.summary import summary_markdown
 
 SEEDS = [0, 1, 2, 3, 4]
@@ -175,6 +176,16 @@ def test_figures_and_markdown_come_from_the_entries(tmp_path):
     page = summary_markdown(metrics)
     assert "## Ablation (5 seeds, 100 steps each" in page and "## Data efficiency" in page
     assert "## Models" not in page  # the two entries are not models
+
+
+def test_entries_read_back_from_metrics_json_keep_their_order_and_reading():
+    ablation = ablation_entry(pd.DataFrame(hand_made_runs()), Config(max_steps=100))
+    efficiency = data_efficiency_entry(pd.DataFrame(data_efficiency_runs()), Config(max_steps=100))
+    stored = json.loads(json.dumps({"ablation": ablation, "data_efficiency": efficiency}, sort_keys=True))
+    assert ablation_reading(stored["ablation"]) == ablation["reading"]
+    assert data_efficiency_reading(stored["data_efficiency"]) == efficiency["reading"]
+    assert list(ablation_table(stored["ablation"]).index) == ["siglip", "medclip", "clip"]
+    assert ablation_report(stored) == ablation_report({"ablation": ablation, "data_efficiency": efficiency})
 
 
 # ---- the plan and the budget -------------------------------------------------------------------------------

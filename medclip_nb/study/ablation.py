@@ -137,7 +137,8 @@ def ablation_entry(runs: "pd.DataFrame", cfg: Config, reference: str = REFERENCE
     its t interval over seeds, and the paired differences against `reference`, with a reading."""
     full = _records(runs[runs["train_fraction"] == 1.0])
     entry = json_ready({"budget": _budget(cfg, runs), "seeds": sorted({r["seed"] for r in full}),
-                        "reference": reference, "metrics": list(metrics), "confidence": 0.95, "runs": full,
+                        "variants": list(dict.fromkeys(r["variant"] for r in full)), "reference": reference,
+                        "metrics": list(metrics), "confidence": 0.95, "runs": full,
                         **variant_stats(full, reference, metrics)})
     entry["reading"] = ablation_reading(entry)
     return entry

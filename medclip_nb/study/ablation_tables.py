@@ -17,6 +17,7 @@ from medclip_nb.errors import DataError
 from medclip_nb.paths import resolve
 from medclip_nb.study.figures import ablation_figure, data_efficiency_figure, show_figure
 from medclip_nb.study.readings import METRIC_NAMES, signed_with_interval, value_with_interval, verdict
+from medclip_nb.study.seed_stats import fraction_key
 
 if TYPE_CHECKING:  # pandas is imported inside the functions that use it (a heavy import)
     import pandas as pd
@@ -30,7 +31,8 @@ def ablation_rows(entry: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     """{variant: {column: text}}: each metric's mean [95 % t interval] over seeds, then each
     metric's paired difference against the reference with its verdict."""
     reference, rows = entry["reference"], {}
-    for variant, by_metric in entry["summary"].items():
+    for variant in entry.get("variants") or entry["summary"]:  # metrics.json sorts its keys: keep the run order
+        by_metric = entry["summary"][variant]
         row = {"seeds": str(next(iter(by_metric.values()))["n"]) if by_metric else "0"}
         row.update({_name(m): value_with_interval(by_metric[m]) for m in entry["metrics"]})
         paired = entry["paired"].get(variant)
@@ -49,13 +51,15 @@ def _short(text: str) -> str:
 def data_efficiency_rows(entry: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     """{loss: {'10 % (67 pairs)': 'mean [t interval]', ...}, ...}, then the paired differences
     against the reference at each fraction."""
+    keys = [fraction_key(f) for f in entry["fractions"]]
     rows = {}
-    for loss, by_fraction in entry["table"].items():
-        rows[loss] = {_fraction_column(k, v): value_with_interval(v) for k, v in by_fraction.items()}
-    for loss, by_fraction in entry["paired"].items():
+    for loss in entry["losses"]:
+        rows[loss] = {_fraction_column(k, entry["table"][loss][k]): value_with_interval(entry["table"][loss][k])
+                      for k in keys}
+    for loss in (loss for loss in entry["losses"] if loss in entry["paired"]):
         rows[f"{loss} - {entry['reference']}"] = {
             _fraction_column(k, entry["table"][loss][k]): f"{signed_with_interval(p)} ({_short(verdict(p))})"
-            for k, p in by_fraction.items()}
+            for k, p in ((k, entry["paired"][loss][k]) for k in keys)}
     return rows
 
 

@@ -180,7 +180,7 @@ def ablation_figure(entry: Mapping[str, Any]):
     import matplotlib.pyplot as plt
 
     metrics, reference, runs = entry["metrics"], entry["reference"], entry["runs"]
-    variants = list(entry["summary"])
+    variants = list(entry.get("variants") or entry["summary"])
     others = [v for v in variants if v in entry["paired"]]
     fig, axes = plt.subplots(2, len(metrics), figsize=(4.2 * len(metrics), 6.6), squeeze=False)
     jitter = np.random.default_rng(0).uniform(-0.12, 0.12, size=64)
@@ -217,8 +217,8 @@ def data_efficiency_figure(entry: Mapping[str, Any]):
 
     fractions, metric = [float(f) for f in entry["fractions"]], entry["metric"]
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for i, (loss, by_fraction) in enumerate(entry["table"].items()):
-        rows = [by_fraction[fraction_key(f)] for f in fractions]
+    for i, loss in enumerate(entry["losses"]):
+        rows = [entry["table"][loss][fraction_key(f)] for f in fractions]
         mean = np.array([r["mean"] if r["mean"] is not None else np.nan for r in rows], dtype=float)
         ci = np.array([r.get("ci") or [m, m] for r, m in zip(rows, mean)], dtype=float)
         x = np.array(fractions) * (1 + 0.03 * (i - 1))  # a small offset keeps the dots apart

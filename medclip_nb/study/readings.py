@@ -31,7 +31,12 @@ def signed_with_interval(paired: Mapping[str, Any]) -> str:
     if paired.get("difference") is None:
         return "n/a"
     ci = paired.get("ci")
-    return f"{paired['difference']:+.3f}" + (f" [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+    return f"{_signed(paired['difference'])}" + (f" [{_signed(ci[0])}, {_signed(ci[1])}]" if ci else "")
+
+
+def _signed(value: float) -> str:
+    """'+0.031'; a value that rounds to 0 is '+0.000', never '-0.000'."""
+    return f"{round(value, 3) + 0.0:+.3f}"
 
 
 def value_with_interval(summary: Mapping[str, Any]) -> str:
@@ -58,7 +63,8 @@ def ablation_reading(entry: Mapping[str, Any]) -> str:
     lines.append(f"- {reference} (the reference): " + ", ".join(
         f"{names.get(m, m)} {value_with_interval(ref[m])}" for m in entry["metrics"] if m in ref) + ".")
     resolved, unresolved = [], []
-    for variant, by_metric in entry["paired"].items():
+    for variant in (v for v in entry.get("variants") or entry["summary"] if v in entry["paired"]):
+        by_metric = entry["paired"][variant]
         parts = []
         for metric in entry["metrics"]:
             paired, name = by_metric[metric], names.get(metric, metric)
@@ -95,22 +101,27 @@ def _claim(loss: str, reference: str, change: Mapping[str, Any]) -> str:
 
 def data_efficiency_reading(entry: Mapping[str, Any]) -> str:
     """The reading of a `data_efficiency` entry (study.data_efficiency_entry): accuracy per loss and
-    fraction, each loss against the reference per fraction, and what the gap change says."""
-    reference, table = entry["reference"], entry["table"]
+    fraction, what less data costs, each loss against the reference per fraction, and what the
+    change of that gap says about MedCLIP's claim. Losses and fractions in the entry's order."""
+    reference, table, losses = entry["reference"], entry["table"], entry["losses"]
+    keys = [f"{float(f):g}" for f in entry["fractions"]]
     lead = (f"- {METRIC_NAMES.get(entry['metric'], entry['metric'])} by loss and share of the training pairs "
             "(nested patient subsets); every run")
     lines = [_budget_line(entry.get("budget", {}), len(entry.get("seeds", [])), lead)]
-    for loss, row in table.items():
-        lines.append(f"- {loss}: " + ", ".join(f"{_percent(k, v)} {value_with_interval(v)}" for k, v in row.items())
-                     + ".")
-    for loss, change in entry.get("fraction_effect", {}).items():
+    for loss in losses:
+        lines.append(f"- {loss}: " + ", ".join(f"{_percent(k, table[loss][k])} {value_with_interval(table[loss][k])}"
+                                               for k in keys) + ".")
+    effects = entry.get("fraction_effect", {})
+    for loss in (loss for loss in losses if loss in effects):
+        change = effects[loss]
         lines.append(f"- {loss} with {float(change['to']):.0%} instead of {float(change['from']):.0%} of the pairs: "
                      f"{signed_with_interval(change)} ({verdict(change)}).")
-    for loss, by_fraction in entry["paired"].items():
+    for loss in (loss for loss in losses if loss in entry["paired"]):
         lines.append(f"- {loss} - {reference}: " + "; ".join(
-            f"at {float(k):.0%} {signed_with_interval(p)} ({verdict(p)})" for k, p in by_fraction.items()) + ".")
-    for loss, change in entry.get("gap_change", {}).items():
-        lines.append(_claim(loss, reference, change))
+            f"at {float(k):.0%} {signed_with_interval(entry['paired'][loss][k])} ({verdict(entry['paired'][loss][k])})"
+            for k in keys) + ".")
+    changes = entry.get("gap_change", {})
+    lines += [_claim(loss, reference, changes[loss]) for loss in losses if loss in changes]
     return "\n".join(lines)
 
 

@@ -72,15 +72,25 @@ lab: $(STAMP)
 	@echo "Starting JupyterLab on the notebooks (kernel 'Python 3 (medclip-nb)' = .venv); open the URL it prints."
 	$(VENV)/bin/jupyter lab --notebook-dir=. $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
+# The ablation (issues 12 and 13): one step budget, five seeds per variant, data-efficiency fractions;
+# notebook 04 stores the entries `ablation` and `data_efficiency`, and the tables are printed from them.
 ablation: $(STAMP)
+	@date +%s > .ablation-start
 	$(PY) -m medclip_nb data --config params/ablation.yaml
 	mkdir -p reports
 	set -e; for nb in notebooks/03_pretrain.ipynb notebooks/04_analysis.ipynb; do \
-	  $(HEADLESS) $(VENV)/bin/papermill $$nb reports/ablation_$$(basename $$nb) -f params/ablation.yaml --cwd . -k python3 --no-progress-bar; \
+	  echo "== papermill $$nb -f params/ablation.yaml"; \
+	  $(HEADLESS) $(VENV)/bin/papermill $$nb reports/ablation_$$(basename $$nb) -f params/ablation.yaml --cwd . -k python3 --log-output --no-progress-bar; \
 	done
-	$(PY) -c "from medclip_nb.study import copy_metrics_entry as c; c('reports/ablation/metrics.json', 'reports/metrics.json', 'ablation')"
+	set -e; for key in ablation data_efficiency; do \
+	  $(PY) -c "from medclip_nb.study import copy_metrics_entry as c; c('reports/ablation/metrics.json', 'reports/metrics.json', '$$key')"; \
+	done
 	$(PY) -m medclip_nb summary --metrics reports/metrics.json --out reports/summary.md --params "$(PARAMS) + params/ablation.yaml"
-	@echo "Ablation table: reports/metrics.json (key 'ablation') and reports/ablation_04_analysis.ipynb"
+	@echo
+	$(PY) -c "from medclip_nb.study import print_ablation; print_ablation('reports/ablation/metrics.json')"
+	@echo "make ablation: $$(( $$(date +%s) - $$(cat .ablation-start) )) s wall time; tables also in reports/summary.md," \
+	  "reports/ablation_04_analysis.ipynb and reports/metrics.json (keys 'ablation', 'data_efficiency')"
+	@rm -f .ablation-start
 
 bench: $(STAMP)
 	$(PY) -m medclip_nb bench --config params/bench_cpu.yaml --phantom 48

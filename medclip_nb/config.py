@@ -243,6 +243,9 @@ class Config:
                                  "with the same budget")
     ablation_seeds: list = _opt([], "notebook 04: seeds of the model/loss ablation (empty: no ablation; see `make "
                                     "ablation`)")
+    data_efficiency_fractions: list = _opt([0.1, 0.3, 1.0], "notebook 04 with ablation_seeds: train_fraction values "
+                                           "of the data-efficiency runs (clip, medclip, medclip_cosine; the first 3 "
+                                           "ablation seeds; [1.0]: none)", check=_fractions)
     reports_dir: str = _opt("reports", "folder for metrics.json, executed notebooks and figures/ of the study")
 
     # ------------------------------------------------------------------------------------------
@@ -275,7 +278,7 @@ def _base_type(hint):
 MAX_STRING = 4096  # paths and names
 MAX_LIST = 64
 _INT_LISTS = ("ablation_seeds",)
-_FLOAT_LISTS = {"probe_label_fractions"}
+_FLOAT_LISTS = {"probe_label_fractions", "data_efficiency_fractions"}
 
 
 def _coerce(key: str, value: Any) -> Any:

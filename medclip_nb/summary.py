@@ -18,6 +18,7 @@ from medclip_nb.errors import DataError
 from medclip_nb.evaluate.intervals import format_with_interval
 from medclip_nb.files import write_text_atomic
 from medclip_nb.paths import resolve
+from medclip_nb.study.ablation_tables import ablation_report
 from medclip_nb.study.tables import headline, headline_intervals
 
 HEADLINE_NAMES = {
@@ -64,7 +65,16 @@ def markdown_table(rows: Mapping[str, Mapping[str, Any]], columns: Mapping[str, 
     return "\n".join(lines)
 
 
-def _ablation_section(ablation: Mapping[str, Any]) -> list[str]:
+# Entries of metrics.json that are not a model's metrics.
+STUDY_ENTRIES = ("ablation", "data_efficiency")
+
+
+def _ablation_section(metrics: Mapping[str, Any]) -> list[str]:
+    """The ablation and data-efficiency sections (study.ablation_tables); an ablation entry of the
+    older format (mean ± std over seeds, no paired differences) as its own table."""
+    ablation = metrics.get("ablation") or {}
+    if "paired" in ablation or "data_efficiency" in metrics:
+        return ["", ablation_report(metrics).rstrip()]
     summary = ablation.get("summary") or {}
     if not summary:
         return []
@@ -85,7 +95,7 @@ def summary_markdown(metrics: Mapping[str, Any], *, wall_seconds: float | None =
     when = when or _dt.datetime.now().astimezone()
     models = {name: {key: format_with_interval(value, headline_intervals(m)[key])
                      for key, value in headline(m).items()}
-              for name, m in metrics.items() if name != "ablation" and isinstance(m, Mapping)}
+              for name, m in metrics.items() if name not in STUDY_ENTRIES and isinstance(m, Mapping)}
     lines = ["# Results of this study run", "",
              "Written by the run itself from `metrics.json` (never edited by hand). Trained numbers "
              "differ slightly from CPU to CPU: floating-point kernels differ.", "",
@@ -101,7 +111,7 @@ def summary_markdown(metrics: Mapping[str, Any], *, wall_seconds: float | None =
         lines += ["", "## Models" + (f" (5x200 zero-shot set: {n_images} images)" if n_images else ""), "",
                   "Each number with its 95 % bootstrap interval over the test images (1,000 resamples).", "",
                   markdown_table(models, HEADLINE_NAMES, "model")]
-    lines += _ablation_section(metrics.get("ablation") or {})
+    lines += _ablation_section(metrics)
     return "\n".join(lines) + "\n"
 
 

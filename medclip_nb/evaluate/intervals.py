@@ -4,18 +4,39 @@ Resampling is SciPy's (`scipy.stats.bootstrap`, percentile intervals, seeded): t
 images are resampled with replacement and the metric recomputed on each resample. A
 comparison of two models on the same test images resamples the same rows for both (a
 paired bootstrap of the difference), which is far tighter than two separate intervals.
+
+Over training seeds (the ablation) the unit is a run, not an image: `t_interval` is Student's t
+interval of the mean of a few runs' numbers, `paired_t_difference` that of the per-seed
+differences of two variants trained with the same seeds and scored on the same images.
+`bootstrap_off()` skips the per-image intervals where only the seed-level ones are reported.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from typing import Callable
 
 import numpy as np
 from scipy.stats import bootstrap, rankdata
+from scipy.stats import t as student_t
 
 CONFIDENCE = 0.95
 N_RESAMPLES = 1000
+# False inside `bootstrap_off()`: the bootstrap intervals below return None (no resampling).
+_BOOTSTRAP = contextvars.ContextVar("bootstrap", default=True)
+
+
+@contextlib.contextmanager
+def bootstrap_off():
+    """Within the block, every bootstrap interval is None and costs nothing: for many short runs
+    (the ablation) whose intervals come from the spread over seeds instead."""
+    token = _BOOTSTRAP.set(False)
+    try:
+        yield
+    finally:
+        _BOOTSTRAP.reset(token)
 
 
 def _interval(result) -> list[float]:
@@ -27,7 +48,7 @@ def mean_interval(values, *, seed: int = 0, n_resamples: int = N_RESAMPLES,
                   confidence: float = CONFIDENCE) -> list[float] | None:
     """Interval of the mean of per-sample values (accuracy from 0/1 hits, recall from hits)."""
     values = np.asarray(values, dtype=np.float64)
-    if len(values) < 2 or not np.isfinite(values).all():
+    if len(values) < 2 or not np.isfinite(values).all() or not _BOOTSTRAP.get():
         return None
     if np.all(values == values[0]):  # every resample has the same mean (SciPy warns and returns NaN)
         return [float(values[0])] * 2
@@ -43,7 +64,7 @@ def statistic_interval(statistic: Callable[[np.ndarray], float], n: int, *, seed
     Resamples where the statistic is undefined (NaN, e.g. an AUROC with one class) are left
     out of the percentiles; None when fewer than half of them are defined.
     """
-    if n < 2:
+    if n < 2 or not _BOOTSTRAP.get():
         return None
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, n, size=(n_resamples, n))  # the same draw as SciPy's percentile method
@@ -92,8 +113,41 @@ def paired_difference(values_a, values_b, *, seed: int = 0, n_resamples: int = N
         raise ValueError(f"paired_difference: {a.shape} and {b.shape} are not the same samples")
     difference = float(a.mean() - b.mean()) if len(a) else math.nan
     interval = mean_interval(a - b, seed=seed, n_resamples=n_resamples, confidence=confidence)
-    resolved = None if interval is None else bool(interval[0] > 0 or interval[1] < 0)
-    return {"difference": difference, "ci": interval, "resolved": resolved}
+    return {"difference": difference, "ci": interval, "resolved": excludes_zero(interval)}
+
+
+def t_interval(values, confidence: float = CONFIDENCE) -> list[float] | None:
+    """Student's t interval of the mean of a few values (one per training seed): mean ± t(n-1) · s / sqrt(n).
+
+    None with fewer than 2 finite values; [m, m] when they are all equal.
+    """
+    values = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        return None
+    mean, sem = float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
+    if sem == 0:
+        return [mean, mean]
+    low, high = student_t.interval(confidence, len(values) - 1, loc=mean, scale=sem)
+    return [float(low), float(high)]
+
+
+def excludes_zero(interval) -> bool | None:
+    """True when the interval lies wholly above or below 0 (the difference is resolved), None without one."""
+    return None if not interval else bool(interval[0] > 0 or interval[1] < 0)
+
+
+def paired_t_difference(values_a, values_b, confidence: float = CONFIDENCE) -> dict[str, float | list | bool | None]:
+    """Mean of the per-pair differences a - b (pairs: the same training seed and test images) with its
+    t interval; `resolved` when the interval excludes 0. Pairs where either value is missing are dropped."""
+    if len(values_a) != len(values_b):
+        raise ValueError(f"paired_t_difference: {len(values_a)} and {len(values_b)} values are not pairs")
+    pairs = [(a, b) for a, b in zip(values_a, values_b)
+             if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
+    differences = [a - b for a, b in pairs]
+    interval = t_interval(differences, confidence)
+    return {"difference": float(np.mean(differences)) if differences else math.nan, "ci": interval,
+            "resolved": excludes_zero(interval), "n": len(differences)}
 
 
 def format_with_interval(value, interval) -> str:

@@ -6,15 +6,35 @@ Notebook-facing helpers, presentation only (the numbers come from train and eval
 - runs.py: train and evaluate from a notebook, entries of reports/metrics.json;
 - figures.py: figures saved under reports_dir/figures and shown in the cell;
 - tables.py: pandas tables of the data, the training and each model's headline numbers;
-- ablation.py: the ablation over variants and seeds, and the readings written from the numbers.
+- ablation.py: `make ablation`'s runs (variants x seeds, data-efficiency fractions) at one step budget;
+- seed_stats.py: means with t intervals over seeds, differences paired by seed;
+- ablation_tables.py: the ablation's tables (notebook, summary.md, the end of `make ablation`);
+- readings.py: the written readings, generated from the numbers.
 
 The notebooks use `from medclip_nb import study` and `study.<name>`: every name is re-exported here.
 """
 
 from medclip_nb.prepare import ensure_dataset
-from medclip_nb.study.ablation import ablation, ablation_reading, ablation_stats, ablation_summary, reading
+from medclip_nb.study.ablation import (
+    DATA_EFFICIENCY_LOSSES,
+    VARIANTS,
+    ablation,
+    ablation_entry,
+    data_efficiency_entry,
+    planned_runs,
+)
+from medclip_nb.study.ablation_tables import (
+    ablation_report,
+    ablation_table,
+    data_efficiency_table,
+    print_ablation,
+    show_ablation,
+    show_data_efficiency,
+)
 from medclip_nb.study.figures import (
     FIGURE_DPI,
+    ablation_figure,
+    data_efficiency_figure,
     embedding_figure,
     figures_dir,
     probe_fraction_figure,
@@ -25,7 +45,9 @@ from medclip_nb.study.figures import (
     similarity_sample,
     training_curves_figure,
 )
+from medclip_nb.study.readings import ablation_reading, data_efficiency_reading, reading
 from medclip_nb.study.runs import copy_metrics_entry, evaluate_run, train_and_evaluate, update_metrics
+from medclip_nb.study.seed_stats import data_efficiency_stats, paired_by_seed, seed_summary, variant_stats
 from medclip_nb.study.setup import notebook_config
 from medclip_nb.study.tables import (
     HEADLINE_PATHS,
@@ -45,13 +67,22 @@ from medclip_nb.study.tables import (
 )
 
 __all__ = [
+    "DATA_EFFICIENCY_LOSSES",
     "FIGURE_DPI",
     "HEADLINE_PATHS",
+    "VARIANTS",
     "ablation",
+    "ablation_entry",
+    "ablation_figure",
     "ablation_reading",
-    "ablation_stats",
-    "ablation_summary",
+    "ablation_report",
+    "ablation_table",
     "copy_metrics_entry",
+    "data_efficiency_entry",
+    "data_efficiency_figure",
+    "data_efficiency_reading",
+    "data_efficiency_stats",
+    "data_efficiency_table",
     "embedding_figure",
     "ensure_dataset",
     "epoch_table",
@@ -61,7 +92,10 @@ __all__ = [
     "headline_intervals",
     "label_prevalence",
     "notebook_config",
+    "paired_by_seed",
     "paired_comparisons",
+    "planned_runs",
+    "print_ablation",
     "probe_fraction_figure",
     "probe_fraction_table",
     "read_metrics_log",
@@ -71,6 +105,9 @@ __all__ = [
     "results_table_with_intervals",
     "sample_grid_figure",
     "save_figure",
+    "seed_summary",
+    "show_ablation",
+    "show_data_efficiency",
     "show_figure",
     "similarity_heatmap_figure",
     "similarity_sample",
@@ -79,5 +116,6 @@ __all__ = [
     "train_and_evaluate",
     "training_curves_figure",
     "update_metrics",
+    "variant_stats",
     "zero_shot_hits",
 ]

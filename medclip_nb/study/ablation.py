@@ -1,129 +1,160 @@
-"""Issue #5's ablation (variants x seeds) and the written readings generated from the numbers.
+"""The ablation of `make ablation` (issues 12 and 13): variants x seeds at one step budget, and the
+data-efficiency runs (clip, medclip, medclip_cosine on nested `train_fraction` subsets).
 
-A reading is never typed by hand: it is written from the table it reads, so it says what the
-numbers say, including when a difference is within seed noise or its interval includes 0.
+Every run trains for exactly `max_steps` optimizer steps: no early stopping, and as many epochs
+as the budget needs (a small fraction's epoch is short, so its pairs are simply seen more often).
+It is evaluated at its last step (last.pth, the budget's end: no model selection on the
+validation loss), on the full splits (the linear probe always sees every training label), with
+our 5x200 protocol. Per-image bootstrap intervals are skipped there (`bootstrap_off`): the
+ablation's intervals are over seeds (seed_stats.py). A run's checkpoints are deleted once it is
+evaluated (43 runs of ResNet-18 would fill gigabytes); its metrics.jsonl stays.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from medclip_nb.config import Config
-from medclip_nb.study.runs import train_and_evaluate
-from medclip_nb.study.tables import headline, headline_intervals
+from medclip_nb.checkpoint import load_model
+from medclip_nb.config import Config, ConfigError
+from medclip_nb.data import load_dataset_file
+from medclip_nb.data.train_fraction import keep_train_fraction
+from medclip_nb.evaluate.intervals import bootstrap_off
+from medclip_nb.evaluate.run import json_ready
+from medclip_nb.paths import resolve
+from medclip_nb.study.readings import ablation_reading, data_efficiency_reading
+from medclip_nb.study.runs import evaluate_run
+from medclip_nb.study.seed_stats import ABLATION_METRICS, REFERENCE, data_efficiency_stats, variant_stats
+from medclip_nb.study.tables import headline
+from medclip_nb.train import train
 
 if TYPE_CHECKING:  # pandas is imported inside the functions that use it (a heavy import)
     import pandas as pd
 
+# The variants of the ablation: the config keys each one changes.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "simple": {"model": "simple", "loss": "clip"},  # the seed's SimpleMedCLIPModel
+    "clip": {"loss": "clip"},
+    "medclip": {"loss": "medclip"},  # MedCLIP's published soft targets
+    "medclip_cosine": {"loss": "medclip_cosine"},  # ours: row-normalised cosine targets
+    "siglip": {"loss": "siglip"},
+}
+DATA_EFFICIENCY_LOSSES = ("clip", "medclip", "medclip_cosine")
+DATA_EFFICIENCY_SEEDS = 3  # the first 3 ablation seeds train the smaller fractions too
+# Numbers kept per run: the ones the tables show, and a few more for whoever reads metrics.json.
+RUN_COLUMNS = ("zs_acc_mean", "zs_acc_max", "zs_macro_f1", "zs_auroc", "i2t_R@10", "t2i_R@10", "probe_auroc")
 
-def ablation(cfg: Config, seeds, variants=None, *, log=print) -> "pd.DataFrame":
-    """Issue #5's ablation: each variant trained with the same budget for each seed and
-    evaluated; returns the per-run headline numbers (one row per variant and seed)."""
+
+def _quiet(*_args, **_kwargs) -> None:
+    return None
+
+
+def run_config(cfg: Config, changes: Mapping[str, Any], seed: int, fraction: float, folder: Path) -> Config:
+    """The Config of one run: `changes` on top of `cfg`, exactly cfg.max_steps steps, no early stop."""
+    if cfg.max_steps is None:
+        raise ConfigError("config key 'max_steps': the ablation needs it (the one step budget of every run)")
+    return cfg.replace(**{**dict(changes), "seed": int(seed), "train_fraction": float(fraction),
+                          "model_save_path": str(folder), "resume_from": None, "num_epochs": cfg.max_steps,
+                          "early_stopping_patience": 0, "save_steps": cfg.max_steps})
+
+
+def train_and_score(run_cfg: Config, *, keep_checkpoints: bool = False) -> dict[str, Any]:
+    """Train one run, evaluate its last step (bootstrap off) and return its numbers."""
+    started = time.perf_counter()
+    result = train(run_cfg, log=_quiet)
+    trained = time.perf_counter()
+    model, tokenizer, saved_cfg = load_model(result.last_checkpoint, "cpu")
+    eval_cfg = saved_cfg.replace(train_fraction=1.0, zeroshot_protocol="ours", probe_label_fractions=[1.0])
+    with bootstrap_off():
+        metrics, _ = evaluate_run(model, tokenizer, eval_cfg, log=_quiet)
+    if not keep_checkpoints:
+        for path in Path(result.output_dir).glob("*.pth"):
+            path.unlink()
+    numbers = headline(metrics)
+    return {**{key: numbers.get(key) for key in RUN_COLUMNS}, "n_5x200": metrics["zero_shot_5x200"].get("n"),
+            "steps": result.steps, "train_seconds": round(trained - started, 1),
+            "eval_seconds": round(time.perf_counter() - trained, 1)}
+
+
+def planned_runs(seeds: Iterable[int], variants: Mapping[str, Mapping[str, Any]], fractions: Iterable[float] = (),
+                 fraction_seeds: int = DATA_EFFICIENCY_SEEDS,
+                 losses: Iterable[str] = DATA_EFFICIENCY_LOSSES) -> list[tuple]:
+    """(variant, seed, train_fraction) of every run, each once: all variants x seeds at fraction 1,
+    then the data-efficiency losses x the other fractions x the first `fraction_seeds` seeds
+    (their fraction-1 runs are the ablation's)."""
+    seeds = [int(s) for s in seeds]
+    plan = [(name, seed, 1.0) for name in variants for seed in seeds]
+    for name in losses:
+        for fraction in sorted({float(f) for f in fractions} - {1.0}, reverse=True):
+            plan += [(name, seed, fraction) for seed in seeds[:fraction_seeds]]
+    return plan
+
+
+def ablation(cfg: Config, seeds, variants=None, *, fractions=(), fraction_seeds: int = DATA_EFFICIENCY_SEEDS,
+             losses=DATA_EFFICIENCY_LOSSES, keep_checkpoints: bool = False, log=print) -> "pd.DataFrame":
+    """Train and evaluate every run of `planned_runs` at the budget cfg.max_steps; one row per run
+    (variant, seed, train_fraction, n_train and the numbers of `RUN_COLUMNS`). Runs are written
+    under cfg.model_save_path/ablation/<variant>-f<fraction>-seed<seed>."""
     import pandas as pd
 
-    variants = variants or {
-        "simple (seed baseline)": {"model": "simple", "loss": "clip"},
-        "default + clip": {"loss": "clip"},
-        "default + medclip": {"loss": "medclip"},
-        "default + siglip": {"loss": "siglip"},
-    }
-    root = Path(cfg.model_save_path) / "ablation"
+    variants = dict(variants or VARIANTS)
+    missing = [name for name in losses if fractions and fraction_seeds and name not in variants]
+    if missing:
+        raise ConfigError(f"ablation: the data-efficiency losses {missing} are not variants of the ablation")
+    train_records = load_dataset_file(resolve(cfg.data_path))["train"]
+    root = resolve(cfg.model_save_path) / "ablation"
     rows = []
-    for name, changes in variants.items():
-        for seed in seeds:
-            slug = name.split(" ")[0] if changes.get("model") == "simple" else name.replace("default + ", "")
-            run_cfg = cfg.replace(seed=int(seed), model_save_path=str(root / f"{slug}-seed{seed}"), resume_from=None,
-                                  **changes)
-            _, metrics, _ = train_and_evaluate(run_cfg, log=lambda *_: None)
-            rows.append({"variant": name, "seed": int(seed), **headline(metrics)})
-            log(f"ablation: {name}, seed {seed}: zero-shot accuracy {rows[-1]['zs_acc_mean']}")
+    plan = planned_runs(seeds, variants, fractions, fraction_seeds, losses)
+    for i, (name, seed, fraction) in enumerate(plan, 1):
+        run_cfg = run_config(cfg, variants[name], seed, fraction, root / f"{name}-f{fraction:g}-seed{seed}")
+        n_train = len(keep_train_fraction(train_records, fraction, cfg.train_fraction_seed))
+        rows.append({"variant": name, "seed": seed, "train_fraction": fraction, "n_train": n_train,
+                     **train_and_score(run_cfg, keep_checkpoints=keep_checkpoints)})
+        r = rows[-1]
+        log(f"ablation {i}/{len(plan)}: {name}, seed {seed}, {fraction:.0%} of the pairs ({n_train}): zero-shot "
+            f"{r['zs_acc_mean']:.3f}, i2t R@10 {r['i2t_R@10']:.3f}, probe AUROC {r['probe_auroc']:.3f} "
+            f"({r['train_seconds'] + r['eval_seconds']:.0f} s)")
     return pd.DataFrame(rows)
 
 
-def ablation_stats(runs: "pd.DataFrame") -> dict[str, dict[str, dict[str, float]]]:
-    """{variant: {metric: {"mean", "std", "n"}}} over the seeds (population std), for metrics.json."""
-    numbers = runs.drop(columns=["seed"]).groupby("variant", sort=False)
-    mean, std, count = numbers.mean(), numbers.std(ddof=0), numbers.count()
-    return {
-        variant: {metric: {"mean": round(float(mean.loc[variant, metric]), 4),
-                           "std": round(float(std.loc[variant, metric]), 4),
-                           "n": int(count.loc[variant, metric])} for metric in mean.columns}
-        for variant in mean.index
-    }
+def _budget(cfg: Config, runs: "pd.DataFrame") -> dict[str, Any]:
+    full = runs[runs["train_fraction"] == 1.0]
+    return {"max_steps": cfg.max_steps, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
+            "vision_backbone": cfg.vision_backbone, "lr": cfg.lr,
+            "train_pairs": int(full["n_train"].iloc[0]) if len(full) else None,
+            "test_5x200_images": int(full["n_5x200"].iloc[0]) if len(full) else None,
+            "zeroshot_protocol": "ours", "evaluated": "last step (last.pth)"}
 
 
-def ablation_summary(runs: "pd.DataFrame") -> "pd.DataFrame":
-    """mean ± std over seeds for each variant, as strings for the table."""
-    numbers = runs.drop(columns=["seed"]).groupby("variant", sort=False)
-    mean, std = numbers.mean(), numbers.std(ddof=0)
-    return mean.round(3).astype(str) + " ± " + std.round(3).astype(str)
+def _records(runs: "pd.DataFrame") -> list[dict[str, Any]]:
+    return [{k: (None if v != v else v) for k, v in row.items()} for row in runs.to_dict(orient="records")]
 
 
-def ablation_reading(stats: Mapping[str, Mapping[str, Mapping[str, float]]], reference: str = "default + clip",
-                     metrics=("zs_acc_mean", "i2t_R@10", "probe_auroc")) -> str:
-    """A written reading of the ablation, generated from its numbers: each variant against
-    `reference`, calling a difference smaller than the larger of the two stds 'within seed noise'."""
-    names = {"zs_acc_mean": "zero-shot accuracy", "i2t_R@10": "image->text R@10", "probe_auroc": "linear-probe AUROC"}
-    ref = stats[reference]
-    lines = []
-    for variant, row in stats.items():
-        if variant == reference:
-            continue
-        parts = []
-        for metric in metrics:
-            a, b = row[metric], ref[metric]
-            diff, noise = a["mean"] - b["mean"], max(a["std"], b["std"])
-            verdict = "within seed noise" if abs(diff) <= noise else ("higher" if diff > 0 else "lower")
-            parts.append(f"{names[metric]} {a['mean']:.3f} ± {a['std']:.3f} vs {b['mean']:.3f} ({verdict})")
-        lines.append(f"- {variant} against {reference}: " + "; ".join(parts) + ".")
-    best = max(stats, key=lambda v: stats[v]["zs_acc_mean"]["mean"])
-    lines.append(f"- Highest mean zero-shot accuracy: {best}. With {ref['zs_acc_mean']['n']} seeds and this small "
-                 "budget, differences within one std are not evidence either way.")
-    return "\n".join(lines)
+def ablation_entry(runs: "pd.DataFrame", cfg: Config, reference: str = REFERENCE,
+                   metrics=ABLATION_METRICS) -> dict[str, Any]:
+    """The `ablation` entry of metrics.json: the budget, the fraction-1 runs, per-variant mean with
+    its t interval over seeds, and the paired differences against `reference`, with a reading."""
+    full = _records(runs[runs["train_fraction"] == 1.0])
+    entry = json_ready({"budget": _budget(cfg, runs), "seeds": sorted({r["seed"] for r in full}),
+                        "variants": list(dict.fromkeys(r["variant"] for r in full)), "reference": reference,
+                        "metrics": list(metrics), "confidence": 0.95, "runs": full,
+                        **variant_stats(full, reference, metrics)})
+    entry["reading"] = ablation_reading(entry)
+    return entry
 
 
-def reading(results: Mapping[str, Mapping[str, Any]], default: str = "default", comparisons=None) -> str:
-    """A short written reading of the results table, generated from the numbers themselves;
-    with `comparisons` (`paired_comparisons`), each zero-shot gap says whether it is resolved."""
-    d, ci = headline(results[default]), headline_intervals(results[default])
-    lines = []
-    acc = d["zs_acc_mean"]
-    if acc is not None:
-        interval = ci["zs_acc_mean"]
-        if interval:
-            verdict = ("above" if interval[0] > 0.2 else "not distinguishable from") + " chance (0.200)"
-            lines.append(f"- 5-class zero-shot accuracy of the default model: {acc:.3f} "
-                         f"(95 % CI {interval[0]:.3f}-{interval[1]:.3f}), {verdict}.")
-        else:
-            lines.append(f"- 5-class zero-shot accuracy of the default model: {acc:.3f} (no interval: too few images).")
-    for name, m in results.items():
-        if name == default:
-            continue
-        other = headline(m)
-        if acc is not None and other["zs_acc_mean"] is not None:
-            gap = acc - other["zs_acc_mean"]
-            lines.append(f"- Against {name}: zero-shot accuracy {gap:+.3f}{_paired_note(comparisons, name)}, "
-                         f"image->text R@10 {_diff(d['i2t_R@10'], other['i2t_R@10'])}, "
-                         f"linear-probe AUROC {_diff(d['probe_auroc'], other['probe_auroc'])}.")
-    if d["zs_auroc"] is not None:
-        lines.append(f"- Mean per-label zero-shot AUROC: {d['zs_auroc']:.3f} (labels with both classes in test).")
-    lines.append("- These are phantom data: the numbers show that the pipeline learns image-report "
-                 "alignment end to end, not how the model would do on MIMIC-CXR.")
-    return "\n".join(lines)
-
-
-def _paired_note(comparisons, name: str) -> str:
-    if comparisons is None or not len(comparisons):
-        return ""
-    row = comparisons[(comparisons["against"] == name) & (comparisons["metric"] == "zero-shot accuracy (mean)")]
-    if not len(row) or row.iloc[0]["95% CI"] is None:
-        return ""
-    verdict = "resolved" if row.iloc[0]["resolved"] else "not resolved: the interval includes 0"
-    return f" (paired 95 % CI {row.iloc[0]['95% CI']}, {verdict})"
-
-
-def _diff(a, b) -> str:
-    if a is None or b is None:
-        return "n/a"
-    return f"{a - b:+.3f}"
+def data_efficiency_entry(runs: "pd.DataFrame", cfg: Config, losses=DATA_EFFICIENCY_LOSSES,
+                          reference: str = REFERENCE, metric: str = "zs_acc_mean") -> dict[str, Any]:
+    """The `data_efficiency` entry: zero-shot accuracy per loss and train_fraction (mean, t interval
+    over seeds), paired differences against `reference` per fraction, and a reading. Only the seeds
+    every fraction was trained with count (the fraction-1 runs are the ablation's own)."""
+    fractions = sorted(set(runs["train_fraction"]))
+    seeds = sorted(set.intersection(*(set(runs[runs["train_fraction"] == f]["seed"]) for f in fractions)))
+    chosen = runs[runs["variant"].isin(losses) & runs["seed"].isin(seeds)]
+    entry = json_ready({"budget": _budget(cfg, runs), "losses": list(losses), "fractions": fractions,
+                        "seeds": seeds, "reference": reference, "metric": metric, "confidence": 0.95,
+                        "runs": _records(chosen),
+                        **data_efficiency_stats(_records(chosen), losses, fractions, reference, metric)})
+    entry["reading"] = data_efficiency_reading(entry)
+    return entry

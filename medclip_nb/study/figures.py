@@ -16,6 +16,8 @@ from medclip_nb.config import Config
 from medclip_nb.data import load_grayscale
 from medclip_nb.labels import CHEXPERT_LABELS
 from medclip_nb.paths import resolve
+from medclip_nb.study.readings import METRIC_NAMES
+from medclip_nb.study.seed_stats import by_seed, fraction_key
 
 # Modest resolution: the executed notebooks carry every figure and stay small.
 FIGURE_DPI = 90
@@ -162,5 +164,75 @@ def similarity_heatmap_figure(arrays, per_class: int = 2):
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
     ax.set(xlabel="report", ylabel="image", title="image-report cosine similarity")
     fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+# ---- the ablation (make ablation) --------------------------------------------------------------------
+def _mean_and_error(summary: Mapping[str, Any]) -> tuple[float, list[list[float]]]:
+    mean, ci = summary["mean"], summary.get("ci") or [summary["mean"]] * 2
+    return mean, [[mean - ci[0]], [ci[1] - mean]]
+
+
+def ablation_figure(entry: Mapping[str, Any]):
+    """Top row: each variant's per-seed numbers (dots) and mean with its 95 % t interval; bottom
+    row: each variant minus the reference, per seed and as mean with interval (filled: resolved)."""
+    import matplotlib.pyplot as plt
+
+    metrics, reference, runs = entry["metrics"], entry["reference"], entry["runs"]
+    variants = list(entry.get("variants") or entry["summary"])
+    others = [v for v in variants if v in entry["paired"]]
+    fig, axes = plt.subplots(2, len(metrics), figsize=(4.2 * len(metrics), 6.6), squeeze=False)
+    jitter = np.random.default_rng(0).uniform(-0.12, 0.12, size=64)
+    for col, metric in enumerate(metrics):
+        top, bottom = axes[0, col], axes[1, col]
+        for i, variant in enumerate(variants):
+            values = list(by_seed(runs, metric, variant=variant).values())
+            top.scatter(i + jitter[:len(values)], values, s=14, color="0.6", zorder=2)
+            mean, error = _mean_and_error(entry["summary"][variant][metric])
+            top.errorbar(i + 0.25, mean, yerr=error, fmt="o", color="k", capsize=3, zorder=3)
+        top.set_xticks(range(len(variants)), variants, rotation=30, ha="right", fontsize=8)
+        top.set_title(f"{METRIC_NAMES.get(metric, metric)} (mean, 95 % t CI)", fontsize=9)
+        ref = by_seed(runs, metric, variant=reference)
+        for i, variant in enumerate(others):
+            mine = by_seed(runs, metric, variant=variant)
+            differences = [mine[s] - ref[s] for s in sorted(set(mine) & set(ref))]
+            bottom.scatter(i + jitter[:len(differences)], differences, s=14, color="0.6", zorder=2)
+            paired = entry["paired"][variant][metric]
+            if paired.get("difference") is not None:
+                mean, error = _mean_and_error({"mean": paired["difference"], "ci": paired.get("ci")})
+                bottom.errorbar(i + 0.25, mean, yerr=error, fmt="o", capsize=3, zorder=3, color="C3",
+                                markerfacecolor="C3" if paired.get("resolved") else "white")
+        bottom.axhline(0, color="k", lw=0.8, ls="--")
+        bottom.set_xticks(range(len(others)), others, rotation=30, ha="right", fontsize=8)
+        bottom.set_title(f"minus {reference}, paired by seed (filled: resolved)", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def data_efficiency_figure(entry: Mapping[str, Any]):
+    """Zero-shot accuracy against the share of training pairs: one line per loss (mean over seeds)
+    with its 95 % t interval as a band, and the per-seed runs as dots."""
+    import matplotlib.pyplot as plt
+
+    fractions, metric = [float(f) for f in entry["fractions"]], entry["metric"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for i, loss in enumerate(entry["losses"]):
+        rows = [entry["table"][loss][fraction_key(f)] for f in fractions]
+        mean = np.array([r["mean"] if r["mean"] is not None else np.nan for r in rows], dtype=float)
+        ci = np.array([r.get("ci") or [m, m] for r, m in zip(rows, mean)], dtype=float)
+        x = np.array(fractions) * (1 + 0.03 * (i - 1))  # a small offset keeps the dots apart
+        ax.plot(x, mean, "o-", color=f"C{i}", label=loss)
+        ax.fill_between(x, ci[:, 0], ci[:, 1], color=f"C{i}", alpha=0.18)
+        for f, xf in zip(fractions, x):
+            values = list(by_seed(entry["runs"], metric, variant=loss, train_fraction=f).values())
+            ax.scatter([xf] * len(values), values, s=10, color=f"C{i}", alpha=0.5)
+    ax.set_xscale("log")
+    ax.set_xticks(fractions, [f"{f:.0%}" for f in fractions])
+    ax.minorticks_off()
+    ax.set(xlabel="share of the training pairs (same step budget)",
+           ylabel=f"{METRIC_NAMES.get(metric, metric)} (5x200)",
+           title=f"Data efficiency ({len(entry['seeds'])} seeds, mean and 95 % t CI)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -58,8 +58,9 @@ def _device_name(v) -> bool:
 
 _device_name.allowed = "must be a CUDA device index such as 0, cuda:1, or cpu"
 
-# torchvision image backbones models.py builds (checked here, before any work starts).
-VISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "swin_t", "mobilenet_v3_small")
+# Image backbones models.py builds (checked here, before any work starts): torchvision's, and
+# small_cnn (models.SmallCNN, the CPU default of params/debug.yaml).
+VISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "swin_t", "mobilenet_v3_small", "small_cnn")
 # Phantom image sides the generator draws (phantom/); checked here so a bad size stops before any work.
 PHANTOM_SIZES = (16, 4096)
 _MAX_COUNT = 10**12  # steps, epochs, intervals: beyond any real run
@@ -141,7 +142,7 @@ class Config:
     model: str = _opt("medclip", "medclip: torchvision backbone + transformer text encoder; simple: the seed's "
                                  "SimpleMedCLIPModel", choices=["medclip", "simple"])
     vision_backbone: str = _opt(
-        "resnet18", "torchvision image backbone",
+        "resnet18", "image backbone: a torchvision model, or small_cnn (4 stride-2 conv stages, 256 features)",
         choices=list(VISION_BACKBONES),
     )
     vision_pretrained: bool = _opt(False, "load torchvision ImageNet weights from the local torch hub cache (no "

@@ -16,11 +16,13 @@ from medclip_nb.config import Config, ConfigError
 from medclip_nb.errors import CheckpointError, DataError, UserError
 from medclip_nb.losses import LOG_MAX_LOGIT_SCALE
 from medclip_nb.models import (
+    OWN_BACKBONES,
     VISION_BACKBONES,
     BertTextEncoder,
     MedCLIPModel,
     PrecomputedTextEncoder,
     SimpleMedCLIPModel,
+    SmallCNN,
     TransformerTextEncoder,
     build_model,
     build_vision_backbone,
@@ -124,12 +126,62 @@ def test_each_backbone_builds_and_embeds_a_64px_batch(name):
     assert_unit_rows(out["image_embeds"], 2, 24)
     assert_unit_rows(out["text_embeds"], 2, 24)
     assert model.vision_projection.bias is None
+    if name in OWN_BACKBONES:
+        assert model.vision_projection.in_features == OWN_BACKBONES[name]().width
+        return
     # The classifier head is gone: the projection reads the backbone's pooled features.
     reference_head = torchvision.models.get_model(name, weights=None)
     heads = {"swin_t": "head", "mobilenet_v3_small": "classifier"}
     head = getattr(reference_head, heads.get(name, "fc"))
     first_linear = head if isinstance(head, nn.Linear) else head[0]
     assert model.vision_projection.in_features == first_linear.in_features
+
+
+@pytest.mark.parametrize("side", [64, 48, 50])
+def test_small_cnn_pools_256_features_at_any_side(side):
+    backbone, width = build_vision_backbone("small_cnn")
+    assert isinstance(backbone, SmallCNN) and width == 256
+    strides = [m.stride[0] for m in backbone.modules() if isinstance(m, nn.Conv2d)]
+    assert strides == [2, 1] * 4  # four stages: 1/16 of the input side before the pool
+    with torch.no_grad():
+        assert backbone.eval()(torch.randn(3, 3, side, side)).shape == (3, 256)
+    convs = 3 * 32 * 9 + 32 * 32 * 9 + 32 * 64 * 9 + 64 * 64 * 9 + 64 * 128 * 9 + 128 * 128 * 9 \
+        + 128 * 256 * 9 + 256 * 256 * 9  # 3x3, no bias (BatchNorm follows)
+    assert count_parameters(backbone) == convs + 2 * 2 * (32 + 64 + 128 + 256)
+
+
+def test_small_cnn_model_trains_a_step_and_lowers_the_loss():
+    torch.manual_seed(0)
+    cfg = Config(model="medclip", vision_backbone="small_cnn", loss="clip", **SMALL_TEXT)
+    model = build_model(cfg, TOKENIZER).train()
+    images = torch.randn(8, 3, 32, 32)
+    ids = torch.randint(1, 50, (8, 16), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = {name: p.detach().clone() for name, p in model.vision.named_parameters()}
+
+    def loss_now():
+        out = model(images, ids, mask)
+        logits = out["logit_scale"] * out["image_embeds"] @ out["text_embeds"].T
+        target = torch.arange(8)
+        return (nn.functional.cross_entropy(logits, target) + nn.functional.cross_entropy(logits.T, target)) / 2
+
+    losses = []
+    for _ in range(5):
+        loss = loss_now()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    changed = [name for name, p in model.vision.named_parameters() if not torch.equal(p, before[name])]
+    assert changed == list(before)  # every conv and BatchNorm parameter got a gradient step
+
+
+def test_small_cnn_has_no_pretrained_weights():
+    with pytest.raises(ConfigError, match="vision_pretrained"):
+        build_vision_backbone("small_cnn", pretrained=True)
+    assert "small_cnn" in VISION_BACKBONES and Config(vision_backbone="small_cnn").vision_backbone == "small_cnn"
 
 
 def test_pretrained_weights_missing_is_one_line_naming_the_file(tmp_path, monkeypatch):

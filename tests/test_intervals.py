@@ -9,9 +9,12 @@ from sklearn.metrics import roc_auc_score
 from medclip_nb.evaluate.intervals import (
     auroc_columns,
     format_with_interval,
+    macro_f1_interval,
     mean_auroc_interval,
     mean_interval,
     paired_difference,
+    resample_counts,
+    statistic_interval,
 )
 
 
@@ -83,3 +86,38 @@ def test_paired_difference_resolves_a_real_gap_and_not_a_null_one():
     assert same["difference"] == 0.0 and not same["resolved"]
     with pytest.raises(ValueError):
         paired_difference(a, a[:10])
+
+
+def test_resample_counts_are_the_row_draws_of_statistic_interval():
+    n, seed = 37, 9
+    counts = resample_counts(n, seed=seed, n_resamples=50)
+    rows = np.random.default_rng(seed).integers(0, n, size=(50, n))
+    assert counts.shape == (50, n) and (counts.sum(axis=1) == n).all()
+    for r in range(50):
+        assert (counts[r] == np.bincount(rows[r], minlength=n)).all()
+
+
+def test_vectorised_auroc_interval_equals_the_resample_loop():
+    rng = np.random.default_rng(6)
+    truth = rng.random((300, 5)) < 0.2
+    truth[:, 4] = rng.random(300) < 0.02  # rare: some resamples hold no positive (left out)
+    scores = np.round(rng.random((300, 5)) + truth * 0.3, 1)  # many ties
+
+    def loop(rows):
+        per_label = auroc_columns(truth[rows], scores[rows])
+        return float(np.nanmean(per_label))
+
+    expected = statistic_interval(loop, 300, seed=3, n_resamples=400)
+    assert mean_auroc_interval(truth, scores, seed=3, n_resamples=400) == pytest.approx(expected, abs=1e-12)
+
+
+def test_vectorised_macro_f1_interval_equals_scikit_learn_on_each_resample():
+    from medclip_nb.evaluate.metrics import macro_f1
+
+    rng = np.random.default_rng(7)
+    classes = rng.integers(0, 5, 250)
+    predicted = np.where(rng.random(250) < 0.6, classes, rng.integers(0, 5, 250))
+    predicted[predicted == 3] = 2  # class 3 is never predicted: its F1 is 0, as scikit-learn's
+    expected = statistic_interval(lambda rows: macro_f1(classes[rows], predicted[rows], 5), 250, seed=4,
+                                  n_resamples=300)
+    assert macro_f1_interval(classes, predicted, 5, seed=4, n_resamples=300) == pytest.approx(expected, abs=1e-12)

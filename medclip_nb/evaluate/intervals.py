@@ -62,19 +62,36 @@ def statistic_interval(statistic: Callable[[np.ndarray], float], n: int, *, seed
     """Interval of any statistic of the rows: `statistic(rows)` gets an index array of size n.
 
     Resamples where the statistic is undefined (NaN, e.g. an AUROC with one class) are left
-    out of the percentiles; None when fewer than half of them are defined.
+    out of the percentiles; None when fewer than half of them are defined. The AUROC and
+    macro-F1 intervals below compute the same resamples at once (`resample_counts`).
     """
     if n < 2 or not _BOOTSTRAP.get():
         return None
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, n, size=(n_resamples, n))  # the same draw as SciPy's percentile method
     values = np.array([statistic(r) for r in rows], dtype=np.float64)
+    return percentile_interval(values, confidence)
+
+
+def percentile_interval(values, confidence: float = CONFIDENCE) -> list[float] | None:
+    """The percentile interval of one statistic's values over the resamples, NaNs (undefined
+    resamples) left out; None when fewer than half are defined."""
+    values = np.asarray(values, dtype=np.float64)
     finite = values[np.isfinite(values)]
-    if len(finite) < n_resamples / 2:
+    if len(finite) < len(values) / 2 or len(finite) == 0:
         return None
     tail = (1 - confidence) / 2 * 100
     low, high = np.percentile(finite, [tail, 100 - tail])
     return [float(low), float(high)]
+
+
+def resample_counts(n: int, *, seed: int = 0, n_resamples: int = N_RESAMPLES) -> np.ndarray:
+    """[n_resamples, n]: how often each row is drawn in each resample, for the same draws as
+    `statistic_interval` with this seed. A statistic that is a sum over rows is then one
+    weighted sum per resample, all resamples at once."""
+    rows = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    offsets = rows + n * np.arange(n_resamples)[:, None]
+    return np.bincount(offsets.ravel(), minlength=n_resamples * n).reshape(n_resamples, n).astype(np.float64)
 
 
 def auroc_columns(truth, scores) -> np.ndarray:
@@ -90,16 +107,54 @@ def auroc_columns(truth, scores) -> np.ndarray:
         return np.where((positives > 0) & (negatives > 0), u / (positives * negatives), np.nan)
 
 
+def weighted_auroc(truth, scores, weights) -> np.ndarray:
+    """AUROC of one binary `truth` [N] against `scores` [N] under each row of `weights` [R, N]
+    (row multiplicities of R resamples): the Mann-Whitney count of positive-negative pairs in
+    order, ties counting one half, which is what `auroc_columns` gives on the resampled rows.
+    NaN for a resample with one class."""
+    order = np.argsort(scores, kind="stable")
+    sorted_scores, positive = np.asarray(scores)[order], np.asarray(truth, dtype=bool)[order]
+    tie_starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    w = weights[:, order]
+    pos = np.add.reduceat(w * positive, tie_starts, axis=1)  # [R, tie groups]
+    neg = np.add.reduceat(w * ~positive, tie_starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg  # negatives with a lower score than the group
+    pairs = pos.sum(axis=1) * neg.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(pairs > 0, (pos * (below + 0.5 * neg)).sum(axis=1) / pairs, np.nan)
+
+
 def mean_auroc_interval(truth, scores, *, seed: int = 0, n_resamples: int = N_RESAMPLES,
                         confidence: float = CONFIDENCE) -> list[float] | None:
     """Interval of the mean AUROC over the labels defined in each resample (rows resampled)."""
     truth, scores = np.asarray(truth, dtype=bool), np.asarray(scores, dtype=np.float64)
+    if len(truth) < 2 or not _BOOTSTRAP.get():
+        return None
+    weights = resample_counts(len(truth), seed=seed, n_resamples=n_resamples)
+    per_label = np.stack([weighted_auroc(truth[:, j], scores[:, j], weights) for j in range(truth.shape[1])], axis=1)
+    defined = np.isfinite(per_label)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = np.where(defined.any(axis=1), np.nansum(per_label, axis=1) / defined.sum(axis=1), np.nan)
+    return percentile_interval(means, confidence)
 
-    def statistic(rows):
-        per_label = auroc_columns(truth[rows], scores[rows])
-        return float(np.nanmean(per_label)) if np.isfinite(per_label).any() else math.nan
 
-    return statistic_interval(statistic, len(truth), seed=seed, n_resamples=n_resamples, confidence=confidence)
+def macro_f1_interval(classes, predicted, n_classes: int, *, seed: int = 0, n_resamples: int = N_RESAMPLES,
+                      confidence: float = CONFIDENCE) -> list[float] | None:
+    """Interval of the macro-F1 over classes 0..n_classes-1 (a class neither present nor
+    predicted in a resample scores 0, as scikit-learn's `zero_division=0`), from each
+    resample's confusion counts."""
+    classes, predicted = np.asarray(classes, dtype=np.int64), np.asarray(predicted, dtype=np.int64)
+    if len(classes) < 2 or not _BOOTSTRAP.get():
+        return None
+    weights = resample_counts(len(classes), seed=seed, n_resamples=n_resamples)
+    cell = np.zeros((len(classes), n_classes * n_classes))
+    cell[np.arange(len(classes)), classes * n_classes + predicted] = 1.0
+    confusions = (weights @ cell).reshape(-1, n_classes, n_classes)  # [R, true, predicted]
+    hits = np.diagonal(confusions, axis1=1, axis2=2)
+    denominator = confusions.sum(axis=2) + confusions.sum(axis=1)  # 2 TP + FP + FN
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = np.where(denominator > 0, 2 * hits / denominator, 0.0)
+    return percentile_interval(f1.mean(axis=1), confidence)
 
 
 def paired_difference(values_a, values_b, *, seed: int = 0, n_resamples: int = N_RESAMPLES,

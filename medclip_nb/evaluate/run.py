@@ -30,7 +30,7 @@ from medclip_nb.evaluate.embeddings import (
     loader_for,
     model_logit_scale,
 )
-from medclip_nb.evaluate.intervals import mean_interval, statistic_interval
+from medclip_nb.evaluate.intervals import macro_f1_interval, mean_interval
 from medclip_nb.evaluate.metrics import (
     accuracy,
     confusion,
@@ -72,11 +72,6 @@ def json_ready(obj: Any, digits: int = ROUND_DIGITS) -> Any:
 
 
 # ---- zero-shot ------------------------------------------------------------------------------------
-def _macro_f1_of_rows(classes: np.ndarray, predicted: np.ndarray, n_classes: int):
-    """macro-F1 of a resample of the rows: the statistic whose bootstrap interval is reported."""
-    return lambda rows: macro_f1(classes[rows], predicted[rows], n_classes)
-
-
 def _zero_shot_5x200(model, tokenizer, image_emb, rows, classes, batch_size, device, amp, arrays, seed=0) -> dict:
     """CheXpert-5x200: prompt-ensemble classification of the selected rows into the five
     competition classes, in both ensemble modes."""
@@ -101,8 +96,7 @@ def _zero_shot_5x200(model, tokenizer, image_emb, rows, classes, batch_size, dev
             "accuracy": accuracy(classes, predicted),
             "accuracy_ci": mean_interval(predicted == classes, seed=seed),
             "macro_f1": macro_f1(classes, predicted),
-            "macro_f1_ci": statistic_interval(_macro_f1_of_rows(classes, predicted, n_classes), len(classes),
-                                              seed=seed),
+            "macro_f1_ci": macro_f1_interval(classes, predicted, n_classes, seed=seed),
             "confusion": confusion(classes, predicted, n_classes).tolist(),
         }
     return result

@@ -62,6 +62,17 @@ def test_same_seed_gives_identical_bytes(phantom, tmp_path):
     assert [k for k in first if first[k] != second[k]] == []
 
 
+def test_bytes_do_not_depend_on_the_number_of_worker_processes(phantom, tmp_path, monkeypatch):
+    from medclip_nb.phantom import tree
+
+    monkeypatch.setattr(tree, "_CHUNK_STUDIES", 7)  # 40 studies in 6 chunks over 2 spawned processes
+    generate_phantom(tmp_path / "one", studies=STUDIES, size=SIZE, seed=0, workers=1)
+    generate_phantom(tmp_path / "two", studies=STUDIES, size=SIZE, seed=0, workers=2)
+    reference, one, two = _tree(phantom[0]), _tree(tmp_path / "one"), _tree(tmp_path / "two")
+    assert one.keys() == two.keys() == reference.keys()
+    assert [k for k in one if not one[k] == two[k] == reference[k]] == []
+
+
 def test_different_seed_differs(phantom, tmp_path):
     out, _ = phantom
     generate_phantom(tmp_path / "other", studies=STUDIES, size=SIZE, seed=1)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import multiprocessing
+import os
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +37,7 @@ SENTENCE_TABLE = "sentence-label.csv.gz"  # MedCLIP's sentence-label table, ever
 PHANTOM_VERSION = 2  # 2: writes the sentence-label table
 PHANTOM_MANIFEST = "phantom.json"
 JPEG_QUALITY = 90
+_CHUNK_STUDIES = 50  # studies per worker task: an even load over the cores and a live progress line
 
 
 _VIEW_MEANING = {"PA": "postero-anterior", "AP": "antero-posterior", "LATERAL": "lateral", "LL": "left lateral"}
@@ -147,6 +151,14 @@ class _Tables:
             "PatientOrientationCodeSequence_CodeMeaning": "" if im.blank_view else orientation,
         })
 
+    def extend(self, other: _Tables) -> None:
+        """Append the rows of the studies that follow (merged in plan order: same tables, same bytes)."""
+        self.split_rows += other.split_rows
+        self.label_rows += other.label_rows
+        self.meta_rows += other.meta_rows
+        for sentence, labels in other.sentences.items():
+            self.sentences.setdefault(sentence, labels)
+
     def write(self, out: Path) -> None:
         split_columns = ["dicom_id", "study_id", "subject_id", "split"]
         _write_gzip_csv(out / SPLIT_TABLE, pd.DataFrame(self.split_rows, columns=split_columns))
@@ -177,8 +189,45 @@ def _write_study(out: Path, s: _Study, patient: Anatomy, size: int, seed: int, t
         tables.add_image(s, im, frontal, size, rng)
 
 
+def _write_chunk(out: Path, chunk: list[_Study], size: int, seed: int) -> _Tables:
+    """Write a run of consecutive studies and return their table rows. Every study draws from
+    its own random stream and every patient's anatomy from the patient's, so any split of the
+    plan writes the same bytes."""
+    tables, patients = _Tables(), {}
+    for s in chunk:
+        if s.subject_index not in patients:
+            patients[s.subject_index] = sample_anatomy(np.random.default_rng([seed, _RNG_SUBJECT, s.subject_index]))
+        _write_study(out, s, patients[s.subject_index], size, seed, tables)
+    return tables
+
+
+def _write_studies(out: Path, plan: list[_Study], size: int, seed: int, workers: int | None) -> _Tables:
+    """All studies of the plan, in chunks over `workers` processes (default: one per core);
+    the rows are merged in plan order."""
+    chunks = [plan[i:i + _CHUNK_STUDIES] for i in range(0, len(plan), _CHUNK_STUDIES)]
+    workers = min(len(chunks), workers or os.cpu_count() or 1)
+    tables = _Tables()
+    bar = progress(total=len(plan), desc="phantom", unit="study")
+    try:
+        if workers <= 1:
+            done = (_write_chunk(out, chunk, size, seed) for chunk in chunks)
+            for chunk, part in zip(chunks, done):
+                tables.extend(part)
+                bar.update(len(chunk))
+        else:
+            # spawn, not fork: a notebook's kernel may hold torch's threads, which fork does not copy safely
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for chunk, part in zip(chunks, pool.map(_write_chunk, [out] * len(chunks), chunks,
+                                                        [size] * len(chunks), [seed] * len(chunks))):
+                    tables.extend(part)
+                    bar.update(len(chunk))
+    finally:
+        bar.close()
+    return tables
+
+
 def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, test_studies: int = 0, *,
-                     force: bool = False) -> dict:
+                     force: bool = False, workers: int | None = None) -> dict:
     """Write a deterministic phantom MIMIC-CXR-JPG tree (images, reports, three tables) to `out`.
 
     About studies/3 patients with several studies each; patient-disjoint splits of about
@@ -192,7 +241,8 @@ def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, te
     arguments; one of other arguments only with `force` (the datasets prepared from it in `out`
     are deleted too); a folder holding other MIMIC files, or a files/ tree holding files the
     generator does not write, is refused (provenance.py). Relative paths are taken from the
-    repository root. Returns a summary: studies, images, subjects and per-split counts
+    repository root. `workers` processes write the studies (default: one per core; the bytes do
+    not depend on it). Returns a summary: studies, images, subjects and per-split counts
     (subjects, studies, images of each split).
     """
     _check_args(studies, size, seed, test_studies)
@@ -204,12 +254,7 @@ def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, te
     (out / PHANTOM_MANIFEST).write_text(json.dumps({**manifest, "complete": False}, indent=2) + "\n")
 
     plan = _plan_studies(studies, seed, test_studies)
-    patients: dict[int, Anatomy] = {}
-    tables = _Tables()
-    for s in progress(plan, desc="phantom", unit="study"):  # sorted by (subject_id, study_id)
-        if s.subject_index not in patients:
-            patients[s.subject_index] = sample_anatomy(np.random.default_rng([seed, _RNG_SUBJECT, s.subject_index]))
-        _write_study(out, s, patients[s.subject_index], size, seed, tables)
+    tables = _write_studies(out, plan, size, seed, workers)
     tables.write(out)
 
     summary = _summary(plan, studies, size, seed)

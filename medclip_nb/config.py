@@ -240,8 +240,9 @@ class Config:
                                    check=_between(1, 10_000))
     zeroshot_prompt_draws: int = _opt(5, "zeroshot_protocol paper: seeded prompt draws; accuracy is reported as mean "
                                          "and std", check=_between(1, 10_000))
-    baselines: bool = _opt(True, "notebook 04: also evaluate the random-init model and train the seed's simple model "
-                                 "with the same budget")
+    baselines: list = _opt(["random_init", "simple"], "notebook 04's baselines: random_init (the same architecture, "
+                           "untrained), simple (the seed's model, trained with the same settings)",
+                           check=lambda v: set(v) <= {"random_init", "simple"})
     ablation_seeds: list = _opt([], "notebook 04: seeds of the model/loss ablation (empty: no ablation; see `make "
                                     "ablation`)")
     data_efficiency_fractions: list = _opt([0.1, 0.3, 1.0], "notebook 04 with ablation_seeds: train_fraction values "

@@ -263,22 +263,22 @@ def sample_findings(rng: np.random.Generator) -> list[Finding]:
 
 
 def study_labels(findings: Sequence[Finding], negated: Sequence[str],
-                 uncertain: Sequence[str] = ()) -> dict[str, float]:
+                 uncertain: Sequence[str] = (), mentioned: Sequence[str] = ()) -> dict[str, float]:
     """CheXpert labels of a study (NaN = not mentioned), following the labeler's conventions:
-    Lung Opacity follows Atelectasis / Consolidation / Edema; No Finding is 1 when no
-    pathology other than support devices is positive or uncertain."""
+    each label is read from its own mentions. Lung Opacity is positive where the text names an
+    opacity (`mentioned`), not implied by atelectasis, consolidation or edema (the CheXpert
+    labeler's Lung Opacity phrases are opacity words, so real label tables hold many
+    consolidation-only studies). No Finding is 1 when no pathology other than support devices
+    is positive or uncertain."""
     labels = {name: math.nan for name in CHEXPERT_LABELS}
     for f in findings:
         if not (labels[f.label] == 1.0):
             labels[f.label] = f.value
+    for name in mentioned:
+        labels[name] = 1.0
     for name in uncertain:
         if math.isnan(labels[name]):
             labels[name] = -1.0
-    opacity = [labels[n] for n in ("Atelectasis", "Consolidation", "Edema")]
-    if 1.0 in opacity:
-        labels["Lung Opacity"] = 1.0
-    elif -1.0 in opacity:
-        labels["Lung Opacity"] = -1.0
     for name in negated:
         if math.isnan(labels[name]):
             labels[name] = 0.0

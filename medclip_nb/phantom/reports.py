@@ -247,6 +247,7 @@ class PhantomReport:
     text: str
     negated: tuple[str, ...]  # labels explicitly reported absent (0.0)
     uncertain: tuple[str, ...]  # labels set -1 by hedged sentences beyond the findings
+    mentioned: tuple[str, ...] = ()  # labels set 1 by words beyond the findings (an opacity)
     # (text, CheXpert labels) of each statement written: a finding's sentences carry that finding
     # (and its hedged pneumonia), a normal statement the labels it negates (sentence-label table)
     sentence_labels: tuple[tuple[str, dict], ...] = ()
@@ -261,17 +262,26 @@ class _Header:
     indication: str
 
 
+def _mentions(text: str) -> tuple[str, ...]:
+    """Labels a sentence names beyond its finding: an opacity word is a Lung Opacity mention."""
+    return ("Lung Opacity",) if "opacit" in text.lower() else ()
+
+
 def _finding_statements(findings: Sequence[Finding], pairs: list[tuple[str, str]]
-                        ) -> tuple[list[tuple[str, dict]], list[str]]:
-    """((sentence, labels) of each finding's sentences, labels its hedges make uncertain)."""
+                        ) -> tuple[list[tuple[str, dict]], list[str], list[str]]:
+    """((sentence, labels) of each finding's sentences, labels its hedges make uncertain,
+    labels its words mention)."""
     labelled: list[tuple[str, dict]] = []
     uncertain: list[str] = []
+    mentioned: list[str] = []
     for f, (sentence, impression) in zip(findings, pairs):
         hedged = ("Pneumonia",) if f.label == "Consolidation" and f.value > 0 and f.words.get("pneumonia") else ()
         uncertain.extend(hedged)
-        own = study_labels([f], (), hedged)
-        labelled += [(sentence, own)] + ([(impression, own)] if impression else [])
-    return labelled, uncertain
+        for text in (sentence, impression):
+            if text:
+                mentioned.extend(_mentions(text))
+                labelled.append((text, study_labels([f], (), hedged, _mentions(text))))
+    return labelled, uncertain, mentioned
 
 
 def _section_texts(findings: Sequence[Finding], pairs: list[tuple[str, str]], normal: list[str],
@@ -345,7 +355,7 @@ def write_report(findings: Sequence[Finding], views: Sequence[str], style: str, 
     labels they set to 0.0.
     """
     pairs = [_finding_sentence(f, rng) for f in findings]
-    labelled, uncertain = _finding_statements(findings, pairs)
+    labelled, uncertain, mentioned = _finding_statements(findings, pairs)
     normals = _normal_statements({f.label for f in findings}, rng)
     labelled += normals.labelled
     findings_text, impression_text, single_paragraph, normal_impression = _section_texts(
@@ -354,4 +364,5 @@ def write_report(findings: Sequence[Finding], views: Sequence[str], style: str, 
         labelled.append((normal_impression, study_labels((), ())))
     header = _header(views, (findings_text + " " + impression_text).lower(), rng)
     text = _layout(style, header, findings_text, impression_text, single_paragraph)
-    return PhantomReport(text, tuple(normals.negated), tuple(uncertain), tuple(labelled))
+    return PhantomReport(text, tuple(normals.negated), tuple(uncertain), mentioned=tuple(dict.fromkeys(mentioned)),
+                         sentence_labels=tuple(labelled))

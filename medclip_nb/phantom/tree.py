@@ -34,7 +34,7 @@ from medclip_nb.text import split_sentences
 SENTENCE_TABLE = "sentence-label.csv.gz"  # MedCLIP's sentence-label table, every sentence as written
 
 # Bump when the output of the same arguments changes, so `phantom_is_current` rebuilds.
-PHANTOM_VERSION = 2  # 2: writes the sentence-label table
+PHANTOM_VERSION = 3  # 2: writes the sentence-label table; 3: Lung Opacity from opacity words only
 PHANTOM_MANIFEST = "phantom.json"
 JPEG_QUALITY = 90
 _CHUNK_STUDIES = 50  # studies per worker task: an even load over the cores and a live progress line
@@ -130,7 +130,7 @@ class _Tables:
     sentences: dict[str, list[float]] = field(default_factory=dict)  # sentence key -> labels, first writing wins
 
     def add_report(self, s: _Study, report: PhantomReport) -> None:
-        labels = study_labels(s.findings, report.negated, report.uncertain)
+        labels = study_labels(s.findings, report.negated, report.uncertain, report.mentioned)
         for text, sentence_labels in report.sentence_labels:
             for piece in split_sentences(text):
                 self.sentences.setdefault(piece, [sentence_labels[name] for name in CHEXPERT_LABELS])

@@ -46,7 +46,14 @@ from medclip_nb.study.figures import (
     training_curves_figure,
 )
 from medclip_nb.study.readings import ablation_reading, data_efficiency_reading, reading
-from medclip_nb.study.runs import copy_metrics_entry, evaluate_run, train_and_evaluate, update_metrics
+from medclip_nb.study.runs import (
+    BASELINE_ENTRIES,
+    copy_metrics_entry,
+    evaluate_run,
+    record_models,
+    train_and_evaluate,
+    update_metrics,
+)
 from medclip_nb.study.seed_stats import data_efficiency_stats, paired_by_seed, seed_summary, variant_stats
 from medclip_nb.study.setup import notebook_config
 from medclip_nb.study.tables import (
@@ -77,7 +84,9 @@ __all__ = [
     "ablation_reading",
     "ablation_report",
     "ablation_table",
+    "BASELINE_ENTRIES",
     "copy_metrics_entry",
+    "record_models",
     "data_efficiency_entry",
     "data_efficiency_figure",
     "data_efficiency_reading",

@@ -136,3 +136,16 @@ def test_summary_of_a_bad_metrics_file_is_one_line_exit_2(tmp_path, content, mes
                          text=True, timeout=120)
     assert run.returncode == 2 and message in run.stderr and str(metrics) in run.stderr
     assert len(run.stderr.strip().splitlines()) == 1 and not (tmp_path / "summary.md").exists()
+
+
+def test_record_models_drops_entries_of_baselines_not_evaluated(tmp_path):
+    from medclip_nb.config import Config
+    from medclip_nb.study import record_models, update_metrics
+
+    cfg = Config(reports_dir=str(tmp_path))
+    for key in ("default", "random init", "simple (seed)", "ablation"):
+        update_metrics(cfg, key, {"from": "an earlier run"})
+    path = record_models(cfg, {"default": {"from": "this run"}, "random init": {"from": "this run"}})
+    data = json.loads(path.read_text())
+    assert data == {"default": {"from": "this run"}, "random init": {"from": "this run"},
+                    "ablation": {"from": "an earlier run"}}

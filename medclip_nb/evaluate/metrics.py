@@ -318,8 +318,9 @@ def linear_probe(
     core); each fit is deterministic, so the result does not depend on the number of cores.
     Returns {"auroc": {name: v}, "auroc_mean", "C": {name: C}, "n_train", "n_val", "n_test"}.
     """
-    scaler = StandardScaler().fit(_numpy(train_emb).astype(np.float64))
-    x_train, x_test = (scaler.transform(_numpy(e).astype(np.float64)) for e in (train_emb, test_emb))
+    x_train = _numpy(train_emb).astype(np.float64)
+    scaler = StandardScaler().fit(x_train)
+    x_train, x_test = scaler.transform(x_train), scaler.transform(_numpy(test_emb).astype(np.float64))
     y_train, y_test = binarize_labels(train_labels), binarize_labels(test_labels)
     has_val = val_emb is not None and val_labels is not None and len(val_emb) > 0
     x_val = scaler.transform(_numpy(val_emb).astype(np.float64)) if has_val else None

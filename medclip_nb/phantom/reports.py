@@ -279,8 +279,9 @@ def _finding_statements(findings: Sequence[Finding], pairs: list[tuple[str, str]
         uncertain.extend(hedged)
         for text in (sentence, impression):
             if text:
-                mentioned.extend(_mentions(text))
-                labelled.append((text, study_labels([f], (), hedged, _mentions(text))))
+                names = _mentions(text)
+                mentioned.extend(names)
+                labelled.append((text, study_labels([f], (), hedged, names)))
     return labelled, uncertain, mentioned
 
 

@@ -10,7 +10,9 @@ import multiprocessing
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -206,23 +208,14 @@ def _write_studies(out: Path, plan: list[_Study], size: int, seed: int, workers:
     the rows are merged in plan order."""
     chunks = [plan[i:i + _CHUNK_STUDIES] for i in range(0, len(plan), _CHUNK_STUDIES)]
     workers = min(len(chunks), workers or os.cpu_count() or 1)
+    write = partial(_write_chunk, out, size=size, seed=seed)
     tables = _Tables()
-    bar = progress(total=len(plan), desc="phantom", unit="study")
-    try:
-        if workers <= 1:
-            done = (_write_chunk(out, chunk, size, seed) for chunk in chunks)
-            for chunk, part in zip(chunks, done):
-                tables.extend(part)
-                bar.update(len(chunk))
-        else:
-            # spawn, not fork: a notebook's kernel may hold torch's threads, which fork does not copy safely
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                for chunk, part in zip(chunks, pool.map(_write_chunk, [out] * len(chunks), chunks,
-                                                        [size] * len(chunks), [seed] * len(chunks))):
-                    tables.extend(part)
-                    bar.update(len(chunk))
-    finally:
-        bar.close()
+    # spawn, not fork: a notebook's kernel may hold torch's threads, which fork does not copy safely
+    with (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1
+          else nullcontext()) as pool, progress(total=len(plan), desc="phantom", unit="study") as bar:
+        for chunk, part in zip(chunks, pool.map(write, chunks) if pool else map(write, chunks)):
+            tables.extend(part)
+            bar.update(len(chunk))
     return tables
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from medclip_nb.checkpoint import load_model
 from medclip_nb.config import Config
 from medclip_nb.errors import DataError
-from medclip_nb.evaluate import eval_datasets, evaluate_model, merge_metrics
+from medclip_nb.evaluate import eval_datasets, evaluate_model, merge_metrics, read_metrics
 from medclip_nb.files import write_json_atomic
 from medclip_nb.paths import resolve
 from medclip_nb.train import train
@@ -42,21 +42,13 @@ def record_models(cfg: Config, results: dict[str, Any]) -> Path:
     """Write notebook 04's model entries into reports_dir/metrics.json, and remove the entry of
     any baseline this run did not evaluate (so no earlier run's numbers stand beside these)."""
     path = resolve(cfg.reports_dir) / "metrics.json"
+    data = read_metrics(path)
     for key in ["default", *BASELINE_ENTRIES.values()]:
-        if key not in results:
-            remove_metrics_entry(path, key)
-    for key, entry in results.items():
-        merge_metrics(path, key, entry)
+        data.pop(key, None)
+    data.update(results)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, data, sort_keys=True, what="metrics file", error=DataError)
     return path
-
-
-def remove_metrics_entry(path: str | Path, key: str) -> None:
-    """Drop one entry of a metrics.json, when it is there."""
-    path = Path(path)
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    if key in data:
-        del data[key]
-        write_json_atomic(path, data, sort_keys=True, what="metrics file", error=DataError)
 
 
 def copy_metrics_entry(source: str | Path, target: str | Path, key: str) -> Path:

@@ -104,6 +104,12 @@ BENCH_SCALE_SIZES ?= 5000,60000,227827
 bench-scale: $(STAMP)
 	$(PY) -m medclip_nb bench-scale --sizes $(BENCH_SCALE_SIZES)
 
+# One run of `make ablation` (train + evaluation) at num_workers 0 and 2, side by side (README, make ablation).
+.PHONY: bench-ablation
+bench-ablation: $(STAMP)
+	$(PY) -m medclip_nb data --config params/ablation.yaml
+	$(HEADLESS) $(PY) -m medclip_nb bench-ablation --config params/ablation.yaml --workers 0,2 --rounds 2
+
 # Seeded mutations of datasets.pkl, a JSONL manifest, a YAML config and a checkpoint through the CLI
 # (issue 14): prints outcomes per format; exits 1 on any traceback or crash.
 FUZZ_N ?= 2000

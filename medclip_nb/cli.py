@@ -1,5 +1,5 @@
 """`python -m medclip_nb SUBCOMMAND`: phantom, prepare, data, convert, cache, train, evaluate, bench,
-bench-scale, summary, predict, embed, export.
+bench-scale, bench-ablation, summary, predict, embed, export.
 
 Errors that come from the user's input (a missing file, a bad key, a malformed dataset) end
 the command with one line on stderr and exit status 2, never a traceback.
@@ -125,6 +125,35 @@ def _bench(args) -> int:
 
     run_bench(cfg, phantom=args.phantom, steps=args.steps)
     return 0
+
+
+def _bench_ablation(args) -> int:
+    cfg = config_from_args(args)
+    from medclip_nb.study.ablation_bench import main_bench_ablation
+
+    main_bench_ablation(cfg, args.workers, args.rounds)
+    return 0
+
+
+def _workers_list(text: str) -> list[int]:
+    """--workers: comma-separated loader process counts, each 0 or more."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of counts such as 0,2")
+    return values
+
+
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
 
 
 def _summary(args) -> int:
@@ -273,6 +302,17 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=_bench)
 
 
+def _add_bench_ablation(sub) -> None:
+    p = sub.add_parser("bench-ablation", help="time one run of make ablation (train + evaluation) per loader setting, "
+                                              "side by side")
+    add_config_arguments(p)
+    p.add_argument("--workers", type=_workers_list, default=[0, 2],
+                   help="num_workers settings to compare, comma-separated (default: 0,2)")
+    p.add_argument("--rounds", type=_at_least_one, default=2,
+                   help="interleaved rounds; medians are printed (default: 2)")
+    p.set_defaults(func=_bench_ablation)
+
+
 def _add_summary(sub) -> None:
     p = sub.add_parser("summary", help="write the results tables of metrics.json as summary.md (make study does)")
     p.add_argument("--metrics", default="reports/metrics.json", help="metrics.json (default: reports/metrics.json)")
@@ -315,6 +355,7 @@ _SUBCOMMANDS = (
     _add_bench,
     _add_summary,
     _add_bench_scale,
+    _add_bench_ablation,
 )
 
 

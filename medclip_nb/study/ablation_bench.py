@@ -32,15 +32,17 @@ def time_ablation_run(cfg: Config, workers: Iterable[int] = (0, 2), rounds: int 
     workers = [int(w) for w in workers]
     root = Path(folder) if folder is not None else Path(tempfile.mkdtemp(prefix="bench_ablation_"))
     times: dict[int, list[dict[str, float]]] = {w: [] for w in workers}
+
+    def one_run(w: int, name: str) -> dict[str, Any]:
+        return train_and_score(run_config(cfg.replace(num_workers=w), VARIANTS["clip"], 0, 1.0, root / name))
+
     try:
         # Untimed: the first run in a process also starts the linear probe's worker pool
         # (joblib), which the notebook's 43 runs share; it would fall on one setting only.
-        train_and_score(run_config(cfg.replace(num_workers=workers[0]), VARIANTS["clip"], 0, 1.0, root / "warm-up"))
+        one_run(workers[0], "warm-up")
         for round_number in range(rounds):
             for w in workers:
-                run_cfg = run_config(cfg.replace(num_workers=w), VARIANTS["clip"], 0, 1.0,
-                                     root / f"workers{w}-round{round_number}")
-                numbers = train_and_score(run_cfg)
+                numbers = one_run(w, f"workers{w}-round{round_number}")
                 times[w].append({"train": numbers["train_seconds"], "eval": numbers["eval_seconds"],
                                  "steps": numbers["steps"]})
     finally:

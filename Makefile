@@ -115,4 +115,4 @@ bench-ablation: $(STAMP)
 FUZZ_N ?= 2000
 .PHONY: fuzz
 fuzz: $(STAMP)
-	TQDM_DISABLE=1 $(PY) -m medclip_nb.fuzz --n $(FUZZ_N)
+	TQDM_DISABLE=1 $(PY) -m medclip_nb.tools.fuzz --n $(FUZZ_N)

@@ -28,7 +28,7 @@ def _phantom(args) -> int:
 
 
 def _prepare(args) -> int:
-    from medclip_nb.mimic import prepare_mimic
+    from medclip_nb.data.mimic import prepare_mimic
 
     if args.store_size is not None and args.store_size not in STORE_SIZES:
         raise UserError(f"--store-size: {args.store_size} is not in {STORE_SIZES.start}..{STORE_SIZES.stop - 1}")
@@ -42,7 +42,7 @@ def _prepare(args) -> int:
 
 
 def _data(args) -> int:
-    from medclip_nb.prepare import ensure_dataset
+    from medclip_nb.data.prepare import ensure_dataset
 
     path = ensure_dataset(config_from_args(args))
     print(f"dataset ready: {path}")
@@ -91,7 +91,7 @@ def _overrides(args) -> dict:
 
 
 def _predict(args) -> int:
-    from medclip_nb.inference import predict_command
+    from medclip_nb.inference.pretrained import predict_command
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     predict_command(args.checkpoint, args.paths, classes=classes, prompts_file=args.prompts, mode=args.mode,
@@ -100,7 +100,7 @@ def _predict(args) -> int:
 
 
 def _embed(args) -> int:
-    from medclip_nb.inference import embed_command
+    from medclip_nb.inference.pretrained import embed_command
 
     overrides = _overrides(args)
     if "data_path" not in overrides:
@@ -112,7 +112,7 @@ def _embed(args) -> int:
 
 
 def _export(args) -> int:
-    from medclip_nb.export import export_checkpoint
+    from medclip_nb.model.export import export_checkpoint
 
     out = export_checkpoint(args.checkpoint, args.out)
     print(f"Exported {args.checkpoint} to {out}/ (model.safetensors, config.json, tokenizer.json)")
@@ -121,7 +121,7 @@ def _export(args) -> int:
 
 def _bench(args) -> int:
     cfg = config_from_args(args)
-    from medclip_nb.bench import run_bench
+    from medclip_nb.tools.bench import run_bench
 
     run_bench(cfg, phantom=args.phantom, steps=args.steps)
     return 0
@@ -129,7 +129,7 @@ def _bench(args) -> int:
 
 def _bench_ablation(args) -> int:
     cfg = config_from_args(args)
-    from medclip_nb.study.ablation_bench import main_bench_ablation
+    from medclip_nb.tools.ablation_bench import main_bench_ablation
 
     main_bench_ablation(cfg, args.workers, args.rounds)
     return 0
@@ -157,7 +157,7 @@ def _at_least_one(text: str) -> int:
 
 
 def _summary(args) -> int:
-    from medclip_nb.summary import write_summary
+    from medclip_nb.study.summary import write_summary
 
     path = write_summary(args.metrics, args.out, wall_seconds=args.wall_seconds, params=args.params)
     print(f"summary written: {path}")
@@ -165,7 +165,7 @@ def _summary(args) -> int:
 
 
 def _bench_scale(args) -> int:
-    from medclip_nb.scale_bench import main_scale
+    from medclip_nb.tools.scale_bench import main_scale
 
     sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
     main_scale(sizes, args.root, store_size=args.store_size, num_workers=args.num_workers,

@@ -27,7 +27,7 @@ def one_thread_no_bars():
 def tiny_dataset(tmp_path_factory) -> Path:
     """datasets.pkl of a 24-study phantom at 64 px (about 4 training batches of 4), shared by
     the modules that train tiny models (test_train.py, test_inference.py)."""
-    from medclip_nb.mimic import prepare_mimic
+    from medclip_nb.data.mimic import prepare_mimic
     from medclip_nb.phantom import generate_phantom
 
     root = tmp_path_factory.mktemp("tiny_phantom")

@@ -26,7 +26,7 @@ from medclip_nb.study import (
 )
 from medclip_nb.study.ablation import run_config
 from medclip_nb.study.readings import NOT_RESOLVED, ablation_reading, data_efficiency_reading, verdict
-from medclip_nb.summary import summary_markdown
+from medclip_nb.study.summary import summary_markdown
 
 SEEDS = [0, 1, 2, 3, 4]
 # Seed effects far larger than the variants' differences: only pairing by seed resolves them.

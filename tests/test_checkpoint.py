@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from medclip_nb import checkpoint as ckpt
-from medclip_nb.checkpoint import (
+from medclip_nb.errors import CheckpointError
+from medclip_nb.model import checkpoint as ckpt
+from medclip_nb.model.checkpoint import (
     capture_rng_state,
     find_latest,
     load_checkpoint,
@@ -20,7 +21,6 @@ from medclip_nb.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from medclip_nb.errors import CheckpointError
 
 
 def _small_training_state(seed: int = 0) -> tuple[torch.nn.Module, torch.optim.Optimizer, dict]:

@@ -29,7 +29,7 @@ from medclip_nb.data import (
 )
 from medclip_nb.data.images import _to_grayscale_uint8
 from medclip_nb.errors import DataError
-from medclip_nb.tokenizers import CharTokenizer
+from medclip_nb.text.tokenizers import CharTokenizer
 
 NAN = float("nan")
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medclip_nb.labels import NUM_LABELS
-from medclip_nb.losses import LOSS_KINDS, ContrastiveLoss
+from medclip_nb.model.losses import LOSS_KINDS, ContrastiveLoss
 
 WORLD_SIZE = 2
 BATCH = 8  # whole batch; each rank holds BATCH // WORLD_SIZE rows

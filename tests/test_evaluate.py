@@ -432,9 +432,9 @@ def test_evaluate_checkpoint_writes_and_merges(tmp_path, monkeypatch, capsys):
 def test_evaluate_checkpoint_with_real_modules(tmp_path):
     from PIL import Image
 
-    from medclip_nb.checkpoint import save_checkpoint
-    from medclip_nb.models import build_model
-    from medclip_nb.tokenizers import build_tokenizer
+    from medclip_nb.model.checkpoint import save_checkpoint
+    from medclip_nb.model.encoders import build_model
+    from medclip_nb.text.tokenizers import build_tokenizer
 
     rng = np.random.default_rng(0)
     reports = ["Small left pleural effusion.", "Mild pulmonary edema.", "Bibasilar atelectasis.",

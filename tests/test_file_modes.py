@@ -35,7 +35,7 @@ def test_prepare_writes_umask_modes_without_importing_torch(tmp_path):
 import os, sys
 os.umask(0o022)
 from medclip_nb.phantom import generate_phantom
-from medclip_nb.mimic import prepare_mimic
+from medclip_nb.data.mimic import prepare_mimic
 generate_phantom({str(tmp_path / 'mimic')!r}, studies=40, size=32, seed=1)
 prepare_mimic({str(tmp_path / 'mimic')!r}, {str(tmp_path / 'out')!r}, unpaired_fraction=0.3)
 print("torch imported:", "torch" in sys.modules)

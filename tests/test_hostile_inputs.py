@@ -15,15 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from medclip_nb import cli, fuzz
-from medclip_nb.checkpoint import (
-    find_latest,
-    load_checkpoint,
-    remove_stale_temp_files,
-    resolve_resume,
-    save_checkpoint,
-)
-from medclip_nb.checkpoint_check import RESUME_PARTS, check_checkpoint
+from medclip_nb import cli
 from medclip_nb.config import ConfigError, from_dict, load_config
 from medclip_nb.data import (
     BadImageError,
@@ -34,6 +26,15 @@ from medclip_nb.data import (
     validate_dataset,
 )
 from medclip_nb.errors import CheckpointError, DataError, TrainingError, one_line
+from medclip_nb.model.checkpoint import (
+    find_latest,
+    load_checkpoint,
+    remove_stale_temp_files,
+    resolve_resume,
+    save_checkpoint,
+)
+from medclip_nb.model.checkpoint_check import RESUME_PARTS, check_checkpoint
+from medclip_nb.tools import fuzz
 
 quiet = lambda *a, **k: None  # noqa: E731
 
@@ -330,7 +331,7 @@ def test_cache_size_is_bounded(seeds, capsys):
 
 # ---- 8. hygiene ---------------------------------------------------------------------------------
 def test_full_disk_says_no_space_left(tmp_path, monkeypatch):
-    import medclip_nb.checkpoint as ckpt
+    import medclip_nb.model.checkpoint as ckpt
 
     monkeypatch.setattr(ckpt, "_open_for_write", lambda path: open("/dev/full", "wb"))
     with pytest.raises(CheckpointError, match="no space left on device"):

@@ -19,9 +19,9 @@ from medclip_nb.cli import main
 from medclip_nb.config import from_dict
 from medclip_nb.data import load_dataset_file, load_grayscale
 from medclip_nb.errors import CheckpointError, UserError
-from medclip_nb.export import EXPORT_FILES, export_checkpoint
-from medclip_nb.inference import load_pretrained, resolve_prompts
+from medclip_nb.inference.pretrained import load_pretrained, resolve_prompts
 from medclip_nb.labels import COMPETITION_TASKS
+from medclip_nb.model.export import EXPORT_FILES, export_checkpoint
 from medclip_nb.prompts import class_prompts
 from medclip_nb.train import train
 

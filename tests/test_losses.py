@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from medclip_nb.labels import LABEL_INDEX, NUM_LABELS
-from medclip_nb.losses import (
+from medclip_nb.model.losses import (
     ContrastiveLoss,
     clip_loss,
     gather_features,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from medclip_nb.labels import LABEL_INDEX, NUM_LABELS
-from medclip_nb.losses import (
+from medclip_nb.model.losses import (
     ContrastiveLoss,
     clip_loss,
     medclip_label_vectors,
@@ -111,7 +111,7 @@ def test_medclip_without_labels_is_clip_and_refuses_cosine_only_keys():
 
 
 def test_medclip_cosine_keys_reach_its_label_vectors():
-    from medclip_nb.losses import label_vectors
+    from medclip_nb.model.losses import label_vectors
 
     labels = torch.full((1, NUM_LABELS), NAN)
     labels[0, LABEL_INDEX["Edema"]] = -1.0

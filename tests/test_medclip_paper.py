@@ -21,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_no_bars")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    from medclip_nb.mimic import prepare_mimic
+    from medclip_nb.data.mimic import prepare_mimic
     from medclip_nb.phantom import generate_phantom
 
     root = tmp_path_factory.mktemp("paper_recipe")
@@ -66,7 +66,7 @@ def test_the_yaml_is_medclips_recipe():
 def test_medclip_paper_recipe_trains_two_steps_with_stand_in_weights(prepared, tiny_bert, tmp_path, monkeypatch):
     import torchvision
 
-    from medclip_nb.models import pretrained_weights_file
+    from medclip_nb.model.encoders import pretrained_weights_file
     from medclip_nb.train import train
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

@@ -14,8 +14,7 @@ from torch import nn
 
 from medclip_nb.config import Config, ConfigError
 from medclip_nb.errors import CheckpointError, DataError, UserError
-from medclip_nb.losses import LOG_MAX_LOGIT_SCALE
-from medclip_nb.models import (
+from medclip_nb.model.encoders import (
     OWN_BACKBONES,
     VISION_BACKBONES,
     BertTextEncoder,
@@ -30,7 +29,8 @@ from medclip_nb.models import (
     pretrained_weights_file,
     siglip_initial_bias,
 )
-from medclip_nb.tokenizers import HFTokenizerAdapter
+from medclip_nb.model.losses import LOG_MAX_LOGIT_SCALE
+from medclip_nb.text.tokenizers import HFTokenizerAdapter
 
 TOKENIZER = SimpleNamespace(vocab_size=50, pad_id=0, max_length=16)
 SMALL_TEXT = {"text_width": 32, "text_layers": 1, "text_heads": 2, "embed_dim": 24}

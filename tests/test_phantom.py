@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from medclip_nb.config import ConfigError
+from medclip_nb.data.mimic import CHEXPERT_TABLE, METADATA_COLUMNS, METADATA_TABLE, SPLIT_TABLE, extract_sections
 from medclip_nb.errors import DataError
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, PROMPT_VOCABULARY
-from medclip_nb.mimic import CHEXPERT_TABLE, METADATA_COLUMNS, METADATA_TABLE, SPLIT_TABLE, extract_sections
 from medclip_nb.phantom import (
     Finding,
     generate_phantom,
@@ -362,8 +362,8 @@ def test_test_cohort_gives_a_full_5x200_and_keeps_the_other_studies(tmp_path):
     """The extra test studies (new patients, own random stream) fill each 5x200 class; the
     studies without them keep their bytes."""
     from medclip_nb.data import load_dataset_file
+    from medclip_nb.data.mimic import prepare_mimic
     from medclip_nb.evaluate import build_5x200
-    from medclip_nb.mimic import prepare_mimic
 
     plain = generate_phantom(tmp_path / "plain", studies=20, size=32, seed=0)
     cohort = generate_phantom(tmp_path / "cohort", studies=20, size=32, seed=0, test_studies=150)

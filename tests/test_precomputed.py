@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from medclip_nb import models
-from medclip_nb.checkpoint import load_checkpoint, load_model
 from medclip_nb.config import from_dict
 from medclip_nb.data import BatchCollator, build_datasets
 from medclip_nb.errors import DataError
 from medclip_nb.evaluate import evaluate_checkpoint
 from medclip_nb.labels import CHEXPERT_LABELS, NUM_LABELS
-from medclip_nb.tokenizers import ClipIndexTokenizer, build_tokenizer, tokenizer_from_json
+from medclip_nb.model import encoders as models
+from medclip_nb.model.checkpoint import load_checkpoint, load_model
+from medclip_nb.text.tokenizers import ClipIndexTokenizer, build_tokenizer, tokenizer_from_json
 from medclip_nb.train import loop as train_loop
 from medclip_nb.train import train
 

@@ -13,9 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medclip_nb.errors import DataError
-from medclip_nb.labels import CHEXPERT_LABELS
-from medclip_nb.mimic import (
+from medclip_nb.data.mimic import (
     CHEXPERT_TABLE,
     DROP_REASONS,
     METADATA_TABLE,
@@ -24,6 +22,8 @@ from medclip_nb.mimic import (
     prepare_mimic,
     report_text,
 )
+from medclip_nb.errors import DataError
+from medclip_nb.labels import CHEXPERT_LABELS
 from medclip_nb.phantom import generate_phantom
 
 STUDIES, SIZE = 40, 64

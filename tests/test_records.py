@@ -20,8 +20,8 @@ from medclip_nb.data import (
     validate_dataset,
 )
 from medclip_nb.data.records import SampleRecords
-from medclip_nb.text import clean_report, split_sentences
-from medclip_nb.tokenizers import CharTokenizer
+from medclip_nb.text.clean import clean_report, split_sentences
+from medclip_nb.text.tokenizers import CharTokenizer
 
 NAN = float("nan")
 

@@ -13,18 +13,18 @@ import pytest
 import torch
 
 from medclip_nb.config import Config, ConfigError, from_dict
-from medclip_nb.data.sentence_labels import PREPARED_NAME, read_sentence_labels, sentence_key
 from medclip_nb.errors import DataError
 from medclip_nb.labels import CHEXPERT_LABELS, LABEL_INDEX, NUM_LABELS
-from medclip_nb.losses import ContrastiveLoss, medclip_loss
-from medclip_nb.text import clean_report, split_sentences
+from medclip_nb.model.losses import ContrastiveLoss, medclip_loss
+from medclip_nb.text.clean import clean_report, split_sentences
+from medclip_nb.text.sentence_labels import PREPARED_NAME, read_sentence_labels, sentence_key
 
 pytestmark = pytest.mark.usefixtures("one_thread_no_bars")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    from medclip_nb.mimic import prepare_mimic
+    from medclip_nb.data.mimic import prepare_mimic
     from medclip_nb.phantom import generate_phantom
 
     root = tmp_path_factory.mktemp("sentence_labels")
@@ -53,7 +53,7 @@ def test_phantom_labels_each_sentence_by_what_it_says(prepared):
 
 def test_dataset_hands_out_the_sentences_own_labels(prepared):
     from medclip_nb.data import build_datasets, make_collate
-    from medclip_nb.tokenizers import CharTokenizer
+    from medclip_nb.text.tokenizers import CharTokenizer
 
     cfg = Config(data_path=str(prepared), report_sampling="sentence", loss="medclip", sentence_labels="auto",
                  image_size=32, resize_size=32, num_workers=0)
@@ -108,7 +108,7 @@ def test_sentence_labels_key_is_checked(tmp_path):
         from_dict({"sentence_labels": "auto", "report_sampling": "sentence", "loss": "clip"})
     cfg = Config(data_path=str(tmp_path / "d.pkl"), sentence_labels=str(tmp_path / "none.csv"),
                  report_sampling="sentence", loss="medclip")
-    from medclip_nb.data.sentence_labels import resolve_sentence_labels
+    from medclip_nb.text.sentence_labels import resolve_sentence_labels
 
     with pytest.raises(DataError, match="none.csv not found"):
         resolve_sentence_labels(cfg)

@@ -14,7 +14,7 @@ import pytest
 from medclip_nb.paths import repo_root
 from medclip_nb.phantom import generate_phantom
 from medclip_nb.progress import PlainProgress, progress, progress_disabled
-from medclip_nb.summary import summary_markdown, write_summary
+from medclip_nb.study.summary import summary_markdown, write_summary
 
 NOTEBOOKS = sorted((repo_root() / "notebooks").glob("0*.ipynb"))
 

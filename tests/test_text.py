@@ -7,8 +7,8 @@ import torch
 
 from medclip_nb.config import Config
 from medclip_nb.errors import CheckpointError
-from medclip_nb.text import clean_report, split_sentences
-from medclip_nb.tokenizers import CharTokenizer, SubwordTokenizer, build_tokenizer, tokenizer_from_json
+from medclip_nb.text.clean import clean_report, split_sentences
+from medclip_nb.text.tokenizers import CharTokenizer, SubwordTokenizer, build_tokenizer, tokenizer_from_json
 
 CORPUS = [
     "No acute cardiopulmonary process.",

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from medclip_nb.config import Config, ConfigError
-from medclip_nb.data.text_augment import drop_short_sentences, eda
+from medclip_nb.text.augment import drop_short_sentences, eda
 
 TEXT = "small left pleural effusion with adjacent basilar atelectasis is unchanged"
 

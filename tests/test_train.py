@@ -16,11 +16,11 @@ import pytest
 import torch
 from torch import nn
 
-from medclip_nb import losses
-from medclip_nb.checkpoint import load_checkpoint, load_model
 from medclip_nb.config import from_dict
 from medclip_nb.data import load_dataset_file
 from medclip_nb.errors import CheckpointError, TrainingError
+from medclip_nb.model import losses
+from medclip_nb.model.checkpoint import load_checkpoint, load_model
 from medclip_nb.paths import repo_root
 from medclip_nb.train import TrainResult, batch_to_device, param_groups, step_unless, train, warmup_cosine
 from medclip_nb.train import guard as train_guard

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from medclip_nb import losses
 from medclip_nb.config import ConfigError, from_dict
 from medclip_nb.data import load_dataset_file, validate_dataset
 from medclip_nb.data.unpaired import UnpairedBatches, UnpairedTexts, build_unpaired, draw_unpaired
 from medclip_nb.errors import DataError
 from medclip_nb.labels import CHEXPERT_LABELS, NUM_LABELS
-from medclip_nb.losses import ContrastiveLoss, medclip_cosine_loss, medclip_loss
-from medclip_nb.text import split_sentences
-from medclip_nb.tokenizers import CharTokenizer
+from medclip_nb.model import losses
+from medclip_nb.model.losses import ContrastiveLoss, medclip_cosine_loss, medclip_loss
+from medclip_nb.text.clean import split_sentences
+from medclip_nb.text.tokenizers import CharTokenizer
 
 SCALE = 2.0
 
@@ -41,7 +41,7 @@ def log_softmax_at(logits: list[float], index: int) -> float:
 
 
 def quiet_prepare(*args, **kwargs) -> dict:
-    from medclip_nb.mimic import prepare_mimic
+    from medclip_nb.data.mimic import prepare_mimic
 
     with contextlib.redirect_stdout(io.StringIO()):
         return prepare_mimic(*args, num_workers=1, **kwargs)

@@ -129,8 +129,8 @@ def test_paper_transform_pads_and_resizes_the_whole_film():
 def tiny_study(tmp_path_factory):
     from PIL import Image
 
-    from medclip_nb.models import build_model
-    from medclip_nb.tokenizers import build_tokenizer
+    from medclip_nb.model.encoders import build_model
+    from medclip_nb.text.tokenizers import build_tokenizer
 
     root = tmp_path_factory.mktemp("paper_zs")
     rng = np.random.default_rng(0)

@@ -12,17 +12,17 @@ import numpy as np
 from medclip_nb.data.dataset import CXRDataset
 from medclip_nb.data.images import build_transforms
 from medclip_nb.data.loading import REQUIRED_SPLITS, load_dataset_file
-from medclip_nb.data.sentence_labels import (
+from medclip_nb.data.provenance import check_not_stale
+from medclip_nb.data.train_fraction import keep_train_fraction
+from medclip_nb.data.validation import uses_precomputed_text, validate_clip_indices, validate_dataset
+from medclip_nb.paths import resolve
+from medclip_nb.text.clean import clean_report
+from medclip_nb.text.sentence_labels import (
     PREPARED_NAME,
     label_tensor_table,
     read_sentence_labels,
     resolve_sentence_labels,
 )
-from medclip_nb.data.train_fraction import keep_train_fraction
-from medclip_nb.data.validation import uses_precomputed_text, validate_clip_indices, validate_dataset
-from medclip_nb.paths import resolve
-from medclip_nb.provenance import check_not_stale
-from medclip_nb.text import clean_report
 
 if TYPE_CHECKING:
     from medclip_nb.config import Config

@@ -41,7 +41,7 @@ from medclip_nb.data.images import SkippedSample, build_transforms
 from medclip_nb.data.sampling import _UINT64_MASK, _splitmix64
 from medclip_nb.errors import DataError
 from medclip_nb.paths import resolve
-from medclip_nb.text import clean_report, split_sentences
+from medclip_nb.text.clean import clean_report, split_sentences
 
 if TYPE_CHECKING:
     from medclip_nb.config import Config

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from medclip_nb.checkpoint import load_model
 from medclip_nb.data import CXRDataset, build_datasets, build_transforms, check_clip_index_rows, uses_precomputed_text
 from medclip_nb.data.store import find_store
 from medclip_nb.errors import DataError
@@ -47,6 +46,7 @@ from medclip_nb.evaluate.report import confusion_figure, summary_lines
 from medclip_nb.evaluate.zeroshot_paper import zero_shot_5x200_paper
 from medclip_nb.files import write_json_atomic
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS
+from medclip_nb.model.checkpoint import load_model
 from medclip_nb.paths import resolve
 from medclip_nb.prompts import class_prompts, label_prompt_pairs
 from medclip_nb.runtime import pick_device

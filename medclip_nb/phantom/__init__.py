@@ -11,7 +11,7 @@
                                                          sentence-label table; not part of MIMIC-CXR)
     out/phantom.json                                     generator arguments and version
 
-so the real importer (`medclip_nb.mimic.prepare_mimic`) reads it unchanged. Same seed, same
+so the real importer (`medclip_nb.data.mimic.prepare_mimic`) reads it unchanged. Same seed, same
 bytes: every random draw comes from numpy Generators seeded from (seed, stream, index), the
 gzip headers carry no time or name, and JPEGs use a fixed quality.
 

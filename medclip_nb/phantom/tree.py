@@ -18,12 +18,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medclip_nb import provenance
 from medclip_nb.config import ConfigError
-from medclip_nb.data.sentence_labels import write_sentence_labels
+from medclip_nb.data import provenance
+from medclip_nb.data.mimic import CHEXPERT_TABLE, METADATA_COLUMNS, METADATA_TABLE, SPLIT_TABLE
 from medclip_nb.errors import DataError
 from medclip_nb.labels import CHEXPERT_LABELS
-from medclip_nb.mimic import CHEXPERT_TABLE, METADATA_COLUMNS, METADATA_TABLE, SPLIT_TABLE
 from medclip_nb.paths import resolve
 from medclip_nb.phantom.anatomy import Anatomy, _study_anatomy, sample_anatomy
 from medclip_nb.phantom.findings import study_labels
@@ -31,7 +30,8 @@ from medclip_nb.phantom.plan import _RNG_STUDY, _RNG_SUBJECT, _Image, _plan_stud
 from medclip_nb.phantom.render import MAX_SIZE, MIN_SIZE, image_width, render_chest
 from medclip_nb.phantom.reports import PhantomReport, write_report
 from medclip_nb.progress import progress
-from medclip_nb.text import split_sentences
+from medclip_nb.text.clean import split_sentences
+from medclip_nb.text.sentence_labels import write_sentence_labels
 
 SENTENCE_TABLE = "sentence-label.csv.gz"  # MedCLIP's sentence-label table, every sentence as written
 

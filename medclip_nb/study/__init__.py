@@ -14,7 +14,7 @@ Notebook-facing helpers, presentation only (the numbers come from train and eval
 The notebooks use `from medclip_nb import study` and `study.<name>`: every name is re-exported here.
 """
 
-from medclip_nb.prepare import ensure_dataset
+from medclip_nb.data.prepare import ensure_dataset
 from medclip_nb.study.ablation import (
     DATA_EFFICIENCY_LOSSES,
     VARIANTS,

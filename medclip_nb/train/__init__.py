@@ -33,8 +33,8 @@ Files in `model_save_path`:
 """
 
 # fuzz.py reads the checkpoint checks through this package, as it did through train.py.
-from medclip_nb.checkpoint import load_checkpoint
-from medclip_nb.checkpoint_check import RESUME_PARTS, check_checkpoint
+from medclip_nb.model.checkpoint import load_checkpoint
+from medclip_nb.model.checkpoint_check import RESUME_PARTS, check_checkpoint
 from medclip_nb.train.guard import NonfiniteGuard, NonfiniteStreak, make_guard, step_unless
 from medclip_nb.train.loop import train
 from medclip_nb.train.state import (

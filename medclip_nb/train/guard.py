@@ -20,8 +20,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from medclip_nb.checkpoint import capture_rng_state
 from medclip_nb.errors import TrainingError
+from medclip_nb.model.checkpoint import capture_rng_state
 from medclip_nb.train.state import Progress
 
 

@@ -18,7 +18,7 @@ from medclip_nb.data.unpaired import build_unpaired
 from medclip_nb.errors import DataError
 from medclip_nb.paths import resolve
 from medclip_nb.runtime import World
-from medclip_nb.tokenizers import build_tokenizer
+from medclip_nb.text.tokenizers import build_tokenizer
 
 
 @dataclass

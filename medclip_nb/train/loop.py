@@ -19,15 +19,15 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from medclip_nb.checkpoint import restore_rng_state
 from medclip_nb.config import Config
 from medclip_nb.data import check_clip_index_rows, uses_precomputed_text
 from medclip_nb.errors import TrainingError
-from medclip_nb.models import build_model, count_parameters
+from medclip_nb.model.checkpoint import restore_rng_state
+from medclip_nb.model.encoders import build_model, count_parameters
 from medclip_nb.paths import resolve
 from medclip_nb.progress import progress as progress_display
 from medclip_nb.runtime import World, amp_dtype, set_backend_flags, start_distributed, stop_distributed
-from medclip_nb.tokenizers import tokenizer_from_json
+from medclip_nb.text.tokenizers import tokenizer_from_json
 from medclip_nb.train.guard import NonfiniteStreak, make_guard
 from medclip_nb.train.loaders import TrainData, prepare_data
 from medclip_nb.train.state import (

@@ -17,16 +17,16 @@ from typing import Any, Callable
 
 from torch import nn
 
-from medclip_nb.checkpoint import (
+from medclip_nb.config import Config, ConfigError
+from medclip_nb.errors import CheckpointError, TrainingError, os_error_reason
+from medclip_nb.model.checkpoint import (
     capture_rng_state,
     load_checkpoint,
     remove_stale_temp_files,
     resolve_resume,
     save_checkpoint,
 )
-from medclip_nb.checkpoint_check import RESUME_PARTS, check_checkpoint
-from medclip_nb.config import Config, ConfigError
-from medclip_nb.errors import CheckpointError, TrainingError, os_error_reason
+from medclip_nb.model.checkpoint_check import RESUME_PARTS, check_checkpoint
 from medclip_nb.paths import resolve
 from medclip_nb.runtime import World
 

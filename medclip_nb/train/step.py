@@ -16,7 +16,7 @@ from torch import nn
 
 from medclip_nb.config import Config
 from medclip_nb.data.gpu_augment import augment_on_device
-from medclip_nb.losses import ContrastiveLoss
+from medclip_nb.model.losses import ContrastiveLoss
 from medclip_nb.runtime import World, autocast
 from medclip_nb.train.guard import NonfiniteGuard
 

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from medclip_nb.losses import ContrastiveLoss
+from medclip_nb.model.losses import ContrastiveLoss
 from medclip_nb.runtime import World, autocast
 from medclip_nb.train.step import batch_to_device
 

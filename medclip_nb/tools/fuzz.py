@@ -1,4 +1,4 @@
-"""`python -m medclip_nb.fuzz --n 2000` (`make fuzz`): seeded mutations of a valid
+"""`python -m medclip_nb.tools.fuzz --n 2000` (`make fuzz`): seeded mutations of a valid
 datasets.pkl, JSON Lines manifest, YAML config and checkpoint, each run through the CLI.
 
 Every outcome must be either "loaded" (exit 0) or a one-line `error: ...` with exit 2; a
@@ -38,13 +38,13 @@ import torch
 
 from medclip_nb import cli, errors
 from medclip_nb import train as training
-from medclip_nb.checkpoint import load_checkpoint, restore_rng_state
-from medclip_nb.checkpoint_check import RESUME_PARTS, check_checkpoint
 from medclip_nb.config import from_dict, load_config
 from medclip_nb.evaluate import run as evaluate_run
-from medclip_nb.models import build_model
+from medclip_nb.model.checkpoint import load_checkpoint, restore_rng_state
+from medclip_nb.model.checkpoint_check import RESUME_PARTS, check_checkpoint
+from medclip_nb.model.encoders import build_model
 from medclip_nb.runtime import World
-from medclip_nb.tokenizers import tokenizer_from_json
+from medclip_nb.text.tokenizers import tokenizer_from_json
 from medclip_nb.train.state import restore_training_state
 from medclip_nb.train.step import param_groups
 
@@ -345,7 +345,7 @@ def fuzz_format(fmt: str, n: int, seed: int, folder: Path, memory_gib: float) ->
     peak = 0.0
     start = 0
     while start < n:
-        command = [sys.executable, "-m", "medclip_nb.fuzz", "--child", fmt, "--n", str(n), "--seed", str(seed),
+        command = [sys.executable, "-m", "medclip_nb.tools.fuzz", "--child", fmt, "--n", str(n), "--seed", str(seed),
                    "--folder", str(folder), "--start", str(start), "--memory-gib", str(memory_gib)]
         proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**os.environ, "TQDM_DISABLE": "1"})
@@ -375,7 +375,7 @@ def fuzz_format(fmt: str, n: int, seed: int, folder: Path, memory_gib: float) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medclip_nb.fuzz", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m medclip_nb.tools.fuzz", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="mutations per format (default: 2000)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--formats", default=",".join(FORMATS))

@@ -26,7 +26,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from medclip_nb.data.validation import clip_index_list
 from medclip_nb.errors import CheckpointError, DataError, UserError
 from medclip_nb.progress import progress
-from medclip_nb.text import clean_report
+from medclip_nb.text.clean import clean_report
 
 if TYPE_CHECKING:
     from medclip_nb.config import Config

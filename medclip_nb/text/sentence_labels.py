@@ -28,7 +28,7 @@ import pandas as pd
 from medclip_nb.errors import DataError
 from medclip_nb.labels import CHEXPERT_LABELS, LABEL_INDEX, NUM_LABELS
 from medclip_nb.paths import resolve
-from medclip_nb.text import split_sentences
+from medclip_nb.text.clean import split_sentences
 
 SOURCE_NAMES = ("sentence-label.csv", "sentence-label.csv.gz")  # in a MIMIC root (MedCLIP's name)
 PREPARED_NAME = "sentence_labels.csv.gz"  # beside datasets.pkl, written by prepare

@@ -7,11 +7,11 @@ import os
 from pathlib import Path
 
 from medclip_nb.config import Config
+from medclip_nb.data.mimic import prepare_mimic
+from medclip_nb.data.provenance import PREPARE_REPORT, prepare_record, stale_reason
 from medclip_nb.data.store_build import build_store
-from medclip_nb.mimic import prepare_mimic
 from medclip_nb.paths import resolve
 from medclip_nb.phantom import generate_phantom, phantom_is_current
-from medclip_nb.provenance import PREPARE_REPORT, prepare_record, stale_reason
 
 
 def ensure_dataset(cfg: Config, *, log=print) -> Path:

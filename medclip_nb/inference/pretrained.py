@@ -29,7 +29,6 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from medclip_nb.checkpoint import load_model
 from medclip_nb.data import (
     REQUIRED_SPLITS,
     BadImageError,
@@ -46,14 +45,15 @@ from medclip_nb.data import (
 )
 from medclip_nb.errors import DataError, UserError
 from medclip_nb.evaluate import compute_embeddings, encode_texts, eval_datasets, model_logit_scale, zero_shot_classify
-from medclip_nb.export import is_export_dir, load_export
 from medclip_nb.files import write_atomic
 from medclip_nb.labels import COMPETITION_TASKS, PROMPT_VOCABULARY
+from medclip_nb.model.checkpoint import load_model
+from medclip_nb.model.export import is_export_dir, load_export
 from medclip_nb.paths import resolve
 from medclip_nb.progress import progress as progress_display
 from medclip_nb.prompts import finding_phrase, generate_prompts
 from medclip_nb.runtime import amp_dtype, autocast, eval_mode, pick_device
-from medclip_nb.text import clean_report
+from medclip_nb.text.clean import clean_report
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 

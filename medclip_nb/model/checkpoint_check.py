@@ -19,7 +19,7 @@ import torch
 
 from medclip_nb.config import ConfigError, from_dict
 from medclip_nb.errors import CheckpointError, one_line, quote
-from medclip_nb.tokenizers import tokenizer_from_json
+from medclip_nb.text.tokenizers import tokenizer_from_json
 
 _MAX_COUNT = 2**62
 # Progress counters a checkpoint stores (train.state.Progress), with their kind.

@@ -45,20 +45,20 @@ import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from medclip_nb.config import ConfigError
-from medclip_nb.data.sentence_labels import (
+from medclip_nb.data.mimic_reports import extract_sections, read_report, report_text  # noqa: F401 (re-exported)
+from medclip_nb.data.provenance import PREPARE_REPORT, phantom_params, phantom_record
+from medclip_nb.errors import DataError
+from medclip_nb.files import write_bytes_atomic, write_json_atomic
+from medclip_nb.labels import CHEXPERT_LABELS
+from medclip_nb.paths import resolve
+from medclip_nb.progress import progress
+from medclip_nb.text.clean import split_sentences
+from medclip_nb.text.sentence_labels import (
     PREPARED_NAME,
     find_source_table,
     read_sentence_labels,
     write_sentence_labels,
 )
-from medclip_nb.errors import DataError
-from medclip_nb.files import write_bytes_atomic, write_json_atomic
-from medclip_nb.labels import CHEXPERT_LABELS
-from medclip_nb.mimic_reports import extract_sections, read_report, report_text  # noqa: F401 (re-exported)
-from medclip_nb.paths import resolve
-from medclip_nb.progress import progress
-from medclip_nb.provenance import PREPARE_REPORT, phantom_params, phantom_record
-from medclip_nb.text import split_sentences
 
 SPLIT_TABLE = "mimic-cxr-2.0.0-split.csv.gz"
 CHEXPERT_TABLE = "mimic-cxr-2.0.0-chexpert.csv.gz"

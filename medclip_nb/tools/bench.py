@@ -43,15 +43,15 @@ from torch.utils.data import Sampler
 from medclip_nb.config import Config
 from medclip_nb.data import build_datasets, make_collate, make_loader
 from medclip_nb.data.gpu_augment import BatchAugment
+from medclip_nb.data.mimic import prepare_mimic
 from medclip_nb.data.store import find_store
 from medclip_nb.data.store_build import build_store
 from medclip_nb.errors import DataError
-from medclip_nb.mimic import prepare_mimic
-from medclip_nb.models import build_model
+from medclip_nb.model.encoders import build_model
 from medclip_nb.paths import repo_root, resolve
 from medclip_nb.phantom import generate_phantom, phantom_is_current
 from medclip_nb.runtime import amp_dtype, pick_device, precision_name, set_backend_flags
-from medclip_nb.tokenizers import build_tokenizer
+from medclip_nb.text.tokenizers import build_tokenizer
 from medclip_nb.train.guard import make_guard
 from medclip_nb.train.state import Progress
 from medclip_nb.train.step import TrainStep, build_optimizer, contrastive_loss, grad_scaler

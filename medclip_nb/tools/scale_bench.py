@@ -44,11 +44,11 @@ from medclip_nb.data import (
     seed_worker,
     validate_dataset,
 )
+from medclip_nb.data.mimic import prepare_mimic
 from medclip_nb.data.store import ImageStore, find_store
 from medclip_nb.data.store_build import build_store
 from medclip_nb.labels import CHEXPERT_LABELS
-from medclip_nb.mimic import prepare_mimic
-from medclip_nb.tokenizers import build_tokenizer
+from medclip_nb.text.tokenizers import build_tokenizer
 
 MIMIC_STUDIES, MIMIC_IMAGES, MIMIC_SUBJECTS = 227_827, 378_680, 64_588
 MARKER = "scale_tree.json"
@@ -326,7 +326,7 @@ def main_scale(sizes: list[int], root: str, *, store_size: int, num_workers: int
         folder = base / f"scale_{studies}"
         result_file = folder / "result.json"
         folder.mkdir(parents=True, exist_ok=True)
-        code = ("import json, sys; from medclip_nb.scale_bench import run_scale; "
+        code = ("import json, sys; from medclip_nb.tools.scale_bench import run_scale; "
                 f"r = run_scale({str(folder)!r}, {studies}, store_size={store_size}, num_workers={num_workers}, "
                 f"compare_old={compare_old}); open({str(result_file)!r}, 'w').write(json.dumps(r))")
         if subprocess.run([sys.executable, "-c", code]).returncode != 0:

@@ -16,6 +16,10 @@ class CheckpointError(UserError):
     """A checkpoint that is missing, incomplete or not safe to load."""
 
 
+class ConfigError(UserError, ValueError):
+    """A bad config key, type or value; the message is one line naming the key."""
+
+
 class TrainingError(UserError):
     """A run that had to stop (for example, too many non-finite losses in a row)."""
 

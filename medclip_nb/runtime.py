@@ -14,7 +14,8 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from medclip_nb.config import DEVICE_PATTERN, ConfigError
+from medclip_nb.config_checks import DEVICE_PATTERN
+from medclip_nb.errors import ConfigError
 
 
 def pick_device(gpu_id: str | int | None = None, *, log: Callable[[str], Any] = print,

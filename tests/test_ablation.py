@@ -10,22 +10,15 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from medclip_nb.config import Config, ConfigError
+from medclip_nb.config import Config
+from medclip_nb.errors import ConfigError
 from medclip_nb.evaluate.intervals import bootstrap_off, mean_interval, paired_t_difference, t_interval
-from medclip_nb.study import (
-    VARIANTS,
-    ablation_entry,
-    ablation_figure,
-    ablation_report,
-    ablation_table,
-    data_efficiency_entry,
-    data_efficiency_figure,
-    data_efficiency_table,
-    planned_runs,
-    variant_stats,
-)
+from medclip_nb.study import VARIANTS, ablation_entry, data_efficiency_entry, planned_runs
 from medclip_nb.study.ablation import run_config
+from medclip_nb.study.ablation_tables import ablation_report, ablation_table, data_efficiency_table
+from medclip_nb.study.figures import ablation_figure, data_efficiency_figure
 from medclip_nb.study.readings import NOT_RESOLVED, ablation_reading, data_efficiency_reading, verdict
+from medclip_nb.study.seed_stats import variant_stats
 from medclip_nb.study.summary import summary_markdown
 
 SEEDS = [0, 1, 2, 3, 4]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from medclip_nb.cli import main
-from medclip_nb.config import from_dict, load_config
+from medclip_nb.config import from_dict
+from medclip_nb.config_load import load_config
 from medclip_nb.paths import repo_root
 from medclip_nb.study.ablation import planned_runs, run_config, train_and_score
 from medclip_nb.tools.ablation_bench import format_rows, planned_run_count, time_ablation_run

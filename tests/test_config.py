@@ -6,7 +6,9 @@ import sys
 import pytest
 
 from medclip_nb.cli import build_parser, main
-from medclip_nb.config import Config, ConfigError, config_from_args, load_config
+from medclip_nb.config import Config
+from medclip_nb.config_load import config_from_args, load_config
+from medclip_nb.errors import ConfigError
 
 SEED_FLAGS = {
     "--data_path": None, "--batch_size": 32, "--num_epochs": 10, "--lr": 2e-5, "--weight_decay": 1e-4,

@@ -8,9 +8,29 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medclip_nb import evaluate as ev
 from medclip_nb.config import Config
 from medclip_nb.errors import DataError
+from medclip_nb.evaluate.embeddings import compute_embeddings, encode_texts, model_logit_scale
+from medclip_nb.evaluate.evaluation import json_ready
+from medclip_nb.evaluate.metrics import (
+    DEFAULT_C,
+    accuracy,
+    auroc_per_label,
+    binarize_labels,
+    build_5x200,
+    confusion,
+    linear_probe,
+    macro_f1,
+    mean_defined,
+    multilabel_auroc,
+    precision_at_k,
+    recall_at_k,
+    retrieval_metrics,
+    zero_shot_classify,
+    zero_shot_multilabel,
+)
+from medclip_nb.evaluate.report import summary_lines
+from medclip_nb.evaluate.run import eval_datasets, evaluate_checkpoint, evaluate_model
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, LABEL_INDEX
 from medclip_nb.prompts import generate_prompts
 
@@ -20,34 +40,34 @@ NAN = math.nan
 # ---- metrics, hand-computed ---------------------------------------------------------------------
 def test_accuracy_f1_confusion_by_hand():
     y_true, y_pred = [0, 1, 2, 2], [0, 2, 2, 1]
-    assert ev.accuracy(y_true, y_pred) == 0.5
+    assert accuracy(y_true, y_pred) == 0.5
     # F1 per class: 0 -> 1.0; 1 -> 0 (no true positive); 2 -> P = R = 1/2 -> 0.5.
-    assert ev.macro_f1(y_true, y_pred) == pytest.approx((1.0 + 0.0 + 0.5) / 3)
+    assert macro_f1(y_true, y_pred) == pytest.approx((1.0 + 0.0 + 0.5) / 3)
     # A class absent from truth and predictions counts as 0 only when n_classes asks for it.
-    assert ev.macro_f1(y_true, y_pred, n_classes=4) == pytest.approx(1.5 / 4)
-    assert ev.confusion(y_true, y_pred, 3).tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 1]]
-    assert ev.confusion([0], [0], 3).shape == (3, 3)
+    assert macro_f1(y_true, y_pred, n_classes=4) == pytest.approx(1.5 / 4)
+    assert confusion(y_true, y_pred, 3).tolist() == [[1, 0, 0], [0, 0, 1], [0, 1, 1]]
+    assert confusion([0], [0], 3).shape == (3, 3)
 
 
 def test_auroc_by_counting_pairs():
     y = np.array([[0, 1, 1], [1, 0, 1], [0, 0, 1], [1, 1, 1]])
     s = np.array([[0.1, 0.5, 0.3], [0.3, 0.5, 0.2], [0.35, 0.2, 0.1], [0.8, 0.1, 0.9]])
-    result = ev.auroc_per_label(y, s, ["a", "b", "c"])
+    result = auroc_per_label(y, s, ["a", "b", "c"])
     # a: positives 0.3, 0.8 vs negatives 0.1, 0.35 -> 3 of 4 pairs ordered.
     assert result["a"] == pytest.approx(3 / 4)
     # b: positives 0.5, 0.1 vs negatives 0.5 (tie = 1/2), 0.2 -> (0.5 + 1 + 0 + 0) / 4.
     assert result["b"] == pytest.approx(1.5 / 4)
     # c: one class only -> undefined, NaN; null in JSON; left out of the mean.
     assert math.isnan(result["c"])
-    assert ev.json_ready(result) == {"a": 0.75, "b": 0.375, "c": None}
-    assert ev.mean_defined(result.values()) == pytest.approx((0.75 + 0.375) / 2)
+    assert json_ready(result) == {"a": 0.75, "b": 0.375, "c": None}
+    assert mean_defined(result.values()) == pytest.approx((0.75 + 0.375) / 2)
     with pytest.raises(ValueError, match="do not match"):
-        ev.auroc_per_label(y, s[:, :2], ["a", "b", "c"])
+        auroc_per_label(y, s[:, :2], ["a", "b", "c"])
 
 
 def test_binarize_and_json_ready():
-    assert ev.binarize_labels([1.0, 0.0, -1.0, NAN]).tolist() == [1, 0, 0, 0]
-    data = ev.json_ready({"x": np.float32(0.123456), "y": [np.int64(3), float("inf")], "z": np.array([0.5, NAN])})
+    assert binarize_labels([1.0, 0.0, -1.0, NAN]).tolist() == [1, 0, 0, 0]
+    data = json_ready({"x": np.float32(0.123456), "y": [np.int64(3), float("inf")], "z": np.array([0.5, NAN])})
     assert data == {"x": 0.1235, "y": [3, None], "z": [0.5, None]}
     json.dumps(data, allow_nan=False)
 
@@ -62,18 +82,18 @@ SIM = np.array([
 
 def test_recall_at_k_by_hand():
     # Rows: rank of the diagonal among the others (ties count against) = 0, 1, 1, 2.
-    assert ev.recall_at_k(SIM, ks=(1, 2, 3)) == {1: 0.25, 2: 0.75, 3: 1.0}
+    assert recall_at_k(SIM, ks=(1, 2, 3)) == {1: 0.25, 2: 0.75, 3: 1.0}
     # Columns as queries: ranks 0, 1, 0, 0.
-    assert ev.recall_at_k(SIM.T, ks=(1, 2)) == {1: 0.75, 2: 1.0}
+    assert recall_at_k(SIM.T, ks=(1, 2)) == {1: 0.75, 2: 1.0}
     # Gallery ids: query 1 also matches gallery item 0 (same report) -> rank 0.
-    assert ev.recall_at_k(SIM, ks=(1,), query_ids=[0, 0, 2, 3], gallery_ids=[0, 0, 2, 3]) == {1: 0.5}
+    assert recall_at_k(SIM, ks=(1,), query_ids=[0, 0, 2, 3], gallery_ids=[0, 0, 2, 3]) == {1: 0.5}
 
 
 def test_precision_at_k_by_hand():
     sim = np.array([[0.9, 0.8, 0.1, 0.7], [0.2, 0.95, 0.9, 0.8], [1.0, 1.0, 1.0, 1.0]])
     gallery = [0, 1, 0, 1]
     # q0 (class 0): g0 g1 g3 -> hits 1, 0, 0; q1 (class 1): g1 g2 g3 -> hits 1, 0, 1; q2 has no class.
-    result = ev.precision_at_k(sim, [0, 1, -1], gallery, ks=(1, 2, 3))
+    result = precision_at_k(sim, [0, 1, -1], gallery, ks=(1, 2, 3))
     assert result[1] == pytest.approx(1.0)
     assert result[2] == pytest.approx(0.5)
     assert result[3] == pytest.approx((1 / 3 + 2 / 3) / 2)
@@ -87,15 +107,15 @@ def test_retrieval_chunked_equals_unchunked():
     rng = np.random.default_rng(0)
     images, texts = _unit(rng.normal(size=(23, 6))), _unit(rng.normal(size=(23, 6)))
     classes = rng.integers(-1, 3, size=23)
-    full = ev.retrieval_metrics(images, texts, ks=(1, 5), chunk=1024, class_ids=classes)
+    full = retrieval_metrics(images, texts, ks=(1, 5), chunk=1024, class_ids=classes)
     for chunk in (1, 4, 7):
-        chunked = ev.retrieval_metrics(images, texts, ks=(1, 5), chunk=chunk, class_ids=classes)
+        chunked = retrieval_metrics(images, texts, ks=(1, 5), chunk=chunk, class_ids=classes)
         for key in ("image_to_text", "text_to_image", "image_to_text_precision"):
             assert chunked[key] == pytest.approx(full[key])
     sim = images @ texts.T
-    assert full["image_to_text"] == {f"R@{k}": v for k, v in ev.recall_at_k(sim, (1, 5)).items()}
-    assert full["text_to_image"] == {f"R@{k}": v for k, v in ev.recall_at_k(sim.T, (1, 5)).items()}
-    expected_precision = ev.precision_at_k(sim, classes, classes, (1, 5))
+    assert full["image_to_text"] == {f"R@{k}": v for k, v in recall_at_k(sim, (1, 5)).items()}
+    assert full["text_to_image"] == {f"R@{k}": v for k, v in recall_at_k(sim.T, (1, 5)).items()}
+    expected_precision = precision_at_k(sim, classes, classes, (1, 5))
     assert full["image_to_text_precision"]["P@5"] == pytest.approx(expected_precision[5])
     assert full["n"] == 23
 
@@ -104,13 +124,13 @@ def test_retrieval_shared_reports_and_collapsed_model():
     # Images 0 and 1 come from one study and share its report: both texts are matches.
     texts = _unit([[1, 0, 0], [1, 0, 0], [0, 1, 0]])
     images = _unit([[1, 0.1, 0], [1, 0, 0.1], [0, 1, 0]])
-    grouped = ev.retrieval_metrics(images, texts, ks=(1,), pair_ids=[0, 0, 1])
+    grouped = retrieval_metrics(images, texts, ks=(1,), pair_ids=[0, 0, 1])
     assert grouped["image_to_text"]["R@1"] == 1.0 and grouped["text_to_image"]["R@1"] == 1.0
     # Without the grouping the duplicate text ties with the true one and counts against it.
-    assert ev.retrieval_metrics(images, texts, ks=(1,))["image_to_text"]["R@1"] == pytest.approx(1 / 3)
+    assert retrieval_metrics(images, texts, ks=(1,))["image_to_text"]["R@1"] == pytest.approx(1 / 3)
     # A collapsed model (all embeddings equal) gets no credit from ties.
     same = np.ones((4, 3), dtype=np.float32)
-    collapsed = ev.retrieval_metrics(same, same, ks=(1, 3, 4))
+    collapsed = retrieval_metrics(same, same, ks=(1, 3, 4))
     assert collapsed["image_to_text"] == {"R@1": 0.0, "R@3": 0.0, "R@4": 1.0}
 
 
@@ -134,20 +154,20 @@ def test_5x200_rule():
         {"labels": [None] * 9 + [1.0] + [None] * 4},  # 7: JSON nulls, Pleural Effusion -> class 4
         {"labels": _labels(No_Finding=1.0)},  # 8: not a competition class
     ]
-    assert ev.build_5x200(records) == [(0, 0), (2, 1), (3, 4), (6, 2), (7, 4)]
+    assert build_5x200(records) == [(0, 0), (2, 1), (3, 4), (6, 2), (7, 4)]
     with pytest.raises(DataError, match="record 1: 'labels'"):
-        ev.build_5x200([records[0], {"labels": [1.0] * 13}])
+        build_5x200([records[0], {"labels": [1.0] * 13}])
 
 
 def test_5x200_cap_and_determinism():
     edema = _labels(Edema=1.0)
     records = [{"labels": edema} for _ in range(10)] + [{"labels": _labels(Atelectasis=1.0)} for _ in range(2)]
-    chosen = ev.build_5x200(records, per_class=3, seed=1)
-    assert chosen == ev.build_5x200(records, per_class=3, seed=1)
+    chosen = build_5x200(records, per_class=3, seed=1)
+    assert chosen == build_5x200(records, per_class=3, seed=1)
     assert chosen == sorted(chosen)
     assert sum(c == COMPETITION_TASKS.index("Edema") for _, c in chosen) == 3
     assert [r for r, c in chosen if c == 0] == [10, 11]
-    draws = {tuple(ev.build_5x200(records, per_class=3, seed=s)) for s in range(6)}
+    draws = {tuple(build_5x200(records, per_class=3, seed=s)) for s in range(6)}
     assert len(draws) > 1  # the seed matters
 
 
@@ -156,21 +176,21 @@ def test_zero_shot_mean_vs_max():
     image = np.array([[1.0, 0.0]])
     class_a = np.array([[1.0, 0.0], [0.0, 1.0]])  # mean direction (0.707, 0.707)
     class_b = np.array([[0.8, 0.6]])
-    mean = ev.zero_shot_classify(image, [class_a, class_b], "mean")
-    maximum = ev.zero_shot_classify(image, [class_a, class_b], "max")
+    mean = zero_shot_classify(image, [class_a, class_b], "mean")
+    maximum = zero_shot_classify(image, [class_a, class_b], "max")
     np.testing.assert_allclose(mean, [[math.sqrt(0.5), 0.8]], rtol=1e-6)
     np.testing.assert_allclose(maximum, [[1.0, 0.8]], rtol=1e-6)
     assert mean.argmax() == 1 and maximum.argmax() == 0
     with pytest.raises(ValueError, match="mode"):
-        ev.zero_shot_classify(image, [class_a], "median")
+        zero_shot_classify(image, [class_a], "median")
 
 
 def test_zero_shot_multilabel_pair_softmax():
     images = np.array([[1.0, 0.0], [0.0, 1.0]])
-    probs = ev.zero_shot_multilabel(images, [[1.0, 0.0]], [[0.0, 1.0]], scale=2.0)
+    probs = zero_shot_multilabel(images, [[1.0, 0.0]], [[0.0, 1.0]], scale=2.0)
     e = math.exp(2.0)
     np.testing.assert_allclose(probs, [[e / (e + 1)], [1 / (1 + e)]], rtol=1e-6)
-    result = ev.multilabel_auroc(np.c_[probs, probs], [[1.0, NAN], [0.0, -1.0]], ["a", "b"])
+    result = multilabel_auroc(np.c_[probs, probs], [[1.0, NAN], [0.0, -1.0]], ["a", "b"])
     assert result["auroc"]["a"] == 1.0 and math.isnan(result["auroc"]["b"])
     assert result["auroc_mean"] == 1.0
 
@@ -187,14 +207,14 @@ def test_linear_probe_separable():
         return x, y  # column 2 never positive
 
     (xt, yt), (xv, yv), (xs, ys) = split(200), split(80), split(80)
-    result = ev.linear_probe(xt, yt, xs, ys, xv, yv, Cs=(0.1, 10.0), names=["a", "b", "never"])
+    result = linear_probe(xt, yt, xs, ys, xv, yv, Cs=(0.1, 10.0), names=["a", "b", "never"])
     assert result["auroc"]["a"] > 0.99 and result["auroc"]["b"] > 0.99
     assert math.isnan(result["auroc"]["never"]) and result["C"]["never"] is None
     assert result["C"]["a"] in (0.1, 10.0)
     assert result["auroc_mean"] == pytest.approx((result["auroc"]["a"] + result["auroc"]["b"]) / 2)
     assert (result["n_train"], result["n_val"], result["n_test"]) == (200, 80, 80)
-    no_val = ev.linear_probe(xt, yt, xs, ys, names=["a", "b", "never"])
-    assert no_val["C"]["a"] == ev.DEFAULT_C and no_val["auroc"]["a"] > 0.99
+    no_val = linear_probe(xt, yt, xs, ys, names=["a", "b", "never"])
+    assert no_val["C"]["a"] == DEFAULT_C and no_val["auroc"]["a"] > 0.99
 
 
 # ---- model-facing parts with a fake model that follows docs/architecture.md ------------------------------
@@ -269,30 +289,30 @@ def test_compute_embeddings_eval_mode_no_grad_and_groups():
              "index": torch.zeros(0, dtype=torch.long), "n_skipped": 3, "skipped_paths": ["a", "b", "c"]}
     batches[1]["n_skipped"] = 1
     model.train()
-    out = ev.compute_embeddings(model, batches + [empty], "cpu")
+    out = compute_embeddings(model, batches + [empty], "cpu")
     assert model.training  # mode restored
     assert all(call == (False, False) for call in model.calls)
     assert out["image"].shape == out["text"].shape == (5, 12) and out["labels"].shape == (5, 14)
     assert out["index"].tolist() == [0, 1, 2, 3, 4] and out["n_skipped"] == 4
     np.testing.assert_allclose(out["image"], out["text"], atol=1e-6)
     assert out["text_group"].tolist() == [0, 0, 1, 2, 3]
-    images_only = ev.compute_embeddings(model, batches, "cpu", with_text=False)
+    images_only = compute_embeddings(model, batches, "cpu", with_text=False)
     assert images_only["text"] is None and images_only["image"].shape == (5, 12)
     raw = [{**batches[0], "pixel_values": batches[0]["pixel_values"].to(torch.uint8)}]
     with pytest.raises(ValueError, match="uint8"):
-        ev.compute_embeddings(model, raw, "cpu")
+        compute_embeddings(model, raw, "cpu")
 
 
 def test_encode_texts_batches_and_scale():
     tokenizer, model = FakeTokenizer(), FakeModel()
     texts = [f"word{i} effusion" for i in range(7)]
-    out = ev.encode_texts(model, tokenizer, texts, "cpu", batch_size=3)
+    out = encode_texts(model, tokenizer, texts, "cpu", batch_size=3)
     enc = tokenizer.encode(texts)
     np.testing.assert_allclose(out, model.encode_text(enc["input_ids"], enc["attention_mask"]).detach(), atol=1e-6)
-    assert ev.model_logit_scale(model) == pytest.approx(10.0)
+    assert model_logit_scale(model) == pytest.approx(10.0)
     with torch.no_grad():
         model.logit_scale.fill_(10.0)  # clamped to ln 100
-    assert ev.model_logit_scale(model) == pytest.approx(100.0)
+    assert model_logit_scale(model) == pytest.approx(100.0)
 
 
 def _toy_splits(tokenizer):
@@ -331,7 +351,7 @@ def _all_floats(obj):
 def test_evaluate_model_end_to_end():
     tokenizer, model = FakeTokenizer(), FakeModel()
     cfg = Config(eval_batch_size=8)
-    metrics, arrays = ev.evaluate_model(model, tokenizer, _toy_splits(tokenizer), cfg, "cpu", log=lambda *_: None)
+    metrics, arrays = evaluate_model(model, tokenizer, _toy_splits(tokenizer), cfg, "cpu", log=lambda *_: None)
     json.dumps(metrics, allow_nan=False)
     assert all(round(f, 4) == f for f in _all_floats(metrics))
     assert metrics["n"] == {"test": 17, "test_5x200": 16, "train": 40, "val": 16}
@@ -358,11 +378,11 @@ def test_evaluate_model_end_to_end():
     probe = metrics["linear_probe"]
     assert set(probe["auroc"]) == set(CHEXPERT_LABELS) and probe["n_train"] == 40
 
-    lines = ev.summary_lines(metrics)
+    lines = summary_lines(metrics)
     assert any("accuracy (max, n=16)" in line and "1.0000" in line for line in lines)
 
     # Every headline number carries its 95 % bootstrap interval, which holds the number itself.
-    from medclip_nb.study import headline, headline_intervals
+    from medclip_nb.study.tables import headline, headline_intervals
 
     values, intervals = headline(metrics), headline_intervals(metrics)
     for key, value in values.items():
@@ -384,11 +404,11 @@ def test_precomputed_text_features_skip_prompts():
     tokenizer, model = FakeTokenizer(), FakeModel()
     splits = {"test": _toy_splits(tokenizer)["test"]}
     cfg = Config(text_encoder="precomputed", text_features_path="features.json")
-    metrics, _ = ev.evaluate_model(model, tokenizer, splits, cfg, "cpu", log=lambda *_: None)
+    metrics, _ = evaluate_model(model, tokenizer, splits, cfg, "cpu", log=lambda *_: None)
     assert "precomputed" in metrics["zero_shot_5x200"]["skipped"]
     assert metrics["retrieval"]["test"]["image_to_text"]["R@1"] == 1.0
     assert metrics["linear_probe"] is None
-    assert not any("zero-shot" in line for line in ev.summary_lines(metrics))
+    assert not any("zero-shot" in line for line in summary_lines(metrics))
 
 
 def test_evaluate_checkpoint_writes_and_merges(tmp_path, monkeypatch, capsys):
@@ -413,7 +433,7 @@ def test_evaluate_checkpoint_writes_and_merges(tmp_path, monkeypatch, capsys):
     out.mkdir()
     (out / "metrics.json").write_text(json.dumps({"other/best": {"keep": 1}}))
 
-    entry = ev.evaluate_checkpoint(tmp_path / "run1" / "best.pth", out, overrides={"eval_batch_size": 8})
+    entry = evaluate_checkpoint(tmp_path / "run1" / "best.pth", out, overrides={"eval_batch_size": 8})
     assert seen["cfg"].eval_batch_size == 8 and seen["path"].name == "best.pth"
     stored = json.loads((out / "metrics.json").read_text())
     assert stored["other/best"] == {"keep": 1}
@@ -424,7 +444,7 @@ def test_evaluate_checkpoint_writes_and_merges(tmp_path, monkeypatch, capsys):
 
     (out / "metrics.json").write_text("{not json")
     with pytest.raises(DataError, match="metrics.json: not valid JSON"):
-        ev.evaluate_checkpoint(tmp_path / "run1" / "best.pth", out, log=lambda *_: None)
+        evaluate_checkpoint(tmp_path / "run1" / "best.pth", out, log=lambda *_: None)
     assert (out / "metrics.json").read_text() == "{not json"
 
 
@@ -462,12 +482,12 @@ def test_evaluate_checkpoint_with_real_modules(tmp_path):
     checkpoint = save_checkpoint({"model": model.state_dict(), "config": cfg.to_dict(),
                                   "tokenizer": tokenizer.to_json()}, tmp_path / "run" / "last.pth")
 
-    splits, _ = ev.eval_datasets(cfg, tokenizer)
+    splits, _ = eval_datasets(cfg, tokenizer)
     a, b = splits["train"][0]["pixel_values"], splits["train"][0]["pixel_values"]
     assert torch.equal(a, b)  # no random augmentation on the probe's training images
 
     out = tmp_path / "reports"
-    entry = ev.evaluate_checkpoint(checkpoint, out, overrides={"eval_batch_size": 5}, log=lambda *_: None)
+    entry = evaluate_checkpoint(checkpoint, out, overrides={"eval_batch_size": 5}, log=lambda *_: None)
     assert entry["n"] == {"test": 6, "test_5x200": 5, "train": 12, "val": 6}
     assert entry["zero_shot_5x200"]["max"]["accuracy"] is not None
     assert set(entry["linear_probe"]["auroc"]) == set(CHEXPERT_LABELS)

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from medclip_nb import cli
-from medclip_nb.config import ConfigError, from_dict, load_config
+from medclip_nb.config import from_dict
+from medclip_nb.config_load import load_config
 from medclip_nb.data import (
     BadImageError,
     CXRDataset,
@@ -25,7 +26,7 @@ from medclip_nb.data import (
     load_grayscale,
     validate_dataset,
 )
-from medclip_nb.errors import CheckpointError, DataError, TrainingError, one_line
+from medclip_nb.errors import CheckpointError, ConfigError, DataError, TrainingError, one_line
 from medclip_nb.model.checkpoint import (
     find_latest,
     load_checkpoint,
@@ -339,7 +340,7 @@ def test_full_disk_says_no_space_left(tmp_path, monkeypatch):
 
 
 def test_metrics_log_full_disk_is_one_line(tmp_path, monkeypatch):
-    from medclip_nb.train import MetricsLog
+    from medclip_nb.train.state import MetricsLog
 
     log = MetricsLog(tmp_path / "metrics.jsonl", None)
     log._file.close()

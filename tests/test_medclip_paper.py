@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from medclip_nb.config import load_config
+from medclip_nb.config_load import load_config
 from medclip_nb.paths import repo_root
 
 PARAMS = repo_root() / "params" / "medclip_paper.yaml"

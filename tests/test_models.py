@@ -12,8 +12,8 @@ import torch
 import torchvision
 from torch import nn
 
-from medclip_nb.config import Config, ConfigError
-from medclip_nb.errors import CheckpointError, DataError, UserError
+from medclip_nb.config import Config
+from medclip_nb.errors import CheckpointError, ConfigError, DataError, UserError
 from medclip_nb.model.encoders import (
     OWN_BACKBONES,
     VISION_BACKBONES,

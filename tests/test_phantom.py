@@ -12,19 +12,13 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from medclip_nb.config import ConfigError
 from medclip_nb.data.mimic import CHEXPERT_TABLE, METADATA_COLUMNS, METADATA_TABLE, SPLIT_TABLE, extract_sections
-from medclip_nb.errors import DataError
+from medclip_nb.errors import ConfigError, DataError
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, PROMPT_VOCABULARY
-from medclip_nb.phantom import (
-    Finding,
-    generate_phantom,
-    image_width,
-    phantom_is_current,
-    render_chest,
-    sample_anatomy,
-    sample_findings,
-)
+from medclip_nb.phantom import generate_phantom, phantom_is_current
+from medclip_nb.phantom.anatomy import sample_anatomy
+from medclip_nb.phantom.findings import Finding, sample_findings
+from medclip_nb.phantom.render import image_width, render_chest
 
 STUDIES, SIZE = 40, 64
 
@@ -363,7 +357,7 @@ def test_test_cohort_gives_a_full_5x200_and_keeps_the_other_studies(tmp_path):
     studies without them keep their bytes."""
     from medclip_nb.data import load_dataset_file
     from medclip_nb.data.mimic import prepare_mimic
-    from medclip_nb.evaluate import build_5x200
+    from medclip_nb.evaluate.metrics import build_5x200
 
     plain = generate_phantom(tmp_path / "plain", studies=20, size=32, seed=0)
     cohort = generate_phantom(tmp_path / "cohort", studies=20, size=32, seed=0, test_studies=150)

@@ -13,7 +13,8 @@ import torch
 from PIL import Image
 
 from medclip_nb.config import from_dict
-from medclip_nb.data import BatchCollator, build_datasets
+from medclip_nb.data import build_datasets
+from medclip_nb.data.dataset import BatchCollator
 from medclip_nb.errors import DataError
 from medclip_nb.evaluate import evaluate_checkpoint
 from medclip_nb.labels import CHEXPERT_LABELS, NUM_LABELS

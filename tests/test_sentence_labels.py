@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from medclip_nb.config import Config, ConfigError, from_dict
-from medclip_nb.errors import DataError
+from medclip_nb.config import Config, from_dict
+from medclip_nb.errors import ConfigError, DataError
 from medclip_nb.labels import CHEXPERT_LABELS, LABEL_INDEX, NUM_LABELS
 from medclip_nb.model.losses import ContrastiveLoss, medclip_loss
 from medclip_nb.text.clean import clean_report, split_sentences

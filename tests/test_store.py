@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from medclip_nb.config import Config
-from medclip_nb.data import CXRDataset, build_resize_transform, build_transforms, load_grayscale
+from medclip_nb.data import CXRDataset, build_transforms, load_grayscale
 from medclip_nb.data import store_build as store_module
+from medclip_nb.data.images import build_resize_transform
 from medclip_nb.data.store import ImageStore, default_store_dir, find_store
 from medclip_nb.data.store_build import build_store
 from medclip_nb.errors import DataError

@@ -7,7 +7,8 @@ from collections import Counter
 
 import pytest
 
-from medclip_nb.config import Config, ConfigError
+from medclip_nb.config import Config
+from medclip_nb.errors import ConfigError
 from medclip_nb.text.augment import drop_short_sentences, eda
 
 TEXT = "small left pleural effusion with adjacent basilar atelectasis is unchanged"

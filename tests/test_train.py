@@ -22,9 +22,13 @@ from medclip_nb.errors import CheckpointError, TrainingError
 from medclip_nb.model import losses
 from medclip_nb.model.checkpoint import load_checkpoint, load_model
 from medclip_nb.paths import repo_root
-from medclip_nb.train import TrainResult, batch_to_device, param_groups, step_unless, train, warmup_cosine
 from medclip_nb.train import guard as train_guard
 from medclip_nb.train import loop as train_loop
+from medclip_nb.train import step as train_step
+from medclip_nb.train import train
+from medclip_nb.train.guard import step_unless
+from medclip_nb.train.state import TrainResult
+from medclip_nb.train.step import batch_to_device, param_groups, warmup_cosine
 
 
 # ---- schedule ------------------------------------------------------------------------------------
@@ -269,7 +273,7 @@ def test_non_finite_losses_stop_with_last_good_state(tiny_dataset, tmp_path, mon
 
 def test_early_stopping_after_patience_validations(tiny_dataset, tmp_path, monkeypatch):
     val_losses = iter([1.0, 1.5, 0.9, 1.2, 1.3, 1.4])
-    monkeypatch.setattr(train_loop, "validation_loss", lambda *args, **kw: (next(val_losses), 14.0, 1))
+    monkeypatch.setattr(train_step.TrainStep, "validation_loss", lambda *args, **kw: (next(val_losses), 14.0, 1))
     cfg = tiny_config(tiny_dataset, tmp_path, eval_steps=1, early_stopping_patience=2, max_steps=None,
                       num_epochs=10)
     result = train(cfg, log=quiet)
@@ -359,9 +363,15 @@ def snapshot(model: nn.Module, optimizer) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def test_sync_free_guard_trains_like_a_normal_run(tiny_dataset, tmp_path):
+@pytest.fixture
+def sync_free_on_cpu(monkeypatch):
+    """CUDA's sync-free guard (and its fused AdamW) on the CPU: guard.py's documented seam."""
+    monkeypatch.setattr(train_guard, "SYNC_FREE_ON_CPU", True)
+
+
+def test_sync_free_guard_trains_like_a_normal_run(tiny_dataset, tmp_path, sync_free_on_cpu):
     cfg = tiny_config(tiny_dataset, tmp_path, **SYNC_FREE, eval_steps=3, save_steps=2)
-    result = train(cfg, log=quiet, _sync_free_guard=True)
+    result = train(cfg, log=quiet)
     assert result.steps == 6
     rows = train_rows(result)
     assert [r["step"] for r in rows] == list(range(1, 7))
@@ -377,7 +387,7 @@ def test_sync_free_guard_trains_like_a_normal_run(tiny_dataset, tmp_path):
     assert (tmp_path / "best.pth").is_file() and not (tmp_path / "last_good.pth").exists()
 
 
-def test_sync_free_guard_skips_nan_steps_without_a_trace(tiny_dataset, tmp_path, monkeypatch):
+def test_sync_free_guard_skips_nan_steps_without_a_trace(tiny_dataset, tmp_path, monkeypatch, sync_free_on_cpu):
     real_losses = nan_on_steps(monkeypatch, {3, 5})
     on_step = watch_steps(monkeypatch)
     before: dict = {}
@@ -399,7 +409,7 @@ def test_sync_free_guard_skips_nan_steps_without_a_trace(tiny_dataset, tmp_path,
     on_step.append(compare)
     messages: list[str] = []
     cfg = tiny_config(tiny_dataset, tmp_path, **SYNC_FREE, log_every=2, max_nonfinite_steps=2)
-    result = train(cfg, log=messages.append, _sync_free_guard=True)
+    result = train(cfg, log=messages.append)
 
     assert checked == [3, 5] and result.steps == 6  # skipped steps count as attempted steps
     rows = train_rows(result)
@@ -415,7 +425,8 @@ def test_sync_free_guard_skips_nan_steps_without_a_trace(tiny_dataset, tmp_path,
     assert (last["nonfinite_total"], last["nonfinite_streak"]) == (2, 0)
 
 
-def test_sync_free_guard_stops_a_nan_streak_with_the_last_good_weights(tiny_dataset, tmp_path, monkeypatch):
+def test_sync_free_guard_stops_a_nan_streak_with_the_last_good_weights(tiny_dataset, tmp_path, monkeypatch,
+                                                                       sync_free_on_cpu):
     batches_per_epoch = len(load_dataset_file(tiny_dataset)["train"]) // 4
     nan_on_steps(monkeypatch, lambda step: step > 2)
     on_step = watch_steps(monkeypatch)
@@ -432,7 +443,7 @@ def test_sync_free_guard_stops_a_nan_streak_with_the_last_good_weights(tiny_data
     cfg = tiny_config(tiny_dataset, tmp_path, **SYNC_FREE, log_every=log_every, max_nonfinite_steps=limit,
                       num_epochs=10, max_steps=None)
     with pytest.raises(TrainingError) as info:
-        train(cfg, log=quiet, _sync_free_guard=True)
+        train(cfg, log=quiet)
 
     # Noticed at the first log row or epoch end once the streak (from step 3) reaches the limit.
     noticed = next(s for s in range(2 + limit, 100) if s % log_every == 0 or s % batches_per_epoch == 0)
@@ -486,7 +497,8 @@ def _reads_between_training_steps(monkeypatch, tiny_dataset, tmp_path, sync_free
     with monkeypatch.context() as patch:
         for name in ("item", "tolist", "__float__", "__int__", "__bool__"):
             patch.setattr(torch.Tensor, name, counting(name))
-        train(cfg, log=quiet, _sync_free_guard=sync_free)
+        patch.setattr(train_guard, "SYNC_FREE_ON_CPU", sync_free)
+        train(cfg, log=quiet)
     steps = [i for i, e in enumerate(events) if e is None]
     return [e for e in events[steps[0]:steps[-1]] if e is not None], len(steps)
 

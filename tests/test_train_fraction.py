@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from medclip_nb.config import Config, ConfigError
+from medclip_nb.config import Config
 from medclip_nb.data.train_fraction import keep_train_fraction
+from medclip_nb.errors import ConfigError
 
 
 def records(patients=20, images_each=(1, 2, 3)):

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from medclip_nb.config import ConfigError, from_dict
+from medclip_nb.config import from_dict
 from medclip_nb.data import load_dataset_file, validate_dataset
 from medclip_nb.data.unpaired import UnpairedBatches, UnpairedTexts, build_unpaired, draw_unpaired
-from medclip_nb.errors import DataError
+from medclip_nb.errors import ConfigError, DataError
 from medclip_nb.labels import CHEXPERT_LABELS, NUM_LABELS
 from medclip_nb.model import losses
 from medclip_nb.model.losses import ContrastiveLoss, medclip_cosine_loss, medclip_loss

@@ -8,8 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from medclip_nb import evaluate as ev
-from medclip_nb.config import Config, ConfigError
+from medclip_nb.config import Config
+from medclip_nb.errors import ConfigError
+from medclip_nb.evaluate.metrics import select_5x200, zero_shot_classify
+from medclip_nb.evaluate.report import summary_lines
+from medclip_nb.evaluate.run import eval_datasets, evaluate_model
 from medclip_nb.evaluate.zeroshot_paper import (
     PAPER_PROMPT_VOCABULARY,
     logit_class_scores,
@@ -49,7 +52,7 @@ def test_paper_5x200_rule_on_a_hand_made_table():
     assert [COMPETITION_TASKS[c] for c in classes] == ["Atelectasis", "Cardiomegaly", "Edema", "Pleural Effusion"]
     assert select_5x200_paper(table)[0].tolist() == [0, 3, 4, 7, 8]  # without the view filter
     # Our rule (evaluate.select_5x200) leaves the other nine labels free and ignores the view.
-    assert ev.select_5x200(table)[0].tolist() == [0, 1, 2, 3, 4, 7, 8]
+    assert select_5x200(table)[0].tolist() == [0, 1, 2, 3, 4, 7, 8]
 
 
 def test_paper_5x200_caps_each_class_reproducibly():
@@ -99,7 +102,7 @@ def test_class_score_is_the_mean_of_prompt_logits_not_of_prompt_embeddings():
     np.testing.assert_allclose(scores, [[5.0, 6.0]], rtol=1e-12)
     np.testing.assert_allclose(logit_class_scores(image, [class_a, class_b], 10.0, "max"), [[10.0, 6.0]])
     # The mean embedding (ours) is (1, 1, 0) / sqrt 2: cosine 0.707 > 0.6, so it picks the other class.
-    ours = ev.zero_shot_classify(image, [class_a, class_b], mode="mean")
+    ours = zero_shot_classify(image, [class_a, class_b], mode="mean")
     assert scores.argmax() == 1 and ours.argmax() == 0
 
 
@@ -158,9 +161,9 @@ def tiny_study(tmp_path_factory):
 
 def test_both_protocols_are_recorded_with_their_name(tiny_study):
     cfg, tokenizer, model = tiny_study
-    splits, _ = ev.eval_datasets(cfg, tokenizer)
+    splits, _ = eval_datasets(cfg, tokenizer)
     splits = {"test": splits["test"]}
-    metrics, _ = ev.evaluate_model(model, tokenizer, splits, cfg, "cpu", log=lambda *_: None)
+    metrics, _ = evaluate_model(model, tokenizer, splits, cfg, "cpu", log=lambda *_: None)
     json.dumps(metrics, allow_nan=False)
     ours, paper = metrics["zero_shot_5x200"], metrics["zero_shot_5x200_paper"]
     assert ours["protocol"] == "ours" and paper["protocol"] == "paper"
@@ -172,14 +175,14 @@ def test_both_protocols_are_recorded_with_their_name(tiny_study):
         assert paper[mode]["accuracy"] == pytest.approx(np.mean(draws), abs=1e-4)
         assert paper[mode]["accuracy_std"] == pytest.approx(np.std(draws, ddof=1), abs=1e-4)
         assert np.array(paper[mode]["confusion"]).sum() == 4
-    assert any(line.startswith("5x200 zero-shot accuracy (paper, mean, n=4)") for line in ev.summary_lines(metrics))
-    from medclip_nb.study import headline
+    assert any(line.startswith("5x200 zero-shot accuracy (paper, mean, n=4)") for line in summary_lines(metrics))
+    from medclip_nb.study.tables import headline
 
     row = headline(metrics)
     assert row["zs_acc_mean_paper"] == paper["mean"]["accuracy"] and row["zs_acc_mean"] == ours["mean"]["accuracy"]
     assert row["zs_acc_mean_paper_std"] == paper["mean"]["accuracy_std"]
 
-    only_paper, _ = ev.evaluate_model(model, tokenizer, splits, cfg.replace(zeroshot_protocol="paper"), "cpu",
+    only_paper, _ = evaluate_model(model, tokenizer, splits, cfg.replace(zeroshot_protocol="paper"), "cpu",
                                       log=lambda *_: None)
     assert only_paper["zero_shot_5x200"] == paper and "zero_shot_5x200_paper" not in only_paper
 

@@ -11,39 +11,49 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-# name -> the submodule that defines it. Loaded on first use (PEP 562), so importing one light
-# submodule (sentence_labels for prepare, loading for convert) does not import torch.
+# name -> the submodule that defines it, loaded on first use (PEP 562): importing a light
+# submodule's names (the importers, text cleaning) does not import torch.
 _PUBLIC = {
     "build_datasets": "medclip_nb.data.build",
-    "BatchCollator": "medclip_nb.data.dataset",
+    "truncation_warning": "medclip_nb.data.build",
+    "convert_to_jsonl": "medclip_nb.data.convert",
     "CXRDataset": "medclip_nb.data.dataset",
     "make_collate": "medclip_nb.data.dataset",
     "make_loader": "medclip_nb.data.dataset",
     "seed_worker": "medclip_nb.data.dataset",
+    "BatchAugment": "medclip_nb.data.gpu_augment",
+    "augment_on_device": "medclip_nb.data.gpu_augment",
     "AUGMENT_PRESETS": "medclip_nb.data.images",
     "BadImageError": "medclip_nb.data.images",
     "BadImageWarning": "medclip_nb.data.images",
-    "DECODED_FORMATS": "medclip_nb.data.images",
-    "MAX_ASPECT_RATIO": "medclip_nb.data.images",
-    "MAX_PADDED_SIDE": "medclip_nb.data.images",
     "PadToSquare": "medclip_nb.data.images",
     "RepeatChannels": "medclip_nb.data.images",
     "SkippedSample": "medclip_nb.data.images",
-    "build_resize_transform": "medclip_nb.data.images",
     "build_transforms": "medclip_nb.data.images",
-    "check_image_size": "medclip_nb.data.images",
     "load_grayscale": "medclip_nb.data.images",
     "pil_to_grayscale": "medclip_nb.data.images",
     "REQUIRED_SPLITS": "medclip_nb.data.loading",
-    "SPLIT_ALIASES": "medclip_nb.data.loading",
-    "UNPAIRED_SPLITS": "medclip_nb.data.loading",
     "load_dataset_file": "medclip_nb.data.loading",
+    "CHEXPERT_TABLE": "medclip_nb.data.mimic",
+    "METADATA_COLUMNS": "medclip_nb.data.mimic",
+    "METADATA_TABLE": "medclip_nb.data.mimic",
+    "SPLIT_TABLE": "medclip_nb.data.mimic",
+    "prepare_mimic": "medclip_nb.data.mimic",
+    "ensure_dataset": "medclip_nb.data.prepare",
+    "describe_phantom": "medclip_nb.data.provenance",
+    "foreign_file": "medclip_nb.data.provenance",
+    "phantom_params": "medclip_nb.data.provenance",
+    "phantom_record": "medclip_nb.data.provenance",
+    "remove_derived_datasets": "medclip_nb.data.provenance",
+    "user_params": "medclip_nb.data.provenance",
     "EpochSampler": "medclip_nb.data.sampling",
-    "sample_seeds": "medclip_nb.data.sampling",
-    "ALLOWED_LABEL_VALUES": "medclip_nb.data.validation",
+    "ImageStore": "medclip_nb.data.store",
+    "find_store": "medclip_nb.data.store",
+    "build_store": "medclip_nb.data.store_build",
+    "keep_train_fraction": "medclip_nb.data.train_fraction",
+    "build_unpaired": "medclip_nb.data.unpaired",
     "check_clip_index_rows": "medclip_nb.data.validation",
     "uses_precomputed_text": "medclip_nb.data.validation",
-    "validate_clip_indices": "medclip_nb.data.validation",
     "validate_dataset": "medclip_nb.data.validation",
 }
 __all__ = sorted(_PUBLIC)
@@ -51,7 +61,7 @@ __all__ = sorted(_PUBLIC)
 
 def __getattr__(name: str) -> Any:
     if name not in _PUBLIC:
-        raise AttributeError(f"module 'medclip_nb.data' has no attribute {name!r}")
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     value = getattr(importlib.import_module(_PUBLIC[name]), name)
     globals()[name] = value  # later lookups skip this function
     return value

@@ -16,9 +16,9 @@ from medclip_nb.data.provenance import check_not_stale
 from medclip_nb.data.train_fraction import keep_train_fraction
 from medclip_nb.data.validation import uses_precomputed_text, validate_clip_indices, validate_dataset
 from medclip_nb.paths import resolve
-from medclip_nb.text.clean import clean_report
-from medclip_nb.text.sentence_labels import (
+from medclip_nb.text import (
     PREPARED_NAME,
+    clean_report,
     label_tensor_table,
     read_sentence_labels,
     resolve_sentence_labels,
@@ -27,7 +27,7 @@ from medclip_nb.text.sentence_labels import (
 if TYPE_CHECKING:
     from medclip_nb.config import Config
 
-def _truncation_warning(tokenizer, reports: Sequence[str], max_reports: int = 2000) -> str | None:
+def truncation_warning(tokenizer, reports: Sequence[str], max_reports: int = 2000) -> str | None:
     """How many training texts the tokenizer cuts short (first ``max_reports`` looked at)."""
     if not hasattr(tokenizer, "token_lengths") or not reports:
         return None
@@ -44,7 +44,7 @@ def _truncation_warning(tokenizer, reports: Sequence[str], max_reports: int = 20
 
 def _sentence_label_table(cfg: "Config", data_path: Path, warnings_out: list[str]):
     """The training sentences' label table of `cfg.sentence_labels` (sentence_labels.py), or None."""
-    if not getattr(cfg, "sentence_labels", None):
+    if not cfg.sentence_labels:
         return None
     path = resolve_sentence_labels(cfg)
     if path is None:
@@ -83,7 +83,7 @@ def build_datasets(
     if cfg.debug:
         records = {split: items[: cfg.debug_subset] for split, items in records.items()}
     if tokenizer is not None:
-        message = _truncation_warning(tokenizer, [r["report"] for r in records["train"]])
+        message = truncation_warning(tokenizer, [r["report"] for r in records["train"]])
         if message:
             warnings_out.append(message)
     sentence_labels = _sentence_label_table(cfg, data_path, warnings_out)

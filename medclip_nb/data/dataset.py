@@ -19,8 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from medclip_nb.data.images import BadImageError, BadImageWarning, SkippedSample, build_resize_transform, load_grayscale
 from medclip_nb.data.records import SampleRecords, freeze_inherited_objects
 from medclip_nb.labels import CHEXPERT_LABELS, NUM_LABELS
-from medclip_nb.text.augment import drop_short_sentences, eda
-from medclip_nb.text.clean import clean_report, split_sentences
+from medclip_nb.text import clean_report, drop_short_sentences, eda, split_sentences
 
 if TYPE_CHECKING:
     from medclip_nb.config import Config
@@ -158,13 +157,6 @@ class CXRDataset(Dataset):
 
     def _apply_transform(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._resize(pixels) if self.raw_uint8 else self.transform(pixels)
-
-
-# ---------------------------------------------------------------------------------------------
-# Sampler
-# ---------------------------------------------------------------------------------------------
-
-_UINT64_MASK = (1 << 64) - 1
 
 
 class BatchCollator:

@@ -44,19 +44,18 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from medclip_nb.config import ConfigError
 from medclip_nb.data.mimic_reports import extract_sections, read_report, report_text  # noqa: F401 (re-exported)
 from medclip_nb.data.provenance import PREPARE_REPORT, phantom_params, phantom_record
-from medclip_nb.errors import DataError
+from medclip_nb.errors import ConfigError, DataError
 from medclip_nb.files import write_bytes_atomic, write_json_atomic
 from medclip_nb.labels import CHEXPERT_LABELS
 from medclip_nb.paths import resolve
 from medclip_nb.progress import progress
-from medclip_nb.text.clean import split_sentences
-from medclip_nb.text.sentence_labels import (
+from medclip_nb.text import (
     PREPARED_NAME,
     find_source_table,
     read_sentence_labels,
+    split_sentences,
     write_sentence_labels,
 )
 

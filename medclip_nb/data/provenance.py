@@ -56,7 +56,7 @@ def user_params(params: dict) -> dict:
     return {k: params.get(k) if params.get(k) is not None or k != "test_studies" else 0 for k in USER_PHANTOM_PARAMS}
 
 
-def describe(params: dict) -> str:
+def describe_phantom(params: dict) -> str:
     return f"{params.get('studies')} studies, {params.get('size')} px, seed {params.get('seed')}"
 
 
@@ -90,8 +90,9 @@ def stale_reason(data_path: str | os.PathLike) -> str | None:
     current = phantom_params(phantom_record(record["mimic_root"]))
     if current == source:
         return None
-    now = f"now holds a phantom of {describe(current)}" if current else "no longer holds a complete phantom"
-    return (f"{data_path}: prepared from the phantom of {describe(source)} in {record['mimic_root']}, which {now}; "
+    now = f"now holds a phantom of {describe_phantom(current)}" if current else "no longer holds a complete phantom"
+    return (f"{data_path}: prepared from the phantom of {describe_phantom(source)} in {record['mimic_root']}, "
+            f"which {now}; "
             f"run `python -m medclip_nb data` (it prepares it again) or give another data_path")
 
 

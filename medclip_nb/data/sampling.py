@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
-_UINT64_MASK = (1 << 64) - 1
+UINT64_MASK = (1 << 64) - 1
 
 
-def _splitmix64(values: np.ndarray) -> np.ndarray:
+def splitmix64(values: np.ndarray) -> np.ndarray:
     """SplitMix64 finaliser on a uint64 array: a bijective, well-mixed 64-bit hash."""
     with np.errstate(over="ignore"):
         z = values + np.uint64(0x9E3779B97F4A7C15)
@@ -25,15 +25,15 @@ def _splitmix64(values: np.ndarray) -> np.ndarray:
 
 
 def _epoch_key(seed: int, epoch: int) -> np.uint64:
-    mixed = _splitmix64(np.array([seed & _UINT64_MASK], dtype=np.uint64))
-    return _splitmix64(mixed ^ np.uint64(epoch & _UINT64_MASK))[0]
+    mixed = splitmix64(np.array([seed & UINT64_MASK], dtype=np.uint64))
+    return splitmix64(mixed ^ np.uint64(epoch & UINT64_MASK))[0]
 
 
 def sample_seeds(seed: int, epoch: int, positions: np.ndarray) -> np.ndarray:
     """63-bit seeds (int64 >= 0) for ``positions`` of the global order of ``epoch``; a pure
     function of (seed, epoch, position)."""
     key = _epoch_key(seed, epoch)
-    return (_splitmix64(np.asarray(positions, dtype=np.uint64) ^ key) >> np.uint64(1)).astype(np.int64)
+    return (splitmix64(np.asarray(positions, dtype=np.uint64) ^ key) >> np.uint64(1)).astype(np.int64)
 
 
 class EpochSampler(Sampler):

@@ -68,7 +68,7 @@ DONE_FILE = "done.npy"
 FILES_FILE = "files.npy"
 HASHES_FILE = "hashes.npy"
 # Files of a version-1 store (flat in the store folder); a rebuild removes them.
-_V1_FILES = (IMAGES_FILE, INDEX_FILE, DONE_FILE, FILES_FILE)
+V1_FILES = (IMAGES_FILE, INDEX_FILE, DONE_FILE, FILES_FILE)
 # Rows decoded per task handed to a pool worker: large enough to amortise the inter-process
 # round trip, small enough that an interrupted build loses little work.
 CHUNK_ROWS = 32
@@ -92,7 +92,7 @@ def row_hash(image_path: str, pixels: bytes | memoryview | np.ndarray) -> int:
 
 
 # ---- dataset file ----------------------------------------------------------------------------------
-def _dataset_image_paths(data_path: Path) -> list[str]:
+def dataset_image_paths(data_path: Path) -> list[str]:
     """Unique image_path strings over all splits, in first-seen order (train, val, test)."""
     splits = load_dataset_file(data_path)
     validate_dataset(splits, data_path)  # a malformed record fails here, naming the file and key
@@ -108,7 +108,7 @@ def _resolve_image(image_path: str, base: Path) -> Path:
     return p if p.is_absolute() else base / p
 
 
-def _paths_hash(image_paths: Iterable[str]) -> str:
+def paths_hash(image_paths: Iterable[str]) -> str:
     digest = hashlib.sha256()
     for p in image_paths:
         digest.update(p.encode("utf-8", "surrogatepass"))
@@ -116,7 +116,7 @@ def _paths_hash(image_paths: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-def _image_files(image_paths: list[str], base: Path) -> list[str]:
+def image_files(image_paths: list[str], base: Path) -> list[str]:
     """The file of each image_path (relative ones under `base`), as plain strings: this runs
     for every image on every open, so it avoids building Path objects."""
     prefix = str(base).rstrip(os.sep) + os.sep
@@ -124,7 +124,7 @@ def _image_files(image_paths: list[str], base: Path) -> list[str]:
             for p in image_paths]
 
 
-def _file_stats(files: list[str]) -> np.ndarray:
+def file_stats(files: list[str]) -> np.ndarray:
     """int64 [N, 2]: (size, mtime in ns) of each file, (-1, -1) where it cannot be read."""
     stat, flat = os.stat, []
     append = flat.extend
@@ -199,7 +199,7 @@ def _paths_in_row_order(rows: dict[str, int]) -> list[str]:
     return ordered
 
 
-class _Build:
+class StoreBuild:
     """One build folder's files, checked for consistency (not yet against the sources)."""
 
     def __init__(self, build: Path, where: Path):
@@ -224,7 +224,7 @@ class _Build:
         self.size, self.count = size, count
         self.rows = _validated_rows(index, count, where)
         self.paths = _paths_in_row_order(self.rows)
-        if _paths_hash(self.paths) != self.meta.get("paths_sha256"):
+        if paths_hash(self.paths) != self.meta.get("paths_sha256"):
             raise StoreIntegrityError(f"image store {where}: {INDEX_FILE} 'rows' do not list the image paths in "
                                       f"the order the build recorded (rows swapped or renamed)")
         if not isinstance(self.failed, dict) or not set(self.failed) <= set(self.rows):
@@ -268,18 +268,18 @@ class _Build:
 
     def changed_files(self, base: Path) -> np.ndarray:
         """bool [count]: the source image file's size or mtime differs from what was recorded."""
-        now = _file_stats(_image_files(self.paths, base))
+        now = file_stats(image_files(self.paths, base))
         return (now != self.stats).any(axis=1)
 
 
-def _check_current_against(build: _Build, source: Path, hint: str) -> None:
+def _check_current_against(build: StoreBuild, source: Path, hint: str) -> None:
     """The dataset file must be the one the store was built from, or list the same images; every
     source image file must have the size and mtime it had when it was decoded."""
     if not source.is_file():
         raise DataError(f"image store {build.where}: its dataset file {source} no longer exists: {hint}")
     stat = source.stat()
     if stat.st_size != build.meta.get("source_bytes") or stat.st_mtime != build.meta.get("source_mtime"):
-        if _paths_hash(_dataset_image_paths(source)) != build.meta.get("paths_sha256"):
+        if paths_hash(dataset_image_paths(source)) != build.meta.get("paths_sha256"):
             raise DataError(f"image store {build.where} is older than {source}, which now lists other images: {hint}")
     base = Path(build.meta.get("image_root") or source.parent)
     changed = int(build.changed_files(base).sum())
@@ -292,7 +292,7 @@ def _check_current_against(build: _Build, source: Path, hint: str) -> None:
 class ImageStore:
     """A finished image store, memory-mapped read-only; `get(image_path)` returns a view."""
 
-    def __init__(self, folder: Path, build: _Build):
+    def __init__(self, folder: Path, build: StoreBuild):
         self.folder = folder
         self.build_dir = build.path
         self.meta = build.meta
@@ -318,7 +318,7 @@ class ImageStore:
                                 f"{STORE_VERSION}: {REBUILD_HINT.format(source=expected_source, size=expected_size)}")
             raise DataError(f"image store {folder} is incomplete (no finished build): build or resume it with "
                             f"`python -m medclip_nb cache --data_path {expected_source} --size {expected_size}`")
-        build = _Build(build_dir, folder)
+        build = StoreBuild(build_dir, folder)
         source, size = build.meta.get("source"), build.size
         hint = REBUILD_HINT.format(source=expected_source or source, size=expected_size or size)
         if expected_source is not None or expected_size is not None:
@@ -336,7 +336,7 @@ class ImageStore:
 
     def verify(self) -> None:
         """Hash every stored row (StoreIntegrityError naming the first bad one)."""
-        _Build(self.build_dir, self.folder).check_sample(np.flatnonzero(self._done))
+        StoreBuild(self.build_dir, self.folder).check_sample(np.flatnonzero(self._done))
 
     @property
     def size(self) -> int:

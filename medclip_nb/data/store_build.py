@@ -17,7 +17,6 @@ import numpy as np
 
 from medclip_nb.data.images import BadImageError, build_resize_transform, load_grayscale
 from medclip_nb.data.store import (
-    _V1_FILES,
     BUILDS_DIR,
     CHECKPOINT_ROWS,
     CHUNK_ROWS,
@@ -28,14 +27,15 @@ from medclip_nb.data.store import (
     IMAGES_FILE,
     INDEX_FILE,
     STORE_VERSION,
+    V1_FILES,
+    StoreBuild,
     StoreIntegrityError,
-    _Build,
-    _dataset_image_paths,
-    _file_stats,
-    _image_files,
-    _paths_hash,
     current_build,
+    dataset_image_paths,
     default_store_dir,
+    file_stats,
+    image_files,
+    paths_hash,
     row_hash,
 )
 from medclip_nb.errors import DataError
@@ -70,7 +70,7 @@ def _source_meta(data_path: Path, image_paths: list[str]) -> dict:
         "source": str(data_path),
         "source_bytes": stat.st_size,
         "source_mtime": stat.st_mtime,
-        "paths_sha256": _paths_hash(image_paths),
+        "paths_sha256": paths_hash(image_paths),
     }
 
 
@@ -159,7 +159,7 @@ class _RowWriter:
             os.close(self.fd)
 
 
-def _copy_unchanged_rows(previous: _Build, writer: _RowWriter, paths: list[str], stats: np.ndarray) -> int:
+def _copy_unchanged_rows(previous: StoreBuild, writer: _RowWriter, paths: list[str], stats: np.ndarray) -> int:
     """Copy the rows of `previous` whose path and file stats are unchanged; return how many."""
     copied = 0
     with open(previous.path / IMAGES_FILE, "rb") as f:
@@ -172,9 +172,9 @@ def _copy_unchanged_rows(previous: _Build, writer: _RowWriter, paths: list[str],
     return copied
 
 
-def _open_current(store_dir: Path) -> _Build | None:
+def _open_current(store_dir: Path) -> StoreBuild | None:
     build = current_build(store_dir)
-    return _Build(build, store_dir) if build is not None else None
+    return StoreBuild(build, store_dir) if build is not None else None
 
 
 def build_store(
@@ -212,7 +212,7 @@ def build_store(
             print(f"image store {store_dir}: complete and current ({previous.count} images at {size}x{size}), "
                   f"nothing to do")
             return store_dir
-    image_paths = _dataset_image_paths(data_file)
+    image_paths = dataset_image_paths(data_file)
     count = len(image_paths)
     if count == 0:
         raise DataError(f"{data_file}: no image_path in any split, nothing to store")
@@ -234,7 +234,7 @@ def _built_from_this_file(meta: dict, data_file: Path, size: int, base: Path) ->
             and meta.get("source_bytes") == stat.st_size and meta.get("source_mtime") == stat.st_mtime)
 
 
-def _current_if_usable(store_dir: Path) -> _Build | None:
+def _current_if_usable(store_dir: Path) -> StoreBuild | None:
     """The current build, integrity-checked (StoreIntegrityError when it fails), or None when
     there is none or it is from another version (a new build replaces it)."""
     try:
@@ -263,11 +263,11 @@ def _new_build_dir(store_dir: Path) -> Path:
 
 
 def _build_new(store_dir: Path, data_file: Path, image_paths: list[str], want: dict, base: Path,
-               num_workers: int | None, previous: _Build | None, rebuild: bool) -> Path:
+               num_workers: int | None, previous: StoreBuild | None, rebuild: bool) -> Path:
     count, size = want["count"], want["size"]
     partial = None if rebuild else _find_partial_build(store_dir, want)
-    files = _image_files(image_paths, base)
-    stats = _file_stats(files)  # taken before decoding: a file changed meanwhile differs next time
+    files = image_files(image_paths, base)
+    stats = file_stats(files)  # taken before decoding: a file changed meanwhile differs next time
     if partial is not None:
         build = partial
         done = np.load(build / DONE_FILE) if (build / DONE_FILE).is_file() else np.zeros(count, dtype=bool)
@@ -348,5 +348,5 @@ def _swap_in(store_dir: Path, build: Path) -> None:
     except (OSError, ValueError, AttributeError):
         v1 = None
     if v1 == 1:  # a flat store this code wrote in its first version
-        for name in _V1_FILES:
+        for name in V1_FILES:
             (store_dir / name).unlink(missing_ok=True)

@@ -35,13 +35,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medclip_nb.config import ConfigError
 from medclip_nb.data.dataset import CXRDataset
 from medclip_nb.data.images import SkippedSample, build_transforms
-from medclip_nb.data.sampling import _UINT64_MASK, _splitmix64
-from medclip_nb.errors import DataError
+from medclip_nb.data.sampling import UINT64_MASK, splitmix64
+from medclip_nb.errors import ConfigError, DataError
 from medclip_nb.paths import resolve
-from medclip_nb.text.clean import clean_report, split_sentences
+from medclip_nb.text import clean_report, split_sentences
 
 if TYPE_CHECKING:
     from medclip_nb.config import Config
@@ -57,7 +56,7 @@ def _mix(*parts: int) -> int:
     """A 63-bit seed from integers (SplitMix64 chained), the same in every process."""
     state = np.zeros(1, dtype=np.uint64)
     for part in parts:
-        state = _splitmix64(state ^ np.uint64(int(part) & _UINT64_MASK))
+        state = splitmix64(state ^ np.uint64(int(part) & UINT64_MASK))
     return int(state[0] >> np.uint64(1))
 
 

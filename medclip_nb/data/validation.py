@@ -14,6 +14,7 @@ import numpy as np
 from medclip_nb.data.loading import REQUIRED_SPLITS, UNPAIRED_SPLITS
 from medclip_nb.errors import DataError, quote
 from medclip_nb.labels import NUM_LABELS
+from medclip_nb.text import clip_index_list
 
 if TYPE_CHECKING:
     from medclip_nb.config import Config
@@ -181,20 +182,6 @@ def uses_precomputed_text(cfg: "Config") -> bool:
     """True when the model's text input is each record's ``clip_indices`` (rows of
     ``cfg.text_features_path``) rather than tokenised report text."""
     return cfg.model != "simple" and cfg.text_encoder == "precomputed"
-
-
-def clip_index_list(value: Any, where: str) -> list[int]:
-    """A record's ``clip_indices`` (one int or a list of ints) as a non-empty list of ints >= 0."""
-    value = _plain(value)
-    items = [_plain(item) for item in (value if isinstance(value, (list, tuple)) else [value])]
-    if not items:
-        raise DataError(f"{where}: key 'clip_indices' is empty (need at least one feature row)")
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, int):
-            raise DataError(f"{where}: key 'clip_indices': {quote(item)} is not an integer row index")
-        if not 0 <= item < 2**62:
-            raise DataError(f"{where}: key 'clip_indices': {quote(item)} is negative or absurdly large")
-    return items
 
 
 def validate_clip_indices(

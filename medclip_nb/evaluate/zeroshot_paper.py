@@ -178,9 +178,9 @@ def zero_shot_5x200_paper(model, tokenizer, test_dataset, cfg, device, *, seed: 
     )
     log(f"Embedding the {len(rows)} images of the published 5x200 (pad, resize {cfg.image_size})...")
     embedded = compute_embeddings(model, loader_for(subset, cfg, tokenizer), device, with_text=False,
-                                  amp=bool(getattr(cfg, "use_amp", True)))
+                                  amp=cfg.use_amp)
     truth = classes[embedded["index"]]  # rows the loader skipped (unreadable) are left out
-    scale, amp = model_logit_scale(model), bool(getattr(cfg, "use_amp", True))
+    scale, amp = model_logit_scale(model), cfg.use_amp
     per_mode: dict[str, dict[str, list]] = {m: {"accuracy": [], "macro_f1": [], "confusion": []}
                                             for m in ("mean", "max")}
     for draw in range(int(cfg.zeroshot_prompt_draws)):

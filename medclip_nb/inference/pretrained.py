@@ -17,136 +17,32 @@ the model's device (a GPU when there is one, unless told otherwise).
 from __future__ import annotations
 
 import os
-import sys
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from medclip_nb.data import (
-    REQUIRED_SPLITS,
     BadImageError,
     BadImageWarning,
     SkippedSample,
     build_transforms,
-    check_clip_index_rows,
-    load_dataset_file,
-    load_grayscale,
-    make_collate,
-    make_loader,
-    pil_to_grayscale,
-    uses_precomputed_text,
 )
-from medclip_nb.errors import DataError, UserError
-from medclip_nb.evaluate import compute_embeddings, encode_texts, eval_datasets, model_logit_scale, zero_shot_classify
-from medclip_nb.files import write_atomic
+from medclip_nb.errors import UserError
+from medclip_nb.evaluate import encode_texts, model_logit_scale, zero_shot_classify
+from medclip_nb.inference.images import ImageItems, collate_images, image_items
 from medclip_nb.labels import COMPETITION_TASKS, PROMPT_VOCABULARY
-from medclip_nb.model.checkpoint import load_model
-from medclip_nb.model.export import is_export_dir, load_export
+from medclip_nb.model import is_export_dir, load_export, load_model
 from medclip_nb.paths import resolve
 from medclip_nb.progress import progress as progress_display
 from medclip_nb.prompts import finding_phrase, generate_prompts
 from medclip_nb.runtime import amp_dtype, autocast, eval_mode, pick_device
-from medclip_nb.text.clean import clean_report
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
-
-
-# ---- inputs ---------------------------------------------------------------------------------------
-def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files and folders -> image files: a file as given, a folder as the files under it
-    (recursively, sorted) whose suffix is one of IMAGE_SUFFIXES. A path that does not exist or
-    a folder without images is a UserError; relative paths are taken from the current folder."""
-    files: list[Path] = []
-    for item in paths:
-        path = Path(item).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                raise UserError(f"{path}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
-            files.extend(found)
-        elif path.exists():
-            files.append(path)
-        else:
-            raise UserError(f"{path}: no such file or folder")
-    return files
-
-
-def _image_items(images) -> tuple[list[Any], list[str]]:
-    """One entry per image (a float batch tensor becomes B entries) and an id for each: the
-    file path, a PIL image's filename, else 'image_<position>'."""
-    if isinstance(images, (str, os.PathLike, Image.Image, torch.Tensor)):
-        images = [images]
-    items: list[Any] = []
-    for image in images:
-        if isinstance(image, torch.Tensor) and image.is_floating_point() and image.ndim == 4:
-            items.extend(image.unbind(0))
-        elif isinstance(image, (str, os.PathLike)):
-            items.extend(image_files([image]))
-        elif isinstance(image, (Image.Image, torch.Tensor)):
-            items.append(image)
-        else:
-            raise TypeError(f"images: expected paths, PIL images or tensors, got {type(image).__name__}")
-    ids = [str(item) if isinstance(item, Path) else (getattr(item, "filename", "") or f"image_{i}")
-           for i, item in enumerate(items)]
-    return items, ids
-
-
-class _ImageItems(Dataset):
-    """Paths, PIL images and tensors as model input; an unreadable file gives a SkippedSample
-    (the caller applies on_bad_image, so a worker never raises)."""
-
-    def __init__(self, items: Sequence[Any], ids: Sequence[str], transform, image_size: int, resize_size: int):
-        self.items, self.ids, self.transform = items, ids, transform
-        self.image_size, self.resize_size = image_size, resize_size
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict[str, Any] | SkippedSample:
-        try:
-            return {"pixel_values": self._pixels(self.items[i], self.ids[i]), "index": i}
-        except BadImageError as exc:
-            return SkippedSample(path=self.ids[i], reason=str(exc))
-
-    def _pixels(self, item, name: str) -> torch.Tensor:
-        if isinstance(item, Path):
-            gray = torch.from_numpy(load_grayscale(item, draft_size=self.resize_size))
-        elif isinstance(item, Image.Image):
-            gray = torch.from_numpy(pil_to_grayscale(item, name))
-        elif item.is_floating_point():  # already the eval transform's output
-            expected = (3, self.image_size, self.image_size)
-            if tuple(item.shape) != expected:
-                raise ValueError(f"{name}: a float tensor must be a transformed image {expected}, got "
-                                 f"{tuple(item.shape)}")
-            return item.float()
-        elif item.dtype == torch.uint8 and item.ndim in (2, 3):
-            gray = item if item.ndim == 2 else item[0] if item.shape[0] == 1 else None
-            if gray is None and item.shape[0] == 3:
-                from torchvision.transforms.v2.functional import rgb_to_grayscale
-
-                gray = rgb_to_grayscale(item)[0]
-            if gray is None:
-                raise ValueError(f"{name}: a uint8 tensor must be [H, W], [1, H, W] or [3, H, W], got "
-                                 f"{tuple(item.shape)}")
-        else:
-            raise ValueError(f"{name}: tensor of dtype {item.dtype} and shape {tuple(item.shape)} is not an image")
-        return self.transform(gray.contiguous().unsqueeze(0))
-
-
-def _collate_images(samples: list) -> dict[str, Any]:
-    kept = [s for s in samples if isinstance(s, dict)]
-    return {
-        "pixel_values": torch.stack([s["pixel_values"] for s in kept]) if kept else None,
-        "index": [s["index"] for s in kept],
-        "skipped": [s for s in samples if isinstance(s, SkippedSample)],
-    }
+from medclip_nb.text import clean_report
 
 
 # ---- prompts --------------------------------------------------------------------------------------
@@ -232,10 +128,10 @@ class Pretrained:
         rule = on_bad_image or self.config.on_bad_image
         if rule not in ("skip", "error"):
             raise UserError(f"on_bad_image: {rule!r} is not one of skip, error")
-        items, ids = _image_items(images)
-        dataset = _ImageItems(items, ids, self.transform, self.config.image_size, self.config.resize_size)
+        items, ids = image_items(images)
+        dataset = ImageItems(items, ids, self.transform, self.config.image_size, self.config.resize_size)
         loader = DataLoader(dataset, batch_size=batch_size or self.config.eval_batch_size, num_workers=num_workers,
-                            collate_fn=_collate_images, pin_memory=self.device.type == "cuda")
+                            collate_fn=collate_images, pin_memory=self.device.type == "cuda")
         chunks, kept, skipped = [], [], []
         with eval_mode(self.model), autocast(amp_dtype(self.device, bool(self.config.use_amp))):
             for batch in progress_display(loader, desc="images", unit="batch", disable=not progress):
@@ -300,120 +196,3 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device | None =
     return Pretrained(model, tokenizer, cfg, build_transforms(cfg, train=False), target, source)
 
 
-# ---- a whole dataset ----------------------------------------------------------------------------------
-def embed_dataset(pretrained: Pretrained, data_path: str | os.PathLike, *, splits: Sequence[str] = REQUIRED_SPLITS,
-                  overrides: Mapping[str, Any] | None = None, progress: bool = True, log=print) -> dict[str,
-                                                                                                        np.ndarray]:
-    """Image and report embeddings of every record of `splits` of a dataset file, as arrays
-    aligned by row: image, text [N, D] float32 (text: the record's whole cleaned report),
-    split, index (row in its split), image_path, study_id (-1 when absent), dicom_id ('' when
-    absent), text_group (rows with equal ids have the same report text), labels [N, 14].
-    Unreadable images are skipped (on_bad_image 'skip') and logged by name. `overrides`: config
-    keys such as image_root, image_store, eval_batch_size, num_workers, on_bad_image."""
-    cfg = pretrained.config.replace(data_path=str(data_path), debug=False, **dict(overrides or {}))
-    unknown = [s for s in splits if s not in REQUIRED_SPLITS]
-    if unknown or not splits:
-        first = unknown[0] if unknown else "nothing"
-        raise UserError(f"--splits: {first!r} is not one of {', '.join(REQUIRED_SPLITS)}")
-    datasets, dataset_warnings = eval_datasets(cfg, pretrained.tokenizer)
-    for warning in dataset_warnings:
-        log(f"warning: {warning}")
-    if uses_precomputed_text(cfg):
-        check_clip_index_rows(datasets, pretrained.model.text_encoder, resolve(cfg.data_path))
-    # The datasets hold only what the loader needs (records.SampleRecords); ids come from the file.
-    source_records = load_dataset_file(resolve(cfg.data_path))
-    parts: dict[str, list] = {k: [] for k in ("image", "text", "split", "index", "image_path", "study_id",
-                                              "dicom_id", "text_group", "labels")}
-    group_offset = 0
-    for split in splits:
-        dataset = datasets[split]
-        if len(dataset) == 0:
-            continue
-        loader = make_loader(dataset, cfg, train=False, collate_fn=make_collate(pretrained.tokenizer))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", BadImageWarning)  # named below, once each
-            emb = compute_embeddings(pretrained.model, loader, pretrained.device, amp=bool(cfg.use_amp),
-                                     progress_desc=None if not progress else f"embed {split}")
-        if emb["n_skipped"]:
-            log(f"Skipped {emb['n_skipped']} unreadable images in split '{split}': {', '.join(emb['skipped_paths'])}")
-        records = [source_records[split][i] for i in emb["index"]]
-        parts["image"].append(emb["image"])
-        parts["text"].append(emb["text"])
-        parts["split"].append(np.full(len(records), split))
-        parts["index"].append(emb["index"])
-        parts["image_path"].append(np.array([str(r["image_path"]) for r in records]))
-        parts["study_id"].append(np.array([int(r.get("study_id", -1)) for r in records], dtype=np.int64))
-        parts["dicom_id"].append(np.array([str(r.get("dicom_id", "")) for r in records]))
-        parts["text_group"].append(emb["text_group"] + group_offset)  # unique across splits
-        group_offset += int(emb["text_group"].max()) + 1
-        parts["labels"].append(emb["labels"])
-    if not parts["image"]:
-        raise DataError(f"{resolve(cfg.data_path)}: no readable image in split(s) {', '.join(splits)}")
-    return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def save_embeddings(arrays: Mapping[str, np.ndarray], out: str | os.PathLike) -> Path:
-    """Write arrays to an .npz file (readable with np.load(allow_pickle=False)), atomically."""
-    out = Path(out)
-    if out.suffix != ".npz":
-        raise UserError(f"--out {out}: the embeddings file must end in .npz")
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: np.savez would add '.npz' to a path
-            np.savez(f, **arrays)
-
-    return write_atomic(out, write, what="--out")
-
-
-# ---- command-line entry points --------------------------------------------------------------------------
-def _note(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def predict_command(checkpoint, paths, *, classes=None, prompts_file=None, mode="mean", csv=None,
-                    overrides: Mapping[str, Any] | None = None) -> "Any":
-    """`python -m medclip_nb predict`: the probability table on stdout (with the predicted
-    class), notes on stderr, the table also as CSV with `csv`. Returns the DataFrame."""
-    overrides = dict(overrides or {})
-    if mode not in ("mean", "max"):
-        raise UserError(f"--mode: {mode!r} is not one of mean, max")
-    files = image_files(paths)  # a typo in a path fails before the model is loaded
-    pretrained = load_pretrained(checkpoint, overrides.get("gpu_id"))
-    prompts = read_prompts_file(prompts_file) if prompts_file else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", BadImageWarning)  # named below, once each
-        table = pretrained.classify(
-            files, classes, prompts=prompts, mode=mode, batch_size=overrides.get("eval_batch_size"),
-            num_workers=int(overrides.get("num_workers", pretrained.config.num_workers)),
-            on_bad_image=overrides.get("on_bad_image"),
-            progress=True,
-        )
-    skipped = table.attrs["skipped"]
-    if skipped:
-        _note(f"Skipped {len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}:")
-        for _path, reason in skipped:
-            _note(f"  {reason}")
-    if table.empty:
-        raise DataError(f"no readable image among the {len(files)} given")
-    shown = table.assign(prediction=table.idxmax(axis=1))
-    print(shown.to_string(float_format=lambda v: f"{v:.4f}"))
-    if csv:
-        _note(f"Saved CSV: {write_atomic(csv, shown.to_csv, what='--csv')}")
-    _note(f"Classified {len(table)} image{'s' if len(table) != 1 else ''} into {len(table.columns)} classes "
-          f"on {pretrained.device}")
-    return table
-
-
-def embed_command(checkpoint, data_path, out, *, splits=REQUIRED_SPLITS,
-                  overrides: Mapping[str, Any] | None = None) -> Path:
-    """`python -m medclip_nb embed`: embed a dataset file's splits into an .npz file."""
-    overrides = dict(overrides or {})
-    if Path(out).suffix != ".npz":  # before the model and the images
-        raise UserError(f"--out {out}: the embeddings file must end in .npz")
-    pretrained = load_pretrained(checkpoint, overrides.pop("gpu_id", None))
-    arrays = embed_dataset(pretrained, data_path, splits=splits, overrides=overrides, log=_note)
-    path = save_embeddings(arrays, out)
-    counts = {s: int((arrays["split"] == s).sum()) for s in splits}
-    _note(f"Saved {len(arrays['image'])} image and text embeddings of dimension {arrays['image'].shape[1]} "
-          f"({', '.join(f'{s}: {n}' for s, n in counts.items())}) to {path}")
-    return path

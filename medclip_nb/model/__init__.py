@@ -1,1 +1,33 @@
 """model stage."""
+
+from medclip_nb.model.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    load_model,
+    remove_stale_temp_files,
+    resolve_resume,
+    restore_rng_state,
+    save_checkpoint,
+)
+from medclip_nb.model.checkpoint_check import RESUME_PARTS, check_checkpoint
+from medclip_nb.model.encoders import build_model, count_parameters
+from medclip_nb.model.export import export_checkpoint, is_export_dir, load_export
+from medclip_nb.model.losses import ContrastiveLoss
+
+__all__ = [
+    "ContrastiveLoss",
+    "RESUME_PARTS",
+    "build_model",
+    "capture_rng_state",
+    "check_checkpoint",
+    "count_parameters",
+    "export_checkpoint",
+    "is_export_dir",
+    "load_checkpoint",
+    "load_export",
+    "load_model",
+    "remove_stale_temp_files",
+    "resolve_resume",
+    "restore_rng_state",
+    "save_checkpoint",
+]

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from medclip_nb.config import ConfigError, from_dict
-from medclip_nb.errors import CheckpointError, os_error_reason
+from medclip_nb.config import from_dict
+from medclip_nb.errors import CheckpointError, ConfigError, os_error_reason
 from medclip_nb.files import TEMP_INFIX, fsync_path, temp_path
 from medclip_nb.model.checkpoint_check import MODEL_PARTS, check_checkpoint
 from medclip_nb.model.encoders import build_model
 from medclip_nb.paths import resolve
-from medclip_nb.text.tokenizers import tokenizer_from_json
+from medclip_nb.text import tokenizer_from_json
 
 CHECKPOINT_SUFFIX = ".pth"
 # Temporary files of an unfinished save look like `.last.pth.tmp-1234` (files.temp_path).

@@ -17,9 +17,9 @@ from typing import Any, Iterable
 
 import torch
 
-from medclip_nb.config import ConfigError, from_dict
-from medclip_nb.errors import CheckpointError, one_line, quote
-from medclip_nb.text.tokenizers import tokenizer_from_json
+from medclip_nb.config import from_dict
+from medclip_nb.errors import CheckpointError, ConfigError, one_line, quote
+from medclip_nb.text import tokenizer_from_json
 
 _MAX_COUNT = 2**62
 # Progress counters a checkpoint stores (train.state.Progress), with their kind.

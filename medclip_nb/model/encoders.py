@@ -35,10 +35,10 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from medclip_nb.config import VISION_BACKBONES, ConfigError
-from medclip_nb.errors import CheckpointError, DataError
+from medclip_nb.config import VISION_BACKBONES
+from medclip_nb.errors import CheckpointError, ConfigError, DataError
 from medclip_nb.model.losses import LOG_MAX_LOGIT_SCALE, LOSS_KINDS
-from medclip_nb.text.tokenizers import from_local_folder, import_transformers, local_hf_folder
+from medclip_nb.text import from_local_folder, import_transformers, local_hf_folder
 
 CLIP_INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP / MedCLIP
 SIGLIP_INIT_LOGIT_SCALE = math.log(10.0)

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from medclip_nb.config import ConfigError, from_dict
-from medclip_nb.errors import CheckpointError
+from medclip_nb.config import from_dict
+from medclip_nb.errors import CheckpointError, ConfigError
 from medclip_nb.files import write_atomic, write_json_atomic, write_text_atomic
 from medclip_nb.model.checkpoint import load_model
 from medclip_nb.model.encoders import build_model
 from medclip_nb.paths import resolve
-from medclip_nb.text.tokenizers import tokenizer_from_json
+from medclip_nb.text import tokenizer_from_json
 
 EXPORT_FORMAT = "medclip-nb-export"
 EXPORT_VERSION = 1

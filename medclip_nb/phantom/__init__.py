@@ -27,48 +27,9 @@ The package, by pipeline step:
     tree.py           the MIMIC-CXR-JPG tree, its tables and the manifest (generate_phantom)
 """
 
-from medclip_nb.phantom.anatomy import Anatomy, sample_anatomy
-from medclip_nb.phantom.findings import (
-    NO_FINDING_SHARE,
-    SINGLE_COMPETITION_SHARE,
-    Finding,
-    sample_findings,
-    study_labels,
-)
-from medclip_nb.phantom.plan import (
-    BLANK_VIEW_SHARE,
-    IMPRESSION_ONLY_SHARE,
-    LATERAL_SHARE_AP,
-    LATERAL_SHARE_PA,
-    NO_SECTIONS_SHARE,
-    SPLIT_SHARES,
-)
-from medclip_nb.phantom.render import (
-    MAX_SIZE,
-    MIMIC_HEIGHT,
-    MIMIC_WIDTH,
-    MIN_SIZE,
-    WORKING_MAX_HEIGHT,
-    image_width,
-    render_chest,
-)
-from medclip_nb.phantom.reports import PhantomReport, write_report
-from medclip_nb.phantom.tree import (
-    JPEG_QUALITY,
-    PHANTOM_MANIFEST,
-    PHANTOM_VERSION,
-    SENTENCE_TABLE,
-    generate_phantom,
-    phantom_is_current,
-)
+from medclip_nb.phantom.tree import generate_phantom, phantom_is_current
 
 __all__ = [
-    "Anatomy", "sample_anatomy",
-    "Finding", "sample_findings", "study_labels", "NO_FINDING_SHARE", "SINGLE_COMPETITION_SHARE",
-    "SPLIT_SHARES", "LATERAL_SHARE_PA", "LATERAL_SHARE_AP", "BLANK_VIEW_SHARE", "IMPRESSION_ONLY_SHARE",
-    "NO_SECTIONS_SHARE",
-    "MIMIC_WIDTH", "MIMIC_HEIGHT", "WORKING_MAX_HEIGHT", "MIN_SIZE", "MAX_SIZE", "image_width", "render_chest",
-    "PhantomReport", "write_report",
-    "JPEG_QUALITY", "PHANTOM_MANIFEST", "PHANTOM_VERSION", "SENTENCE_TABLE", "generate_phantom",
+    "generate_phantom",
     "phantom_is_current",
 ]

@@ -60,7 +60,7 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     )
 
 
-def _study_anatomy(patient: Anatomy, rng: np.random.Generator, view: str) -> Anatomy:
+def study_anatomy(patient: Anatomy, rng: np.random.Generator, view: str) -> Anatomy:
     """The patient on the day of a study: positioning, inspiration and exposure vary."""
     inspiration = float(rng.normal(0, 0.012))
     a = dataclasses.replace(

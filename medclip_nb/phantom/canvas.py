@@ -12,13 +12,13 @@ from PIL import Image
 from medclip_nb.phantom.anatomy import Anatomy
 
 
-def _ss(z: np.ndarray, width: float) -> np.ndarray:
+def soft_step(z: np.ndarray, width: float) -> np.ndarray:
     """Soft step: 0 where z < -width/2, 1 where z > width/2, smooth between."""
     t = np.clip(z * (1.0 / width) + 0.5, 0.0, 1.0)
     return t * t * (3.0 - 2.0 * t)
 
 
-def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
+def smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
     """Zero-mean smooth noise of shape (h, w), about `cells` blobs along the height."""
     ch = max(2, min(cells, h))
     cw = max(2, round(ch * w / h))
@@ -26,7 +26,7 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
     return np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC), dtype=np.float32)
 
 
-class _Canvas:
+class Canvas:
     """Coordinate grids of one image, in units of its height, in the patient's frame."""
 
     def __init__(self, h: int, w: int, anatomy: Anatomy):
@@ -50,7 +50,7 @@ class _Canvas:
 
 
 @dataclass
-class _Hemithorax:
+class Hemithorax:
     sign: float  # -1 for the patient's right (image left), +1 for the left
     u: np.ndarray  # distance from the midline towards this side
     t: np.ndarray  # 0 at the apex, 1 at the costophrenic angle
@@ -62,7 +62,7 @@ class _Hemithorax:
     apex: float
 
 
-def _hemithorax(c: _Canvas, a: Anatomy, sign: float, base: float, dome_height: float) -> _Hemithorax:
+def hemithorax(c: Canvas, a: Anatomy, sign: float, base: float, dome_height: float) -> Hemithorax:
     u = sign * (c.x - c.mid)
     t = (c.y - a.apex) / (base - a.apex)
     tt = np.clip(t, 0.0, 1.0)
@@ -73,22 +73,22 @@ def _hemithorax(c: _Canvas, a: Anatomy, sign: float, base: float, dome_height: f
     q = np.clip(1.0 - ((u - 0.5 * lx) / (0.58 * lx)) ** 2, 0.0, 1.0)
     dome = base - dome_height * q
     edge = 0.008
-    lung = _ss(lateral - u, edge) * _ss(u - medial, edge) * _ss(dome - c.y, edge) * _ss(t, 0.03)
-    return _Hemithorax(sign, u, t, lateral, medial, dome, lung, base, a.apex)
+    lung = soft_step(lateral - u, edge) * soft_step(u - medial, edge) * soft_step(dome - c.y, edge) * soft_step(t, 0.03)
+    return Hemithorax(sign, u, t, lateral, medial, dome, lung, base, a.apex)
 
 
-def _zone_t(zone: str) -> float:
+def zone_height(zone: str) -> float:
     """Height within the lung (0 apex, 1 base) of a zone's centre."""
     return {"apical": 0.12, "upper": 0.3, "mid": 0.52, "lower": 0.68, "base": 0.8, "retrocardiac": 0.84}[zone]
 
 
-def _point(c: _Canvas, side: _Hemithorax, lx: float, t: float, u_frac: float) -> tuple[float, float]:
+def lung_point(c: Canvas, side: Hemithorax, lx: float, t: float, u_frac: float) -> tuple[float, float]:
     """Patient coordinates of a point at lung height t, u_frac of the way to the ribs."""
     y = side.apex + t * (side.base - side.apex)
     return c.mid + side.sign * u_frac * lx, y
 
 
-def _blob_patch(c: _Canvas, rng, cx: float, cy: float, radius: float, n: int) -> np.ndarray:
+def blob_patch(c: Canvas, rng, cx: float, cy: float, radius: float, n: int) -> np.ndarray:
     """Irregular patch: the union of a few Gaussian blobs around (cx, cy), in [0, 1]."""
     acc = np.zeros_like(c.x)
     for _ in range(n):
@@ -99,7 +99,7 @@ def _blob_patch(c: _Canvas, rng, cx: float, cy: float, radius: float, n: int) ->
     return np.clip((acc - 0.3) * 2.5, 0.0, 1.0)
 
 
-def _segment_distance(c: _Canvas, x0, y0, x1, y1) -> np.ndarray:
+def segment_distance(c: Canvas, x0, y0, x1, y1) -> np.ndarray:
     dx, dy = x1 - x0, y1 - y0
     length2 = dx * dx + dy * dy
     s = np.clip(((c.x - x0) * dx + (c.y - y0) * dy) * (1.0 / length2), 0.0, 1.0)

@@ -13,7 +13,15 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from medclip_nb.phantom.anatomy import Anatomy
-from medclip_nb.phantom.canvas import _blob_patch, _Canvas, _Hemithorax, _point, _segment_distance, _ss, _zone_t
+from medclip_nb.phantom.canvas import (
+    Canvas,
+    Hemithorax,
+    blob_patch,
+    lung_point,
+    segment_distance,
+    soft_step,
+    zone_height,
+)
 from medclip_nb.phantom.findings import Finding
 
 
@@ -21,9 +29,9 @@ from medclip_nb.phantom.findings import Finding
 class FrontalScene:
     """What the finding drawers see of a drawn frontal chest."""
 
-    c: _Canvas
+    c: Canvas
     a: Anatomy
-    sides: dict[str, _Hemithorax]  # "right" / "left"
+    sides: dict[str, Hemithorax]  # "right" / "left"
     medium: np.ndarray  # smooth noise of the lung markings, reused for mottle and wobble
     fine: np.ndarray
     ridges: np.ndarray  # vessel ridges, thickened by interstitial edema
@@ -44,8 +52,8 @@ def _draw_pleural_effusion(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.
         else:  # meniscus: the fluid climbs the lateral chest wall
             top = hemi.base - f.extent * span * (0.62 + 0.38 * q ** 2)
         depth = np.clip((c.y - top) / (f.extent * span + 1e-6), 0.0, 1.0)
-        fluid = (_ss(c.y - top, 0.03) * _ss(hemi.lateral + 0.012 - hemi.u, 0.015)
-                 * _ss(hemi.u - hemi.medial + 0.015, 0.015) * _ss(hemi.base + 0.03 - c.y, 0.03))
+        fluid = (soft_step(c.y - top, 0.03) * soft_step(hemi.lateral + 0.012 - hemi.u, 0.015)
+                 * soft_step(hemi.u - hemi.medial + 0.015, 0.015) * soft_step(hemi.base + 0.03 - c.y, 0.03))
         density = 0.52 + 0.1 * depth  # no denser than the abdomen: the dome vanishes into it
         att += fluid * k * (density - att).clip(0.0, None)
     return att
@@ -58,7 +66,7 @@ def _draw_edema(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.ndarray:
         hemi = sc.sides[s]
         wx = m + hemi.sign * (a.mediastinum + 0.05)
         wing = np.exp(-(((c.x - wx) / 0.14) ** 2 + ((c.y - (a.hilum + 0.04)) / 0.19) ** 2))
-        kerley_zone = _ss(hemi.u - (hemi.lateral - 0.045), 0.02) * _ss(c.y - (hemi.base - 0.17), 0.03)
+        kerley_zone = soft_step(hemi.u - (hemi.lateral - 0.045), 0.02) * soft_step(c.y - (hemi.base - 0.17), 0.03)
         kerley = (0.5 + 0.5 * np.cos(c.y * (2 * math.pi / 0.018) + 2.0 * sc.medium)) ** 10 * kerley_zone
         reticular = sc.ridges * (0.07 if f.words.get("interstitial") else 0.035)
         haze = 0.42 * wing * (1.0 + 0.25 * sc.medium) + 0.05 + reticular + 0.14 * kerley
@@ -72,20 +80,20 @@ def _draw_consolidation(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.nda
     m, lx = c.mid, a.half_width
     for s in f.sides:
         hemi = sc.sides[s]
-        t0 = _zone_t(f.zone) + float(rng.uniform(-0.04, 0.04))
+        t0 = zone_height(f.zone) + float(rng.uniform(-0.04, 0.04))
         u0 = 0.45 if f.zone == "retrocardiac" else float(rng.uniform(0.5, 0.66))
-        cx, cy = _point(c, hemi, lx, t0, u0)
+        cx, cy = lung_point(c, hemi, lx, t0, u0)
         radius = 0.11 * (0.85 if f.subtype == "partial consolidation" else 1.0)
-        patch = _blob_patch(c, rng, cx, cy, radius, 7) * hemi.lung
+        patch = blob_patch(c, rng, cx, cy, radius, 7) * hemi.lung
         if s == "right" and f.zone == "upper":  # the minor fissure gives a sharp lower edge
-            patch *= _ss(hemi.apex + 0.45 * (hemi.base - hemi.apex) - c.y, 0.006)
+            patch *= soft_step(hemi.apex + 0.45 * (hemi.base - hemi.apex) - c.y, 0.006)
         grain = np.abs(sc.fine) if "reticular" in f.subtype else 0.5 * sc.medium
         bronchi = np.zeros_like(c.x)
         for _ in range(3):  # air bronchograms: dark branches inside the patch
             ang = float(rng.uniform(-0.6, 0.6))
             ex, ey = cx + hemi.sign * 0.08 * math.cos(ang), cy + 0.08 * math.sin(ang)
-            d = _segment_distance(c, m + hemi.sign * (a.mediastinum + 0.03), a.hilum, ex, ey)
-            bronchi = np.maximum(bronchi, _ss(0.004 - d, 0.003))
+            d = segment_distance(c, m + hemi.sign * (a.mediastinum + 0.03), a.hilum, ex, ey)
+            bronchi = np.maximum(bronchi, soft_step(0.004 - d, 0.003))
         att += k * patch * sc.behind * (0.5 * (0.8 + 0.35 * grain) - 0.2 * bronchi)
     return att
 
@@ -96,9 +104,9 @@ def _draw_atelectasis(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.ndarr
     for s in f.sides:
         hemi = sc.sides[s]
         n_bands = 1 if f.zone == "retrocardiac" else 2 + int(rng.random() < 0.4)
-        t0 = _zone_t(f.zone) + float(rng.uniform(-0.03, 0.03))
+        t0 = zone_height(f.zone) + float(rng.uniform(-0.03, 0.03))
         u0 = 0.5 if f.zone == "retrocardiac" else float(rng.uniform(0.45, 0.6))
-        cx, cy = _point(c, hemi, lx, t0, u0)
+        cx, cy = lung_point(c, hemi, lx, t0, u0)
         if f.zone in ("base", "retrocardiac", "lower"):
             cy = min(cy, hemi.base - 0.1)
         ang = math.radians(float(rng.uniform(-14, 14))) * hemi.sign
@@ -110,7 +118,7 @@ def _draw_atelectasis(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.ndarr
             along = (c.x - cx) * math.cos(ang) + (c.y - by) * math.sin(ang)
             perp = -(c.x - cx) * math.sin(ang) + (c.y - by) * math.cos(ang) - bend * along * along
             taper = np.sqrt(np.clip(1.0 - (2.0 * along / length) ** 2, 0.0, 1.0))
-            band = _ss(0.5 * thick * taper - np.abs(perp), 0.005)
+            band = soft_step(0.5 * thick * taper - np.abs(perp), 0.005)
             halo = np.exp(-(perp / 0.02) ** 2) * taper  # the collapsed lung around the plate
             att += k * (0.45 * band + 0.07 * halo) * hemi.lung * sc.behind * (0.85 + 0.3 * sc.medium)
     return att
@@ -120,12 +128,12 @@ def _draw_lung_lesion(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.ndarr
     """A lobulated round nodule or mass, its diameter in cm of a thorax about 28 cm wide."""
     c, k, rng, lx = sc.c, f.strength, sc.rng, sc.a.half_width
     hemi = sc.sides[f.sides[0]]
-    t0 = _zone_t(f.zone) + float(rng.uniform(-0.05, 0.05))
-    cx, cy = _point(c, hemi, lx, t0, float(rng.uniform(0.4, 0.75)))
+    t0 = zone_height(f.zone) + float(rng.uniform(-0.05, 0.05))
+    cx, cy = lung_point(c, hemi, lx, t0, float(rng.uniform(0.4, 0.75)))
     radius = 0.5 * f.extent * (2.0 * lx / 28.0)  # the thorax is about 28 cm wide
     d = np.hypot(c.x - cx, c.y - cy)
     lobulation = 1.0 + 0.1 * np.cos(5.0 * np.arctan2(c.y - cy, c.x - cx) + float(rng.uniform(0, 6.3)))
-    att += 0.42 * k * _ss(radius * lobulation - d, 0.006)
+    att += 0.42 * k * soft_step(radius * lobulation - d, 0.006)
     return att
 
 
@@ -152,15 +160,15 @@ FINDING_DRAWERS: dict[str, Callable[[np.ndarray, Finding, FrontalScene], np.ndar
 # --------------------------------------------------------------------------------------
 
 
-def _pixels(c: _Canvas, pts) -> list[tuple[float, float]]:
+def _pixels(c: Canvas, pts) -> list[tuple[float, float]]:
     return [c.to_pixels(x, y) for x, y in pts]
 
 
-def _thin(c: _Canvas) -> int:
+def _thin(c: Canvas) -> int:
     return max(1, round(0.005 * c.h))
 
 
-def _draw_ett(draw: ImageDraw.ImageDraw, c: _Canvas, a: Anatomy, words: dict, heart: tuple, rng) -> None:
+def _draw_ett(draw: ImageDraw.ImageDraw, c: Canvas, a: Anatomy, words: dict, heart: tuple, rng) -> None:
     """Endotracheal tube: two bright walls down the trachea."""
     m, carina = c.mid, a.apex + 0.22
     tip = carina - 0.012 * words.get("ett_cm", 4)
@@ -170,7 +178,7 @@ def _draw_ett(draw: ImageDraw.ImageDraw, c: _Canvas, a: Anatomy, words: dict, he
               width=max(1, round(0.004 * c.h)))
 
 
-def _draw_enteric(draw: ImageDraw.ImageDraw, c: _Canvas, a: Anatomy, words: dict, heart: tuple, rng) -> None:
+def _draw_enteric(draw: ImageDraw.ImageDraw, c: Canvas, a: Anatomy, words: dict, heart: tuple, rng) -> None:
     """Enteric tube down the oesophagus into the stomach."""
     m, carina = c.mid, a.apex + 0.22
     pts = [(m - 0.008, -0.02), (m - 0.012, carina), (m + 0.01, a.base_left - 0.04),
@@ -178,7 +186,7 @@ def _draw_enteric(draw: ImageDraw.ImageDraw, c: _Canvas, a: Anatomy, words: dict
     draw.line(_pixels(c, pts), fill=220, width=_thin(c), joint="curve")
 
 
-def _draw_picc(draw: ImageDraw.ImageDraw, c: _Canvas, a: Anatomy, words: dict, heart: tuple, rng) -> None:
+def _draw_picc(draw: ImageDraw.ImageDraw, c: Canvas, a: Anatomy, words: dict, heart: tuple, rng) -> None:
     """Peripherally inserted central catheter from an arm to the SVC."""
     m, carina = c.mid, a.apex + 0.22
     s = -1.0 if words.get("picc_side", "right") == "right" else 1.0
@@ -188,7 +196,7 @@ def _draw_picc(draw: ImageDraw.ImageDraw, c: _Canvas, a: Anatomy, words: dict, h
     draw.line(_pixels(c, pts), fill=230, width=_thin(c), joint="curve")
 
 
-def _draw_pacemaker(draw: ImageDraw.ImageDraw, c: _Canvas, a: Anatomy, words: dict, heart: tuple, rng) -> None:
+def _draw_pacemaker(draw: ImageDraw.ImageDraw, c: Canvas, a: Anatomy, words: dict, heart: tuple, rng) -> None:
     """Generator in the left upper chest, leads into the heart."""
     m = c.mid
     gx, gy = m + a.half_width * 0.7, a.apex + 0.08
@@ -202,7 +210,7 @@ def _draw_pacemaker(draw: ImageDraw.ImageDraw, c: _Canvas, a: Anatomy, words: di
                   fill=235, width=_thin(c), joint="curve")
 
 
-def _draw_ecg(draw: ImageDraw.ImageDraw, c: _Canvas, a: Anatomy, words: dict, heart: tuple, rng) -> None:
+def _draw_ecg(draw: ImageDraw.ImageDraw, c: Canvas, a: Anatomy, words: dict, heart: tuple, rng) -> None:
     """Monitoring electrodes with their wires."""
     m, thin = c.mid, _thin(c)
     for _ in range(3):
@@ -224,7 +232,7 @@ _DEVICE_DRAWERS = {  # drawn in this order, whatever the order of the finding's 
 }
 
 
-def _device_layer(c: _Canvas, a: Anatomy, devices: Sequence[str], words: dict, heart: tuple, rng) -> np.ndarray:
+def _device_layer(c: Canvas, a: Anatomy, devices: Sequence[str], words: dict, heart: tuple, rng) -> np.ndarray:
     """Radiopaque tubes, lines and leads, drawn with PIL on a layer in [0, 1]."""
     layer = Image.new("L", (c.w, c.h), 0)
     draw = ImageDraw.Draw(layer)

@@ -88,7 +88,7 @@ _EDEMA_STRENGTH = {"moderate": 1.0, "": 0.9, "persistent": 0.9, "mild": 0.78,
                    "improvement in": 0.72, "decreased": 0.72}
 
 
-def _pick(rng: np.random.Generator, options: Sequence, weights: Sequence[float] | None = None):
+def pick(rng: np.random.Generator, options: Sequence, weights: Sequence[float] | None = None):
     """One element of `options` (a Python object, not a numpy scalar)."""
     if weights is None:
         return options[int(rng.integers(len(options)))]
@@ -100,7 +100,7 @@ def _side_of(rng, spec: str | None) -> tuple[str, ...]:
     if spec == "both":
         return ("right", "left")
     if spec is None:
-        return (_pick(rng, ["right", "left"]),)
+        return (pick(rng, ["right", "left"]),)
     return (spec,)
 
 
@@ -108,9 +108,9 @@ def _vocabulary_words(rng, finding: str, locations_by_subtype: dict[str, list[st
     """(severity, subtype, location) from the prompt vocabulary; a subtype that only makes
     sense in some places (retrocardiac, bibasilar, bilateral) draws its location from those."""
     v = _VOCAB[finding]
-    severity = _pick(rng, v["severity"])
-    subtype = _pick(rng, v["subtype"])
-    location = _pick(rng, locations_by_subtype.get(subtype, v["location"]))
+    severity = pick(rng, v["severity"])
+    subtype = pick(rng, v["subtype"])
+    location = pick(rng, locations_by_subtype.get(subtype, v["location"]))
     return severity, subtype, location
 
 
@@ -135,7 +135,7 @@ def _cardiomegaly(rng, certain: bool) -> Finding:
                        words={"grade": "uncertain"})
     # Borderline phrases are hard to see at low resolution: draw them less often.
     weights = [0.4 if _CARDIO_GRADE[p] == "borderline" else 1.0 for p in _CARDIO_PHRASES]
-    phrase = _pick(rng, _CARDIO_PHRASES, weights)
+    phrase = pick(rng, _CARDIO_PHRASES, weights)
     grade = _CARDIO_GRADE[phrase]
     lo, hi = _CTR_RANGE[grade]
     return Finding("Cardiomegaly", 1.0, subtype=phrase, extent=float(rng.uniform(lo, hi)),
@@ -162,8 +162,8 @@ def _consolidation(rng, certain: bool) -> Finding:
 
 def _edema(rng, certain: bool) -> Finding:
     v = _VOCAB["Edema"]
-    subtype = _pick(rng, v["subtype"])
-    severity = _pick(rng, ["", "persistent"]) if subtype.startswith("trace") else _pick(rng, v["severity"])
+    subtype = pick(rng, v["subtype"])
+    severity = pick(rng, ["", "persistent"]) if subtype.startswith("trace") else pick(rng, v["severity"])
     strength = _EDEMA_STRENGTH[severity] * (0.8 if subtype.startswith("trace") else 1.0)
     if not certain:
         severity, strength = "mild", 0.42
@@ -172,10 +172,10 @@ def _edema(rng, certain: bool) -> Finding:
 
 
 def _pleural_effusion(rng, certain: bool) -> Finding:
-    side = _pick(rng, ["right", "left", "bilateral"], [0.35, 0.35, 0.3])
+    side = pick(rng, ["right", "left", "bilateral"], [0.35, 0.35, 0.3])
     subpulmonic = side != "bilateral" and rng.random() < 0.12
     if certain:
-        severity = _pick(rng, list(_EFFUSION_WEIGHTS), list(_EFFUSION_WEIGHTS.values()))
+        severity = pick(rng, list(_EFFUSION_WEIGHTS), list(_EFFUSION_WEIGHTS.values()))
         strength = 1.0
     else:
         severity, strength = "small", 0.55
@@ -188,32 +188,32 @@ def _pleural_effusion(rng, certain: bool) -> Finding:
 
 
 def _pneumothorax(rng) -> Finding:
-    size = _pick(rng, ["small", "moderate", "large"], [0.5, 0.3, 0.2])
+    size = pick(rng, ["small", "moderate", "large"], [0.5, 0.3, 0.2])
     rim = {"small": 0.035, "moderate": 0.07, "large": 0.12}[size]
-    side = _pick(rng, ["right", "left"])
+    side = pick(rng, ["right", "left"])
     return Finding("Pneumothorax", 1.0, severity=size, sides=(side,),
                    zone="apical" if size == "small" else "lateral", extent=rim)
 
 
 def _lung_lesion(rng) -> Finding:
-    kind = _pick(rng, ["nodule", "mass"], [0.6, 0.4])
+    kind = pick(rng, ["nodule", "mass"], [0.6, 0.4])
     cm = round(float(rng.uniform(1.0, 2.6) if kind == "nodule" else rng.uniform(3.5, 6.0)), 1)
-    side = _pick(rng, ["right", "left"])
-    zone = _pick(rng, ["upper", "mid", "lower"])
+    side = pick(rng, ["right", "left"])
+    zone = pick(rng, ["upper", "mid", "lower"])
     return Finding("Lung Lesion", 1.0, subtype=kind, sides=(side,), zone=zone, extent=cm)
 
 
 def _support_devices(rng) -> Finding:
     kinds = ["ett", "enteric", "picc", "pacemaker"]
-    first = _pick(rng, kinds)
+    first = pick(rng, kinds)
     chosen = {first}
     if rng.random() < 0.35:
-        chosen.add(_pick(rng, kinds))
+        chosen.add(pick(rng, kinds))
     if rng.random() < 0.5:
         chosen.add("ecg")
     order = [k for k in kinds + ["ecg"] if k in chosen]
     return Finding("Support Devices", 1.0, devices=tuple(order),
-                   words={"picc_side": _pick(rng, ["right", "left"]), "ett_cm": int(rng.integers(3, 7))})
+                   words={"picc_side": pick(rng, ["right", "left"]), "ett_cm": int(rng.integers(3, 7))})
 
 
 _COMPETITION_MAKERS = {
@@ -241,7 +241,7 @@ def sample_findings(rng: np.random.Generator) -> list[Finding]:
     if r < NO_FINDING_SHARE:
         return findings
     if r < NO_FINDING_SHARE + SINGLE_COMPETITION_SHARE:
-        findings.append(_COMPETITION_MAKERS[_pick(rng, comp)](rng, True))
+        findings.append(_COMPETITION_MAKERS[pick(rng, comp)](rng, True))
         if rng.random() < 0.08:
             findings.append(_support_devices(rng))
         return findings
@@ -250,15 +250,15 @@ def sample_findings(rng: np.random.Generator) -> list[Finding]:
         a, b = rng.choice(len(comp), size=2, replace=False)
         findings += [_COMPETITION_MAKERS[comp[a]](rng, True), _COMPETITION_MAKERS[comp[b]](rng, True)]
     elif r2 < 0.55:  # one competition finding and one other
-        findings.append(_COMPETITION_MAKERS[_pick(rng, comp)](rng, True))
-        findings.append(_OTHER_MAKERS[_pick(rng, others)](rng))
+        findings.append(_COMPETITION_MAKERS[pick(rng, comp)](rng, True))
+        findings.append(_OTHER_MAKERS[pick(rng, others)](rng))
     elif r2 < 0.75:  # other findings only
         picks = rng.choice(len(others), size=1 + int(rng.random() < 0.3), replace=False)
         findings += [_OTHER_MAKERS[others[i]](rng) for i in sorted(picks)]
     else:  # an uncertain competition finding, sometimes next to another finding
-        findings.append(_COMPETITION_MAKERS[_pick(rng, comp)](rng, False))
+        findings.append(_COMPETITION_MAKERS[pick(rng, comp)](rng, False))
         if rng.random() < 0.3:
-            findings.append(_OTHER_MAKERS[_pick(rng, others)](rng))
+            findings.append(_OTHER_MAKERS[pick(rng, others)](rng))
     return findings
 
 

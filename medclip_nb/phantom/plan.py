@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medclip_nb.phantom.findings import Finding, _pick, sample_findings
+from medclip_nb.phantom.findings import Finding, pick, sample_findings
 
 # Target shares of the phantom; see generate_phantom's docstring.
 SPLIT_SHARES = {"test": 0.20, "validate": 0.10}  # the rest is train
@@ -15,18 +15,18 @@ LATERAL_SHARE_PA, LATERAL_SHARE_AP = 0.40, 0.08  # about 25% of studies overall
 BLANK_VIEW_SHARE = 0.04
 IMPRESSION_ONLY_SHARE, NO_SECTIONS_SHARE = 0.03, 0.01
 
-_RNG_PLAN, _RNG_STUDY, _RNG_SUBJECT, _RNG_TEST_COHORT = 0, 1, 2, 3  # independent random streams per purpose
+_RNG_PLAN, RNG_STUDY, RNG_SUBJECT, _RNG_TEST_COHORT = 0, 1, 2, 3  # independent random streams per purpose
 
 
 @dataclass
-class _Image:
+class PlannedImage:
     dicom_id: str
     view: str  # ViewPosition as drawn ("PA", "AP", "LATERAL", "LL")
     blank_view: bool = False  # ViewPosition missing from the metadata
 
 
 @dataclass
-class _Study:
+class PlannedStudy:
     index: int
     subject_index: int
     subject_id: int
@@ -34,7 +34,7 @@ class _Study:
     split: str
     date: int
     time: float
-    images: list[_Image]
+    images: list[PlannedImage]
     findings: list[Finding]
     style: str = "full"
 
@@ -64,9 +64,9 @@ def _assign_splits(study_counts: np.ndarray, rng: np.random.Generator) -> list[s
     return splits
 
 
-def _fill_study(s: _Study, seed: int) -> None:
+def _fill_study(s: PlannedStudy, seed: int) -> None:
     """Draw the study's findings and its images (a frontal view, sometimes a lateral)."""
-    srng = np.random.default_rng([seed, _RNG_STUDY, s.index])
+    srng = np.random.default_rng([seed, RNG_STUDY, s.index])
     s.findings = sample_findings(srng)
     if any(f.label == "Cardiomegaly" and f.value > 0 and f.words["grade"] != "borderline" for f in s.findings) \
             and srng.random() < 0.3:
@@ -75,9 +75,9 @@ def _fill_study(s: _Study, seed: int) -> None:
     portable = any(f.label == "Cardiomegaly" and f.value > 0 and
                    ("portable" in f.subtype or f.subtype.startswith("ap ")) for f in s.findings)
     frontal = "AP" if portable or srng.random() < (0.85 if devices else 0.4) else "PA"
-    s.images.append(_Image(_dicom_id(srng), frontal))
+    s.images.append(PlannedImage(_dicom_id(srng), frontal))
     if srng.random() < (LATERAL_SHARE_AP if frontal == "AP" else LATERAL_SHARE_PA):
-        s.images.append(_Image(_dicom_id(srng), _pick(srng, ["LATERAL", "LL"], [0.7, 0.3])))
+        s.images.append(PlannedImage(_dicom_id(srng), pick(srng, ["LATERAL", "LL"], [0.7, 0.3])))
     s.images.sort(key=lambda im: im.dicom_id)
 
 
@@ -91,7 +91,7 @@ def _study_dates(counts: np.ndarray, rng: np.random.Generator):
             yield subject, int(str(day).replace("-", "")), float(f"{hh:02d}{mm:02d}{ss:02d}.{ms:03d}")
 
 
-def _test_cohort(plan: list[_Study], test_studies: int, seed: int) -> list[_Study]:
+def _test_cohort(plan: list[PlannedStudy], test_studies: int, seed: int) -> list[PlannedStudy]:
     """`test_studies` more test studies of new patients, drawn like the others from a stream of
     their own, so the rest of the phantom keeps its bytes. Test images cost only inference:
     this is what gives the zero-shot and retrieval metrics sample sizes worth an interval."""
@@ -107,9 +107,9 @@ def _test_cohort(plan: list[_Study], test_studies: int, seed: int) -> list[_Stud
     study_ids = [i for i in 50_000_000 + rng.choice(10_000_000, test_studies + len(used_studies), replace=False)
                  if i not in used_studies][:test_studies]
     first_subject = max(s.subject_index for s in plan) + 1
-    cohort: list[_Study] = []
+    cohort: list[PlannedStudy] = []
     for k, date, time in _study_dates(counts, rng):
-        cohort.append(_Study(
+        cohort.append(PlannedStudy(
             index=len(plan) + len(cohort), subject_index=first_subject + k, subject_id=int(subject_ids[k]),
             study_id=int(study_ids[len(cohort)]), split="test", date=date, time=time, images=[], findings=[]))
     for s in cohort:
@@ -117,7 +117,7 @@ def _test_cohort(plan: list[_Study], test_studies: int, seed: int) -> list[_Stud
     return cohort
 
 
-def _plan_studies(studies: int, seed: int, test_studies: int = 0) -> list[_Study]:
+def plan_studies(studies: int, seed: int, test_studies: int = 0) -> list[PlannedStudy]:
     rng = np.random.default_rng([seed, _RNG_PLAN])
     n_subjects = max(1, round(studies / 3))
     owner = np.concatenate([np.arange(n_subjects), rng.integers(0, n_subjects, studies - n_subjects)])
@@ -126,9 +126,9 @@ def _plan_studies(studies: int, seed: int, test_studies: int = 0) -> list[_Study
     study_ids = 50_000_000 + rng.choice(10_000_000, studies, replace=False)
     splits = _assign_splits(counts, rng)
 
-    plan: list[_Study] = []
+    plan: list[PlannedStudy] = []
     for s_index, date, time in _study_dates(counts, rng):
-        plan.append(_Study(
+        plan.append(PlannedStudy(
             index=len(plan), subject_index=s_index, subject_id=int(subject_ids[s_index]),
             study_id=int(study_ids[len(plan)]), split=splits[s_index], date=date, time=time,
             images=[], findings=[]))

@@ -23,9 +23,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from medclip_nb.config import PHANTOM_SIZES, ConfigError
+from medclip_nb.config import PHANTOM_SIZES
+from medclip_nb.errors import ConfigError
 from medclip_nb.phantom.anatomy import Anatomy
-from medclip_nb.phantom.canvas import _Canvas, _Hemithorax, _hemithorax, _segment_distance, _smooth_noise, _ss
+from medclip_nb.phantom.canvas import Canvas, Hemithorax, hemithorax, segment_distance, smooth_noise, soft_step
 from medclip_nb.phantom.draw_findings import FINDING_DRAWERS, FrontalScene
 from medclip_nb.phantom.findings import Finding
 
@@ -39,18 +40,18 @@ def image_width(size: int) -> int:
     return max(1, round(size * MIMIC_WIDTH / MIMIC_HEIGHT))
 
 
-def _hemithoraces(c: _Canvas, a: Anatomy, atelectasis: Finding | None) -> tuple[_Hemithorax, _Hemithorax]:
+def _hemithoraces(c: Canvas, a: Anatomy, atelectasis: Finding | None) -> tuple[Hemithorax, Hemithorax]:
     """(right, left) hemithorax; the volume loss of atelectasis pulls its hemidiaphragm up."""
     lift = {"right": 0.0, "left": 0.0}
     if atelectasis is not None and atelectasis.value > 0 and atelectasis.strength >= 0.85:
         for s in atelectasis.sides:
             lift[s] = 0.04
-    right = _hemithorax(c, a, -1.0, a.base_right - lift["right"], a.dome_right)
-    left = _hemithorax(c, a, 1.0, a.base_left - lift["left"], a.dome_left)
+    right = hemithorax(c, a, -1.0, a.base_right - lift["right"], a.dome_right)
+    left = hemithorax(c, a, 1.0, a.base_left - lift["left"], a.dome_left)
     return right, left
 
 
-def _soft_tissue(c: _Canvas, a: Anatomy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _soft_tissue(c: Canvas, a: Anatomy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(body mask, tissue thickness, attenuation) of the trunk, shoulders and spine."""
     m, lx = c.mid, a.half_width
     dx = c.x - m
@@ -58,17 +59,17 @@ def _soft_tissue(c: _Canvas, a: Anatomy) -> tuple[np.ndarray, np.ndarray, np.nda
     # Soft tissue: thicker at the centre, the trunk narrowing towards the abdomen, dark air outside.
     body_half = (lx + a.body_margin) * (1.03 - 0.07 * c.y)
     thickness = np.sqrt(np.clip(1.0 - (dx / body_half) ** 2, 0.0, 1.0))
-    body = _ss(body_half - adx, 0.025) * _ss(c.y + 0.05, 0.05)
+    body = soft_step(body_half - adx, 0.025) * soft_step(c.y + 0.05, 0.05)
     att = body * (0.24 + 0.38 * thickness)
     # shoulders and upper arms fill the top corners
-    att += 0.12 * _ss(a.apex + 0.02 - c.y, 0.08) * _ss(adx - (lx + a.body_margin - 0.02), 0.03)
+    att += 0.12 * soft_step(a.apex + 0.02 - c.y, 0.08) * soft_step(adx - (lx + a.body_margin - 0.02), 0.03)
 
     # Spine: vertebral bodies seen faintly through the mediastinum.
-    att += 0.05 * _ss(0.032 - adx, 0.012) * (1.0 + 0.25 * np.cos(c.y * (2 * math.pi / 0.047)))
+    att += 0.05 * soft_step(0.032 - adx, 0.012) * (1.0 + 0.25 * np.cos(c.y * (2 * math.pi / 0.047)))
     return body, thickness, att
 
 
-def _lung_markings(c: _Canvas, a: Anatomy, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _lung_markings(c: Canvas, a: Anatomy, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(medium noise, fine noise, vessel ridges, lung texture).
 
     Vessels branch out of the hila (ridges of smooth noise, coarse near the hila, fading
@@ -79,9 +80,9 @@ def _lung_markings(c: _Canvas, a: Anatomy, rng) -> tuple[np.ndarray, np.ndarray,
     hx = np.where(dx < 0, m - a.mediastinum - 0.03, m + a.mediastinum + 0.03).astype(np.float32)
     r = np.hypot(c.x - hx, c.y - a.hilum)
     h, w = c.h, c.w
-    medium = _smooth_noise(rng, h, w, 10)
-    fine = _smooth_noise(rng, h, w, max(8, min(64, h // 4)))
-    branching = _smooth_noise(rng, h, w, max(8, min(28, h // 8)))
+    medium = smooth_noise(rng, h, w, 10)
+    fine = smooth_noise(rng, h, w, max(8, min(64, h // 4)))
+    branching = smooth_noise(rng, h, w, max(8, min(28, h // 8)))
     theta = np.arctan2(c.y - a.hilum, np.abs(c.x - hx))
     radial = 0.5 + 0.5 * np.cos(11.0 * theta + 2.2 * branching + 1.2 * medium)
     ridges = (1.0 - np.minimum(np.abs(branching), 1.0)) ** 6
@@ -91,7 +92,7 @@ def _lung_markings(c: _Canvas, a: Anatomy, rng) -> tuple[np.ndarray, np.ndarray,
     return medium, fine, ridges, texture
 
 
-def _pneumothorax(c: _Canvas, sides: dict[str, _Hemithorax], ptx: Finding | None) -> tuple[np.ndarray, np.ndarray]:
+def _pneumothorax(c: Canvas, sides: dict[str, Hemithorax], ptx: Finding | None) -> tuple[np.ndarray, np.ndarray]:
     """(lucent rim, pleural line) of a pneumothorax: the rim has no lung markings, outside a
     visible pleural line; both zero without one."""
     ptx_rim = np.zeros_like(c.x)
@@ -99,64 +100,66 @@ def _pneumothorax(c: _Canvas, sides: dict[str, _Hemithorax], ptx: Finding | None
     if ptx is not None:
         hemi = sides[ptx.sides[0]]
         tt = np.clip(hemi.t, 0.0, 1.0)
-        depth = ptx.extent * (_ss(0.5 - tt, 0.25) if ptx.zone == "apical" else (1.0 - 0.55 * tt))
+        depth = ptx.extent * (soft_step(0.5 - tt, 0.25) if ptx.zone == "apical" else (1.0 - 0.55 * tt))
         line_u = hemi.lateral - depth
         shown = depth > 0.004
-        ptx_rim = hemi.lung * _ss(hemi.u - line_u, 0.004) * shown
-        pleural_line = hemi.lung * _ss(0.003 - np.abs(hemi.u - line_u), 0.003) * shown
+        ptx_rim = hemi.lung * soft_step(hemi.u - line_u, 0.004) * shown
+        pleural_line = hemi.lung * soft_step(0.003 - np.abs(hemi.u - line_u), 0.003) * shown
     return ptx_rim, pleural_line
 
 
-def _airways(att: np.ndarray, c: _Canvas, a: Anatomy) -> np.ndarray:
+def _airways(att: np.ndarray, c: Canvas, a: Anatomy) -> np.ndarray:
     """Trachea and main bronchi: dark air columns."""
     m = c.mid
     adx = np.abs(c.x - m)
     carina = a.apex + 0.22
-    att -= 0.1 * _ss(0.011 - adx, 0.006) * _ss(carina - c.y, 0.01)
+    att -= 0.1 * soft_step(0.011 - adx, 0.006) * soft_step(carina - c.y, 0.01)
     for s in (-1.0, 1.0):
-        att -= 0.07 * _ss(0.008 - _segment_distance(c, m, carina, m + s * 0.06, carina + 0.05), 0.005)
+        att -= 0.07 * soft_step(0.008 - segment_distance(c, m, carina, m + s * 0.06, carina + 0.05), 0.005)
     return att
 
 
-def _ribs(att: np.ndarray, c: _Canvas, a: Anatomy, domes: np.ndarray, medium: np.ndarray) -> np.ndarray:
+def _ribs(att: np.ndarray, c: Canvas, a: Anatomy, domes: np.ndarray, medium: np.ndarray) -> np.ndarray:
     """Posterior ribs arch down laterally, anterior ribs slope down medially.
     (they fade out gradually below the diaphragm instead of ending on a line)"""
     lx = a.half_width
     adx = np.abs(c.x - c.mid)
-    cage = _ss(lx + 0.015 - adx, 0.02) * _ss(c.y - (a.apex - 0.05), 0.03) * _ss(domes + 0.02 - c.y, 0.06)
+    cage = (soft_step(lx + 0.015 - adx, 0.02) * soft_step(c.y - (a.apex - 0.05), 0.03)
+            * soft_step(domes + 0.02 - c.y, 0.06))
     ar = adx * (1.0 / lx)
     wobble = 0.08 * medium
     s_post = (c.y - 0.1 * ar * ar + 0.02 * ar) * (1.0 / a.rib_spacing) + a.rib_phase + wobble
     s_ant = (c.y + 0.16 * ar - 0.05 * ar * ar) * (1.0 / (1.15 * a.rib_spacing)) + a.rib_phase * 0.7 + wobble
     rib_post = np.clip((0.5 - 0.5 * np.cos(2 * math.pi * s_post) - 0.5) * 4.0, 0.0, 1.0)
     rib_ant = np.clip((0.5 - 0.5 * np.cos(2 * math.pi * s_ant) - 0.55) * 4.0, 0.0, 1.0)
-    att += cage * (0.07 * rib_post * _ss(adx - 0.035, 0.02) + 0.04 * rib_ant * _ss(ar - 0.35, 0.15))
+    att += cage * (0.07 * rib_post * soft_step(adx - 0.035, 0.02) + 0.04 * rib_ant * soft_step(ar - 0.35, 0.15))
     return att
 
 
-def _shoulder_girdle(att: np.ndarray, c: _Canvas, a: Anatomy, body: np.ndarray) -> np.ndarray:
+def _shoulder_girdle(att: np.ndarray, c: Canvas, a: Anatomy, body: np.ndarray) -> np.ndarray:
     """Clavicles and humeral heads."""
     m, lx = c.mid, a.half_width
     for s in (-1.0, 1.0):
-        d = _segment_distance(c, m + s * 0.03, a.apex + 0.035, m + s * (lx + 0.03), a.apex - 0.04)
-        att += 0.1 * _ss(0.013 - d, 0.008)
+        d = segment_distance(c, m + s * 0.03, a.apex + 0.035, m + s * (lx + 0.03), a.apex - 0.04)
+        att += 0.1 * soft_step(0.013 - d, 0.008)
         head = np.hypot(c.x - (m + s * (lx + 0.075)), c.y - (a.apex - 0.03))
-        att += 0.1 * _ss(0.055 - head, 0.02) * body
+        att += 0.1 * soft_step(0.055 - head, 0.02) * body
     return att
 
 
-def _abdomen(att: np.ndarray, c: _Canvas, a: Anatomy, domes: np.ndarray, left: _Hemithorax,
+def _abdomen(att: np.ndarray, c: Canvas, a: Anatomy, domes: np.ndarray, left: Hemithorax,
              thickness: np.ndarray, body: np.ndarray) -> np.ndarray:
     """Liver and spleen below the domes, as dense as the heart; the gastric bubble below the
     left hemidiaphragm."""
     m, lx = c.mid, a.half_width
-    att += _ss(c.y - domes, 0.012) * 0.92 * (0.54 + 0.08 * thickness - att) * body
+    att += soft_step(c.y - domes, 0.012) * 0.92 * (0.54 + 0.08 * thickness - att) * body
     gx, gy = m + 0.5 * lx, left.base - a.dome_left + 0.045
-    att -= 0.14 * _ss(1.0 - ((c.x - gx) / 0.045) ** 2 - ((c.y - gy) / 0.022) ** 2, 0.4) * _ss(c.y - left.dome, 0.01)
+    att -= (0.14 * soft_step(1.0 - ((c.x - gx) / 0.045) ** 2 - ((c.y - gy) / 0.022) ** 2, 0.4)
+            * soft_step(c.y - left.dome, 0.01))
     return att
 
 
-def _heart(att: np.ndarray, c: _Canvas, a: Anatomy, by_label: dict[str, Finding], base: float
+def _heart(att: np.ndarray, c: Canvas, a: Anatomy, by_label: dict[str, Finding], base: float
            ) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
     """(attenuation, solid mediastinum mask, heart centre) with heart, pedicle and aortic knob.
 
@@ -180,13 +183,14 @@ def _heart(att: np.ndarray, c: _Canvas, a: Anatomy, by_label: dict[str, Finding]
     hu = (c.x - hcx) * ct + (c.y - hcy) * st
     hv = -(c.x - hcx) * st + (c.y - hcy) * ct
     inside = 1.0 - (hu / semi_major) ** 2 - (hv / semi_minor) ** 2
-    heart = _ss(inside, 0.15)
-    pedicle = _ss(a.mediastinum + 0.006 - np.abs(dx - 0.006), 0.012) * _ss(hcy - c.y, 0.04) * _ss(c.y - 0.02, 0.04)
+    heart = soft_step(inside, 0.15)
+    pedicle = (soft_step(a.mediastinum + 0.006 - np.abs(dx - 0.006), 0.012) * soft_step(hcy - c.y, 0.04)
+               * soft_step(c.y - 0.02, 0.04))
     if "Enlarged Cardiomediastinum" in by_label:  # widened upper mediastinum
-        pedicle = np.maximum(pedicle, _ss(a.mediastinum + 0.028 - adx, 0.012) * _ss(hcy - c.y, 0.04)
-                             * _ss(c.y - a.apex, 0.04))
+        pedicle = np.maximum(pedicle, soft_step(a.mediastinum + 0.028 - adx, 0.012) * soft_step(hcy - c.y, 0.04)
+                             * soft_step(c.y - a.apex, 0.04))
     carina = a.apex + 0.22
-    knob = _ss(0.026 - np.hypot(c.x - (m + a.mediastinum + 0.006), c.y - (carina - 0.02)), 0.014)
+    knob = soft_step(0.026 - np.hypot(c.x - (m + a.mediastinum + 0.006), c.y - (carina - 0.02)), 0.014)
     solid = np.maximum(np.maximum(heart, pedicle), knob)
     # denser where the heart is thicker
     att += solid * 0.85 * (0.55 + 0.08 * np.sqrt(np.clip(inside, 0.0, 1.0)) - att)
@@ -195,7 +199,7 @@ def _heart(att: np.ndarray, c: _Canvas, a: Anatomy, by_label: dict[str, Finding]
 
 def _render_frontal(h: int, w: int, a: Anatomy, findings: Sequence[Finding], rng) -> np.ndarray:
     """Attenuation map of a PA/AP chest radiograph (higher = whiter), roughly in [0, 1.2]."""
-    c = _Canvas(h, w, a)
+    c = Canvas(h, w, a)
     by_label = {f.label: f for f in findings}
     right, left = _hemithoraces(c, a, by_label.get("Atelectasis"))
     sides = {"right": right, "left": left}
@@ -221,38 +225,40 @@ def _render_frontal(h: int, w: int, a: Anatomy, findings: Sequence[Finding], rng
 
 def _render_lateral(h: int, w: int, a: Anatomy, findings: Sequence[Finding], rng) -> np.ndarray:
     """Attenuation map of a lateral view: patient facing the image's left, spine to the right."""
-    c = _Canvas(h, w, a)
+    c = Canvas(h, w, a)
     m = c.mid
     by_label = {f.label: f for f in findings}
     front, back = m - 0.33, m + 0.32
-    body = _ss(c.x - front - 0.02 * (c.y - 0.5) ** 2, 0.03) * _ss(back - c.x, 0.03)
+    body = soft_step(c.x - front - 0.02 * (c.y - 0.5) ** 2, 0.03) * soft_step(back - c.x, 0.03)
     depth = np.clip(1.0 - ((c.x - m) / 0.34) ** 2, 0.0, 1.0)
     att = body * (0.28 + 0.34 * np.sqrt(depth))
     base = 0.5 * (a.base_left + a.base_right)
     dome = base - 0.1 * np.clip(1.0 - ((c.x - m + 0.02) / 0.3) ** 2, 0.0, 1.0)
     ly = 0.5 * (a.apex + base)
-    lung = (_ss(1.0 - ((c.x - (m - 0.01)) / 0.27) ** 2 - ((c.y - ly) / (0.5 * (base - a.apex) + 0.06)) ** 2, 0.08)
-            * _ss(dome - c.y, 0.01))
-    fine = _smooth_noise(rng, h, w, max(8, min(48, h // 5)))
-    medium = _smooth_noise(rng, h, w, 8)
+    lung = (soft_step(1.0 - ((c.x - (m - 0.01)) / 0.27) ** 2 - ((c.y - ly) / (0.5 * (base - a.apex) + 0.06)) ** 2, 0.08)
+            * soft_step(dome - c.y, 0.01))
+    fine = smooth_noise(rng, h, w, max(8, min(48, h // 5)))
+    medium = smooth_noise(rng, h, w, 8)
     att += lung * (-0.36 + 0.025 * fine + 0.03 * medium)
     # arms raised in front of the upper chest
-    att += 0.14 * _ss(a.apex + 0.12 - c.y, 0.1) * body
+    att += 0.14 * soft_step(a.apex + 0.12 - c.y, 0.1) * body
     spine_x = back - 0.06 + 0.04 * (c.y - 0.5) ** 2
-    vertebrae = _ss(0.028 - np.abs(c.x - spine_x), 0.01)
-    att += 0.12 * vertebrae * (0.65 + 0.35 * _ss(np.cos(c.y * (2 * math.pi / 0.05)) + 0.5, 0.6))
-    att += 0.08 * _ss(0.01 - np.abs(c.x - (front + 0.03)), 0.008) * _ss(c.y - 0.15, 0.03) * _ss(0.6 - c.y, 0.03)
-    att -= 0.1 * _ss(0.011 - np.abs(c.x - (m + 0.03) - 0.1 * (c.y - 0.1)), 0.006) * _ss(a.apex + 0.25 - c.y, 0.02)
+    vertebrae = soft_step(0.028 - np.abs(c.x - spine_x), 0.01)
+    att += 0.12 * vertebrae * (0.65 + 0.35 * soft_step(np.cos(c.y * (2 * math.pi / 0.05)) + 0.5, 0.6))
+    att += (0.08 * soft_step(0.01 - np.abs(c.x - (front + 0.03)), 0.008) * soft_step(c.y - 0.15, 0.03)
+            * soft_step(0.6 - c.y, 0.03))
+    att -= (0.1 * soft_step(0.011 - np.abs(c.x - (m + 0.03) - 0.1 * (c.y - 0.1)), 0.006)
+            * soft_step(a.apex + 0.25 - c.y, 0.02))
     card = by_label.get("Cardiomegaly")
     ctr = max(a.ctr, card.extent) if card is not None else a.ctr
     hrx, hry = 0.13 * ctr / 0.45, 0.13 + 0.2 * (ctr - 0.45)
     hcx, hcy = front + 0.06 + hrx * 0.9, base - 0.04 - hry * 0.7
-    heart = _ss(1.0 - ((c.x - hcx) / hrx) ** 2 - ((c.y - hcy) / hry) ** 2, 0.2)
+    heart = soft_step(1.0 - ((c.x - hcx) / hrx) ** 2 - ((c.y - hcy) / hry) ** 2, 0.2)
     att += heart * 0.8 * (0.58 - att)
     for f in findings:
         if f.label == "Pleural Effusion":  # fluid collects in the posterior costophrenic sulcus
             top = base - f.extent * (base - a.apex) * (0.4 + 0.6 * np.clip((c.x - m) / 0.25, 0.0, 1.0))
-            att += f.strength * lung * _ss(c.y - top, 0.03) * (0.55 - att).clip(0.0, None)
+            att += f.strength * lung * soft_step(c.y - top, 0.03) * (0.55 - att).clip(0.0, None)
         elif f.label in ("Edema", "Consolidation"):
             att += f.strength * lung * 0.14 * np.exp(-(((c.x - m) / 0.12) ** 2 + ((c.y - a.hilum) / 0.15) ** 2))
     return att * body + 0.02 * (1.0 - body)

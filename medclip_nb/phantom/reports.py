@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from medclip_nb.phantom.findings import Finding, _pick, study_labels
+from medclip_nb.phantom.findings import Finding, pick, study_labels
 
 _CARDIO_IMPRESSION = {
     "borderline": ["Borderline heart size.", "Heart size at the upper limits of normal."],
@@ -48,10 +48,10 @@ def _words(*parts: str) -> str:
 
 def _atelectasis_sentences(f: Finding, rng) -> tuple[str, str]:
     if f.value < 0:
-        s = _pick(rng, [f"Possible {_words(f.severity, 'atelectasis')} {f.location}.",
+        s = pick(rng, [f"Possible {_words(f.severity, 'atelectasis')} {f.location}.",
                         f"Streaky opacity {f.location} may reflect atelectasis."])
         return s, f"Possible atelectasis {f.location}."
-    s = _pick(rng, [f"{_words(f.severity, f.subtype)} {f.location}.",
+    s = pick(rng, [f"{_words(f.severity, f.subtype)} {f.location}.",
                     f"There is {_words(f.severity, f.subtype)} {f.location}.",
                     f"{_words(f.severity, f.subtype)} is seen {f.location}."])
     return _cap(s), _cap(f"{_words(f.severity, f.subtype)} {f.location}.")
@@ -62,16 +62,16 @@ def _cardiomegaly_sentences(f: Finding, rng) -> tuple[str, str]:
         return ("The heart size is possibly mildly enlarged, though this may be accentuated by technique.",
                 "Possible mild cardiomegaly.")
     phrase = f.subtype.replace(". other", ". Other")
-    return _cap(phrase + "."), _pick(rng, _CARDIO_IMPRESSION[f.words["grade"]])
+    return _cap(phrase + "."), pick(rng, _CARDIO_IMPRESSION[f.words["grade"]])
 
 
 def _consolidation_sentences(f: Finding, rng) -> tuple[str, str]:
     if f.value < 0:
-        s = _pick(rng, [f"Cannot exclude early consolidation {f.location}.",
+        s = pick(rng, [f"Cannot exclude early consolidation {f.location}.",
                         f"Subtle opacity {f.location}; early consolidation cannot be excluded."])
         return s, f"Cannot exclude early consolidation {f.location}."
     body = _words(f.severity, f.words.get("descriptor", "") + f.subtype)
-    s = _pick(rng, [f"{body} {f.location}.", f"There is {body} {f.location}."])
+    s = pick(rng, [f"{body} {f.location}.", f"There is {body} {f.location}."])
     imp = _cap(f"{f.words.get('descriptor', '') + f.subtype} {f.location}")
     if f.words.get("pneumonia"):
         s += " Findings may reflect pneumonia in the appropriate clinical setting."
@@ -81,11 +81,11 @@ def _consolidation_sentences(f: Finding, rng) -> tuple[str, str]:
 
 def _edema_sentences(f: Finding, rng) -> tuple[str, str]:
     if f.value < 0:
-        s = _pick(rng, ["Possible mild pulmonary edema.",
+        s = pick(rng, ["Possible mild pulmonary edema.",
                         "Mild vascular congestion; early pulmonary edema cannot be excluded."])
         return s, "Possible mild pulmonary edema."
     body = _words(f.severity, f.subtype)
-    s = _pick(rng, [f"{body}.", f"There is {body}.", f"{body} with perihilar haziness."])
+    s = pick(rng, [f"{body}.", f"There is {body}.", f"{body} with perihilar haziness."])
     return _cap(s), _cap(body + ".")
 
 
@@ -93,11 +93,11 @@ def _pleural_effusion_sentences(f: Finding, rng) -> tuple[str, str]:
     plural = f.location == "bilateral" and rng.random() < 0.5
     noun = f.subtype.replace("bilateral ", "") + ("s" if plural else "")
     if f.value < 0:
-        s = _pick(rng, [f"Possible small {f.location} {noun}.",
+        s = pick(rng, [f"Possible small {f.location} {noun}.",
                         f"Blunting of the {f.location} costophrenic angle may reflect a small {noun}."])
         return s, f"Possible small {f.location} {noun}."
     body = _words(f.severity, f.location, noun)
-    s = _pick(rng, [f"{body}.", f"There is a {body}.", f"{body} is present."])
+    s = pick(rng, [f"{body}.", f"There is a {body}.", f"{body} is present."])
     if s.startswith("There is a ") and f.severity == "":
         s = f"There is a {f.location} {noun}."
     return _cap(s), _cap(body + ".")
@@ -112,7 +112,7 @@ def _pneumothorax_sentences(f: Finding, rng) -> tuple[str, str]:
 
 def _lung_lesion_sentences(f: Finding, rng) -> tuple[str, str]:
     side, kind = f.sides[0], f.subtype
-    s = _pick(rng, [f"There is a {f.extent} cm {kind} in the {side} {f.zone} lung zone.",
+    s = pick(rng, [f"There is a {f.extent} cm {kind} in the {side} {f.zone} lung zone.",
                     f"A {f.extent} cm {kind} projects over the {side} {f.zone} lung zone."])
     return s, f"{f.extent} cm {side} {f.zone} lung {kind}; chest CT is recommended for further evaluation."
 
@@ -186,13 +186,13 @@ class _Normals:
 
 def _state_heart(n: _Normals) -> None:
     if n.free("Cardiomegaly") and n.maybe(0.8):
-        n.state(_pick(n.rng, ["Heart size is normal.", "The heart is normal in size.", "Normal heart size."]),
+        n.state(pick(n.rng, ["Heart size is normal.", "The heart is normal in size.", "Normal heart size."]),
                 "Cardiomegaly")
     if n.free("Enlarged Cardiomediastinum") and n.maybe(0.6):
         if "Cardiomegaly" in n.present:
             n.state("The mediastinal and hilar contours are unremarkable.", "Enlarged Cardiomediastinum")
         else:
-            n.state(_pick(n.rng, ["The cardiomediastinal silhouette is within normal limits.",
+            n.state(pick(n.rng, ["The cardiomediastinal silhouette is within normal limits.",
                                   "The mediastinal and hilar contours are normal."]), "Enlarged Cardiomediastinum")
 
 
@@ -203,9 +203,9 @@ def _state_lungs_and_pleura(n: _Normals) -> None:
                   "Consolidation", "Pleural Effusion", "Pneumothorax")
     else:
         if n.free("Consolidation") and n.maybe(0.7):
-            n.state(_pick(n.rng, ["No focal consolidation.", "There is no focal consolidation."]), "Consolidation")
+            n.state(pick(n.rng, ["No focal consolidation.", "There is no focal consolidation."]), "Consolidation")
         if n.free("Pleural Effusion", "Pneumothorax") and n.maybe(0.85):
-            pleura = (_pick(n.rng, ["No pleural effusion or pneumothorax.",
+            pleura = (pick(n.rng, ["No pleural effusion or pneumothorax.",
                                     "There is no pleural effusion or pneumothorax."]),
                       "Pleural Effusion", "Pneumothorax")
         elif n.free("Pleural Effusion") and n.maybe(0.7):
@@ -215,7 +215,7 @@ def _state_lungs_and_pleura(n: _Normals) -> None:
     if pleura:
         n.state(*pleura)
     if n.free("Edema") and n.maybe(0.5):
-        n.state(_pick(n.rng, ["No pulmonary edema.", "There is no pulmonary vascular congestion or edema.",
+        n.state(pick(n.rng, ["No pulmonary edema.", "There is no pulmonary vascular congestion or edema.",
                               "No evidence of pulmonary edema."]), "Edema")
     if not n.present and n.maybe(0.5):
         n.state("The lungs are clear.")
@@ -223,7 +223,7 @@ def _state_lungs_and_pleura(n: _Normals) -> None:
 
 def _state_bones(n: _Normals) -> None:
     if n.maybe(0.5):
-        bones = _pick(n.rng, ["No acute osseous abnormality.", "Osseous structures are unremarkable.",
+        bones = pick(n.rng, ["No acute osseous abnormality.", "Osseous structures are unremarkable.",
                               "No displaced fracture is identified."])
         n.state(bones, *(("Fracture",) if "fracture" in bones else ()))
 
@@ -298,7 +298,7 @@ def _section_texts(findings: Sequence[Finding], pairs: list[tuple[str, str]], no
     no_disease = all(f.label == "Support Devices" for f in findings)
     normal_impression = ""
     if no_disease:
-        normal_impression = _pick(rng, _NORMAL_IMPRESSIONS)
+        normal_impression = pick(rng, _NORMAL_IMPRESSIONS)
         impressions = impressions + [normal_impression]
     # Without a FINDINGS section the sentences stand alone, closed by a normal impression if any.
     single_paragraph = findings_text + (" " + impressions[-1] if no_disease else "")
@@ -318,9 +318,9 @@ def _header(views: Sequence[str], all_text: str, rng) -> _Header:
     technique = ("Portable AP chest radiograph." if frontal == "AP" else
                  "Chest PA and lateral." if has_lateral else "PA view of the chest.")
     comparison = ("Chest radiograph from ___." if any(w in all_text for w in _TEMPORAL_WORDS)
-                  else _pick(rng, ["None.", "___.", "Prior chest radiograph from ___."]))
-    sex = _pick(rng, ["man", "woman"])
-    indication = f"___-year-old {sex} with {_pick(rng, _INDICATIONS)}.  // ___"
+                  else pick(rng, ["None.", "___.", "Prior chest radiograph from ___."]))
+    sex = pick(rng, ["man", "woman"])
+    indication = f"___-year-old {sex} with {pick(rng, _INDICATIONS)}.  // ___"
     return _Header(frontal, exam, technique, comparison, indication)
 
 

@@ -18,20 +18,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medclip_nb.config import ConfigError
-from medclip_nb.data import provenance
-from medclip_nb.data.mimic import CHEXPERT_TABLE, METADATA_COLUMNS, METADATA_TABLE, SPLIT_TABLE
-from medclip_nb.errors import DataError
+from medclip_nb.data import (
+    CHEXPERT_TABLE,
+    METADATA_COLUMNS,
+    METADATA_TABLE,
+    SPLIT_TABLE,
+    describe_phantom,
+    foreign_file,
+    phantom_params,
+    phantom_record,
+    remove_derived_datasets,
+    user_params,
+)
+from medclip_nb.errors import ConfigError, DataError
 from medclip_nb.labels import CHEXPERT_LABELS
 from medclip_nb.paths import resolve
-from medclip_nb.phantom.anatomy import Anatomy, _study_anatomy, sample_anatomy
+from medclip_nb.phantom.anatomy import Anatomy, sample_anatomy, study_anatomy
 from medclip_nb.phantom.findings import study_labels
-from medclip_nb.phantom.plan import _RNG_STUDY, _RNG_SUBJECT, _Image, _plan_studies, _Study
+from medclip_nb.phantom.plan import RNG_STUDY, RNG_SUBJECT, PlannedImage, PlannedStudy, plan_studies
 from medclip_nb.phantom.render import MAX_SIZE, MIN_SIZE, image_width, render_chest
 from medclip_nb.phantom.reports import PhantomReport, write_report
 from medclip_nb.progress import progress
-from medclip_nb.text.clean import split_sentences
-from medclip_nb.text.sentence_labels import write_sentence_labels
+from medclip_nb.text import split_sentences, write_sentence_labels
 
 SENTENCE_TABLE = "sentence-label.csv.gz"  # MedCLIP's sentence-label table, every sentence as written
 
@@ -87,7 +95,7 @@ def phantom_is_current(out, studies: int, size: int, seed: int, test_studies: in
 
 
 def _clear_previous(out: Path, wanted: dict, force: bool) -> None:
-    """Remove an earlier phantom's files (see provenance.py): refuse a folder that is not a
+    """Remove an earlier phantom's files (see data/provenance.py): refuse a folder that is not a
     phantom, a complete phantom of other parameters unless `force`, and a files/ tree holding
     anything the generator did not write."""
     if not out.exists():
@@ -99,22 +107,22 @@ def _clear_previous(out: Path, wanted: dict, force: bool) -> None:
             raise DataError(f"refusing to overwrite {out}: it holds MIMIC-CXR files but no "
                             f"{PHANTOM_MANIFEST} (not a phantom)")
         return
-    recorded = provenance.phantom_record(out)
+    recorded = phantom_record(out)
     if recorded is None and not force:
         raise DataError(f"refusing to replace {out}: its {PHANTOM_MANIFEST} cannot be read "
                         f"(pass --force to replace it)")
-    old = provenance.phantom_params(recorded)
-    if old is not None and provenance.user_params(old) != provenance.user_params(wanted) and not force:
+    old = phantom_params(recorded)
+    if old is not None and user_params(old) != user_params(wanted) and not force:
         raise DataError(
-            f"{out} holds a phantom of {provenance.describe(old)}; replacing it with one of "
-            f"{provenance.describe(wanted)} deletes its files/ and the datasets prepared from it: pass --force "
+            f"{out} holds a phantom of {describe_phantom(old)}; replacing it with one of "
+            f"{describe_phantom(wanted)} deletes its files/ and the datasets prepared from it: pass --force "
             f"(config key 'force'), or choose another phantom_dir")
-    foreign = provenance.foreign_file(out / "files")
+    foreign = foreign_file(out / "files")
     if foreign is not None:
         raise DataError(f"refusing to delete {out / 'files'}: it holds {foreign}, which the phantom generator did "
                         f"not write; move it away first")
     if old is not None:
-        provenance.remove_derived_datasets(out, old)
+        remove_derived_datasets(out, old)
     (out / PHANTOM_MANIFEST).unlink()
     if (out / "files").is_dir():
         shutil.rmtree(out / "files")
@@ -131,14 +139,14 @@ class _Tables:
     meta_rows: list[dict] = field(default_factory=list)
     sentences: dict[str, list[float]] = field(default_factory=dict)  # sentence key -> labels, first writing wins
 
-    def add_report(self, s: _Study, report: PhantomReport) -> None:
+    def add_report(self, s: PlannedStudy, report: PhantomReport) -> None:
         labels = study_labels(s.findings, report.negated, report.uncertain, report.mentioned)
         for text, sentence_labels in report.sentence_labels:
             for piece in split_sentences(text):
                 self.sentences.setdefault(piece, [sentence_labels[name] for name in CHEXPERT_LABELS])
         self.label_rows.append({"subject_id": s.subject_id, "study_id": s.study_id, **labels})
 
-    def add_image(self, s: _Study, im: _Image, frontal: str, size: int, rng: np.random.Generator) -> None:
+    def add_image(self, s: PlannedStudy, im: PlannedImage, frontal: str, size: int, rng: np.random.Generator) -> None:
         self.split_rows.append({"dicom_id": im.dicom_id, "study_id": s.study_id, "subject_id": s.subject_id,
                                 "split": s.split})
         procedure = "CHEST (PORTABLE AP)" if frontal == "AP" else "CHEST (PA AND LAT)"
@@ -170,10 +178,10 @@ class _Tables:
         write_sentence_labels(out / SENTENCE_TABLE, dict(sorted(self.sentences.items())))
 
 
-def _write_study(out: Path, s: _Study, patient: Anatomy, size: int, seed: int, tables: _Tables) -> None:
+def _write_study(out: Path, s: PlannedStudy, patient: Anatomy, size: int, seed: int, tables: _Tables) -> None:
     """Write the study's report and JPEGs and add its rows. The report, then each image
     (sorted by dicom_id), draw from one random stream of the study, in this order."""
-    rng = np.random.default_rng([seed, _RNG_STUDY, s.index, 1])
+    rng = np.random.default_rng([seed, RNG_STUDY, s.index, 1])
     views = [im.view for im in s.images]
     report = write_report(s.findings, views, s.style, rng)
     folder = out / "files" / f"p{str(s.subject_id)[:2]}" / f"p{s.subject_id}"
@@ -183,7 +191,7 @@ def _write_study(out: Path, s: _Study, patient: Anatomy, size: int, seed: int, t
     tables.add_report(s, report)
     frontal = next(v for v in views if v in ("PA", "AP"))
     for im in s.images:  # sorted by dicom_id
-        anatomy = _study_anatomy(patient, rng, im.view)
+        anatomy = study_anatomy(patient, rng, im.view)
         image = render_chest(size, anatomy, s.findings, im.view, rng)
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
@@ -191,19 +199,19 @@ def _write_study(out: Path, s: _Study, patient: Anatomy, size: int, seed: int, t
         tables.add_image(s, im, frontal, size, rng)
 
 
-def _write_chunk(out: Path, chunk: list[_Study], size: int, seed: int) -> _Tables:
+def _write_chunk(out: Path, chunk: list[PlannedStudy], size: int, seed: int) -> _Tables:
     """Write a run of consecutive studies and return their table rows. Every study draws from
     its own random stream and every patient's anatomy from the patient's, so any split of the
     plan writes the same bytes."""
     tables, patients = _Tables(), {}
     for s in chunk:
         if s.subject_index not in patients:
-            patients[s.subject_index] = sample_anatomy(np.random.default_rng([seed, _RNG_SUBJECT, s.subject_index]))
+            patients[s.subject_index] = sample_anatomy(np.random.default_rng([seed, RNG_SUBJECT, s.subject_index]))
         _write_study(out, s, patients[s.subject_index], size, seed, tables)
     return tables
 
 
-def _write_studies(out: Path, plan: list[_Study], size: int, seed: int, workers: int | None) -> _Tables:
+def _write_studies(out: Path, plan: list[PlannedStudy], size: int, seed: int, workers: int | None) -> _Tables:
     """All studies of the plan, in chunks over `workers` processes (default: one per core);
     the rows are merged in plan order."""
     chunks = [plan[i:i + _CHUNK_STUDIES] for i in range(0, len(plan), _CHUNK_STUDIES)]
@@ -233,7 +241,7 @@ def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, te
     earlier phantom in `out` is replaced when it was incomplete or had the same
     arguments; one of other arguments only with `force` (the datasets prepared from it in `out`
     are deleted too); a folder holding other MIMIC files, or a files/ tree holding files the
-    generator does not write, is refused (provenance.py). Relative paths are taken from the
+    generator does not write, is refused (data/provenance.py). Relative paths are taken from the
     repository root. `workers` processes write the studies (default: one per core; the bytes do
     not depend on it). Returns a summary: studies, images, subjects and per-split counts
     (subjects, studies, images of each split).
@@ -246,7 +254,7 @@ def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, te
     # Written first as incomplete: an interrupted run is recognised as a phantom and redone.
     (out / PHANTOM_MANIFEST).write_text(json.dumps({**manifest, "complete": False}, indent=2) + "\n")
 
-    plan = _plan_studies(studies, seed, test_studies)
+    plan = plan_studies(studies, seed, test_studies)
     tables = _write_studies(out, plan, size, seed, workers)
     tables.write(out)
 
@@ -255,7 +263,7 @@ def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, te
     return summary
 
 
-def _summary(plan: list[_Study], studies: int, size: int, seed: int) -> dict:
+def _summary(plan: list[PlannedStudy], studies: int, size: int, seed: int) -> dict:
     splits = {}
     for name in ("train", "validate", "test"):
         group = [s for s in plan if s.split == name]

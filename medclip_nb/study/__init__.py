@@ -14,7 +14,6 @@ Notebook-facing helpers, presentation only (the numbers come from train and eval
 The notebooks use `from medclip_nb import study` and `study.<name>`: every name is re-exported here.
 """
 
-from medclip_nb.data.prepare import ensure_dataset
 from medclip_nb.study.ablation import (
     DATA_EFFICIENCY_LOSSES,
     VARIANTS,
@@ -22,45 +21,24 @@ from medclip_nb.study.ablation import (
     ablation_entry,
     data_efficiency_entry,
     planned_runs,
+    run_config,
+    train_and_score,
 )
-from medclip_nb.study.ablation_tables import (
-    ablation_report,
-    ablation_table,
-    data_efficiency_table,
-    print_ablation,
-    show_ablation,
-    show_data_efficiency,
-)
+from medclip_nb.study.ablation_tables import print_ablation, show_ablation, show_data_efficiency
 from medclip_nb.study.figures import (
-    FIGURE_DPI,
-    ablation_figure,
-    data_efficiency_figure,
     embedding_figure,
-    figures_dir,
     probe_fraction_figure,
     sample_grid_figure,
-    save_figure,
     show_figure,
     similarity_heatmap_figure,
-    similarity_sample,
     training_curves_figure,
 )
-from medclip_nb.study.readings import ablation_reading, data_efficiency_reading, reading
-from medclip_nb.study.runs import (
-    BASELINE_ENTRIES,
-    copy_metrics_entry,
-    evaluate_run,
-    record_models,
-    train_and_evaluate,
-    update_metrics,
-)
-from medclip_nb.study.seed_stats import data_efficiency_stats, paired_by_seed, seed_summary, variant_stats
-from medclip_nb.study.setup import notebook_config
+from medclip_nb.study.readings import reading
+from medclip_nb.study.runs import copy_metrics_entry, evaluate_run, record_models, train_and_evaluate, update_metrics
+from medclip_nb.study.setup import ensure_dataset, notebook_config
+from medclip_nb.study.summary import write_summary
 from medclip_nb.study.tables import (
-    HEADLINE_PATHS,
     epoch_table,
-    headline,
-    headline_intervals,
     label_prevalence,
     paired_comparisons,
     probe_fraction_table,
@@ -70,38 +48,21 @@ from medclip_nb.study.tables import (
     results_table_with_intervals,
     split_counts,
     top_retrievals,
-    zero_shot_hits,
 )
 
 __all__ = [
     "DATA_EFFICIENCY_LOSSES",
-    "FIGURE_DPI",
-    "HEADLINE_PATHS",
     "VARIANTS",
     "ablation",
     "ablation_entry",
-    "ablation_figure",
-    "ablation_reading",
-    "ablation_report",
-    "ablation_table",
-    "BASELINE_ENTRIES",
     "copy_metrics_entry",
-    "record_models",
     "data_efficiency_entry",
-    "data_efficiency_figure",
-    "data_efficiency_reading",
-    "data_efficiency_stats",
-    "data_efficiency_table",
     "embedding_figure",
     "ensure_dataset",
     "epoch_table",
     "evaluate_run",
-    "figures_dir",
-    "headline",
-    "headline_intervals",
     "label_prevalence",
     "notebook_config",
-    "paired_by_seed",
     "paired_comparisons",
     "planned_runs",
     "print_ablation",
@@ -109,22 +70,21 @@ __all__ = [
     "probe_fraction_table",
     "read_metrics_log",
     "reading",
+    "record_models",
     "report_lengths",
     "results_table",
     "results_table_with_intervals",
+    "run_config",
     "sample_grid_figure",
-    "save_figure",
-    "seed_summary",
     "show_ablation",
     "show_data_efficiency",
     "show_figure",
     "similarity_heatmap_figure",
-    "similarity_sample",
     "split_counts",
     "top_retrievals",
     "train_and_evaluate",
+    "train_and_score",
     "training_curves_figure",
     "update_metrics",
-    "variant_stats",
-    "zero_shot_hits",
+    "write_summary",
 ]

@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
-from medclip_nb.config import Config, ConfigError
-from medclip_nb.data import load_dataset_file
-from medclip_nb.data.train_fraction import keep_train_fraction
-from medclip_nb.evaluate.intervals import bootstrap_off
-from medclip_nb.evaluate.run import json_ready
-from medclip_nb.model.checkpoint import load_model
+from medclip_nb.config import Config
+from medclip_nb.data import keep_train_fraction, load_dataset_file
+from medclip_nb.errors import ConfigError
+from medclip_nb.evaluate import bootstrap_off, json_ready
+from medclip_nb.model import load_model
 from medclip_nb.paths import resolve
 from medclip_nb.study.readings import ablation_reading, data_efficiency_reading
 from medclip_nb.study.runs import evaluate_run

@@ -10,7 +10,7 @@ from medclip_nb.config import Config
 from medclip_nb.errors import DataError
 from medclip_nb.evaluate import eval_datasets, evaluate_model, merge_metrics, read_metrics
 from medclip_nb.files import write_json_atomic
-from medclip_nb.model.checkpoint import load_model
+from medclip_nb.model import load_model
 from medclip_nb.paths import resolve
 from medclip_nb.train import train
 

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from medclip_nb.evaluate.intervals import CONFIDENCE, paired_t_difference, t_interval
+from medclip_nb.evaluate import CONFIDENCE, paired_t_difference, t_interval
 
 REFERENCE = "clip"
 ABLATION_METRICS = ("zs_acc_mean", "i2t_R@10", "probe_auroc")

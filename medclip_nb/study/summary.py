@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from medclip_nb.errors import DataError
-from medclip_nb.evaluate.intervals import format_with_interval
+from medclip_nb.evaluate import format_with_interval
 from medclip_nb.files import write_text_atomic
 from medclip_nb.paths import resolve
 from medclip_nb.study.ablation_tables import ablation_report

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from medclip_nb.evaluate.intervals import format_with_interval, paired_difference
+from medclip_nb.evaluate import format_with_interval, paired_difference
 from medclip_nb.labels import CHEXPERT_LABELS
-from medclip_nb.text.clean import clean_report
+from medclip_nb.text import clean_report
 
 if TYPE_CHECKING:  # pandas is imported inside the functions that use it (a heavy import)
     import pandas as pd

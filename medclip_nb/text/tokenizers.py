@@ -20,11 +20,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
+import numpy as np
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
-from medclip_nb.data.validation import clip_index_list
-from medclip_nb.errors import CheckpointError, DataError, UserError
+from medclip_nb.errors import CheckpointError, DataError, UserError, quote
 from medclip_nb.progress import progress
 from medclip_nb.text.clean import clean_report
 
@@ -209,6 +209,22 @@ def build_tokenizer(cfg: "Config", train_reports: Iterable[str]):
     if not any(cleaned):
         raise DataError(f"{cfg.data_path}: no training report text to learn the subword vocabulary from")
     return SubwordTokenizer.train(cleaned, cfg.vocab_size, cfg.max_text_tokens)
+
+
+def clip_index_list(value: Any, where: str) -> list[int]:
+    """A record's ``clip_indices`` (one int or a list of ints) as a non-empty list of ints >= 0."""
+    if isinstance(value, np.ndarray):  # NumPy arrays / scalars as Python lists / numbers
+        value = value.tolist()
+    items = [item.item() if isinstance(item, np.generic) else item
+             for item in (value if isinstance(value, (list, tuple)) else [value])]
+    if not items:
+        raise DataError(f"{where}: key 'clip_indices' is empty (need at least one feature row)")
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise DataError(f"{where}: key 'clip_indices': {quote(item)} is not an integer row index")
+        if not 0 <= item < 2**62:
+            raise DataError(f"{where}: key 'clip_indices': {quote(item)} is negative or absurdly large")
+    return items
 
 
 class ClipIndexTokenizer:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from medclip_nb.config import Config
-from medclip_nb.study.ablation import DATA_EFFICIENCY_LOSSES, VARIANTS, planned_runs, run_config, train_and_score
+from medclip_nb.study import DATA_EFFICIENCY_LOSSES, VARIANTS, planned_runs, run_config, train_and_score
 
 
 def planned_run_count(cfg: Config) -> int:

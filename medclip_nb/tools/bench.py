@@ -41,20 +41,22 @@ import torch
 from torch.utils.data import Sampler
 
 from medclip_nb.config import Config
-from medclip_nb.data import build_datasets, make_collate, make_loader
-from medclip_nb.data.gpu_augment import BatchAugment
-from medclip_nb.data.mimic import prepare_mimic
-from medclip_nb.data.store import find_store
-from medclip_nb.data.store_build import build_store
+from medclip_nb.data import (
+    BatchAugment,
+    build_datasets,
+    build_store,
+    find_store,
+    make_collate,
+    make_loader,
+    prepare_mimic,
+)
 from medclip_nb.errors import DataError
-from medclip_nb.model.encoders import build_model
+from medclip_nb.model import build_model
 from medclip_nb.paths import repo_root, resolve
 from medclip_nb.phantom import generate_phantom, phantom_is_current
-from medclip_nb.runtime import amp_dtype, pick_device, precision_name, set_backend_flags
-from medclip_nb.text.tokenizers import build_tokenizer
-from medclip_nb.train.guard import make_guard
-from medclip_nb.train.state import Progress
-from medclip_nb.train.step import TrainStep, build_optimizer, contrastive_loss, grad_scaler
+from medclip_nb.runtime import pick_device, precision_name, set_backend_flags
+from medclip_nb.text import build_tokenizer
+from medclip_nb.train import build_train_step
 
 FULL_MIMIC_HEIGHT = 3056  # phantom.generate_phantom's `size` is the image height
 WARMUP_STEPS = 3
@@ -164,24 +166,19 @@ def _interleaved(measurements: dict[str, _Measurement], steps: int, rounds: int,
 
 
 class _PairsStep:
-    """`train.step.TrainStep`, the step train() takes, on a fresh model as train() builds it
-    (fused AdamW and the sync-free guard on a GPU, channels_last, torch.compile), at a constant
-    learning rate; a call returns the pairs it trained on (0: fewer than 2, no step)."""
+    """`train.build_train_step`'s step, the one train() takes, on a fresh model as train() builds it
+    (fused AdamW and the sync-free guard on a GPU, channels_last, torch.compile), at the peak
+    learning rate (no warmup, a schedule far longer than the benchmark); a call returns the pairs
+    it trained on (0: fewer than 2, no step)."""
 
     def __init__(self, cfg: Config, tokenizer, device: torch.device):
-        on_gpu = device.type == "cuda"
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, tokenizer).to(device)
-        self.channels_last = on_gpu and cfg.channels_last
+        self.channels_last = device.type == "cuda" and cfg.channels_last
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = build_optimizer(model, cfg, fused=on_gpu)
-        dtype = amp_dtype(device, cfg.use_amp)
-        guard = make_guard(on_gpu, model, Progress(), cfg.max_nonfinite_steps, print, device)
-        self.step = TrainStep(torch.compile(model) if cfg.compile else model, model, contrastive_loss(cfg), optimizer,
-                              torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0), grad_scaler(dtype), guard,
-                              amp_dtype=dtype, grad_clip=cfg.grad_clip)
-        self.precision = precision_name(dtype)
+        self.step = build_train_step(cfg.replace(warmup=0.0, debug=False), model, device, total_steps=10**9)
+        self.precision = precision_name(self.step.amp_dtype)
 
     def __call__(self, pixel_values, input_ids, attention_mask, labels) -> int:
         if pixel_values.shape[0] < 2:  # a contrastive step needs pairs to contrast

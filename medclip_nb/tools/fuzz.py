@@ -9,9 +9,9 @@ and counted, not fatal; the table gives each child's peak resident memory.
 
 The CLI paths: `convert --data_path X.pkl` and `convert --data_path X.jsonl` (load, validate,
 write a manifest); `train --config X.yaml` up to the trainer (the trainer itself is replaced by
-a stub: training is not the subject); `evaluate --checkpoint X.pth` up to the evaluation
-(model rebuilt from the checkpoint; the metrics themselves stubbed), then the resume path
-(`train.state.open_resume_point` checks, `train.restore_training_state` into a fresh model, RNG restore).
+a stub passed to `cli.main(work=...)`: training is not the subject); `evaluate --checkpoint
+X.pth` up to the evaluation (model rebuilt from the checkpoint, then a stub), then the resume path
+(the checkpoint checks, `train.restore_training_state` into a fresh model's step, RNG restore).
 """
 
 from __future__ import annotations
@@ -37,16 +37,13 @@ import numpy as np
 import torch
 
 from medclip_nb import cli, errors
-from medclip_nb import train as training
-from medclip_nb.config import from_dict, load_config
-from medclip_nb.evaluate import run as evaluate_run
-from medclip_nb.model.checkpoint import load_checkpoint, restore_rng_state
-from medclip_nb.model.checkpoint_check import RESUME_PARTS, check_checkpoint
-from medclip_nb.model.encoders import build_model
+from medclip_nb.config import from_dict
+from medclip_nb.config_load import load_config
+from medclip_nb.model import RESUME_PARTS, build_model, check_checkpoint, load_checkpoint, load_model, restore_rng_state
+from medclip_nb.paths import resolve
 from medclip_nb.runtime import World
-from medclip_nb.text.tokenizers import tokenizer_from_json
-from medclip_nb.train.state import restore_training_state
-from medclip_nb.train.step import param_groups
+from medclip_nb.text import tokenizer_from_json
+from medclip_nb.train import build_train_step, restore_training_state, train
 
 FORMATS = ("pickle", "manifest", "yaml", "checkpoint")
 OUTCOMES = ("loaded", "one-line error", "traceback", "crash")
@@ -87,7 +84,7 @@ def make_seeds(folder: Path) -> dict[str, Path]:
     checkpoint = folder / "run" / "last.pth"
     if not checkpoint.is_file():
         with contextlib.redirect_stderr(io.StringIO()):
-            training.train(load_config(yaml_path), log=lambda *a, **k: None)
+            train(load_config(yaml_path), log=lambda *a, **k: None)
     return {"pickle": pkl, "manifest": manifest, "yaml": yaml_path, "checkpoint": checkpoint}
 
 
@@ -223,7 +220,7 @@ def _cli(argv: list[str]) -> tuple[str, str]:
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            rc = cli.main(argv)
+            rc = cli.main(argv, work=STUBS)
     except _Reached:
         return "loaded", ""
     except SystemExit as e:  # argparse
@@ -238,19 +235,21 @@ def _cli(argv: list[str]) -> tuple[str, str]:
     return "traceback", f"rc {rc}: {' | '.join(lines)[:200]}"
 
 
-@contextlib.contextmanager
-def _stubs():
-    """The trainer and the evaluation metrics are replaced while the inputs run (restored after);
-    everything that reads the inputs is real."""
-    def reached(*_args, **_kwargs):
-        raise _Reached
+def _reached(*_args, **_kwargs):
+    raise _Reached
 
-    saved = training.train, evaluate_run.eval_datasets
-    training.train = evaluate_run.eval_datasets = reached
-    try:
-        yield
-    finally:
-        training.train, evaluate_run.eval_datasets = saved
+
+def _evaluate_stub(checkpoint, out_dir=None, overrides=None):
+    """What `evaluate` reads before it evaluates, as evaluate_checkpoint reads it: the checkpoint
+    (model rebuilt from it) with the flags' overrides applied; then it stops."""
+    _model, _tokenizer, cfg = load_model(resolve(checkpoint), "cpu")
+    cfg.replace(**dict(overrides or {}))
+    raise _Reached
+
+
+# The trainer and the evaluation itself are replaced (cli.main's `work`); everything that reads
+# the inputs is real.
+STUBS = {"train": _reached, "evaluate": _evaluate_stub}
 
 
 def _resume_path(path: Path) -> tuple[str, str]:
@@ -259,13 +258,11 @@ def _resume_path(path: Path) -> tuple[str, str]:
         state = check_checkpoint(load_checkpoint(path), path, RESUME_PARTS)
         cfg = from_dict(state["config"])
         model = build_model(cfg, tokenizer_from_json(state["tokenizer"]))
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-        scaler = torch.amp.GradScaler("cuda", enabled=False)
-        restore_training_state(path, state, cfg, World(), 10**6, model, optimizer, scheduler, scaler,
-                                     lambda *a: None)
+        step = build_train_step(cfg, model, torch.device("cpu"), total_steps=10**6, say=lambda *a: None,
+                                guard_state=state)
+        restore_training_state(path, state, cfg, World(), 10**6, step, lambda *a: None)
         restore_rng_state(state["rng"])
-        scheduler.step()
+        step.scheduler.step()
         return "loaded", ""
     except errors.UserError as e:
         message = str(e)
@@ -313,14 +310,13 @@ def run_format(fmt: str, n: int, seed: int, folder: Path, report: Callable[[str,
     work = folder / f"work-{fmt}"
     work.mkdir(parents=True, exist_ok=True)
     counts: Counter = Counter()
-    with _stubs():
-        for index, data in enumerate(mutations(fmt, seeds, n, seed)):
-            if index < start:
-                continue
-            outcome, detail = run_one(fmt, data, work, seeds)
-            counts[outcome] += 1
-            if report is not None:
-                report(outcome, detail, index)
+    for index, data in enumerate(mutations(fmt, seeds, n, seed)):
+        if index < start:
+            continue
+        outcome, detail = run_one(fmt, data, work, seeds)
+        counts[outcome] += 1
+        if report is not None:
+            report(outcome, detail, index)
     return counts
 
 

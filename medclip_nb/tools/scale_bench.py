@@ -37,18 +37,19 @@ import numpy as np
 from medclip_nb.config import Config
 from medclip_nb.data import (
     EpochSampler,
+    ImageStore,
     build_datasets,
+    build_store,
+    find_store,
     load_dataset_file,
     make_collate,
     make_loader,
+    prepare_mimic,
     seed_worker,
     validate_dataset,
 )
-from medclip_nb.data.mimic import prepare_mimic
-from medclip_nb.data.store import ImageStore, find_store
-from medclip_nb.data.store_build import build_store
 from medclip_nb.labels import CHEXPERT_LABELS
-from medclip_nb.text.tokenizers import build_tokenizer
+from medclip_nb.text import build_tokenizer
 
 MIMIC_STUDIES, MIMIC_IMAGES, MIMIC_SUBJECTS = 227_827, 378_680, 64_588
 MARKER = "scale_tree.json"

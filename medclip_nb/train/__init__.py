@@ -32,24 +32,12 @@ Files in `model_save_path`:
                             (medclip_nb/train/tensorboard_log.py); metrics.jsonl stays the record
 """
 
-# fuzz.py reads the checkpoint checks through this package, as it did through train.py.
-from medclip_nb.model.checkpoint import load_checkpoint
-from medclip_nb.model.checkpoint_check import RESUME_PARTS, check_checkpoint
-from medclip_nb.train.guard import NonfiniteGuard, NonfiniteStreak, make_guard, step_unless
 from medclip_nb.train.loop import train
-from medclip_nb.train.state import (
-    METRICS_FILE,
-    MetricsLog,
-    Progress,
-    TrainResult,
-    restore_training_state,
-)
-from medclip_nb.train.step import TrainStep, batch_to_device, param_groups, warmup_cosine
-from medclip_nb.train.tensorboard_log import TensorBoardLog
-from medclip_nb.train.validate import validation_loss
+from medclip_nb.train.state import restore_training_state
+from medclip_nb.train.step import build_train_step
 
 __all__ = [
-    "METRICS_FILE", "RESUME_PARTS", "MetricsLog", "NonfiniteGuard", "NonfiniteStreak", "Progress", "TensorBoardLog",
-    "TrainResult", "TrainStep", "batch_to_device", "check_checkpoint", "load_checkpoint", "make_guard", "param_groups",
-    "restore_training_state", "step_unless", "train", "validation_loss", "warmup_cosine",
+    "build_train_step",
+    "restore_training_state",
+    "train",
 ]

@@ -10,15 +10,20 @@ from typing import Any
 import torch
 
 from medclip_nb.config import Config
-from medclip_nb.data import EpochSampler, build_datasets, make_collate, make_loader
-from medclip_nb.data.build import _truncation_warning as truncation_warning
-from medclip_nb.data.gpu_augment import BatchAugment
-from medclip_nb.data.store import find_store
-from medclip_nb.data.unpaired import build_unpaired
+from medclip_nb.data import (
+    BatchAugment,
+    EpochSampler,
+    build_datasets,
+    build_unpaired,
+    find_store,
+    make_collate,
+    make_loader,
+    truncation_warning,
+)
 from medclip_nb.errors import DataError
 from medclip_nb.paths import resolve
 from medclip_nb.runtime import World
-from medclip_nb.text.tokenizers import build_tokenizer
+from medclip_nb.text import build_tokenizer
 
 
 @dataclass
@@ -28,8 +33,9 @@ class TrainData:
     train_sampler: Any
     train_loader: Any
     val_loader: Any  # None without a validation split
-    augment: Any  # gpu_augment.BatchAugment when training batches hold uint8 store images
-    unpaired: Any = None  # unpaired.UnpairedBatches when cfg.unpaired_sources is set
+    augment: Any  # data.BatchAugment when training batches hold uint8 store images
+    unpaired: Any = None  # data.UnpairedBatches when cfg.unpaired_sources is set
+    augment_generator: torch.Generator | None = None  # seeded per batch by the loop, with `augment`
 
 
 def split_size_line(dataset, why: str = "debug subset") -> str:
@@ -103,4 +109,5 @@ def prepare_data(cfg: Config, world: World, device: torch.device, tokenizer, say
     if unpaired is not None:
         sizes = ", ".join(f"{name} {len(source)}" for name, source in unpaired.sources.items())
         say(f"  unpaired: {sizes}; {cfg.unpaired_per_batch} of each per step")
-    return TrainData(tokenizer, splits, train_sampler, train_loader, val_loader, augment, unpaired)
+    return TrainData(tokenizer, splits, train_sampler, train_loader, val_loader, augment, unpaired,
+                     torch.Generator(device) if augment is not None else None)

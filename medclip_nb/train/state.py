@@ -15,18 +15,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
-from torch import nn
-
-from medclip_nb.config import Config, ConfigError
-from medclip_nb.errors import CheckpointError, TrainingError, os_error_reason
-from medclip_nb.model.checkpoint import (
+from medclip_nb.config import Config
+from medclip_nb.errors import CheckpointError, ConfigError, TrainingError, os_error_reason
+from medclip_nb.model import (
+    RESUME_PARTS,
     capture_rng_state,
+    check_checkpoint,
     load_checkpoint,
     remove_stale_temp_files,
     resolve_resume,
     save_checkpoint,
 )
-from medclip_nb.model.checkpoint_check import RESUME_PARTS, check_checkpoint
 from medclip_nb.paths import resolve
 from medclip_nb.runtime import World
 
@@ -117,7 +116,8 @@ class MetricsLog:
 # ---- run state -----------------------------------------------------------------------------------
 @dataclass
 class Progress:
-    """Counters that a checkpoint stores and a resume restores."""
+    """The loop's counters that a checkpoint stores and a resume restores (the non-finite guard
+    keeps its own: train/guard.py STATE_KEYS)."""
 
     epoch: int = 0  # completed epochs = index of the epoch in progress
     step: int = 0  # optimizer steps taken
@@ -125,15 +125,18 @@ class Progress:
     best_val_loss: float = math.inf
     patience_counter: int = 0
     bad_image_count: int = 0
-    nonfinite_total: int = 0
-    nonfinite_streak: int = 0
-    epoch_loss_sum: float = 0.0  # this epoch's steps so far, for its "Average loss"
-    epoch_loss_steps: int = 0
     epoch_bad_images: int = 0
     train_time: float = 0.0  # seconds of training before this process started
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def position(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step}
+
+    def count_bad_images(self, n: int) -> None:
+        self.bad_image_count += n
+        self.epoch_bad_images += n
 
     @classmethod
     def from_checkpoint(cls, state: dict) -> "Progress":
@@ -157,27 +160,27 @@ class Checkpointer:
 
     cfg: Config
     world: World
-    model: nn.Module  # unwrapped: no 'module.' / '_orig_mod.' prefixes
-    optimizer: Any
-    scheduler: Any
-    scaler: Any
+    step: Any  # train.step.TrainStep: the unwrapped model, optimizer, schedule, scaler and guard
     tokenizer: Any
     progress: Progress
     elapsed: Callable[[], float]
 
     def save(self, path: Path, rng: dict | None = None, **position) -> Path:
         """`position`/`rng` override the current ones."""
+        guard_state = self.step.guard.state()  # every rank: it may sync the device
         if self.world.is_main:
+            step = self.step
             save_checkpoint({
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(),
+                "model": step.raw_model.state_dict(),  # unwrapped: no 'module.' / '_orig_mod.' prefixes
+                "optimizer": step.optimizer.state_dict(),
+                "scheduler": step.scheduler.state_dict(),
+                "scaler": step.scaler.state_dict(),
                 "config": self.cfg.to_dict(),
                 "tokenizer": self.tokenizer.to_json(),
                 "rng": rng if rng is not None else capture_rng_state(),
                 "world_size": self.world.world_size,
                 **self.progress.as_dict(),
+                **guard_state,
                 "train_time": self.elapsed(),
                 **position,
             }, path)
@@ -227,9 +230,11 @@ def _check_resume_position(path: Path, state: dict, cfg: Config, batches_per_epo
             f"checkpoint, or with the dataset it was saved with")
 
 
-def restore_training_state(path: Path, state: dict, cfg: Config, world: World, batches_per_epoch: int,
-                           model: nn.Module, optimizer, scheduler, scaler, say) -> Progress:
-    """Load weights, optimizer, schedule and scaler states; returns the saved progress."""
+def restore_training_state(path: Path, state: dict, cfg: Config, world: World, batches_per_epoch: int, step,
+                           say) -> None:
+    """Load weights, optimizer, schedule and scaler states into `step` (a train.step.TrainStep);
+    its guard then keeps the restored BatchNorm statistics as the last good ones. The loop's
+    counters are `Progress.from_checkpoint(state)`, the guard's its `state` argument."""
     saved_cfg = state["config"]
     samples_per_step = saved_cfg.get("batch_size"), state.get("world_size", 1)
     if state["batch_in_epoch"] and samples_per_step != (cfg.batch_size, world.world_size):
@@ -238,19 +243,18 @@ def restore_training_state(path: Path, state: dict, cfg: Config, world: World, b
             f"{samples_per_step[1]} process(es); resume it with the same, or from an epoch checkpoint"
         )
     try:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        step.raw_model.load_state_dict(state["model"])
+        step.optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
         reason = (str(e).strip() or type(e).__name__).splitlines()[0]
         raise CheckpointError(f"{path}: does not fit the model of this config ({reason})") from None
-    scheduler.load_state_dict(state["scheduler"])
-    if scaler.is_enabled() and state.get("scaler"):
-        scaler.load_state_dict(state["scaler"])
+    step.scheduler.load_state_dict(state["scheduler"])
+    if step.scaler.is_enabled() and state.get("scaler"):
+        step.scaler.load_state_dict(state["scaler"])
+    step.guard.remember_buffers()
     _check_resume_position(path, state, cfg, batches_per_epoch)
-    progress = Progress.from_checkpoint(state)
-    say(f"Resuming from {path}: epoch {progress.epoch + 1}, step {progress.step}, "
-        f"batch {progress.batch_in_epoch} of {batches_per_epoch}")
+    say(f"Resuming from {path}: epoch {state['epoch'] + 1}, step {state['step']}, "
+        f"batch {state['batch_in_epoch']} of {batches_per_epoch}")
     differences = _config_differences(saved_cfg, cfg.to_dict())
     if differences:
         say("Settings changed since the checkpoint: " + "; ".join(differences))
-    return progress

@@ -1,7 +1,8 @@
 """The one training step, as `train()` takes it and `bench` times it: forward under autocast,
 the contrastive loss, backward with the grad scaler, gradient clipping, the non-finite guard,
-the AdamW step and the warmup + cosine schedule. Also the optimizer, schedule and scaler it
-steps, and the batch's tensors on the device.
+the AdamW step and the warmup + cosine schedule. `build_train_step` makes it (optimizer,
+schedule, scaler, guard) for both; `TrainStep.validation_loss` scores validation batches with
+the same loss. Also the batch's tensors on the device.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ import torch.distributed as dist
 from torch import nn
 
 from medclip_nb.config import Config
-from medclip_nb.data.gpu_augment import augment_on_device
-from medclip_nb.model.losses import ContrastiveLoss
-from medclip_nb.runtime import World, autocast
-from medclip_nb.train.guard import NonfiniteGuard
+from medclip_nb.data import augment_on_device
+from medclip_nb.model import ContrastiveLoss
+from medclip_nb.runtime import World, amp_dtype, autocast
+from medclip_nb.train.guard import NonfiniteGuard, make_guard, uses_sync_free_guard
 
 
 # ---- optimizer and schedule ----------------------------------------------------------------------
@@ -107,17 +108,20 @@ class TrainStep:
     returns a StepDone, or None when the guard skipped a non-finite step on the host. No host
     sync but the syncing guard's one read of its flag.
 
-    `model` is what the forward runs (compiled, DDP-wrapped), `raw_model` the module underneath;
-    the first `debug_steps` steps `say` their loss terms."""
+    `model` is what the forward runs (compiled, DDP-wrapped), `raw_model` the module underneath,
+    `eval_model` the one validation runs (compiled, never DDP-wrapped: no collectives inside).
+    The first `debug_steps` steps `say` their batch shapes (the first) and loss terms."""
 
     def __init__(self, model: nn.Module, raw_model: nn.Module, criterion: ContrastiveLoss, optimizer, scheduler,
                  scaler: torch.amp.GradScaler, guard: NonfiniteGuard, *, amp_dtype: torch.dtype | None,
                  grad_clip: float, world: World | None = None, say: Callable[[str], Any] = print,
-                 debug_steps: int = 0):
+                 debug_steps: int = 0, channels_last: bool = False, eval_model: nn.Module | None = None):
         self.model, self.raw_model, self.criterion = model, raw_model, criterion
+        self.eval_model = eval_model if eval_model is not None else model
         self.optimizer, self.scheduler, self.scaler, self.guard = optimizer, scheduler, scaler, guard
         self.amp_dtype, self.grad_clip, self.world = amp_dtype, grad_clip, world or World()
-        self.say, self.debug_steps_left = say, debug_steps
+        self.say, self.debug_steps_left, self.shapes_shown = say, debug_steps, not debug_steps
+        self.channels_last = channels_last
         self.params = [p for p in raw_model.parameters() if p.requires_grad]
 
     def __call__(self, pixel_values, input_ids, attention_mask, labels, **loss_args) -> StepDone | None:
@@ -154,3 +158,56 @@ class TrainStep:
         if self.world.distributed:  # all ranks skip together (an async collective: no host sync)
             bad = self.world.all_reduce(bad.int(), dist.ReduceOp.MAX).bool()
         return bad
+
+    def show_shapes(self, batch: dict) -> None:
+        """--debug: the first batch's shapes, once."""
+        if not self.shapes_shown:
+            self.say(f"Batch shapes: images={tuple(batch['pixel_values'].shape)}, "
+                     f"text={tuple(batch['input_ids'].shape)}")
+            self.shapes_shown = True
+
+    def validation_loss(self, loader, device: torch.device) -> tuple[float, float, int]:
+        """Mean training loss over the validation batches (of all ranks), the current logit scale
+        and the number of batches scored (0: no batch had the 2 readable pairs a contrastive loss
+        needs). Each rank scores its own batches alone, without feature gathering: validation
+        shards need not be the same size on every rank, which the gathering training loss requires."""
+        model = self.eval_model
+        model.eval()
+        totals = torch.zeros(2, device=device, dtype=torch.float64)
+        scale = torch.zeros((), device=device)
+        with torch.no_grad():
+            for batch in loader:
+                if batch["pixel_values"].shape[0] < 2:
+                    continue
+                pixel_values, input_ids, attention_mask, labels = batch_to_device(batch, device, self.channels_last)
+                with autocast(self.amp_dtype):
+                    outputs = model(pixel_values, input_ids, attention_mask)
+                loss, _ = self.criterion.compute(outputs, labels, gather=False)
+                scale = outputs["logit_scale"].float()
+                totals += torch.stack([loss.double(), torch.ones((), device=device, dtype=torch.float64)])
+        model.train()
+        totals = self.world.all_reduce(totals)
+        mean = (totals[0] / totals[1]).item() if totals[1] > 0 else math.nan
+        return mean, float(scale), int(totals[1].item())
+
+
+def build_train_step(cfg: Config, raw_model: nn.Module, device: torch.device, total_steps: int, *,
+                     world: World | None = None, say: Callable[[str], Any] = print,
+                     position: Callable[[], dict] = lambda: {"epoch": 0, "batch_in_epoch": 0, "step": 0},
+                     guard_state: dict | None = None,
+                     wrap: Callable[[nn.Module], nn.Module] | None = None) -> TrainStep:
+    """The step `train()` takes and `bench` times, for `raw_model` (on `device`) as `cfg` says:
+    AdamW (fused on the GPU and for the sync-free guard), warmup + cosine over `total_steps`, the
+    fp16 scaler where it applies, the device's non-finite guard (its counters from `guard_state`),
+    torch.compile when cfg.compile, and `wrap` (DDP) around the compiled model for the forward."""
+    world = world or World()
+    on_gpu = device.type == "cuda"
+    optimizer = build_optimizer(raw_model, cfg, fused=on_gpu or uses_sync_free_guard(device))
+    scheduler = warmup_cosine_schedule(optimizer, round(cfg.warmup * total_steps), total_steps)
+    dtype = amp_dtype(device, cfg.use_amp)
+    guard = make_guard(raw_model, device, cfg.max_nonfinite_steps, say, position, guard_state)
+    compiled = torch.compile(raw_model) if cfg.compile else raw_model
+    return TrainStep(wrap(compiled) if wrap else compiled, raw_model, contrastive_loss(cfg), optimizer, scheduler,
+                     grad_scaler(dtype), guard, amp_dtype=dtype, grad_clip=cfg.grad_clip, world=world, say=say,
+                     debug_steps=3 if cfg.debug else 0, channels_last=on_gpu and cfg.channels_last,
+                     eval_model=compiled)

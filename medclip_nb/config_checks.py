@@ -1,0 +1,197 @@
+"""What a config value may be: the per-key checks the key table (config.py) names, type
+coercion (YAML and flag values to the key's type) and the checks across keys. Every failure is
+one ConfigError line naming the key and what is allowed."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import fields
+from functools import lru_cache
+from typing import Any, get_args, get_origin, get_type_hints
+
+from medclip_nb.errors import ConfigError, quote
+
+MAX_STRING = 4096  # paths and names
+MAX_LIST = 64
+# What gpu_id (and inference's device) may say: a CUDA index, cuda, cuda:N, cpu (or blank: the first GPU).
+DEVICE_PATTERN = re.compile(r"|\d{1,4}|cuda(:\d{1,4})?|cpu")
+UNPAIRED_SOURCES = ("images", "texts")
+
+
+# ---- per-key checks (the key table's `check=`) -----------------------------------------------------
+def positive(v):
+    return v > 0
+
+
+def non_negative(v):
+    return v >= 0
+
+
+def between(low, high):
+    """A range check whose bounds the error message states (absurd sizes fail here, not later
+    as a multi-GB allocation)."""
+
+    def check(v):
+        return low <= v <= high
+
+    check.allowed = f"must be in {low}..{high}"
+    return check
+
+
+def device_name(v) -> bool:
+    return DEVICE_PATTERN.fullmatch(str(v).strip()) is not None
+
+
+device_name.allowed = "must be a CUDA device index such as 0, cuda:1, or cpu"
+
+
+def fractions(values) -> bool:
+    """A non-empty list of numbers in (0, 1] (YAML numbers, or strings of them from a flag)."""
+    try:
+        return len(values) > 0 and all(0 < float(v) <= 1 for v in values)
+    except (TypeError, ValueError):
+        return False
+
+
+# ---- types -------------------------------------------------------------------------------------
+def base_type(hint):
+    """(python type, optional?) for the annotations of the key table."""
+    if get_origin(hint) is not None and type(None) in get_args(hint):
+        inner = [a for a in get_args(hint) if a is not type(None)][0]
+        return inner, True
+    return hint, False
+
+
+@lru_cache(maxsize=None)
+def _hints(cls) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+def coerce(key: str, value: Any, hint, items: str | None = None) -> Any:
+    """`value` as the type `hint` of config key `key`; `items` (int, float, str) for a list's items."""
+    typ, optional = base_type(hint)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config key '{key}': must be a {typ.__name__}, got null")
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': must be true or false, got {quote(value)}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ConfigError(f"config key '{key}': must be an integer, got {quote(value)}")
+        return value
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"config key '{key}': must be a number, got {quote(value)}")
+        if isinstance(value, str):
+            # PyYAML reads 1e-3 (no dot) as a string; accept it rather than fail on a YAML quirk.
+            try:
+                return float(value)
+            except ValueError:
+                raise ConfigError(f"config key '{key}': must be a number, got {quote(value)}") from None
+        if not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{key}': must be a number, got {quote(value)}")
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"config key '{key}': {quote(value)} is too large") from None
+    if typ is str:
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            value = str(value)
+            if len(value) > MAX_STRING or "\x00" in value:
+                raise ConfigError(f"config key '{key}': {quote(value)} is too long or holds a NUL character")
+            return value
+        raise ConfigError(f"config key '{key}': must be a string, got {quote(value)}")
+    if typ is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': must be a list, got {quote(value)}")
+        if items == "float":  # numbers, or strings of numbers from a flag
+            try:
+                numbers = [float(v) for v in value if not isinstance(v, bool)]
+            except (TypeError, ValueError):
+                numbers = []
+            if len(numbers) != len(value) or not 0 < len(value) <= MAX_LIST:
+                raise ConfigError(f"config key '{key}': must be a list of at most {MAX_LIST} numbers, got "
+                                  f"{quote(value)}")
+            return numbers
+        item_type = int if items == "int" else str
+        if len(value) > MAX_LIST or not all(
+            isinstance(v, item_type) and not isinstance(v, bool) and (item_type is str or 0 <= v < 2**32)
+            for v in value
+        ):
+            kind = "seeds (integers in 0..2**32-1)" if item_type is int else "strings"
+            raise ConfigError(f"config key '{key}': must be a list of at most {MAX_LIST} {kind}, got {quote(value)}")
+        return list(value)
+    return value
+
+
+def validate(cfg) -> None:
+    """Coerce and check every key of `cfg` (a config.Config) in place, then the checks across keys."""
+    hints = _hints(type(cfg))
+    for f in fields(cfg):
+        value = coerce(f.name, getattr(cfg, f.name), hints[f.name], f.metadata.get("items"))
+        object.__setattr__(cfg, f.name, value)
+        choices, check = f.metadata.get("choices"), f.metadata.get("check")
+        if value is None:
+            continue
+        if choices and value not in choices:
+            raise ConfigError(f"config key '{f.name}': {quote(value)} is not one of {', '.join(map(str, choices))}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config key '{f.name}': must be finite, got {quote(value)}")
+        if check and not check(value):
+            reason = getattr(check, "allowed", None) or f.metadata["help"]
+            raise ConfigError(f"config key '{f.name}': {quote(value)} is not allowed ({reason})")
+    if not str(cfg.data_path).strip():
+        raise ConfigError("config key 'data_path': missing (give --data_path or data_path: in the YAML file)")
+    if cfg.image_size > cfg.resize_size:
+        raise ConfigError(
+            f"config key 'image_size': {cfg.image_size} is larger than resize_size {cfg.resize_size}"
+        )
+    if cfg.text_width % cfg.text_heads:
+        raise ConfigError(f"config key 'text_heads': {cfg.text_heads} does not divide text_width {cfg.text_width}")
+    if cfg.text_encoder == "bert" and not cfg.bert_path:
+        raise ConfigError("config key 'bert_path': required when text_encoder is 'bert'")
+    if cfg.text_encoder == "precomputed" and not cfg.text_features_path:
+        raise ConfigError("config key 'text_features_path': required when text_encoder is 'precomputed'")
+    if (cfg.short_sentence_tokens or cfg.text_eda) and cfg.report_sampling != "sentence":
+        key = "short_sentence_tokens" if cfg.short_sentence_tokens else "text_eda"
+        raise ConfigError(f"config key '{key}': applies to report_sampling 'sentence' (report_sampling is "
+                          f"{cfg.report_sampling!r})")
+    if cfg.sentence_labels and (cfg.report_sampling != "sentence" or cfg.loss not in ("medclip", "medclip_cosine")):
+        raise ConfigError(
+            "config key 'sentence_labels': needs report_sampling 'sentence' and loss 'medclip' or 'medclip_cosine' "
+            f"(got report_sampling {cfg.report_sampling!r}, loss {cfg.loss!r})"
+        )
+    _validate_unpaired(cfg)
+
+
+def _validate_unpaired(cfg) -> None:
+    """unpaired_sources: known, distinct items; only the medclip loss can use unpaired rows."""
+    sources = [str(s).strip() for s in cfg.unpaired_sources]
+    for source in sources:
+        if source not in UNPAIRED_SOURCES:
+            raise ConfigError(f"config key 'unpaired_sources': {quote(source)} is not one of "
+                              f"{', '.join(UNPAIRED_SOURCES)}")
+    if len(set(sources)) != len(sources):
+        raise ConfigError(f"config key 'unpaired_sources': {quote(cfg.unpaired_sources)} names a source twice")
+    object.__setattr__(cfg, "unpaired_sources", sources)
+    if sources and cfg.loss not in ("medclip", "medclip_cosine"):
+        raise ConfigError(
+            "config key 'unpaired_sources': needs loss 'medclip' or 'medclip_cosine' (label-based targets); loss "
+            f"{cfg.loss!r} "
+            "needs image-report pairs"
+        )
+    if "texts" in sources and cfg.model != "simple" and cfg.text_encoder == "precomputed":
+        raise ConfigError(
+            "config key 'unpaired_sources': 'texts' needs a text encoder that reads text; "
+            "text_encoder 'precomputed' has no feature rows for text-only sentences"
+        )
+
+

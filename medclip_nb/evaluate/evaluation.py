@@ -1,0 +1,195 @@
+"""The evaluation of one model as one object: `Evaluation(model, tokenizer, cfg, device)`.
+
+`run(splits)` embeds the test split, then `zero_shot`, `retrieval` and `probe` each return
+their metrics.json entries (plain JSON data once `run` rounds them); the arrays behind them
+(embeddings, scores, the 5x200 rows) collect in `arrays` for the figures.
+
+    metrics, arrays = Evaluation(model, tokenizer, cfg, device, seed=0).run(splits)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from medclip_nb.config import Config
+from medclip_nb.errors import DataError
+from medclip_nb.evaluate.embeddings import (
+    EvaluationArrays,
+    compute_embeddings,
+    encode_texts,
+    loader_for,
+    model_logit_scale,
+)
+from medclip_nb.evaluate.intervals import macro_f1_interval, mean_interval
+from medclip_nb.evaluate.metrics import (
+    accuracy,
+    confusion,
+    linear_probe,
+    linear_probe_fractions,
+    macro_f1,
+    multilabel_auroc,
+    retrieval_metrics,
+    select_5x200,
+    zero_shot_classify,
+    zero_shot_multilabel,
+)
+from medclip_nb.evaluate.zeroshot_paper import zero_shot_5x200_paper
+from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS
+from medclip_nb.prompts import class_prompts, label_prompt_pairs
+
+ROUND_DIGITS = 4
+
+
+@dataclass
+class Evaluation:
+    """Zero-shot (CheXpert-5x200 and per label), retrieval and the linear probe of one model.
+
+    `seed` draws the 5x200 subset and the bootstrap resamples: keep it fixed to compare
+    checkpoints on the same images. `log` receives progress lines."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    cfg: Config
+    device: torch.device
+    seed: int = 0
+    log: Callable[[str], Any] = print
+    arrays: EvaluationArrays = field(default_factory=EvaluationArrays)
+
+    def __post_init__(self):
+        self.device = torch.device(self.device)
+        self.amp = self.cfg.use_amp
+
+    def run(self, splits: Mapping[str, Any]) -> tuple[dict[str, Any], EvaluationArrays]:
+        """`splits` maps "train"/"val"/"test" to datasets (loaded with the eval transforms) or to
+        iterables of batches. "test" is required; the linear probe needs "train" too (and uses
+        "val" to choose C). Returns (metrics: plain JSON data, floats rounded to ROUND_DIGITS,
+        arrays)."""
+        if "test" not in splits:
+            raise DataError("evaluate_model: no 'test' split to evaluate on")
+        test = self.embed(splits["test"], "test")
+        metrics: dict[str, Any] = {"n": {"test": len(test["index"])}, "skipped_images": {"test": test["n_skipped"]}}
+        rows, classes = select_5x200(test["labels"], self.cfg.zeroshot_per_class, self.seed)
+        self.arrays.five_x_200_rows, self.arrays.five_x_200_classes = rows, classes
+        metrics["n"]["test_5x200"] = len(rows)
+        metrics.update(self.zero_shot(splits["test"], test, rows, classes))
+        metrics["retrieval"] = self.retrieval(test, rows, classes)
+        if splits.get("train") is not None:
+            metrics.update(self.probe(splits, test, metrics))
+        else:
+            metrics["linear_probe"] = metrics["linear_probe_fractions"] = None
+        return json_ready(metrics), self.arrays
+
+    def embed(self, split, name: str, with_text: bool = True) -> dict[str, Any]:
+        self.log(f"Embedding the {name} split" + ("..." if with_text else " for the linear probe..."))
+        embedded = compute_embeddings(self.model, loader_for(split, self.cfg, self.tokenizer), self.device,
+                                      with_text=with_text, amp=self.amp)
+        self.arrays.embeddings[name] = embedded
+        return embedded
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return encode_texts(self.model, self.tokenizer, texts, self.device, self.cfg.eval_batch_size, amp=self.amp)
+
+    # ---- zero-shot -------------------------------------------------------------------------------
+    def zero_shot(self, test_split, test: dict, rows: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
+        """The CheXpert-5x200 entries `cfg.zeroshot_protocol` asks for, each with its "protocol"
+        (ours, MedCLIP's: zeroshot_paper.py; with 'both', ours is `zero_shot_5x200` and the
+        paper's `zero_shot_5x200_paper`), and the per-label AUROC of `zero_shot_multilabel`."""
+        protocol = self.cfg.zeroshot_protocol
+        if self.cfg.text_encoder == "precomputed":
+            # Its "text" input is a row index into stored report features: prompts cannot be encoded.
+            reason = "text_encoder 'precomputed' cannot encode prompts"
+            return {"zero_shot_5x200": {"skipped": reason, "protocol": protocol},
+                    "zero_shot_multilabel": {"skipped": reason}}
+        entries: dict[str, Any] = {}
+        if protocol in ("ours", "both"):
+            entries["zero_shot_5x200"] = {"protocol": "ours", **self.five_x_200(test["image"], rows, classes)}
+        if protocol in ("paper", "both"):
+            paper = zero_shot_5x200_paper(self.model, self.tokenizer, test_split, self.cfg, self.device,
+                                          seed=self.seed, log=self.log)
+            entries["zero_shot_5x200" if protocol == "paper" else "zero_shot_5x200_paper"] = paper
+        # Per label: softmax over a positive/negative prompt pair.
+        positive, negative = label_prompt_pairs(CHEXPERT_LABELS)
+        probabilities = zero_shot_multilabel(test["image"], self.encode(positive), self.encode(negative),
+                                             model_logit_scale(self.model))
+        self.arrays.multilabel_probabilities = probabilities
+        entries["zero_shot_multilabel"] = multilabel_auroc(probabilities, test["labels"], CHEXPERT_LABELS)
+        return entries
+
+    def five_x_200(self, image_emb: np.ndarray, rows: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
+        """Our CheXpert-5x200: prompt-ensemble classification of the selected rows into the five
+        competition classes, in both ensemble modes."""
+        prompts = class_prompts(COMPETITION_TASKS)
+        self.arrays.prompts = prompts
+        class_embs = [self.encode(prompts[t]) for t in COMPETITION_TASKS]
+        result: dict[str, Any] = {
+            "classes": list(COMPETITION_TASKS),
+            "n": len(rows),
+            "n_per_class": {t: int((classes == c).sum()) for c, t in enumerate(COMPETITION_TASKS)},
+            "prompts_per_class": {t: len(prompts[t]) for t in COMPETITION_TASKS},
+        }
+        for mode in ("mean", "max"):
+            if len(rows) == 0:
+                result[mode] = {"accuracy": None, "macro_f1": None, "confusion": None}
+                continue
+            scores = zero_shot_classify(image_emb[rows], class_embs, mode)
+            self.arrays.zero_shot_scores[mode] = scores
+            predicted = scores.argmax(axis=1)
+            n_classes = len(COMPETITION_TASKS)
+            result[mode] = {
+                "accuracy": accuracy(classes, predicted),
+                "accuracy_ci": mean_interval(predicted == classes, seed=self.seed),
+                "macro_f1": macro_f1(classes, predicted),
+                "macro_f1_ci": macro_f1_interval(classes, predicted, n_classes, seed=self.seed),
+                "confusion": confusion(classes, predicted, n_classes).tolist(),
+            }
+        return result
+
+    # ---- retrieval and the linear probe ----------------------------------------------------------
+    def retrieval(self, test: dict, rows: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
+        """Recall@K on the whole test split; the 5x200 subset adds MedCLIP's Precision@K."""
+        entry = {"test": retrieval_metrics(test["image"], test["text"], pair_ids=test["text_group"])}
+        if len(rows):
+            entry["test_5x200"] = retrieval_metrics(test["image"][rows], test["text"][rows], class_ids=classes,
+                                                    pair_ids=test["text_group"][rows])
+        return entry
+
+    def probe(self, splits: Mapping[str, Any], test: dict, metrics: dict[str, Any]) -> dict[str, Any]:
+        """Linear probe: fit on train, choose C on val, report on test; also on fractions of the
+        train labels (cfg.probe_label_fractions). The splits' sizes go into metrics["n"] and
+        metrics["skipped_images"]."""
+        embedded = {}
+        for name in ("train", "val"):
+            if splits.get(name) is not None:
+                embedded[name] = self.embed(splits[name], name, with_text=False)
+                metrics["n"][name] = len(embedded[name]["index"])
+                metrics["skipped_images"][name] = embedded[name]["n_skipped"]
+        val = embedded.get("val")
+        args = dict(test_emb=test["image"], test_labels=test["labels"], seed=self.seed,
+                    val_emb=None if val is None else val["image"], val_labels=None if val is None else val["labels"])
+        train = embedded["train"]
+        full = linear_probe(train["image"], train["labels"], **args)
+        fractions = linear_probe_fractions(train["image"], train["labels"], self.cfg.probe_label_fractions,
+                                           full=full, **args)
+        return {"linear_probe": full, "linear_probe_fractions": fractions}
+
+
+def json_ready(obj: Any, digits: int = ROUND_DIGITS) -> Any:
+    """Plain JSON data: floats rounded, NaN/inf -> None, NumPy scalars/arrays -> Python."""
+    if isinstance(obj, Mapping):
+        return {str(k): json_ready(v, digits) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_ready(v, digits) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return json_ready(obj.tolist(), digits)
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return round(float(obj), digits) if np.isfinite(obj) else None
+    return obj

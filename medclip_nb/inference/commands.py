@@ -1,0 +1,148 @@
+"""What `predict` and `embed` do: a pretrained model over a user's images or a whole dataset
+file, results on stdout / in an .npz file, notes on stderr."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medclip_nb.data import (
+    REQUIRED_SPLITS,
+    BadImageWarning,
+    check_clip_index_rows,
+    load_dataset_file,
+    make_collate,
+    make_loader,
+    uses_precomputed_text,
+)
+from medclip_nb.errors import DataError, UserError
+from medclip_nb.evaluate import compute_embeddings, eval_datasets
+from medclip_nb.files import write_atomic
+from medclip_nb.inference.images import image_files
+from medclip_nb.inference.pretrained import Pretrained, load_pretrained, read_prompts_file
+from medclip_nb.paths import resolve
+
+
+# ---- a whole dataset ----------------------------------------------------------------------------------
+def embed_dataset(pretrained: Pretrained, data_path: str | os.PathLike, *, splits: Sequence[str] = REQUIRED_SPLITS,
+                  overrides: Mapping[str, Any] | None = None, progress: bool = True, log=print) -> dict[str,
+                                                                                                        np.ndarray]:
+    """Image and report embeddings of every record of `splits` of a dataset file, as arrays
+    aligned by row: image, text [N, D] float32 (text: the record's whole cleaned report),
+    split, index (row in its split), image_path, study_id (-1 when absent), dicom_id ('' when
+    absent), text_group (rows with equal ids have the same report text), labels [N, 14].
+    Unreadable images are skipped (on_bad_image 'skip') and logged by name. `overrides`: config
+    keys such as image_root, image_store, eval_batch_size, num_workers, on_bad_image."""
+    cfg = pretrained.config.replace(data_path=str(data_path), debug=False, **dict(overrides or {}))
+    unknown = [s for s in splits if s not in REQUIRED_SPLITS]
+    if unknown or not splits:
+        first = unknown[0] if unknown else "nothing"
+        raise UserError(f"--splits: {first!r} is not one of {', '.join(REQUIRED_SPLITS)}")
+    datasets, dataset_warnings = eval_datasets(cfg, pretrained.tokenizer)
+    for warning in dataset_warnings:
+        log(f"warning: {warning}")
+    if uses_precomputed_text(cfg):
+        check_clip_index_rows(datasets, pretrained.model.text_encoder, resolve(cfg.data_path))
+    # The datasets hold only what the loader needs (records.SampleRecords); ids come from the file.
+    source_records = load_dataset_file(resolve(cfg.data_path))
+    parts: dict[str, list] = {k: [] for k in ("image", "text", "split", "index", "image_path", "study_id",
+                                              "dicom_id", "text_group", "labels")}
+    group_offset = 0
+    for split in splits:
+        dataset = datasets[split]
+        if len(dataset) == 0:
+            continue
+        loader = make_loader(dataset, cfg, train=False, collate_fn=make_collate(pretrained.tokenizer))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BadImageWarning)  # named below, once each
+            emb = compute_embeddings(pretrained.model, loader, pretrained.device, amp=bool(cfg.use_amp),
+                                     progress_desc=None if not progress else f"embed {split}")
+        if emb["n_skipped"]:
+            log(f"Skipped {emb['n_skipped']} unreadable images in split '{split}': {', '.join(emb['skipped_paths'])}")
+        records = [source_records[split][i] for i in emb["index"]]
+        parts["image"].append(emb["image"])
+        parts["text"].append(emb["text"])
+        parts["split"].append(np.full(len(records), split))
+        parts["index"].append(emb["index"])
+        parts["image_path"].append(np.array([str(r["image_path"]) for r in records]))
+        parts["study_id"].append(np.array([int(r.get("study_id", -1)) for r in records], dtype=np.int64))
+        parts["dicom_id"].append(np.array([str(r.get("dicom_id", "")) for r in records]))
+        parts["text_group"].append(emb["text_group"] + group_offset)  # unique across splits
+        group_offset += int(emb["text_group"].max()) + 1
+        parts["labels"].append(emb["labels"])
+    if not parts["image"]:
+        raise DataError(f"{resolve(cfg.data_path)}: no readable image in split(s) {', '.join(splits)}")
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def save_embeddings(arrays: Mapping[str, np.ndarray], out: str | os.PathLike) -> Path:
+    """Write arrays to an .npz file (readable with np.load(allow_pickle=False)), atomically."""
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise UserError(f"--out {out}: the embeddings file must end in .npz")
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would add '.npz' to a path
+            np.savez(f, **arrays)
+
+    return write_atomic(out, write, what="--out")
+
+
+# ---- command-line entry points --------------------------------------------------------------------------
+def _note(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def predict_command(checkpoint, paths, *, classes=None, prompts_file=None, mode="mean", csv=None,
+                    overrides: Mapping[str, Any] | None = None) -> "Any":
+    """`python -m medclip_nb predict`: the probability table on stdout (with the predicted
+    class), notes on stderr, the table also as CSV with `csv`. Returns the DataFrame."""
+    overrides = dict(overrides or {})
+    if mode not in ("mean", "max"):
+        raise UserError(f"--mode: {mode!r} is not one of mean, max")
+    files = image_files(paths)  # a typo in a path fails before the model is loaded
+    pretrained = load_pretrained(checkpoint, overrides.get("gpu_id"))
+    prompts = read_prompts_file(prompts_file) if prompts_file else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadImageWarning)  # named below, once each
+        table = pretrained.classify(
+            files, classes, prompts=prompts, mode=mode, batch_size=overrides.get("eval_batch_size"),
+            num_workers=int(overrides.get("num_workers", pretrained.config.num_workers)),
+            on_bad_image=overrides.get("on_bad_image"),
+            progress=True,
+        )
+    skipped = table.attrs["skipped"]
+    if skipped:
+        _note(f"Skipped {len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}:")
+        for _path, reason in skipped:
+            _note(f"  {reason}")
+    if table.empty:
+        raise DataError(f"no readable image among the {len(files)} given")
+    shown = table.assign(prediction=table.idxmax(axis=1))
+    print(shown.to_string(float_format=lambda v: f"{v:.4f}"))
+    if csv:
+        _note(f"Saved CSV: {write_atomic(csv, shown.to_csv, what='--csv')}")
+    _note(f"Classified {len(table)} image{'s' if len(table) != 1 else ''} into {len(table.columns)} classes "
+          f"on {pretrained.device}")
+    return table
+
+
+def embed_command(checkpoint, data_path, out, *, splits=REQUIRED_SPLITS,
+                  overrides: Mapping[str, Any] | None = None) -> Path:
+    """`python -m medclip_nb embed`: embed a dataset file's splits into an .npz file."""
+    overrides = dict(overrides or {})
+    if Path(out).suffix != ".npz":  # before the model and the images
+        raise UserError(f"--out {out}: the embeddings file must end in .npz")
+    pretrained = load_pretrained(checkpoint, overrides.pop("gpu_id", None))
+    arrays = embed_dataset(pretrained, data_path, splits=splits, overrides=overrides, log=_note)
+    path = save_embeddings(arrays, out)
+    counts = {s: int((arrays["split"] == s).sum()) for s in splits}
+    _note(f"Saved {len(arrays['image'])} image and text embeddings of dimension {arrays['image'].shape[1]} "
+          f"({', '.join(f'{s}: {n}' for s, n in counts.items())}) to {path}")
+    return path

@@ -1,9 +1,12 @@
-"""Guard rails of the package layout (docs/architecture.md): short functions, modules of one
-job, no import cycles, ruff clean, and an architecture document that lists every module."""
+"""Guard rails of the package layout (docs/architecture.md): stage folders and a few named
+cross-cutting modules, short functions, modules of one job, seams with public names (no private
+name imported across modules, one import rule per package, facades that export what others
+use), no import cycles, ruff clean, and an architecture document that lists every module."""
 
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shutil
 import subprocess
@@ -16,6 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "medclip_nb"
 MAX_FUNCTION_LINES = 80
 MAX_MODULE_LINES = 500
+# The only modules at the package root: cross-cutting ones every stage may use, and the CLI.
+ROOT_MODULES = {"__init__", "__main__", "cli", "config", "config_checks", "config_load", "errors", "files",
+                "labels", "paths", "progress", "prompts", "runtime"}
 
 
 def _modules() -> dict[str, Path]:
@@ -29,12 +35,54 @@ def _modules() -> dict[str, Path]:
     return out
 
 
+def _packages() -> list[str]:
+    """The stage folders: medclip_nb.<stage> with an __init__.py."""
+    return sorted(f"medclip_nb.{p.name}" for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+
+
+def _package_of(module: str) -> str | None:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) >= 2 and ".".join(parts[:2]) in _packages() else None
+
+
 def _functions(tree: ast.AST):
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             yield node
 
 
+def _imports_from(tree: ast.AST):
+    """(module, name, node) for every `from medclip_nb... import name` in `tree`."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("medclip_nb"):
+            for alias in node.names:
+                yield node.module, alias.name, node
+
+
+def _facade_names(package: str) -> dict[str, str]:
+    """Names a package's facade offers -> the submodule that defines each: `from .sub import x`
+    lines of an eager facade, or the `_PUBLIC` table of a lazy one."""
+    tree = ast.parse((PACKAGE / package.split(".")[1] / "__init__.py").read_text())
+    names: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(package + "."):
+            names.update({a.asname or a.name: node.module for a in node.names})
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "_PUBLIC" for t in node.targets):
+            names.update(ast.literal_eval(node.value))
+    return names
+
+
+def _all_of(package: str) -> list[str]:
+    tree = ast.parse((PACKAGE / package.split(".")[1] / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "__all__" for t in node.targets):
+            if isinstance(node.value, ast.Call):  # __all__ = sorted(_PUBLIC)
+                return sorted(_facade_names(package))
+            return list(ast.literal_eval(node.value))
+    return []
+
+
+# ---- size ---------------------------------------------------------------------------------------
 def test_no_function_is_longer_than_a_screen():
     too_long = []
     for path in _modules().values():
@@ -51,30 +99,101 @@ def test_no_module_does_several_jobs_by_length():
     assert not too_long, f"modules over {MAX_MODULE_LINES} lines:\n" + "\n".join(too_long)
 
 
-def _resolve_import(module: str, node: ast.ImportFrom | ast.Import, is_package: bool) -> list[str]:
-    if isinstance(node, ast.Import):
-        return [a.name for a in node.names]
-    if node.level == 0:
-        base = node.module or ""
-    else:
-        parts = module.split(".")
-        keep = len(parts) - node.level + (1 if is_package else 0)
-        base = ".".join(parts[:keep] + ([node.module] if node.module else []))
-    return [base] + [f"{base}.{a.name}" for a in node.names]
+def test_one_training_step_reads_in_one_body():
+    """train_one_epoch names every phase of a step in order, in one function of the loop, and calls
+    into no more of train/ than the step, the guard and the run's state (its Run)."""
+    source = (PACKAGE / "train" / "loop.py").read_text()
+    fn = next(f for f in _functions(ast.parse(source)) if f.name == "train_one_epoch")
+    body = ast.get_source_segment(source, fn)
+    phases = [body.index(f"# ---- {phase}") for phase in ("fetch", "move", "step", "guard", "log", "validate", "save")]
+    assert phases == sorted(phases)
+    assert fn.end_lineno - fn.lineno + 1 <= 90
 
 
-def _import_graph(top_level_only: bool) -> dict[str, set[str]]:
-    """module -> package modules it imports (at module top level, or anywhere)."""
+# ---- layout and seams ---------------------------------------------------------------------------------
+def test_every_module_is_in_a_stage_folder_or_named_cross_cutting():
+    at_root = {p.stem for p in PACKAGE.glob("*.py")}
+    assert at_root - ROOT_MODULES == set(), "modules at the package root that belong in a stage folder"
+    nested = [p for p in PACKAGE.glob("*/*/*.py")]
+    assert not nested, f"stage folders are one level deep: {nested}"
+
+
+def test_no_private_name_is_imported_across_modules():
+    leaks = []
+    for name, path in _modules().items():
+        for module, imported, node in _imports_from(ast.parse(path.read_text())):
+            if imported.startswith("_") and module != name:
+                leaks.append(f"{path.relative_to(ROOT)}:{node.lineno} from {module} import {imported}")
+    assert not leaks, "private names imported from another module:\n" + "\n".join(leaks)
+
+
+def test_each_package_has_one_import_rule():
+    """Other packages (and the root modules) import a package through its facade only; a
+    package's own modules import their siblings by submodule, never through their facade."""
+    wrong = []
+    for name, path in _modules().items():
+        own = _package_of(name)
+        for module, imported, node in _imports_from(ast.parse(path.read_text())):
+            target = _package_of(module)
+            where = f"{path.relative_to(ROOT)}:{node.lineno} from {module} import {imported}"
+            if target is None or path.name == "__init__.py":
+                continue
+            if target != own and module != target:
+                wrong.append(f"{where} (use the facade {target})")
+            if target == own and module == target:
+                wrong.append(f"{where} (inside {own}: import the submodule)")
+    assert not wrong, "imports that break a package's import rule:\n" + "\n".join(wrong)
+
+
+def _uses_outside(package: str) -> set[str]:
+    """Names of `package`'s facade used by other packages, the root modules, the notebooks and
+    the Makefile (`from medclip_nb.<stage> import x`, or `study.x` in a notebook)."""
+    used = set()
+    for name, path in _modules().items():
+        if _package_of(name) != package:
+            used |= {n for m, n, _ in _imports_from(ast.parse(path.read_text())) if m == package}
+    short = package.split(".")[1]
+    for notebook in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        code = [("".join(c["source"])) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+        for source in code:
+            used |= {n for m, n, _ in _imports_from(ast.parse(source)) if m == package}
+        if any(re.search(rf"^from medclip_nb import .*\b{short}\b", s, flags=re.M) for s in code):
+            used |= {n for s in code for n in re.findall(rf"\b{short}\.(\w+)", s)}
+    for found in re.finditer(rf"from {re.escape(package)} import (\w+)", (ROOT / "Makefile").read_text()):
+        used.add(found.group(1))
+    return used
+
+
+def test_facades_export_what_other_packages_use_and_no_more():
+    extra = {}
+    for package in _packages():
+        exported = set(_all_of(package))
+        assert exported == set(_facade_names(package)), f"{package}: __all__ differs from what the facade imports"
+        unused = exported - _uses_outside(package)
+        if unused:
+            extra[package] = sorted(unused)
+    assert not extra, f"facade names nobody outside the package uses: {extra}"
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> package modules it imports anywhere in its body (function-local imports count:
+    hiding a cycle inside a function is still a cycle). A name imported through a facade is an
+    edge to the submodule that defines it, and facades themselves are left out."""
     modules = _modules()
-    graph: dict[str, set[str]] = {m: set() for m in modules}
-    for name, path in modules.items():
-        tree = ast.parse(path.read_text())
-        nodes = tree.body if top_level_only else list(ast.walk(tree))
-        for node in nodes:
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                for target in _resolve_import(name, node, path.name == "__init__.py"):
-                    if target in modules and target != name:
-                        graph[name].add(target)
+    facades = {p: _facade_names(p) for p in _packages()}
+    graph: dict[str, set[str]] = {m: set() for m, p in modules.items() if p.name != "__init__.py"}
+    for name in graph:
+        tree = ast.parse(modules[name].read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                graph[name] |= {a.name for a in node.names if a.name in graph}
+        for module, imported, _ in _imports_from(tree):
+            if module in facades:
+                target = facades[module].get(imported) or f"{module}.{imported}"
+            else:
+                target = f"{module}.{imported}" if f"{module}.{imported}" in modules else module
+            if target in graph and target != name:
+                graph[name].add(target)
     return graph
 
 
@@ -100,19 +219,14 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def _without_package_inits(graph: dict[str, set[str]]) -> dict[str, set[str]]:
-    """A package's __init__ re-exports its submodules; an edge submodule -> parent package
-    through `from medclip_nb.data import x` is really an edge to x's own module, so package
-    nodes keep only their outgoing edges (their re-exports) and are not entered from inside."""
-    packages = {m for m, p in _modules().items() if p.name == "__init__.py"}
-    return {m: {t for t in targets if not (t in packages and (m.startswith(t + ".") or m == t))}
-            for m, targets in graph.items()}
-
-
 def test_the_package_has_no_import_cycle():
-    # Function-local imports count too: hiding a cycle inside a function is still a cycle.
-    cycle = _find_cycle(_without_package_inits(_import_graph(top_level_only=False)))
+    cycle = _find_cycle(_import_graph())
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_a_cycle_through_a_facade_is_seen():
+    graph = {"medclip_nb.a.x": {"medclip_nb.b.y"}, "medclip_nb.b.y": {"medclip_nb.a.x"}}
+    assert _find_cycle(graph) == ["medclip_nb.a.x", "medclip_nb.b.y", "medclip_nb.a.x"]
 
 
 # Sibling imports inside functions are allowed only for optional or heavy dependencies; the image
@@ -120,8 +234,6 @@ def test_the_package_has_no_import_cycle():
 _LAZY_ALLOWED = re.compile(
     r"transformers|matplotlib|sklearn\.manifold|tensorboard|safetensors|IPython|ipywidgets|data\.store_build"
 )
-
-
 # cli.py imports a subcommand's stage when it runs, so `--help` and a bad flag answer at once
 # without loading torch.
 _LAZY_MODULES = {"medclip_nb.cli"}
@@ -129,8 +241,7 @@ _LAZY_MODULES = {"medclip_nb.cli"}
 
 def test_sibling_imports_are_at_module_top():
     local = []
-    modules = _modules()
-    for name, path in modules.items():
+    for name, path in _modules().items():
         if name in _LAZY_MODULES:
             continue
         tree = ast.parse(path.read_text())

@@ -121,3 +121,70 @@ def test_vectorised_macro_f1_interval_equals_scikit_learn_on_each_resample():
     expected = statistic_interval(lambda rows: macro_f1(classes[rows], predicted[rows], 5), 250, seed=4,
                                   n_resamples=300)
     assert macro_f1_interval(classes, predicted, 5, seed=4, n_resamples=300) == pytest.approx(expected, abs=1e-12)
+
+
+# ---- the patient (cluster) bootstrap ------------------------------------------------------------
+def clustered_hits(rng, patients: int, truth: float, images_per_patient=(1, 6), spread: float = 0.35):
+    """0/1 hits of images nested in patients: each patient has its own hit rate around `truth`
+    (a Beta with the given spread), so a patient's images agree more than strangers'. Returns
+    (hits, patient id per image); the population hit rate is `truth`."""
+    a = truth * (1 / spread - 1)
+    b = (1 - truth) * (1 / spread - 1)
+    rates = rng.beta(a, b, size=patients)
+    sizes = rng.integers(images_per_patient[0], images_per_patient[1] + 1, size=patients)
+    groups = np.repeat(np.arange(patients), sizes)
+    hits = (rng.random(len(groups)) < rates[groups]).astype(float)
+    return hits, groups
+
+
+def test_patient_bootstrap_covers_about_95_percent_where_the_image_bootstrap_falls_short():
+    rng = np.random.default_rng(11)
+    truth, trials = 0.6, 300
+    covered = {"patient": 0, "image": 0}
+    for trial in range(trials):
+        hits, groups = clustered_hits(rng, patients=150, truth=truth)
+        # the estimand is the population rate; images are weighted equally, patients by size, and
+        # sizes are independent of the rates, so the image mean is unbiased for it
+        for unit, g in (("patient", groups), ("image", None)):
+            low, high = mean_interval(hits, groups=g, seed=trial)
+            covered[unit] += low <= truth <= high
+    patient, image = covered["patient"] / trials, covered["image"] / trials
+    assert 0.90 <= patient <= 0.985, patient
+    assert image < 0.85, image  # too narrow: it treats a patient's images as independent
+    assert image < patient - 0.08
+
+
+def test_resample_counts_draw_whole_patients():
+    groups = np.array([7, 7, 7, 3, 9, 9])
+    weights = resample_counts(6, groups=groups, seed=0, n_resamples=500)
+    assert weights.shape == (500, 6)
+    # rows of one patient always come together, as often as that patient was drawn
+    assert (weights[:, 0] == weights[:, 1]).all() and (weights[:, 1] == weights[:, 2]).all()
+    assert (weights[:, 4] == weights[:, 5]).all()
+    # three patients drawn per resample, so the drawn patients' counts sum to 3
+    per_patient = weights[:, [0, 3, 4]]
+    assert (per_patient.sum(axis=1) == 3).all()
+
+
+def test_rows_without_a_patient_are_their_own_patients():
+    groups = np.array([-1, -1, 5, 5])
+    weights = resample_counts(4, groups=groups, seed=1, n_resamples=300)
+    assert not (weights[:, 0] == weights[:, 1]).all()  # two different patients
+    assert (weights[:, 2] == weights[:, 3]).all()
+    assert (weights[:, [0, 1, 2]].sum(axis=1) == 3).all()  # three patients: two unnamed, one named
+
+
+def test_without_groups_each_row_is_a_patient():
+    assert np.array_equal(resample_counts(50, seed=4), resample_counts(50, groups=np.arange(50) * 3, seed=4))
+    with pytest.raises(ValueError, match="patient ids for"):
+        resample_counts(5, groups=[1, 2, 3])
+
+
+def test_paired_difference_resamples_the_same_patients_for_both():
+    rng = np.random.default_rng(5)
+    hits_a, groups = clustered_hits(rng, patients=120, truth=0.7)
+    hits_b = np.where(rng.random(len(hits_a)) < 0.1, 1 - hits_a, hits_a)
+    by_patient = paired_difference(hits_a, hits_b, groups=groups, seed=2)
+    by_hand = mean_interval(hits_a - hits_b, groups=groups, seed=2)
+    assert by_patient["ci"] == by_hand
+    assert by_patient["difference"] == pytest.approx(hits_a.mean() - hits_b.mean())

@@ -39,9 +39,19 @@ def _unpack_string(buffer: np.ndarray, offsets: np.ndarray, index: int) -> str:
     return buffer[offsets[index]:offsets[index + 1]].tobytes().decode("utf-8", _TEXT_ERRORS)
 
 
+def _subject_id(record: Mapping[str, Any]) -> int:
+    """A record's patient id as an int in 0..2**62, else -1 (absent or unusable: the record is its own patient)."""
+    value = record.get("subject_id")
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value < 2**62:
+        return int(value)
+    return -1
+
+
 class SampleRecords:
     """The loader's view of a split's records: ``image_path(i)``, ``report(i)``, ``labels(i)``
-    (a float32 view), ``clip_indices(i)`` (a list of ints, or None when the record has none).
+    (a float32 view), ``clip_indices(i)`` (a list of ints, or None when the record has none),
+    and ``subject_ids()``, the patient of each record (-1 where a record names none), which
+    evaluation resamples for its intervals.
 
     ``records[i]`` returns a fresh dict with those keys, for code that reads records as dicts
     (figures, evaluation sets); changing it does not change the records.
@@ -62,6 +72,7 @@ class SampleRecords:
         np.cumsum(np.fromiter((len(x) for x in lists), dtype=np.int64, count=n), out=self._clip_offsets[1:])
         self._clip = np.fromiter((v for x in lists for v in x), dtype=np.int64, count=int(self._clip_offsets[-1]))
         self._has_clip = has_clip
+        self._subjects = np.fromiter((_subject_id(r) for r in records), dtype=np.int64, count=n)
 
     @classmethod
     def of(cls, records: "SampleRecords | Sequence[Mapping[str, Any]]") -> "SampleRecords":
@@ -91,6 +102,10 @@ class SampleRecords:
             return None
         return self._clip[self._clip_offsets[index]:self._clip_offsets[index + 1]].tolist()
 
+    def subject_ids(self) -> np.ndarray:
+        """int64 [N]: each record's subject_id (its patient), -1 where it has none."""
+        return self._subjects.copy()
+
     def image_paths(self) -> list[str]:
         return [self.image_path(i) for i in range(len(self))]
 
@@ -100,7 +115,7 @@ class SampleRecords:
     def nbytes(self) -> int:
         """Bytes held by the arrays."""
         arrays = (self._paths, self._path_offsets, self._reports, self._report_offsets, self._labels,
-                  self._clip, self._clip_offsets, self._has_clip)
+                  self._clip, self._clip_offsets, self._has_clip, self._subjects)
         return int(sum(a.nbytes for a in arrays))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
@@ -115,6 +130,8 @@ class SampleRecords:
         }
         if self._has_clip[index]:
             record["clip_indices"] = self.clip_indices(index)
+        if self._subjects[index] >= 0:
+            record["subject_id"] = int(self._subjects[index])
         return record
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

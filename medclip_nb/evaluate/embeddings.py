@@ -130,6 +130,7 @@ class EvaluationArrays:
     multilabel_probabilities: np.ndarray | None = None  # [N_test, 14]
     prompts: dict[str, list[str]] = field(default_factory=dict)
     class_names: tuple[str, ...] = COMPETITION_TASKS
+    test_groups: np.ndarray | None = None  # patient id of each test row (the bootstrap's unit); None: unknown
 
 
 

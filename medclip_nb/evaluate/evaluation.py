@@ -25,7 +25,7 @@ from medclip_nb.evaluate.embeddings import (
     loader_for,
     model_logit_scale,
 )
-from medclip_nb.evaluate.intervals import macro_f1_interval, mean_interval
+from medclip_nb.evaluate.intervals import INTERVAL_METHOD, macro_f1_interval, mean_interval, patient_codes
 from medclip_nb.evaluate.metrics import (
     accuracy,
     confusion,
@@ -72,7 +72,11 @@ class Evaluation:
         if "test" not in splits:
             raise DataError("evaluate_model: no 'test' split to evaluate on")
         test = self.embed(splits["test"], "test")
+        groups = self.arrays.test_groups = patient_ids(splits["test"], test["index"])
         metrics: dict[str, Any] = {"n": {"test": len(test["index"])}, "skipped_images": {"test": test["n_skipped"]}}
+        metrics["intervals"] = {**INTERVAL_METHOD, "unit": "patient" if groups is not None else "image",
+                                "test_patients": int(patient_codes(groups, len(groups)).max(initial=-1)) + 1
+                                if groups is not None else None}
         rows, classes = select_5x200(test["labels"], self.cfg.zeroshot_per_class, self.seed)
         self.arrays.five_x_200_rows, self.arrays.five_x_200_classes = rows, classes
         metrics["n"]["test_5x200"] = len(rows)
@@ -117,7 +121,8 @@ class Evaluation:
         probabilities = zero_shot_multilabel(test["image"], self.encode(positive), self.encode(negative),
                                              model_logit_scale(self.model))
         self.arrays.multilabel_probabilities = probabilities
-        entries["zero_shot_multilabel"] = multilabel_auroc(probabilities, test["labels"], CHEXPERT_LABELS)
+        entries["zero_shot_multilabel"] = multilabel_auroc(probabilities, test["labels"], CHEXPERT_LABELS,
+                                                           groups=self.arrays.test_groups)
         return entries
 
     def five_x_200(self, image_emb: np.ndarray, rows: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
@@ -139,23 +144,28 @@ class Evaluation:
             scores = zero_shot_classify(image_emb[rows], class_embs, mode)
             self.arrays.zero_shot_scores[mode] = scores
             predicted = scores.argmax(axis=1)
-            n_classes = len(COMPETITION_TASKS)
+            n_classes, groups = len(COMPETITION_TASKS), self.groups(rows)
             result[mode] = {
                 "accuracy": accuracy(classes, predicted),
-                "accuracy_ci": mean_interval(predicted == classes, seed=self.seed),
+                "accuracy_ci": mean_interval(predicted == classes, groups=groups, seed=self.seed),
                 "macro_f1": macro_f1(classes, predicted),
-                "macro_f1_ci": macro_f1_interval(classes, predicted, n_classes, seed=self.seed),
+                "macro_f1_ci": macro_f1_interval(classes, predicted, n_classes, groups=groups, seed=self.seed),
                 "confusion": confusion(classes, predicted, n_classes).tolist(),
             }
         return result
 
+    def groups(self, rows: np.ndarray) -> np.ndarray | None:
+        """Patient ids of some test rows (None: the test split names no patients)."""
+        return None if self.arrays.test_groups is None else self.arrays.test_groups[rows]
+
     # ---- retrieval and the linear probe ----------------------------------------------------------
     def retrieval(self, test: dict, rows: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
         """Recall@K on the whole test split; the 5x200 subset adds MedCLIP's Precision@K."""
-        entry = {"test": retrieval_metrics(test["image"], test["text"], pair_ids=test["text_group"])}
+        entry = {"test": retrieval_metrics(test["image"], test["text"], pair_ids=test["text_group"],
+                                           groups=self.arrays.test_groups)}
         if len(rows):
             entry["test_5x200"] = retrieval_metrics(test["image"][rows], test["text"][rows], class_ids=classes,
-                                                    pair_ids=test["text_group"][rows])
+                                                    pair_ids=test["text_group"][rows], groups=self.groups(rows))
         return entry
 
     def probe(self, splits: Mapping[str, Any], test: dict, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -170,12 +180,23 @@ class Evaluation:
                 metrics["skipped_images"][name] = embedded[name]["n_skipped"]
         val = embedded.get("val")
         args = dict(test_emb=test["image"], test_labels=test["labels"], seed=self.seed,
+                    test_groups=self.arrays.test_groups,
                     val_emb=None if val is None else val["image"], val_labels=None if val is None else val["labels"])
         train = embedded["train"]
         full = linear_probe(train["image"], train["labels"], **args)
         fractions = linear_probe_fractions(train["image"], train["labels"], self.cfg.probe_label_fractions,
                                            full=full, **args)
         return {"linear_probe": full, "linear_probe_fractions": fractions}
+
+
+def patient_ids(split, index: np.ndarray) -> np.ndarray | None:
+    """The patient (subject_id) of each embedded row of a split (`index`: dataset rows), -1 where a
+    record names none (it is then its own patient); None when the split is not a dataset with
+    records (an iterable of batches)."""
+    records = getattr(split, "records", None)
+    if records is None or not hasattr(records, "subject_ids"):
+        return None
+    return records.subject_ids()[np.asarray(index, dtype=np.int64)]
 
 
 def json_ready(obj: Any, digits: int = ROUND_DIGITS) -> Any:

@@ -145,6 +145,7 @@ def retrieval_metrics(
     chunk: int = 1024,
     class_ids=None,
     pair_ids=None,
+    groups=None,
 ) -> dict[str, Any]:
     """Image->text and text->image Recall@K (pairs i <-> i, or same `pair_ids`), and with
     `class_ids` the image->text Precision@K of MedCLIP (a hit is a text of the same class).
@@ -183,9 +184,9 @@ def retrieval_metrics(
         "n": n,
         "image_to_text": {f"R@{k}": v for k, v in _recall_from_ranks(i2t, ks).items()},
         "text_to_image": {f"R@{k}": v for k, v in _recall_from_ranks(t2i, ks).items()},
-        # 95 % bootstrap intervals over the queries (the gallery stays the whole set).
-        "image_to_text_ci": {f"R@{k}": mean_interval(i2t < k) for k in ks},
-        "text_to_image_ci": {f"R@{k}": mean_interval(t2i < k) for k in ks},
+        # 95 % bootstrap intervals over the queries' patients `groups` (the gallery stays the whole set).
+        "image_to_text_ci": {f"R@{k}": mean_interval(i2t < k, groups=groups) for k in ks},
+        "text_to_image_ci": {f"R@{k}": mean_interval(t2i < k, groups=groups) for k in ks},
     }
     if classes is not None:
         result["image_to_text_precision"] = {
@@ -265,16 +266,17 @@ def zero_shot_multilabel(image_emb, pos_emb, neg_emb, scale: float) -> np.ndarra
     return logits.softmax(dim=-1)[..., 0].numpy()
 
 
-def multilabel_auroc(probabilities, labels, names: Sequence[str] = CHEXPERT_LABELS) -> dict[str, Any]:
+def multilabel_auroc(probabilities, labels, names: Sequence[str] = CHEXPERT_LABELS, groups=None) -> dict[str, Any]:
     """AUROC per label (truth binarised: 1.0 positive, the rest negative) and their mean over
-    the labels with both classes present, also over the five competition labels."""
+    the labels with both classes present, also over the five competition labels; the mean's
+    interval resamples the patients `groups`."""
     truth = binarize_labels(labels)
     per_label = auroc_per_label(truth, probabilities, names)
     defined = [j for j, name in enumerate(names) if math.isfinite(per_label[name])]
     return {
         "auroc": per_label,
         "auroc_mean": mean_defined(per_label.values()),
-        "auroc_mean_ci": mean_auroc_interval(truth[:, defined], np.asarray(probabilities)[:, defined])
+        "auroc_mean_ci": mean_auroc_interval(truth[:, defined], np.asarray(probabilities)[:, defined], groups=groups)
         if defined else None,
         "auroc_mean_competition": mean_defined(per_label[t] for t in COMPETITION_TASKS if t in per_label),
     }
@@ -307,8 +309,10 @@ def linear_probe(
     Cs: Sequence[float] = DEFAULT_CS,
     seed: int = 0,
     names: Sequence[str] = CHEXPERT_LABELS,
+    test_groups=None,
 ) -> dict[str, Any]:
-    """One logistic regression per label on frozen image embeddings.
+    """One logistic regression per label on frozen image embeddings; the mean AUROC's interval
+    resamples the test patients `test_groups`.
 
     Labels are binarised (1.0 positive; 0.0, -1.0 and blank negative). Features are
     standardised on the training split. For each label, C is the grid value with the best
@@ -340,7 +344,7 @@ def linear_probe(
         "auroc": auroc,
         "auroc_mean": mean_defined(auroc.values()),
         "auroc_mean_ci": mean_auroc_interval(y_test[:, columns], np.stack([s for _, s in fits], axis=1),
-                                             seed=seed) if columns else None,
+                                             groups=test_groups, seed=seed) if columns else None,
         "C": chosen,
         "n_train": len(x_train),
         "n_val": len(x_val) if has_val else 0,

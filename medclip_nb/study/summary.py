@@ -109,7 +109,8 @@ def summary_markdown(metrics: Mapping[str, Any], *, wall_seconds: float | None =
     if models:
         n_images = _five_x_200_size(metrics)
         lines += ["", "## Models" + (f" (5x200 zero-shot set: {n_images} images)" if n_images else ""), "",
-                  "Each number with its 95 % bootstrap interval over the test images (1,000 resamples).", "",
+                  "Each number with its 95 % bootstrap interval over the test patients (1,000 resamples of whole "
+                  "patients, all images of a patient together).", "",
                   markdown_table(models, HEADLINE_NAMES, "model")]
     lines += _ablation_section(metrics)
     return "\n".join(lines) + "\n"

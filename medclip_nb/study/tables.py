@@ -151,7 +151,8 @@ def zero_shot_hits(arrays, mode: str = "mean"):
 def paired_comparisons(arrays_by_model: Mapping[str, Any], reference: str = "default",
                        modes=("mean", "max")) -> "pd.DataFrame":
     """5x200 zero-shot accuracy of `reference` minus each other model, on the same test images,
-    with the paired bootstrap interval of the difference and whether it excludes 0."""
+    with the paired bootstrap interval of the difference (the same patients resampled for both)
+    and whether it excludes 0."""
     import pandas as pd
 
     ref = arrays_by_model[reference]
@@ -162,7 +163,8 @@ def paired_comparisons(arrays_by_model: Mapping[str, Any], reference: str = "def
         if not np.array_equal(arrays.five_x_200_rows, ref.five_x_200_rows):
             raise ValueError(f"paired_comparisons: {name} was evaluated on other 5x200 images than {reference}")
         for mode in modes:
-            d = paired_difference(zero_shot_hits(ref, mode), zero_shot_hits(arrays, mode))
+            groups = None if ref.test_groups is None else ref.test_groups[ref.five_x_200_rows]
+            d = paired_difference(zero_shot_hits(ref, mode), zero_shot_hits(arrays, mode), groups=groups)
             rows.append({"against": name, "metric": f"zero-shot accuracy ({mode})",
                          "difference": round(d["difference"], 3),
                          "95% CI": None if d["ci"] is None else f"[{d['ci'][0]:.3f}, {d['ci'][1]:.3f}]",

@@ -1,5 +1,7 @@
-"""The data stage: dataset files (loading, validation), images and transforms, the Dataset and
-its loaders, the sampler, the uint8 image store, device augmentation and unpaired data.
+"""The data stage: importing MIMIC-CXR-JPG trees (and what the phantom and prepare wrote),
+dataset files (loading, validation), images and transforms, the Dataset and its loaders, the
+sampler, the uint8 image store, device augmentation and unpaired data. A lazy facade: the
+importers stay torch-free.
 
 The names below are the package's public interface (``from medclip_nb.data import build_datasets``);
 each lives in one submodule, listed in docs/architecture.md. Inside the package, modules import
@@ -8,11 +10,9 @@ from each other's submodules, never from here.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medclip_nb import lazy_exports
 
-# name -> the submodule that defines it, loaded on first use (PEP 562): importing a light
-# submodule's names (the importers, text cleaning) does not import torch.
+# name -> the submodule that defines it, loaded on first use (medclip_nb.lazy_exports).
 _PUBLIC = {
     "build_datasets": "medclip_nb.data.build",
     "truncation_warning": "medclip_nb.data.build",
@@ -57,15 +57,4 @@ _PUBLIC = {
     "validate_dataset": "medclip_nb.data.validation",
 }
 __all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -1,12 +1,12 @@
-"""text stage."""
+"""The text stage: report cleaning and sentences, tokenizers, sentence-label tables, EDA, the
+rule-based finding labeller and the report-language figures (docs/architecture.md lists the
+modules). A lazy facade: only the tokenizers import torch."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medclip_nb import lazy_exports
 
-# name -> the submodule that defines it, loaded on first use (PEP 562): importing a light
-# submodule's names (the importers, text cleaning) does not import torch.
+# name -> the submodule that defines it, loaded on first use (medclip_nb.lazy_exports).
 _PUBLIC = {
     "drop_short_sentences": "medclip_nb.text.augment",
     "eda": "medclip_nb.text.augment",
@@ -26,15 +26,4 @@ _PUBLIC = {
     "tokenizer_from_json": "medclip_nb.text.tokenizers",
 }
 __all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -1,5 +1,5 @@
 """`python -m medclip_nb SUBCOMMAND`: phantom, prepare, data, convert, cache, train, evaluate, bench,
-bench-scale, bench-ablation, summary, predict, embed, export.
+bench-scale, bench-ablation, summary, predict, retrieve, embed, export.
 
 Errors that come from the user's input (a missing file, a bad key, a malformed dataset) end
 the command with one line on stderr and exit status 2, never a traceback.
@@ -96,7 +96,16 @@ def _predict(args) -> int:
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     predict_command(args.checkpoint, args.paths, classes=classes, prompts_file=args.prompts, mode=args.mode,
-                    csv=args.csv, overrides=_overrides(args))
+                    csv=args.csv, multi_label=args.multi_label, overrides=_overrides(args))
+    return 0
+
+
+def _retrieve(args) -> int:
+    from medclip_nb.inference import retrieve_command
+
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
+    retrieve_command(args.checkpoint, args.paths, args.reports, k=args.k, splits=splits, csv=args.csv,
+                     overrides=_overrides(args))
     return 0
 
 
@@ -113,10 +122,9 @@ def _embed(args) -> int:
 
 
 def _export(args) -> int:
-    from medclip_nb.model import export_checkpoint
+    from medclip_nb.inference import export_command
 
-    out = export_checkpoint(args.checkpoint, args.out)
-    print(f"Exported {args.checkpoint} to {out}/ (model.safetensors, config.json, tokenizer.json)")
+    export_command(args.checkpoint, args.out, metrics_file=args.metrics, metrics_key=args.metrics_key)
     return 0
 
 
@@ -265,16 +273,34 @@ def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="zero-shot classify images or folders of images with a checkpoint or export")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, ...) or export folder")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
+    p.add_argument("--multi-label", "--multi_label", dest="multi_label", action="store_true",
+                   help="each finding on its own: softmax over its positive and negative prompt, as evaluate's "
+                        "per-label zero-shot (default: one softmax over the classes)")
     p.add_argument("--classes", default=None,
                    help="comma-separated class names (default: the prompts file's classes, else the five "
-                        "CheXpert competition classes)")
+                        "CheXpert competition classes; with --multi-label the 14 CheXpert labels)")
     p.add_argument("--prompts", default=None, metavar="FILE",
-                   help="YAML/JSON file mapping class names to lists of prompts (default: MedCLIP's vocabulary)")
+                   help="YAML/JSON file mapping class names to lists of prompts (default: MedCLIP's vocabulary); "
+                        "with --multi-label each finding to {positive: [...], negative: [...]}")
     p.add_argument("--mode", default="mean", choices=["mean", "max"],
                    help="prompt ensemble: mean embedding or best prompt (default: mean)")
     p.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
     add_config_arguments(p, keys=("eval_batch_size", "num_workers", "gpu_id", "on_bad_image"))
     p.set_defaults(func=_predict)
+
+
+def _add_retrieve(sub) -> None:
+    p = sub.add_parser("retrieve", help="the nearest reports of a report bank for images, with a checkpoint or export")
+    p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, ...) or export folder")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
+    p.add_argument("--reports", required=True, metavar="FILE",
+                   help="the report bank: a dataset file (.pkl, .jsonl, .csv) or a text file, one report per line")
+    p.add_argument("--splits", default=None,
+                   help="comma-separated splits of a dataset file to search (default: train,val,test)")
+    p.add_argument("-k", type=_at_least_one, default=5, help="reports per image (default: 5)")
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write the table (whole reports) as CSV")
+    add_config_arguments(p, keys=("eval_batch_size", "num_workers", "gpu_id", "on_bad_image"))
+    p.set_defaults(func=_retrieve)
 
 
 def _add_embed(sub) -> None:
@@ -288,9 +314,14 @@ def _add_embed(sub) -> None:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="portable export of a checkpoint's model: safetensors, config and tokenizer JSON")
+    p = sub.add_parser("export", help="a model folder others can load: safetensors weights, config, tokenizer, "
+                                      "preprocessing config and a model card (docs/using-a-model.md)")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, last.pth, ...)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty, or an earlier export)")
+    p.add_argument("--metrics", default=None, metavar="FILE",
+                   help="a metrics.json whose entry goes into the model card, with its intervals")
+    p.add_argument("--metrics-key", "--metrics_key", dest="metrics_key", default=None, metavar="KEY",
+                   help="the entry of --metrics (default: the checkpoint's key, '<run folder>/<file stem>')")
     p.set_defaults(func=_export)
 
 
@@ -351,6 +382,7 @@ _SUBCOMMANDS = (
     _add_train,
     _add_evaluate,
     _add_predict,
+    _add_retrieve,
     _add_embed,
     _add_export,
     _add_bench,

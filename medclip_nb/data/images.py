@@ -213,6 +213,40 @@ def build_transforms(cfg: "Config", train: bool) -> v2.Compose:
     return v2.Compose(steps)
 
 
+def eval_preprocessing(cfg: "Config") -> dict[str, Any]:
+    """`build_transforms(cfg, train=False)` in plain keys (an export's preprocessor_config.json):
+    the key names of Hugging Face image processors where one fits, and `steps` in order."""
+    preset = AUGMENT_PRESETS[cfg.augment]
+    resize, crop = cfg.resize_size, cfg.image_size
+    return {
+        "input": "grayscale uint8 (colour converted to luma, 16-bit scaled to 8 bits, transparency on black)",
+        "do_pad": True,
+        "pad": {"to": "square", "position": "centred", "fill": 0},
+        "do_resize": True,
+        "size": {"height": resize, "width": resize},
+        "resample": "bilinear",
+        "antialias": True,
+        "do_center_crop": True,
+        "crop_size": {"height": crop, "width": crop},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": [preset["mean"]] * 3,
+        "image_std": [preset["std"]] * 3,
+        "num_channels": 3,
+        "channels": "the grey channel repeated three times",
+        "steps": [
+            "pad the shorter side with black (0), centred, to a square",
+            f"resize to {resize} x {resize} (bilinear, antialiased; torchvision.transforms.v2.Resize on a tensor)",
+            f"centre-crop {crop} x {crop}",
+            "divide by 255",
+            f"subtract {preset['mean']} and divide by {preset['std']}",
+            "repeat to 3 channels",
+        ],
+        "augment_preset": cfg.augment,
+    }
+
+
 # ---------------------------------------------------------------------------------------------
 # Dataset
 # ---------------------------------------------------------------------------------------------

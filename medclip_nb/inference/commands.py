@@ -1,5 +1,5 @@
-"""What `predict` and `embed` do: a pretrained model over a user's images or a whole dataset
-file, results on stdout / in an .npz file, notes on stderr."""
+"""What `predict`, `retrieve`, `embed` and `export` do: a pretrained model over a user's images or
+a whole dataset file, results on stdout / in an .npz file / in an export folder, notes on stderr."""
 
 from __future__ import annotations
 
@@ -22,10 +22,12 @@ from medclip_nb.data import (
     uses_precomputed_text,
 )
 from medclip_nb.errors import DataError, UserError
-from medclip_nb.evaluate import compute_embeddings, eval_datasets
+from medclip_nb.evaluate import compute_embeddings, eval_datasets, read_metrics
 from medclip_nb.files import write_atomic
 from medclip_nb.inference.images import image_files
 from medclip_nb.inference.pretrained import Pretrained, load_pretrained, read_prompts_file
+from medclip_nb.inference.retrieval import load_report_bank
+from medclip_nb.model import EXPORT_FILES, export_checkpoint
 from medclip_nb.paths import resolve
 
 
@@ -99,38 +101,110 @@ def _note(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def predict_command(checkpoint, paths, *, classes=None, prompts_file=None, mode="mean", csv=None,
-                    overrides: Mapping[str, Any] | None = None) -> "Any":
-    """`python -m medclip_nb predict`: the probability table on stdout (with the predicted
-    class), notes on stderr, the table also as CSV with `csv`. Returns the DataFrame."""
-    overrides = dict(overrides or {})
-    if mode not in ("mean", "max"):
-        raise UserError(f"--mode: {mode!r} is not one of mean, max")
-    files = image_files(paths)  # a typo in a path fails before the model is loaded
-    pretrained = load_pretrained(checkpoint, overrides.get("gpu_id"))
-    prompts = read_prompts_file(prompts_file) if prompts_file else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", BadImageWarning)  # named below, once each
-        table = pretrained.classify(
-            files, classes, prompts=prompts, mode=mode, batch_size=overrides.get("eval_batch_size"),
-            num_workers=int(overrides.get("num_workers", pretrained.config.num_workers)),
-            on_bad_image=overrides.get("on_bad_image"),
-            progress=True,
-        )
-    skipped = table.attrs["skipped"]
+def _say_skipped(skipped) -> None:
     if skipped:
         _note(f"Skipped {len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}:")
         for _path, reason in skipped:
             _note(f"  {reason}")
+
+
+def _embed_options(pretrained: Pretrained, overrides: Mapping[str, Any]) -> dict[str, Any]:
+    return dict(batch_size=overrides.get("eval_batch_size"),
+                num_workers=int(overrides.get("num_workers", pretrained.config.num_workers)),
+                on_bad_image=overrides.get("on_bad_image"), progress=True)
+
+
+def predict_command(checkpoint, paths, *, classes=None, prompts_file=None, mode="mean", csv=None,
+                    multi_label: bool = False, overrides: Mapping[str, Any] | None = None) -> "Any":
+    """`python -m medclip_nb predict`: the probability table on stdout, notes on stderr, the table
+    also as CSV with `csv`. 5-way (default): one softmax over the classes, with the predicted
+    class. `multi_label`: each finding on its own (positive vs negative prompt), with the findings
+    over 0.5. Returns the DataFrame."""
+    overrides = dict(overrides or {})
+    if mode not in ("mean", "max"):
+        raise UserError(f"--mode: {mode!r} is not one of mean, max")
+    files = image_files(paths)  # a typo in a path fails before the model is loaded
+    prompts = read_prompts_file(prompts_file, pairs=multi_label) if prompts_file else None
+    pretrained = load_pretrained(checkpoint, overrides.get("gpu_id"))
+    classify = pretrained.classify_multilabel if multi_label else pretrained.classify
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadImageWarning)  # named below, once each
+        table = classify(files, classes, prompts=prompts, mode=mode, **_embed_options(pretrained, overrides))
+    _say_skipped(table.attrs["skipped"])
     if table.empty:
         raise DataError(f"no readable image among the {len(files)} given")
-    shown = table.assign(prediction=table.idxmax(axis=1))
+    if multi_label:
+        shown = table.assign(positive=[", ".join(c for c in table.columns if row[c] > 0.5) or "-"
+                                       for _, row in table.iterrows()])
+    else:
+        shown = table.assign(prediction=table.idxmax(axis=1))
     print(shown.to_string(float_format=lambda v: f"{v:.4f}"))
     if csv:
         _note(f"Saved CSV: {write_atomic(csv, shown.to_csv, what='--csv')}")
-    _note(f"Classified {len(table)} image{'s' if len(table) != 1 else ''} into {len(table.columns)} classes "
-          f"on {pretrained.device}")
+    n = len(table)
+    how = (f"for {len(table.columns)} findings, each positive vs negative prompt (positive: p > 0.5)" if multi_label
+           else f"into {len(table.columns)} classes")
+    _note(f"Classified {n} image{'s' if n != 1 else ''} {how} on {pretrained.device}")
     return table
+
+
+def _short(text: str, width: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def retrieve_command(checkpoint, paths, reports, *, k: int = 5, splits=None, csv=None,
+                     overrides: Mapping[str, Any] | None = None) -> "Any":
+    """`python -m medclip_nb retrieve`: for each image, the `k` nearest reports of the bank
+    `reports` (a dataset file's `splits`, or a text file) on stdout, cut to one line each; the
+    whole reports in the CSV. Returns the DataFrame."""
+    overrides = dict(overrides or {})
+    if k < 1:
+        raise UserError(f"-k: {k} is not a whole number of at least 1")
+    files = image_files(paths)
+    bank = load_report_bank(reports, splits)  # both before the model is loaded
+    pretrained = load_pretrained(checkpoint, overrides.get("gpu_id"))
+    pretrained.check_text_input()
+    _note(f"Embedding {len(bank)} distinct reports of {reports} ...")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BadImageWarning)  # named below, once each
+        table = pretrained.retrieve(files, bank, k, **_embed_options(pretrained, overrides))
+    _say_skipped(table.attrs["skipped"])
+    if table.empty:
+        raise DataError(f"no readable image among the {len(files)} given")
+    for image, rows in table.groupby("image", sort=False):
+        print(image)
+        for row in rows.itertuples():
+            print(f"  {row.rank:>3}  {row.similarity:.4f}  {row.source:<14} {_short(row.report)}")
+    if csv:
+        _note(f"Saved CSV: {write_atomic(csv, lambda p: table.to_csv(p, index=False), what='--csv')}")
+    shown = min(k, len(bank))
+    _note(f"The {shown} nearest of {len(bank)} distinct reports (cosine similarity) for "
+          f"{table['image'].nunique()} image(s) on {pretrained.device}")
+    return table
+
+
+def export_command(checkpoint, out, *, metrics_file=None, metrics_key=None) -> Path:
+    """`python -m medclip_nb export`: the export folder, with the metrics.json entry `metrics_key`
+    (default: the checkpoint's own key, '<run folder>/<file stem>') in its model card."""
+    entry = source = None
+    if metrics_key and not metrics_file:
+        raise UserError("--metrics-key: give the metrics.json it names with --metrics")
+    if metrics_file:
+        path = Path(metrics_file).expanduser()
+        if not path.is_file():
+            raise UserError(f"--metrics {path}: no such file")
+        data = read_metrics(path)
+        ckpt = Path(checkpoint)
+        key = metrics_key or f"{ckpt.parent.name}/{ckpt.stem}"
+        if not isinstance(data.get(key), dict):
+            entries = ", ".join(sorted(data)) or "none"
+            raise UserError(f"--metrics-key: {path} has no entry {key!r}; its entries: {entries}")
+        entry, source = data[key], f"{path.name}: {key}"
+    folder = export_checkpoint(checkpoint, out, metrics=entry, metrics_source=source)
+    written = [name for name in EXPORT_FILES if (folder / name).is_file()]
+    print(f"Exported {checkpoint} to {folder}/ ({', '.join(written)})")
+    return folder
 
 
 def embed_command(checkpoint, data_path, out, *, splits=REQUIRED_SPLITS,

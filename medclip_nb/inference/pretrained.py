@@ -1,9 +1,17 @@
 """Use a pretrained model: load it, embed images and texts, classify images zero-shot.
 
     pretrained = load_pretrained("checkpoints/debug/best.pth")     # or an export folder
-    probabilities = pretrained.classify(["scan.jpg", "scans/"])      # pandas DataFrame
+    probabilities = pretrained.classify(["scan.jpg", "scans/"])      # pandas DataFrame, 5-way
+    findings = pretrained.classify_multilabel(["scan.jpg"])          # per finding, positive vs negative
+    nearest = pretrained.retrieve(["scan.jpg"], bank, k=5)           # the nearest reports of a ReportBank
     images = pretrained.embed_images(["scan.jpg"])                   # .embeddings [N, D], .ids
     texts = pretrained.embed_texts(["small left pleural effusion"])  # [T, D]
+
+As open_clip's model and tokenizer, with tensors in and out (gradients as the caller's context says):
+
+    pixels = pretrained.preprocess("scan.jpg").unsqueeze(0)          # [1, 3, S, S], the evaluation transform
+    image = pretrained.encode_image(pixels)                          # [1, D] on pretrained.device
+    text = pretrained.encode_text(pretrained.tokenizer(["small left pleural effusion"]))  # or the strings
 
 Images are file paths (a folder stands for the image files under it), PIL images or tensors:
 a uint8 tensor is a raw grayscale image (`[H, W]` or `[1, H, W]`; `[3, H, W]` is converted to
@@ -36,11 +44,12 @@ from medclip_nb.data import (
 from medclip_nb.errors import UserError
 from medclip_nb.evaluate import encode_texts, model_logit_scale, zero_shot_classify
 from medclip_nb.inference.images import ImageItems, collate_images, image_items
-from medclip_nb.labels import COMPETITION_TASKS, PROMPT_VOCABULARY
+from medclip_nb.inference.retrieval import ReportBank, nearest_reports, report_bank
+from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, PROMPT_VOCABULARY
 from medclip_nb.model import is_export_dir, load_export, load_model
 from medclip_nb.paths import resolve
 from medclip_nb.progress import progress as progress_display
-from medclip_nb.prompts import finding_phrase, generate_prompts
+from medclip_nb.prompts import binary_prompts, finding_phrase, generate_prompts
 from medclip_nb.runtime import amp_dtype, autocast, eval_mode, pick_device
 from medclip_nb.text import clean_report
 
@@ -76,8 +85,50 @@ def resolve_prompts(classes: Sequence[str] | None = None,
     return result
 
 
-def read_prompts_file(path: str | os.PathLike) -> dict[str, list[str]]:
-    """A YAML or JSON file mapping each class name to a list of prompts."""
+def _prompt_list(value, where: str) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list) or not items or not all(isinstance(p, str) and p.strip() for p in items):
+        raise UserError(f"{where}: give a prompt or a list of non-empty prompts")
+    return [p.strip() for p in items]
+
+
+def resolve_pair_prompts(findings: Sequence[str] | None = None,
+                         prompts: Mapping[str, Any] | None = None) -> dict[str, tuple[list[str], list[str]]]:
+    """{finding: (positive prompts, negative prompts)} for multi-label zero-shot: `prompts[finding]`
+    ({"positive": ..., "negative": ...}, each a prompt or a list) where given, else the pair
+    `evaluate` uses (prompts.binary_prompts: "pleural effusion" vs "no pleural effusion"; "No
+    Finding" has its own). `findings` defaults to the keys of `prompts`, else the 14 CheXpert labels."""
+    prompts = dict(prompts or {})
+    if findings is None:
+        findings = list(prompts) or list(CHEXPERT_LABELS)
+    if isinstance(findings, str):
+        raise UserError(f"classes: give a list of finding names, not the one string {findings!r}")
+    findings = list(dict.fromkeys(str(f).strip() for f in findings if str(f).strip()))
+    if not findings:
+        raise UserError("classes: no finding names given")
+    unknown = [f for f in prompts if f not in findings]
+    if unknown:
+        raise UserError(f"prompts: finding {unknown[0]!r} is not among the findings ({', '.join(findings)})")
+    result = {}
+    for name in findings:
+        if name in prompts:
+            pair = prompts[name]
+            if not isinstance(pair, Mapping) or set(pair) != {"positive", "negative"}:
+                raise UserError(f"prompts: finding {name!r} needs exactly the keys positive and negative")
+            result[name] = (_prompt_list(pair["positive"], f"prompts: {name} positive"),
+                            _prompt_list(pair["negative"], f"prompts: {name} negative"))
+        else:
+            try:
+                positive, negative = binary_prompts(name)
+            except ValueError as e:
+                raise UserError(f"classes: {e}; give its positive and negative prompts in --prompts") from None
+            result[name] = ([positive], [negative])
+    return result
+
+
+def read_prompts_file(path: str | os.PathLike, *, pairs: bool = False) -> dict[str, Any]:
+    """A YAML or JSON file mapping each class name to a list of prompts, or with `pairs` (the
+    multi-label mode) each finding to {"positive": [...], "negative": [...]}."""
     import yaml
 
     path = Path(path)
@@ -87,6 +138,11 @@ def read_prompts_file(path: str | os.PathLike) -> dict[str, list[str]]:
         raise UserError(f"--prompts {path}: cannot be read ({e.strerror or type(e).__name__})") from None
     except yaml.YAMLError:
         raise UserError(f"--prompts {path}: not valid YAML or JSON") from None
+    if pairs:
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise UserError(f"--prompts {path}: with --multi-label, must map each finding to "
+                            f"{{positive: [...], negative: [...]}}")
+        return {str(k): v for k, v in data.items()}
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise UserError(f"--prompts {path}: must map each class name to a list of prompts")
     return {str(k): [str(p) for p in v] for k, v in data.items()}
@@ -120,6 +176,39 @@ class Pretrained:
         """The similarity multiplier the model learned (1 / temperature)."""
         return model_logit_scale(self.model)
 
+    # ---- open_clip's calls: tensors in, tensors out ------------------------------------------------
+    def preprocess(self, image) -> torch.Tensor:
+        """One image (a path, a PIL image or a uint8 tensor) through the evaluation transform:
+        float `[3, S, S]`. An unreadable file raises BadImageError naming it."""
+        items, ids = image_items(image)
+        if len(items) != 1:
+            raise UserError(f"preprocess: one image at a time, got {len(items)} (embed_images takes many)")
+        sample = ImageItems(items, ids, self.transform, self.config.image_size, self.config.resize_size)[0]
+        if isinstance(sample, SkippedSample):
+            raise BadImageError(sample.reason)
+        return sample["pixel_values"]
+
+    def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """L2-normalised embeddings `[B, D]` of preprocessed images (`[B, 3, S, S]`, or one
+        `[3, S, S]`), computed on the model's device."""
+        if pixel_values.ndim == 3:
+            pixel_values = pixel_values.unsqueeze(0)
+        return self.model.encode_image(pixel_values.to(self.device))
+
+    def encode_text(self, text) -> torch.Tensor:
+        """L2-normalised embeddings `[T, D]` of `tokenizer(texts)`'s output, or of texts (a string
+        or a list, tokenised here the same way)."""
+        if not isinstance(text, Mapping):
+            self.check_text_input()
+        tokens = text if isinstance(text, Mapping) else self.tokenizer(text)
+        return self.model.encode_text(tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device))
+
+    def check_text_input(self) -> None:
+        """A UserError for a model that cannot read new text (text_encoder: precomputed)."""
+        if self.config.model != "simple" and self.config.text_encoder == "precomputed":
+            raise UserError("text_encoder 'precomputed' reads stored report features; it cannot embed new text")
+
+    # ---- embeddings of many inputs ------------------------------------------------------------------
     def embed_images(self, images, *, batch_size: int | None = None, num_workers: int = 0,
                      on_bad_image: str | None = None, progress: bool = False) -> ImageEmbeddings:
         """Embeddings of images (see the module docstring for the inputs), `batch_size`
@@ -150,8 +239,7 @@ class Pretrained:
 
     def embed_texts(self, texts: str | Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
         """Embeddings [T, D] of texts, cleaned as training cleaned the reports (clean_report)."""
-        if self.config.model != "simple" and self.config.text_encoder == "precomputed":
-            raise UserError("text_encoder 'precomputed' reads stored report features; it cannot embed new text")
+        self.check_text_input()
         texts = [texts] if isinstance(texts, str) else list(texts)
         return encode_texts(self.model, self.tokenizer, [clean_report(t) for t in texts], self.device,
                             batch_size or self.config.eval_batch_size, amp=bool(self.config.use_amp))
@@ -177,6 +265,55 @@ class Pretrained:
         table = pd.DataFrame(probabilities, index=pd.Index(images_out.ids, name="image"), columns=list(class_prompts))
         table.attrs["prompts"] = class_prompts
         table.attrs["skipped"] = [(s.path, s.reason) for s in images_out.skipped]
+        return table
+
+    def classify_multilabel(self, images, findings: Sequence[str] | None = None, *,
+                            prompts: Mapping[str, Any] | None = None, mode: str = "mean", **embed_options):
+        """Per-finding zero-shot probabilities: a DataFrame, one row per readable image, one
+        column per finding, each in [0, 1] on its own (rows do not sum to 1).
+
+        A finding's probability is the softmax over its (positive, negative) prompt pair of the
+        logit scale times the image's similarity to each side (`mode` 'mean' or 'max' over a side's
+        prompts), as `evaluate` scores zero_shot_multilabel. Findings and prompts: see
+        resolve_pair_prompts (default: the 14 CheXpert labels). `df.attrs`: 'prompts', 'skipped'."""
+        import pandas as pd
+
+        pairs = resolve_pair_prompts(findings, prompts)
+        sides = [self.embed_texts(side) for pair in pairs.values() for side in pair]
+        images_out = self.embed_images(images, **embed_options)
+        scores = zero_shot_classify(images_out.embeddings, sides, mode).reshape(-1, len(pairs), 2)
+        probabilities = torch.from_numpy(scores * self.logit_scale).softmax(dim=-1)[..., 0].numpy()
+        table = pd.DataFrame(probabilities, index=pd.Index(images_out.ids, name="image"), columns=list(pairs))
+        table.attrs["prompts"] = {name: {"positive": p, "negative": n} for name, (p, n) in pairs.items()}
+        table.attrs["skipped"] = [(s.path, s.reason) for s in images_out.skipped]
+        return table
+
+    def retrieve(self, images, reports: ReportBank | Sequence[str], k: int = 5, *,
+                 bank_embeddings: np.ndarray | None = None, **embed_options):
+        """The `k` reports of `reports` nearest to each image (cosine similarity of the embeddings):
+        a DataFrame with one row per (image, rank): image, rank (1 = nearest), similarity, report,
+        source (where the report came from) and copies (records that share its text). `reports`:
+        a ReportBank (inference.retrieval.load_report_bank: a dataset file's or a text file's
+        reports) or a list of report texts. `bank_embeddings` (embed_texts(bank.texts)) saves
+        embedding a large bank again. `df.attrs['skipped']`: unreadable images."""
+        import pandas as pd
+
+        bank = reports if isinstance(reports, ReportBank) else report_bank(reports)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise UserError(f"-k: {k!r} is not a whole number of at least 1")
+        if bank_embeddings is None:
+            bank_embeddings = self.embed_texts(bank.texts)
+        elif bank_embeddings.shape != (len(bank), self.model.embed_dim):
+            raise UserError(f"bank_embeddings: shape {bank_embeddings.shape}, expected ({len(bank)}, "
+                            f"{self.model.embed_dim})")
+        images_out = self.embed_images(images, **embed_options)
+        order, similarity = nearest_reports(images_out.embeddings, bank_embeddings, k)
+        rows = [{"image": image, "rank": rank + 1, "similarity": float(similarity[i, rank]),
+                 "report": bank.texts[j], "source": bank.sources[j], "copies": bank.copies[j]}
+                for i, image in enumerate(images_out.ids) for rank, j in enumerate(order[i])]
+        table = pd.DataFrame(rows, columns=["image", "rank", "similarity", "report", "source", "copies"])
+        table.attrs["skipped"] = [(s.path, s.reason) for s in images_out.skipped]
+        table.attrs["bank_size"] = len(bank)
         return table
 
 

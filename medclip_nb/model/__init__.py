@@ -11,11 +11,12 @@ from medclip_nb.model.checkpoint import (
 )
 from medclip_nb.model.checkpoint_check import RESUME_PARTS, check_checkpoint
 from medclip_nb.model.encoders import build_model, count_parameters
-from medclip_nb.model.export import export_checkpoint, is_export_dir, load_export
+from medclip_nb.model.export import EXPORT_FILES, export_checkpoint, is_export_dir, load_export
 from medclip_nb.model.losses import ContrastiveLoss
 
 __all__ = [
     "ContrastiveLoss",
+    "EXPORT_FILES",
     "RESUME_PARTS",
     "build_model",
     "capture_rng_state",

@@ -241,7 +241,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     tokenizer, Config). Raises CheckpointError when the file lacks a part or the weights do
     not fit the stored configuration."""
     p = resolve(path)
-    state = check_checkpoint(load_checkpoint(p), p, MODEL_PARTS)
+    return model_from_state(check_checkpoint(load_checkpoint(p), p, MODEL_PARTS), p, device)
+
+
+def model_from_state(state: dict, p: Path, device: str | torch.device = "cpu"):
+    """(model, tokenizer, Config) from a checkpoint `state` already loaded and checked (of file `p`)."""
     try:
         cfg = from_dict(state["config"], source=str(p))
     except ConfigError as e:

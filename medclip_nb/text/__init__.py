@@ -24,6 +24,9 @@ _PUBLIC = {
     "import_transformers": "medclip_nb.text.tokenizers",
     "local_hf_folder": "medclip_nb.text.tokenizers",
     "tokenizer_from_json": "medclip_nb.text.tokenizers",
+    "TOKENIZER_CONFIG_FILE": "medclip_nb.text.tokenizer_export",
+    "TOKENIZER_FILE": "medclip_nb.text.tokenizer_export",
+    "tokenizer_files": "medclip_nb.text.tokenizer_export",
 }
 __all__ = sorted(_PUBLIC)
 __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -1,7 +1,10 @@
 """Every tokenizer: text (or a record's feature rows) into the ids a text encoder reads.
 
 They share one interface (``encode``, ``vocab_size``, ``pad_id``, ``max_length``, ``to_json``)
-so the model, the collate function and the checkpoint code never need to know which one they have:
+so the model, the collate function and the checkpoint code never need to know which one they have.
+Each text tokenizer is also callable, as open_clip's is: ``tokenizer(texts)`` cleans the texts as
+training cleaned the reports (``clean_report``) and returns ``encode``'s tensors, so that
+``model.encode_text(**tokenizer(["small left pleural effusion"]))`` works.
 
 - ``SubwordTokenizer``: a BPE vocabulary learned from the training reports with the
   Hugging Face ``tokenizers`` library (``[CLS] ... [SEP]``, padded with ``[PAD]`` = 0);
@@ -40,13 +43,21 @@ CHAR_MAX_LENGTH = 50
 CLIP_INDEX_PAD = -1  # PrecomputedTextEncoder gives -1 / mask 0 positions no weight
 
 
+class CallableTokenizer:
+    """``tokenizer(texts)``: one text or a list, cleaned as training cleaned the reports
+    (``clean_report``), then ``encode``: ``{"input_ids", "attention_mask"}``, int64 ``[B, L]``."""
+
+    def __call__(self, texts: str | Sequence[str]) -> dict[str, torch.Tensor]:
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return self.encode([clean_report(t) for t in texts])
+
 
 def _empty_batch(max_length: int) -> dict[str, torch.Tensor]:
     empty = torch.zeros((0, max_length), dtype=torch.long)
     return {"input_ids": empty, "attention_mask": empty.clone()}
 
 
-class SubwordTokenizer:
+class SubwordTokenizer(CallableTokenizer):
     """A Hugging Face ``tokenizers`` tokenizer fixed to ``max_length`` tokens:
     ``[CLS] tokens... [SEP] [PAD]...``, truncated to fit, ``[PAD]`` = 0."""
 
@@ -138,7 +149,7 @@ def _add_cls_sep(tokenizer: Tokenizer) -> None:
     )
 
 
-class CharTokenizer:
+class CharTokenizer(CallableTokenizer):
     """The seed script's text encoder: one id per character, its code point clipped to
     0..255, padded with 0 / truncated to ``max_length``; the model divides ids by 255."""
 
@@ -314,7 +325,7 @@ def from_local_folder(auto_class, folder, what: str):
         raise UserError(f"bert_path {folder}: cannot load {what} from it ({first_line})") from None
 
 
-class HFTokenizerAdapter:
+class HFTokenizerAdapter(CallableTokenizer):
     """A local Hugging Face tokenizer behind the interface of the other tokenizers here:
     `.encode(texts) -> {'input_ids', 'attention_mask'}` (int64 `[B, max_length]`),
     `.vocab_size`, `.pad_id`, `.max_length`, `.to_json()`."""

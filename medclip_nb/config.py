@@ -150,6 +150,10 @@ class Config:
                                 check=between(1, 65536))
     eval_steps: int = _opt(1000, "validate every N optimizer steps (and at each epoch end)",
                            check=between(1, _MAX_COUNT))
+    val_metrics_samples: int = _opt(
+        256, "validation images (a fixed seeded subset) on which each validation also logs zero-shot accuracy and "
+        "retrieval R@1/5/10 (0 turns them off)", check=between(0, 1_000_000),
+    )
     save_steps: int = _opt(
         1000,
         "write a resumable mid-epoch checkpoint every N steps; the seed's default of 1 wrote one "
@@ -176,8 +180,9 @@ class Config:
                                     check=between(1, _MAX_COUNT))
     log_every: int = _opt(10, "write a metrics row every N steps", check=between(1, _MAX_COUNT))
     tensorboard: bool = _opt(
-        False, "also write the metrics rows (loss, lr, temperature, pairs/s) as TensorBoard events under "
-        "model_save_path/tensorboard (optional package: pip install -e .[tensorboard])"
+        False, "also write the metrics rows (loss, lr, temperature, pairs/s, validation metrics) as TensorBoard "
+        "events in model_save_path, one run per folder for `tensorboard --logdir checkpoints/` (optional package: "
+        "pip install -e .[tensorboard])"
     )
     compile: bool = _opt(False, "torch.compile the model (GPU)")
     channels_last: bool = _opt(True, "channels_last memory format for the image backbone on GPU")

@@ -175,10 +175,11 @@ def test_export_round_trip_gives_identical_embeddings(run_dir, test_images, tmp_
 def test_tensorboard_events_hold_the_metrics_rows(run_dir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events = EventAccumulator(str(run_dir))  # the run's own folder: `--logdir checkpoints/` names it
     events.Reload()
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    tags = {"train/loss", "train/lr", "train/temperature", "train/pairs_per_s", "val/loss", "val/pairs_per_s"}
+    tags = {"train/loss", "train/lr", "train/temperature", "train/pairs_per_s", "val/loss", "val/pairs_per_s",
+            "val/image_to_text_R@1", "val/image_to_text_R@10", "val/text_to_image_R@5"}
     assert tags <= set(events.Tags()["scalars"])
     for tag in tags:
         split, key = tag.split("/")

@@ -12,13 +12,18 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import Subset
 
 from medclip_nb.config import from_dict
 from medclip_nb.data import load_dataset_file
 from medclip_nb.errors import CheckpointError, TrainingError
+from medclip_nb.evaluate import eval_datasets
+from medclip_nb.evaluate.evaluation import Evaluation
+from medclip_nb.evaluate.metrics import retrieval_metrics, select_5x200
 from medclip_nb.model import losses
 from medclip_nb.model.checkpoint import load_checkpoint, load_model
 from medclip_nb.paths import repo_root
@@ -29,6 +34,7 @@ from medclip_nb.train import train
 from medclip_nb.train.guard import step_unless
 from medclip_nb.train.state import TrainResult
 from medclip_nb.train.step import batch_to_device, param_groups, warmup_cosine
+from medclip_nb.train.val_metrics import ValMetrics, describe
 
 
 # ---- schedule ------------------------------------------------------------------------------------
@@ -106,6 +112,9 @@ def test_store_batches_are_augmented_on_the_device_reproducibly():
 # resumed run of the resume test must use the same thread count to be bitwise comparable.
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
 METRIC_KEYS = {"step", "epoch", "split", "loss", "lr", "temperature", "logit_scale", "pairs_per_s", "time"}
+# A validation row also holds the validation subset's zero-shot accuracy and R@K (train/val_metrics.py).
+VAL_METRIC_KEYS = METRIC_KEYS | {"retrieval_images", "zero_shot_images", "zero_shot_accuracy",
+                                 *(f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10))}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_no_bars")  # tests/conftest.py
@@ -152,7 +161,7 @@ def test_short_run_writes_checkpoints_and_metrics(tiny_dataset, tmp_path, model)
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows == result.history
-    assert all(set(r) == METRIC_KEYS for r in rows)
+    assert all(set(r) == (VAL_METRIC_KEYS if r["split"] == "val" else METRIC_KEYS) for r in rows)
     assert [r["step"] for r in train_rows(result)] == list(range(1, steps + 1))
     val_steps = [r["step"] for r in rows if r["split"] == "val"]
     # Every eval_steps, at the end of epoch 1 and at the end of the run; never twice at one step.
@@ -190,6 +199,83 @@ def test_same_seed_same_losses(tiny_dataset, tmp_path, resumable_setup):
     second = train(tiny_config(tiny_dataset, tmp_path, **overrides), log=quiet)
     assert [r["loss"] for r in first.history] == [r["loss"] for r in second.history]  # exactly
     assert len(train_rows(first)) == 10
+
+
+# ---- validation metrics, totals under max_steps, TensorBoard runs ---------------------------------------
+def test_validation_rows_hold_the_subset_metrics_and_leave_training_alone(tiny_dataset, tmp_path, resumable_setup):
+    overrides, with_metrics = resumable_setup  # val_metrics_samples: 256, more than the split holds
+    without = train(tiny_config(tiny_dataset, tmp_path, **overrides, val_metrics_samples=0), log=quiet)
+    # The metrics' loader has its own generator: the training RNG streams, hence the losses, are untouched.
+    assert [r["loss"] for r in with_metrics.history] == [r["loss"] for r in without.history]
+    assert all(set(r) == METRIC_KEYS for r in without.history)
+    val_rows = [r for r in with_metrics.history if r["split"] == "val"]
+    assert all(set(r) == VAL_METRIC_KEYS for r in val_rows) and val_rows[-1]["step"] == 10
+    # The last validation scored the model last.pth holds; scoring it again gives the row's numbers.
+    model, tokenizer, cfg = load_model(with_metrics.output_dir / "last.pth")
+    splits, _ = eval_datasets(cfg, tokenizer)
+    again = ValMetrics.build(cfg, splits["val"], tokenizer)(model, torch.device("cpu"))
+    assert again == {k: val_rows[-1][k] for k in again}
+    assert again["retrieval_images"] == len(splits["val"])
+
+
+def test_validation_metrics_are_evaluates_on_a_fixed_subset(tiny_dataset, resumable_setup):
+    """Five of the seven test images: R@K as evaluate's retrieval_metrics and the zero-shot
+    accuracy as its 5x200 ('ours', prompt mean) compute them on the same images."""
+    _overrides, run = resumable_setup
+    model, tokenizer, cfg = load_model(run.output_dir / "last.pth")
+    splits, _ = eval_datasets(cfg, tokenizer)
+    cfg = cfg.replace(val_metrics_samples=5)
+    metrics = ValMetrics.build(cfg, splits["test"], tokenizer)
+    assert metrics.loader.dataset.indices == ValMetrics.build(cfg, splits["test"], tokenizer).loader.dataset.indices
+    got = metrics(model, torch.device("cpu"))
+    rows = sorted(np.random.default_rng(cfg.seed).choice(len(splits["test"]), size=5, replace=False).tolist())
+    assert metrics.loader.dataset.indices == rows
+    evaluation = Evaluation(model, tokenizer, cfg, torch.device("cpu"), log=quiet)
+    emb = evaluation.embed(Subset(splits["test"], rows), "subset")
+    expected = retrieval_metrics(emb["image"], emb["text"], pair_ids=emb["text_group"])
+    for direction in ("image_to_text", "text_to_image"):
+        assert {k: got[f"{direction}_{k}"] for k in ("R@1", "R@5", "R@10")} == expected[direction]
+    five, classes = select_5x200(emb["labels"], per_class=200)
+    assert got["zero_shot_images"] == len(five)
+    if len(five):
+        assert got["zero_shot_accuracy"] == evaluation.five_x_200(emb["image"], five, classes)["mean"]["accuracy"]
+    assert "zero-shot accuracy" in describe(got) or not len(five)
+    assert "image->report R@1/5/10" in describe(got) and "(5 images)" in describe(got)
+
+
+def test_progress_totals_and_epoch_count_follow_max_steps(tiny_dataset, tmp_path, monkeypatch):
+    bars, real = [], train_loop.progress_display
+
+    def recording(*args, **kwargs):
+        bars.append((kwargs["desc"], kwargs["total"], kwargs["initial"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_loop, "progress_display", recording)
+    batches = len(load_dataset_file(tiny_dataset)["train"]) // 4
+    lines: list[str] = []
+    cfg = tiny_config(tiny_dataset, tmp_path, num_epochs=10, max_steps=batches + 1, val_metrics_samples=0)
+    train(cfg, log=lines.append)
+    # Ten epochs asked for, max_steps ends the run one batch into the second: 2 epochs, the last of 1 batch.
+    assert bars == [("Epoch 1/2", batches, 0), ("Epoch 2/2", 1, 0)]
+    assert f"Training... ({batches + 1} steps: 2 epoch(s) of up to {batches} batches)" in lines
+    bars.clear()
+    train(cfg.replace(max_steps=batches + 2, resume_from="latest"), log=quiet)
+    assert bars == [("Epoch 2/2", 2, 1)]  # resumed after its first batch, one more to go
+
+
+def test_tensorboard_runs_are_named_by_their_folder(tiny_dataset, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    for name, steps in (("clip_s0", 4), ("clip_s0", 2), ("clip_s1", 3)):  # clip_s0 trained again, afresh
+        train(tiny_config(tiny_dataset, tmp_path / "ablation" / name, max_steps=steps, tensorboard=True,
+                          val_metrics_samples=0), log=quiet)
+    runs = EventMultiplexer().AddRunsFromDirectory(str(tmp_path))  # `tensorboard --logdir checkpoints/`
+    runs.Reload()
+    assert set(runs.Runs()) == {"ablation/clip_s0", "ablation/clip_s1"}
+    # The second clip_s0 run started afresh: the first one's events are dropped, as its metrics.jsonl rows are.
+    assert [e.step for e in runs.Scalars("ablation/clip_s0", "train/loss")] == [1, 2]
+    assert [e.step for e in runs.Scalars("ablation/clip_s1", "train/loss")] == [1, 2, 3]
 
 
 def _cli_args(cfg) -> list[str]:

@@ -20,7 +20,7 @@ from medclip_nb.evaluate.intervals import (
     paired_t_difference,
     t_interval,
 )
-from medclip_nb.evaluate.metrics import zero_shot_classify
+from medclip_nb.evaluate.metrics import recall_at_k, select_5x200, zero_shot_classify
 from medclip_nb.evaluate.report import confusion_figure
 from medclip_nb.evaluate.run import eval_datasets, evaluate_checkpoint, evaluate_model, merge_metrics, read_metrics
 
@@ -40,6 +40,8 @@ __all__ = [
     "paired_difference",
     "paired_t_difference",
     "read_metrics",
+    "recall_at_k",
+    "select_5x200",
     "t_interval",
     "zero_shot_classify",
 ]

@@ -10,6 +10,7 @@ early stopping, atomic checkpoints and a JSON Lines metrics log.
     validate.py         validation_loss(): the training loss over the validation batches, no gathering
     state.py            TrainResult, MetricsLog, Progress, checkpoint saving, output folder, resume
     loaders.py          datasets, tokenizer, loaders and unpaired items of a run
+    val_metrics.py      ValMetrics: zero-shot accuracy and R@K on a fixed validation subset, at each validation
     tensorboard_log.py  TensorBoardLog: the metrics rows as TensorBoard scalars
 
 Distributed data parallel runs start under torchrun (`WORLD_SIZE` > 1): one process per GPU,
@@ -25,10 +26,13 @@ Files in `model_save_path`:
     metrics.jsonl           one JSON object per line: step, epoch, split ('train' rows every
                             `log_every` steps, averaged over them; 'val' rows at each validation),
                             loss, lr, temperature (1 / logit_scale), logit_scale, pairs_per_s,
-                            time (seconds of training, summed over resumes); with the sync-free
+                            time (seconds of training, summed over resumes); 'val' rows also hold
+                            the validation subset's zero-shot accuracy and R@1/5/10
+                            (val_metrics.py, `val_metrics_samples`); with the sync-free
                             guard (CUDA) train rows also hold nonfinite_skipped, the steps of
                             the row's window that were skipped
-    tensorboard/            with `tensorboard: true`: the same rows as TensorBoard scalars
+    events.out.tfevents.*   with `tensorboard: true`: the same rows as TensorBoard scalars, the run
+                            named by its folder under `tensorboard --logdir checkpoints/`
                             (medclip_nb/train/tensorboard_log.py); metrics.jsonl stays the record
 """
 

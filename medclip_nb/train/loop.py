@@ -44,6 +44,7 @@ from medclip_nb.train.state import (
 )
 from medclip_nb.train.step import TrainStep, batch_to_device, build_train_step
 from medclip_nb.train.tensorboard_log import TensorBoardLog, require_tensorboard
+from medclip_nb.train.val_metrics import ValMetrics, describe
 
 
 def train(cfg: Config, *, log: Callable[[str], Any] = print) -> TrainResult:
@@ -63,7 +64,8 @@ def train(cfg: Config, *, log: Callable[[str], Any] = print) -> TrainResult:
         world, device = start_distributed(cfg.gpu_id, log)
         say = log if world.is_main else (lambda *_args, **_kw: None)
         run = setup_run(cfg, world, device, say)
-        say("Training...")
+        say(f"Training... ({run.total_steps} steps: {run.planned_epochs(1)} epoch(s) of up to "
+            f"{run.batches_per_epoch} batches)")
         while not run.done():
             train_one_epoch(run)
         run.metrics.close()
@@ -98,10 +100,22 @@ class Run:
     total_steps: int
     resume_rng: dict | None  # restored once the first epoch's iterator exists
     last_val: tuple[int, float] = (-1, math.nan)  # (step, loss) of the latest validation
+    val_metrics: ValMetrics | None = None  # zero-shot and R@K at each validation (main process)
+    batches_per_epoch: int = 0  # the loader's length over a whole epoch (a resumed one yields fewer)
 
     def done(self) -> bool:
         return (self.progress.epoch >= self.cfg.num_epochs or self.progress.step >= self.total_steps
                 or self.result.stopped_early)
+
+    def batches_this_epoch(self) -> int:
+        """The batches this epoch runs: all of them, or up to the step where max_steps ends the run."""
+        left = self.total_steps - self.progress.step
+        return min(self.batches_per_epoch, self.progress.batch_in_epoch + left)
+
+    def planned_epochs(self, number: int) -> int:
+        """The epochs this run takes: num_epochs, or fewer when max_steps ends it first (never
+        below the epoch in progress, `number`: skipped batches can push the end one epoch on)."""
+        return max(number, min(self.cfg.num_epochs, math.ceil(self.total_steps / self.batches_per_epoch)))
 
     def save(self, name: str, **position) -> Path:
         """Write `name` in the output folder (see Checkpointer.save)."""
@@ -125,8 +139,8 @@ def train_one_epoch(run: Run) -> None:
         restore_rng_state(run.resume_rng)
         run.resume_rng = None
     run.step.model.train()
-    bar = progress_display(total=len(data.train_loader), initial=progress.batch_in_epoch,
-                           desc=f"Epoch {number}/{cfg.num_epochs}", disable=not world.is_main)
+    bar = progress_display(total=run.batches_this_epoch(), initial=progress.batch_in_epoch,
+                           desc=f"Epoch {number}/{run.planned_epochs(number)}", disable=not world.is_main)
     window_loss, window_steps, window_skipped = torch.zeros((), device=run.device), 0, 0  # since the last row
     window_start, batches_seen, usable_batches = time.perf_counter(), 0, 0
     try:
@@ -213,10 +227,13 @@ def validate(run: Run, epoch_number: int) -> None:
                 f"eval_batch_size {cfg.eval_batch_size}); its loss is not a number and best.pth is not updated")
     seconds = max(time.perf_counter() - started, 1e-9)
     run.last_val = (progress.step, val_loss)
+    extra = run.val_metrics(run.step.raw_model, run.device) if run.val_metrics is not None else {}
+    if extra:
+        run.say(f"Validation at step {progress.step}: loss {val_loss:.4f} | {describe(extra)}")
     run.metrics.write({"step": progress.step, "epoch": epoch_number, "split": "val", "loss": val_loss,
                        "lr": run.step.optimizer.param_groups[0]["lr"], "temperature": 1 / scale if scale else None,
                        "logit_scale": scale, "pairs_per_s": len(data.splits["val"]) / seconds,
-                       "time": run.checkpoints.elapsed()})
+                       "time": run.checkpoints.elapsed(), **extra})
     if val_loss < progress.best_val_loss:
         progress.best_val_loss = val_loss
         progress.patience_counter = 0
@@ -312,7 +329,9 @@ def setup_run(cfg: Config, world: World, device: torch.device, say) -> Run:
     checkpoints = Checkpointer(cfg, world, step, data.tokenizer, progress, elapsed=TrainClock(progress.train_time))
     # The saved RNG states are restored once the first epoch's iterator exists.
     resume_rng = resumed["rng"] if resumed is not None and world.is_main else None
-    return Run(cfg, world, device, say, data, step, progress, checkpoints, metrics, result, total_steps, resume_rng)
+    val_metrics = ValMetrics.build(cfg, data.splits["val"], data.tokenizer) if world.is_main else None
+    return Run(cfg, world, device, say, data, step, progress, checkpoints, metrics, result, total_steps, resume_rng,
+               val_metrics=val_metrics, batches_per_epoch=batches_per_epoch)
 
 
 def ddp_wrap(model: nn.Module, cfg: Config, world: World, device: torch.device) -> nn.Module:

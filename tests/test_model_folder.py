@@ -171,6 +171,38 @@ def test_character_tokenizer_exports_as_a_tokenizers_json(tmp_path):
     assert "TRAINING DATA NOT IDENTIFIED" in card and "No evaluation was attached" in card
 
 
+def test_a_local_bert_tokenizer_exports_for_tokenizers_and_auto_tokenizer(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from tokenizers import Tokenizer
+
+    from medclip_nb.model import build_model
+    from medclip_nb.text.tokenizers import HFTokenizerAdapter
+
+    bert = tmp_path / "bert"  # a 2-layer BERT with a small vocabulary, as tests/test_models.py makes one
+    bert.mkdir()
+    words = "heart size normal small left right pleural effusion edema no acute lung".split()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *(f"word{i}" for i in range(100 - 5 - len(words)))]
+    (bert / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    transformers.BertTokenizerFast.from_pretrained(bert).save_pretrained(bert)
+    transformers.BertModel(transformers.BertConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64)).save_pretrained(bert)
+    cfg = from_dict(dict(data_path=str(tmp_path / "none.pkl"), text_encoder="bert", bert_path=str(bert),
+                         vision_backbone="small_cnn", embed_dim=8, max_text_tokens=16, image_size=32, resize_size=36))
+    tokenizer = HFTokenizerAdapter(bert, max_length=16)
+    export_model(build_model(cfg, tokenizer), tokenizer, cfg, tmp_path / "export")
+    texts = ["heart size normal", "small left pleural effusion and unknownword", "no acute " * 20]
+    ours = tokenizer.encode(texts)
+    hf = Tokenizer.from_file(str(tmp_path / "export" / "tokenizer.json")).encode_batch(texts)
+    assert torch.equal(torch.tensor([e.ids for e in hf]), ours["input_ids"])
+    auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "export"))
+    assert torch.equal(auto(texts, padding="max_length", truncation=True, return_tensors="pt")["input_ids"],
+                       ours["input_ids"])
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["architecture"]["text_encoder"] == {"type": "bert", "bert_folder": "bert", "max_tokens": 16}
+    assert isinstance(load_pretrained(tmp_path / "export").tokenizer, HFTokenizerAdapter)
+
+
 def test_a_version_1_export_still_loads(run_dir, export_dir, tmp_path, images):
     old = tmp_path / "v1"
     old.mkdir()

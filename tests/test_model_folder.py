@@ -136,6 +136,7 @@ def test_model_card_says_what_the_model_is_and_warns_of_the_phantom(export_dir, 
     r10 = entry["retrieval"]["test"]["image_to_text"]["R@10"]
     assert f"retrieval image → report R@10 | {r10:.3f} [" in card
     assert "metrics.json: run/best" in card
+    assert f"{entry['intervals']['resamples']} resamples of patients" in card  # as the entry drew them
     assert "train 13, val 3, test 7" in card  # pairs per split, from prepare_report.json
     assert "/tmp" not in card and "pytest" not in card  # no path of the exporting machine
 

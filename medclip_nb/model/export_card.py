@@ -181,6 +181,18 @@ def _metric_rows(entry: dict) -> list[str]:
     return rows
 
 
+def _interval_words(metrics: dict) -> str:
+    """How the entry's intervals were drawn, as its 'intervals' record says (older entries have none)."""
+    method = metrics.get("intervals")
+    if not isinstance(method, dict):
+        return "95 % bootstrap intervals (the entry does not record over what unit)"
+    confidence = method.get("confidence")
+    share = f"{confidence * 100:g} %" if isinstance(confidence, (int, float)) else "95 %"
+    patients = method.get("test_patients")
+    unit = f"{method.get('unit', 'image')}s" + (f", {patients} of them" if patients else "")
+    return f"{share} {method.get('method', 'bootstrap')} intervals, {method.get('resamples')} resamples of {unit}"
+
+
 def _metrics_section(metrics: dict | None, source: str | None) -> list[str]:
     lines = ["## Evaluation", ""]
     rows = _metric_rows(metrics) if metrics else []
@@ -188,9 +200,9 @@ def _metrics_section(metrics: dict | None, source: str | None) -> list[str]:
         return lines + ["No evaluation was attached to this export. `python -m medclip_nb export --metrics "
                         "reports/metrics.json --metrics-key KEY` adds an entry of metrics.json (written by "
                         "`evaluate` or notebook 04) with its 95 % intervals.", ""]
-    lines += [f"From the entry `{source}` (test split; 95 % bootstrap intervals over the test images; "
-              f"CheXpert competition classes: {', '.join(COMPETITION_TASKS)}). *Chance* is what a model that "
-              f"ignores the image scores: a uniform guess for accuracy, 0.5 for AUROC, K/n for R@K.", "",
+    lines += [f"From the entry `{source}`: the test split, {_interval_words(metrics)}; CheXpert competition "
+              f"classes: {', '.join(COMPETITION_TASKS)}. *Chance* is what a model that ignores the image scores: "
+              f"a uniform guess for accuracy, 0.5 for AUROC, K/n for R@K.", "",
               "| metric | value [95 % CI] | chance | n |", "| --- | --- | --- | --- |", *rows, ""]
     return lines
 

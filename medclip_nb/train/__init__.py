@@ -4,11 +4,11 @@ A plain loop in the style of nanoGPT: data -> model -> AdamW with a warmup + cos
 -> steps with AMP on GPU, gradient clipping, a non-finite-loss guard, periodic validation,
 early stopping, atomic checkpoints and a JSON Lines metrics log.
 
-    loop.py             train(): setup_run, train_one_epoch until done, finish_run
-    step.py             TrainStep, the one training step (bench.py times the same), its optimizer and schedule
-    guard.py            the non-finite-loss guard: syncing (CPU) or sync-free (CUDA), one interface
-    validate.py         validation_loss(): the training loss over the validation batches, no gathering
-    state.py            TrainResult, MetricsLog, Progress, checkpoint saving, output folder, resume
+    loop.py             train(): setup_run, train_one_epoch (fetch, move, step, guard, log, validate, save) until done
+    step.py             TrainStep, the one training step (tools/bench.py times the same) and its validation loss;
+                        build_train_step(): optimizer, schedule, scaler, guard
+    guard.py            the non-finite-loss guard, syncing (CPU) or sync-free (CUDA), owner of its counters
+    state.py            TrainResult, MetricsLog, Progress, Checkpointer, output folder, resume
     loaders.py          datasets, tokenizer, loaders and unpaired items of a run
     val_metrics.py      ValMetrics: zero-shot accuracy and R@K on a fixed validation subset, at each validation
     tensorboard_log.py  TensorBoardLog: the metrics rows as TensorBoard scalars

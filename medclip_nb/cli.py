@@ -1,5 +1,5 @@
-"""`python -m medclip_nb SUBCOMMAND`: phantom, prepare, data, convert, cache, train, evaluate, bench,
-bench-scale, bench-ablation, summary, predict, retrieve, embed, export.
+"""`python -m medclip_nb SUBCOMMAND`: phantom, prepare, prepare-iu, data, convert, cache, train, evaluate,
+bench, bench-scale, bench-ablation, summary, predict, retrieve, embed, export.
 
 Errors that come from the user's input (a missing file, a bad key, a malformed dataset) end
 the command with one line on stderr and exit status 2, never a traceback.
@@ -40,6 +40,13 @@ def _prepare(args) -> int:
         frontal_views=tuple(v.strip() for v in args.views.split(",") if v.strip()),
         store_size=args.store_size, num_workers=args.num_workers, unpaired_fraction=args.unpaired_fraction,
     )
+    return 0
+
+
+def _prepare_iu(args) -> int:
+    from medclip_nb.data import prepare_iu
+
+    prepare_iu(args.out, args.reports, args.images, size=args.size, seed=args.seed, workers=args.num_workers)
     return 0
 
 
@@ -222,12 +229,29 @@ def _add_prepare(sub) -> None:
     p.set_defaults(func=_prepare)
 
 
+def _add_prepare_iu(sub) -> None:
+    p = sub.add_parser("prepare-iu", help="import the Open-i (Indiana University) chest X-ray reports into "
+                                          "datasets.pkl (docs/datasets.md)")
+    p.add_argument("--out", required=True, help="output folder for datasets.pkl, prepare_report.json and the images")
+    p.add_argument("--reports", default=None,
+                   help="XML folder, NLMCXR_reports.tgz or a torchxrayvision wheel (default: the installed "
+                        "torchxrayvision's copy; pip install -e '.[iu]')")
+    p.add_argument("--images", default=None,
+                   help="folder of the Open-i PNGs (<image id>.png), or 'phantom': one phantom radiograph per report "
+                        "drawn from its MeSH codes (required)")
+    p.add_argument("--size", type=int, default=256, help="phantom image height in pixels (default: 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the splits and the phantom images (default: 0)")
+    p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=None,
+                   help="processes drawing phantom images (default: all cores)")
+    p.set_defaults(func=_prepare_iu)
+
+
 def _add_data(sub) -> None:
     p = sub.add_parser("data", help="make the config's dataset ready: generate the phantom and/or prepare it, build "
                                     "the store")
-    add_config_arguments(p, keys=("data_path", "mimic_root", "frontal_views", "phantom_dir", "phantom_studies",
-                                  "phantom_size", "phantom_seed", "phantom_test_studies", "image_store", "resize_size",
-                                  "force"))
+    add_config_arguments(p, keys=("data_path", "mimic_root", "iu_reports", "iu_images", "frontal_views", "phantom_dir",
+                                  "phantom_studies", "phantom_size", "phantom_seed", "phantom_test_studies",
+                                  "image_store", "resize_size", "force"))
     p.set_defaults(func=_data)
 
 
@@ -376,6 +400,7 @@ def _add_bench_scale(sub) -> None:
 _SUBCOMMANDS = (
     _add_phantom,
     _add_prepare,
+    _add_prepare_iu,
     _add_data,
     _add_convert,
     _add_cache,

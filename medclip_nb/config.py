@@ -51,6 +51,15 @@ class Config:
     )
     mimic_root: str | None = _opt(None, "MIMIC-CXR-JPG root read by `prepare` (files/, *.csv.gz)")
     frontal_views: list = _opt(["PA", "AP"], "ViewPosition values kept by `prepare`")
+    iu_reports: str | None = _opt(
+        None, "Open-i (Indiana University) reports read by `data` / `prepare-iu`: 'installed' (the copy in the "
+        "installed torchxrayvision, extra [iu]), an XML folder, NLMCXR_reports.tgz or a torchxrayvision wheel; "
+        "null: not Open-i (docs/datasets.md)"
+    )
+    iu_images: str | None = _opt(
+        None, "Open-i images with iu_reports: a folder of the Open-i PNGs, or 'phantom' (one phantom radiograph per "
+        "report drawn from its MeSH codes, phantom_size px, phantom_seed)"
+    )
     phantom_dir: str = _opt("data/phantom", "where the phantom MIMIC-CXR-JPG tree is written")
     phantom_studies: int = _opt(300, "number of phantom studies", check=between(1, 1_000_000))
     phantom_size: int = _opt(256, "phantom image side in pixels (MIMIC-CXR is about 2544 x 3056)",

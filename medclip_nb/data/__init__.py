@@ -33,6 +33,7 @@ _PUBLIC = {
     "eval_preprocessing": "medclip_nb.data.images",
     "load_grayscale": "medclip_nb.data.images",
     "pil_to_grayscale": "medclip_nb.data.images",
+    "prepare_iu": "medclip_nb.data.iu",
     "REQUIRED_SPLITS": "medclip_nb.data.loading",
     "load_dataset_file": "medclip_nb.data.loading",
     "CHEXPERT_TABLE": "medclip_nb.data.mimic",

@@ -75,7 +75,7 @@ DROP_REASONS = ("blank_view", "lateral", "no_report_text", "missing_image", "unr
 _AUTO_PARALLEL_MIN = 2000
 
 
-def _check_image(path: str) -> str:
+def check_image(path: str) -> str:
     """"ok", "missing_image" or "unreadable_image" (zero bytes, or no image header PIL knows)."""
     try:
         if os.path.getsize(path) == 0:
@@ -362,7 +362,7 @@ def _drop_reasons(table: pd.DataFrame, source: _Source, num_workers: int | None)
     alive = reason == ""
     image_paths = absolute[alive].tolist()
     workers = _worker_count(num_workers, len(image_paths))
-    status = pd.Series(_parallel_map(_check_image, image_paths, workers, "prepare: checking images", "img"),
+    status = pd.Series(_parallel_map(check_image, image_paths, workers, "prepare: checking images", "img"),
                        index=absolute[alive].index, dtype=object)
     reason[status.index[status != "ok"]] = status[status != "ok"]
     return reason, absolute
@@ -384,7 +384,7 @@ class _Split:
 def _split_off_unpaired(table, reason, absolute, kept, chexpert, fraction, seed, num_workers) -> _Split:
     # Train images dropped only for their missing report text: image-only if they have labels.
     no_text = (reason == "no_report_text") & (table["split"] == "train")
-    no_text_status = pd.Series(_parallel_map(_check_image, absolute[no_text].tolist(),
+    no_text_status = pd.Series(_parallel_map(check_image, absolute[no_text].tolist(),
                                              _worker_count(num_workers, int(no_text.sum())),
                                              "prepare: checking images without report text", "img"),
                                index=absolute[no_text].index, dtype=object)

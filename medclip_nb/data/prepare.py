@@ -7,9 +7,11 @@ import os
 from pathlib import Path
 
 from medclip_nb.config import Config
+from medclip_nb.data.iu import is_current, prepare_iu
 from medclip_nb.data.mimic import prepare_mimic
 from medclip_nb.data.provenance import PREPARE_REPORT, prepare_record, stale_reason
 from medclip_nb.data.store_build import build_store
+from medclip_nb.errors import ConfigError
 from medclip_nb.paths import resolve
 from medclip_nb.phantom import generate_phantom, phantom_is_current
 
@@ -19,6 +21,9 @@ def ensure_dataset(cfg: Config, *, log=print) -> Path:
 
     - `data_path` exists and was not written by `prepare` (no prepare_report.json beside it):
       used as it is (real MIMIC-CXR or a hand-made file); nothing else is touched.
+    - else `iu_reports` is set: Open-i is imported with `prepare-iu` (data/iu.py) into the dataset
+      file's folder, again when it was prepared with other iu_reports / iu_images / phantom_size /
+      phantom_seed values.
     - else `mimic_root` is set: the official MIMIC-CXR-JPG tree is imported with `prepare`.
     - else: the phantom is generated in `phantom_dir` unless it is already the same phantom (a
       phantom of other parameters is replaced only with `force`, see provenance.py) and
@@ -30,6 +35,8 @@ def ensure_dataset(cfg: Config, *, log=print) -> Path:
     ours = prepare_record(data_path) is not None
     if data_path.exists() and not ours:
         log(f"Using {data_path} as it is (not written by prepare)")
+    elif cfg.iu_reports:
+        _ensure_iu(cfg, data_path, log)
     elif cfg.mimic_root:
         source = resolve(cfg.mimic_root)
     else:
@@ -45,7 +52,7 @@ def ensure_dataset(cfg: Config, *, log=print) -> Path:
             log(f"Removing {data_path}: prepared from an earlier phantom")
             data_path.unlink()  # ours: prepare_report.json beside it says so
             (data_path.parent / PREPARE_REPORT).unlink(missing_ok=True)
-    if not data_path.exists():
+    if not data_path.exists() and not cfg.iu_reports:
         log(f"Preparing {source} -> {data_path.parent}")
         prepare_mimic(source, data_path.parent, frontal_views=tuple(cfg.frontal_views))
         if data_path.name != "datasets.pkl":
@@ -53,3 +60,18 @@ def ensure_dataset(cfg: Config, *, log=print) -> Path:
     if cfg.image_store == "auto":
         build_store(data_path, None, size=cfg.resize_size, image_root=cfg.image_root)
     return data_path
+
+
+def _ensure_iu(cfg: Config, data_path: Path, log) -> None:
+    """Open-i into data_path's folder, unless it holds the same import already."""
+    if not cfg.iu_images:
+        raise ConfigError("config key 'iu_images': required with iu_reports: a folder of the Open-i PNGs, or "
+                          "'phantom' (one phantom radiograph per report)")
+    reports = None if cfg.iu_reports == "installed" else cfg.iu_reports
+    if data_path.name != "datasets.pkl":
+        raise ConfigError(f"config key 'data_path': Open-i is prepared as datasets.pkl, got {data_path.name}")
+    if is_current(data_path, reports, cfg.iu_images, cfg.phantom_size, cfg.phantom_seed):
+        log(f"Using {data_path} (Open-i, {cfg.iu_images} images, prepared with these values)")
+        return
+    log(f"Preparing Open-i ({cfg.iu_reports} reports, {cfg.iu_images} images) -> {data_path.parent}")
+    prepare_iu(data_path.parent, reports, cfg.iu_images, size=cfg.phantom_size, seed=cfg.phantom_seed, log=log)

@@ -27,9 +27,16 @@ The package, by pipeline step:
     tree.py           the MIMIC-CXR-JPG tree, its tables and the manifest (generate_phantom)
 """
 
+from medclip_nb.phantom.anatomy import sample_anatomy, study_anatomy
+from medclip_nb.phantom.findings import Finding
+from medclip_nb.phantom.render import render_chest
 from medclip_nb.phantom.tree import generate_phantom, phantom_is_current
 
 __all__ = [
+    "Finding",
     "generate_phantom",
     "phantom_is_current",
+    "render_chest",
+    "sample_anatomy",
+    "study_anatomy",
 ]

@@ -12,6 +12,8 @@ _PUBLIC = {
     "eda": "medclip_nb.text.augment",
     "clean_report": "medclip_nb.text.clean",
     "split_sentences": "medclip_nb.text.clean",
+    "labelled_sentence": "medclip_nb.text.mentions",
+    "language_figures": "medclip_nb.text.language",
     "PREPARED_NAME": "medclip_nb.text.sentence_labels",
     "find_source_table": "medclip_nb.text.sentence_labels",
     "label_tensor_table": "medclip_nb.text.sentence_labels",

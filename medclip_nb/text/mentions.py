@@ -16,9 +16,14 @@ The rules, each a plain table below:
 - uncertainty: a hedge (`may`, `possible`, `likely`, `concerning for`, `versus`, `cannot exclude`,
   ...) anywhere in the sentence makes a mention that is not negated uncertain.
 
-No Finding is not a mention: a caller derives it (e.g. MedCLIP gives an unlisted sentence No
-Finding). Measured on 3,955 real reports (Open-i) against their MeSH labels: 91 % of the
-report-positive findings have a positive or uncertain sentence mention (docs/datasets.md).
+No Finding is not a mention. `labelled_sentence(sentence)` derives it for a sentence-label table
+(prepare-iu writes one): No Finding = 1 when the sentence states no positive or uncertain finding
+(support devices aside) and no other abnormality outside the 14 labels (`OTHER_FINDINGS`: a
+granuloma, degenerative spine, emphysema, ... that is not negated), as the CheXpert labeler's
+"other finding" list blocks No Finding; otherwise it stays blank.
+
+Measured on 3,955 real reports (Open-i) against their MeSH labels: 91 % of the report-positive
+findings have a positive or uncertain sentence mention (docs/datasets.md).
 """
 
 from __future__ import annotations
@@ -55,8 +60,17 @@ SCOPE_STOPS = r"\b(?:but|however|although|though|except|which|whereas)\b|;"
 HEDGE_CUES = (r"\b(?:may|might|could|possibl\w*|probabl\w*|likely|suggest\w*|concerning for|suspicious for|versus|vs"
               r"|cannot (?:be )?exclude\w*|questionable|differential|consider\w*|represent\w*)\b")
 
+# Abnormalities outside the 14 labels (the CheXpert labeler's "other finding" list, and the Open-i
+# MeSH terms the table in data/iu_mesh.py leaves unmapped): they block No Finding, set no label.
+OTHER_FINDINGS = (r"\b(?:granulom\w*|calcifi\w*|degenerat\w*|scoliosis|kyphosis|kyphotic|emphysema\w*|copd"
+                  r"|hyperinflat\w*|hyperexpan\w*|hyperlucen\w*|hypoinflat\w*|low lung volumes?|hernia\w*"
+                  r"|osteophyt\w*|spondylo\w*|tortuous|tortuosity|atheroscler\w*|eventration|bronchiectasis"
+                  r"|blunt\w*|deformit\w*|elevat\w* (?:\w+ )?(?:hemi)?diaphragm|(?:hemi)?diaphragm (?:\w+ )?elevat\w*"
+                  r"|flatten\w*|adenopathy|lymphadenopathy|cyst\w*|bulla\w*|bleb\w*|osteopeni\w*|arthrit\w*)\b")
+
 _MENTIONS = {label: re.compile(pattern) for label, pattern in MENTION_PATTERNS.items()}
 _NEGATION, _STOP, _HEDGE = re.compile(NEGATION_CUES), re.compile(SCOPE_STOPS), re.compile(HEDGE_CUES)
+_OTHER = re.compile(OTHER_FINDINGS)
 
 
 @dataclass(frozen=True)
@@ -97,4 +111,24 @@ def sentence_labels(sentence: str) -> list[float]:
         current = labels[index]
         if math.isnan(current) or _PRECEDENCE[mention.status] > _PRECEDENCE[int(current)]:
             labels[index] = float(mention.status)
+    return labels
+
+
+_NO_FINDING = LABEL_INDEX["No Finding"]
+_SUPPORT_DEVICES = LABEL_INDEX["Support Devices"]
+
+
+def other_finding(sentence: str) -> bool:
+    """Whether the sentence states an abnormality outside the 14 labels (`OTHER_FINDINGS`, not negated)."""
+    text = " ".join(sentence.lower().split())
+    return any(not negated(text, m.start()) for m in _OTHER.finditer(text))
+
+
+def labelled_sentence(sentence: str) -> list[float]:
+    """`sentence_labels` with No Finding derived: 1 when no finding other than support devices is
+    positive or uncertain and no other abnormality is stated (`other_finding`), else blank."""
+    labels = sentence_labels(sentence)
+    findings = [v for i, v in enumerate(labels) if i not in (_NO_FINDING, _SUPPORT_DEVICES)]
+    if not any(v in (1.0, -1.0) for v in findings) and not other_finding(sentence):
+        labels[_NO_FINDING] = 1.0
     return labels

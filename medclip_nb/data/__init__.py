@@ -41,6 +41,7 @@ _PUBLIC = {
     "METADATA_TABLE": "medclip_nb.data.mimic",
     "SPLIT_TABLE": "medclip_nb.data.mimic",
     "prepare_mimic": "medclip_nb.data.mimic",
+    "report_text": "medclip_nb.data.mimic_reports",
     "ensure_dataset": "medclip_nb.data.prepare",
     "describe_phantom": "medclip_nb.data.provenance",
     "foreign_file": "medclip_nb.data.provenance",

@@ -30,12 +30,13 @@ The package, by pipeline step:
 from medclip_nb.phantom.anatomy import sample_anatomy, study_anatomy
 from medclip_nb.phantom.findings import Finding
 from medclip_nb.phantom.render import render_chest
-from medclip_nb.phantom.tree import generate_phantom, phantom_is_current
+from medclip_nb.phantom.tree import generate_phantom, phantom_is_current, phantom_report_texts
 
 __all__ = [
     "Finding",
     "generate_phantom",
     "phantom_is_current",
+    "phantom_report_texts",
     "render_chest",
     "sample_anatomy",
     "study_anatomy",

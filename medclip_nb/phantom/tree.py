@@ -28,6 +28,7 @@ from medclip_nb.data import (
     phantom_params,
     phantom_record,
     remove_derived_datasets,
+    report_text,
     user_params,
 )
 from medclip_nb.errors import ConfigError, DataError
@@ -225,6 +226,17 @@ def _write_studies(out: Path, plan: list[PlannedStudy], size: int, seed: int, wo
             tables.extend(part)
             bar.update(len(chunk))
     return tables
+
+
+def phantom_report_texts(studies: int, seed: int = 0) -> list[str]:
+    """FINDINGS + IMPRESSION of the reports of a phantom of `studies` studies, without drawing an
+    image: the same texts `generate_phantom(studies=..., seed=...)` writes (a study's report is the
+    first draw of its stream). For comparing report language with another corpus (notebook 01)."""
+    texts = []
+    for s in plan_studies(studies, seed):
+        rng = np.random.default_rng([seed, RNG_STUDY, s.index, 1])
+        texts.append(report_text(write_report(s.findings, [im.view for im in s.images], s.style, rng).text))
+    return texts
 
 
 def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, test_studies: int = 0, *,

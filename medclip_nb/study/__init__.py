@@ -9,7 +9,8 @@ Notebook-facing helpers, presentation only (the numbers come from train and eval
 - ablation.py: `make ablation`'s runs (variants x seeds, data-efficiency fractions) at one step budget;
 - seed_stats.py: means with t intervals over seeds, differences paired by seed;
 - ablation_tables.py: the ablation's tables (notebook, summary.md, the end of `make ablation`);
-- readings.py: the written readings, generated from the numbers.
+- readings.py: the written readings, generated from the numbers;
+- open_i.py: which data a run used, Open-i's MeSH table, report language beside the phantom's, the prompt gap.
 
 The notebooks use `from medclip_nb import study` and `study.<name>`: every name is re-exported here.
 """
@@ -33,6 +34,16 @@ from medclip_nb.study.figures import (
     similarity_heatmap_figure,
     training_curves_figure,
 )
+from medclip_nb.study.open_i import (
+    dataset_description,
+    is_open_i,
+    language_corpora,
+    mapped_share,
+    mesh_table,
+    prepare_report,
+    prompt_gap,
+    study_reports,
+)
 from medclip_nb.study.readings import reading
 from medclip_nb.study.runs import copy_metrics_entry, evaluate_run, record_models, train_and_evaluate, update_metrics
 from medclip_nb.study.setup import ensure_dataset, notebook_config
@@ -40,6 +51,7 @@ from medclip_nb.study.summary import write_summary
 from medclip_nb.study.tables import (
     epoch_table,
     label_prevalence,
+    language_table,
     paired_comparisons,
     probe_fraction_table,
     read_metrics_log,
@@ -51,23 +63,30 @@ from medclip_nb.study.tables import (
 )
 
 __all__ = [
-    "DATA_EFFICIENCY_LOSSES",
-    "VARIANTS",
     "ablation",
     "ablation_entry",
     "copy_metrics_entry",
     "data_efficiency_entry",
+    "DATA_EFFICIENCY_LOSSES",
+    "dataset_description",
     "embedding_figure",
     "ensure_dataset",
     "epoch_table",
     "evaluate_run",
+    "is_open_i",
     "label_prevalence",
+    "language_corpora",
+    "language_table",
+    "mapped_share",
+    "mesh_table",
     "notebook_config",
     "paired_comparisons",
     "planned_runs",
+    "prepare_report",
     "print_ablation",
     "probe_fraction_figure",
     "probe_fraction_table",
+    "prompt_gap",
     "read_metrics_log",
     "reading",
     "record_models",
@@ -81,10 +100,12 @@ __all__ = [
     "show_figure",
     "similarity_heatmap_figure",
     "split_counts",
+    "study_reports",
     "top_retrievals",
     "train_and_evaluate",
     "train_and_score",
     "training_curves_figure",
     "update_metrics",
+    "VARIANTS",
     "write_summary",
 ]

@@ -14,7 +14,7 @@ import numpy as np
 
 from medclip_nb.evaluate import format_with_interval, paired_difference
 from medclip_nb.labels import CHEXPERT_LABELS
-from medclip_nb.text import clean_report
+from medclip_nb.text import clean_report, language_figures
 
 if TYPE_CHECKING:  # pandas is imported inside the functions that use it (a heavy import)
     import pandas as pd
@@ -53,6 +53,30 @@ def report_lengths(splits: Mapping[str, list]) -> "pd.DataFrame":
 
     rows = [{"split": name, "words": len(r["report"].split())} for name, recs in splits.items() for r in recs]
     return pd.DataFrame(rows).groupby("split")["words"].describe().round(1)
+
+
+# Rows of `language_table`: the figure of text/language.py and how it is shown.
+LANGUAGE_ROWS = {
+    "reports": "reports", "sentences": "sentences", "sentences_per_report": "sentences per report",
+    "tokens": "words", "word_types": "word types", "distinct_sentences": "distinct sentences",
+    "sentence_templates": "sentence templates", "finding_sentences": "finding sentences",
+    "negated_finding_share": "finding sentences fully negated (share)",
+    "prompt_verbatim_share": "reports holding a 5x200 prompt verbatim (share)",
+}
+
+
+def language_table(corpora: Mapping[str, list[str]]) -> "pd.DataFrame":
+    """Report-language figures (text/language.py; definitions in docs/datasets.md), one column per
+    corpus of report texts (FINDINGS + IMPRESSION)."""
+    import pandas as pd
+
+    columns = {}
+    for name, texts in corpora.items():
+        figures = language_figures(list(texts))
+        columns[name] = {label: round(figures[key], 3) if isinstance(figures[key], float) else figures[key]
+                         for key, label in LANGUAGE_ROWS.items()}
+    return pd.DataFrame({name: pd.Series(column, dtype=object) for name, column in columns.items()},
+                        index=list(LANGUAGE_ROWS.values()))
 
 
 # ---- training (notebooks 02, 03) ---------------------------------------------------------------

@@ -15,6 +15,7 @@ export TQDM_MININTERVAL := 5
 .PHONY: study test lab unit nbval ablation bench clean-study help
 help:
 	@echo "make study   - the whole study on the phantom data, headless (CPU): reports/"
+	@echo "make study PARAMS=params/iu.yaml - the study on the Open-i reports (extra [iu]): reports/iu/"
 	@echo "make test    - unit tests + nbval on notebooks/"
 	@echo "make lab     - JupyterLab from .venv"
 	@echo "make ablation, make bench - see README"
@@ -34,24 +35,26 @@ venv: $(STAMP)
 HEADLESS := TQDM_DISABLE=1
 NBVAL := $(PY) -m pytest --nbval --nbval-current-env notebooks -q -p no:cacheprovider
 
+# Results go to the reports_dir of $(PARAMS) (reports/ for params/debug.yaml, reports/iu/ for params/iu.yaml).
 study: $(STAMP)
 	@date +%s > .study-start
 	$(PY) -m medclip_nb data --config $(PARAMS)
-	mkdir -p reports/figures
-	set -e; for nb in $(NOTEBOOKS); do \
-	  echo "== papermill $$nb -f $(PARAMS)"; \
-	  $(HEADLESS) $(VENV)/bin/papermill $$nb reports/$$(basename $$nb) -f $(PARAMS) --cwd . -k python3 --log-output --no-progress-bar; \
-	done
-	$(VENV)/bin/jupyter nbconvert --to html --output-dir reports reports/0*.ipynb
-	$(PY) -m medclip_nb summary --metrics reports/metrics.json --out reports/summary.md \
-	  --params $(PARAMS) --wall-seconds $$(( $$(date +%s) - $$(cat .study-start) ))
-	@rm -f .study-start
-	@echo
-	@echo "Study finished. Results:"
-	@echo "  summary:            reports/summary.md (tables from metrics.json, machine, wall time)"
-	@echo "  executed notebooks: reports/0*.ipynb (HTML copies: reports/0*.html)"
-	@echo "  figures:            reports/figures/"
-	@echo "  numbers:            reports/metrics.json"
+	set -e; rd=$$($(PY) -c "from medclip_nb.config_load import load_config; print(load_config('$(PARAMS)').reports_dir)"); \
+	mkdir -p $$rd/figures; \
+	for nb in $(NOTEBOOKS); do \
+	  echo "== papermill $$nb -f $(PARAMS) -> $$rd"; \
+	  $(HEADLESS) $(VENV)/bin/papermill $$nb $$rd/$$(basename $$nb) -f $(PARAMS) --cwd . -k python3 --log-output --no-progress-bar; \
+	done; \
+	$(VENV)/bin/jupyter nbconvert --to html --output-dir $$rd $$rd/0*.ipynb; \
+	$(PY) -m medclip_nb summary --metrics $$rd/metrics.json --out $$rd/summary.md \
+	  --params $(PARAMS) --wall-seconds $$(( $$(date +%s) - $$(cat .study-start) )); \
+	rm -f .study-start; \
+	echo; \
+	echo "Study finished. Results:"; \
+	echo "  summary:            $$rd/summary.md (tables from metrics.json, machine, wall time)"; \
+	echo "  executed notebooks: $$rd/0*.ipynb (HTML copies: $$rd/0*.html)"; \
+	echo "  figures:            $$rd/figures/"; \
+	echo "  numbers:            $$rd/metrics.json"
 
 unit: $(STAMP)
 	$(PY) -m pytest tests -q

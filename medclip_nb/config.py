@@ -216,6 +216,11 @@ class Config:
                            check=lambda v: set(v) <= {"random_init", "simple"})
     ablation_seeds: list = _opt([], "notebook 04: seeds of the model/loss ablation (empty: no ablation; see `make "
                                     "ablation`)", items="int")
+    ablation_variants: list = _opt(
+        ["simple", "clip", "medclip", "medclip_cosine", "siglip"], "notebook 04 with ablation_seeds: the variants "
+        "trained (study/ablation.py VARIANTS; clip, the reference of the paired differences, is required)",
+        check=lambda v: "clip" in v and set(v) <= {"simple", "clip", "medclip", "medclip_cosine", "siglip"},
+    )
     data_efficiency_fractions: list = _opt([0.1, 0.3, 1.0], "notebook 04 with ablation_seeds: train_fraction values "
                                            "of the data-efficiency runs (clip, medclip, medclip_cosine; the first 3 "
                                            "ablation seeds; [1.0]: none)", check=fractions, items="float")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import pickle
@@ -25,7 +24,8 @@ def _xml(number: int, sections: dict[str, str | None], major: list[str], images:
          automatic: list[str] = ()) -> str:
     def section(label):
         text = sections.get(label)
-        return f'<AbstractText Label="{label}"/>' if not text else f'<AbstractText Label="{label}">{text}</AbstractText>'
+        empty = f'<AbstractText Label="{label}"/>'
+        return empty if not text else f'<AbstractText Label="{label}">{text}</AbstractText>'
 
     mesh = "".join(f"<major>{m}</major>" for m in major) + "".join(f"<automatic>{a}</automatic>" for a in automatic)
     parents = "".join(f'<parentImage id="{i}"><figureId>F1</figureId><caption>x</caption></parentImage>'

@@ -50,9 +50,13 @@ def _quiet(*_args, **_kwargs) -> None:
 
 
 def run_config(cfg: Config, changes: Mapping[str, Any], seed: int, fraction: float, folder: Path) -> Config:
-    """The Config of one run: `changes` on top of `cfg`, exactly cfg.max_steps steps, no early stop."""
+    """The Config of one run: `changes` on top of `cfg`, exactly cfg.max_steps steps, no early stop.
+    `sentence_labels` applies to the label-aware losses only: the other variants run without it (the
+    same sentences are sampled, their labels are unused)."""
     if cfg.max_steps is None:
         raise ConfigError("config key 'max_steps': the ablation needs it (the one step budget of every run)")
+    if changes.get("loss", cfg.loss) not in ("medclip", "medclip_cosine"):
+        changes = {**dict(changes), "sentence_labels": None}
     return cfg.replace(**{**dict(changes), "seed": int(seed), "train_fraction": float(fraction),
                           "model_save_path": str(folder), "resume_from": None, "num_epochs": cfg.max_steps,
                           "early_stopping_patience": 0, "save_steps": cfg.max_steps})
@@ -97,7 +101,7 @@ def ablation(cfg: Config, seeds, variants=None, *, fractions=(), fraction_seeds:
     under cfg.model_save_path/ablation/<variant>-f<fraction>-seed<seed>."""
     import pandas as pd
 
-    variants = dict(variants or VARIANTS)
+    variants = dict(variants or {name: VARIANTS[name] for name in cfg.ablation_variants})
     missing = [name for name in losses if fractions and fraction_seeds and name not in variants]
     if missing:
         raise ConfigError(f"ablation: the data-efficiency losses {missing} are not variants of the ablation")

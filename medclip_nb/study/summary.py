@@ -66,7 +66,27 @@ def markdown_table(rows: Mapping[str, Mapping[str, Any]], columns: Mapping[str, 
 
 
 # Entries of metrics.json that are not a model's metrics.
-STUDY_ENTRIES = ("ablation", "data_efficiency")
+STUDY_ENTRIES = ("ablation", "data_efficiency", "dataset", "language", "prompt_gap")
+
+
+def _data_section(metrics: Mapping[str, Any]) -> list[str]:
+    """Which data the run used (notebook 04's `dataset` entry), the report-language figures (notebook
+    01's `language`) and the prompt gap (notebook 04's `prompt_gap`), when the run wrote them."""
+    lines: list[str] = []
+    dataset = metrics.get("dataset")
+    if isinstance(dataset, Mapping):
+        lines += ["", "## Data", ""] + [f"- {key.replace('_', ' ')}: {value}" for key, value in dataset.items()]
+    language = metrics.get("language")
+    if isinstance(language, Mapping) and language:
+        rows = {figure: {name: column.get(figure) for name, column in language.items()}
+                for figure in next(iter(language.values()))}
+        lines += ["", "## Report language (text/language.py; definitions in docs/datasets.md)", "",
+                  markdown_table(rows, {name: name for name in language}, "figure")]
+    gap = metrics.get("prompt_gap")
+    if isinstance(gap, Mapping) and gap:
+        lines += ["", "## Prompt gap: MedCLIP's 5x200 prompts found word for word in a training sentence", "",
+                  markdown_table(gap, {"prompts": "prompts", "found": "found", "share": "share"}, "class")]
+    return lines
 
 
 def _ablation_section(metrics: Mapping[str, Any]) -> list[str]:
@@ -106,6 +126,7 @@ def summary_markdown(metrics: Mapping[str, Any], *, wall_seconds: float | None =
         lines.append(f"- parameters: `{params}`")
     if wall_seconds is not None:
         lines.append(f"- wall time: {wall_seconds / 60:.1f} min")
+    lines += _data_section(metrics)
     if models:
         n_images = _five_x_200_size(metrics)
         lines += ["", "## Models" + (f" (5x200 zero-shot set: {n_images} images)" if n_images else ""), "",

@@ -60,3 +60,13 @@ def test_ablation_variants_and_sentence_labels_per_loss():
     assert run_config(cfg, {"loss": "medclip"}, 0, 1.0, "x").sentence_labels == "auto"
     with pytest.raises(ConfigError, match="ablation_variants"):
         Config(ablation_variants=["medclip"])  # clip, the reference, is required
+
+
+def test_ablation_without_medclip_cosine_runs_when_no_data_efficiency_fraction(tmp_path):
+    from medclip_nb.errors import DataError
+
+    cfg = Config(max_steps=5, ablation_variants=["clip", "medclip"], data_path=str(tmp_path / "absent.pkl"))
+    with pytest.raises(DataError):  # past the variants check: it goes on to read the dataset
+        study.ablation(cfg, [0], fractions=[1.0])
+    with pytest.raises(ConfigError, match="data-efficiency losses"):
+        study.ablation(cfg, [0], fractions=[0.5, 1.0])

@@ -118,10 +118,11 @@ def _render_chunk(folder: Path, size: int, seed: int, jobs: list[tuple[str, int,
 def render_images(folder: Path, jobs: list[tuple[str, int, list[MappedCode]]], size: int, seed: int,
                   workers: int | None = None) -> None:
     """Write one JPEG per job (file name, report number, mapped codes) into `folder`, on `workers`
-    spawned processes (default: one per core); the bytes do not depend on the worker count."""
+    spawned processes (default: one per core this process may use); the bytes do not depend on the worker count."""
     folder.mkdir(parents=True, exist_ok=True)
     chunks = [jobs[i:i + 50] for i in range(0, len(jobs), 50)]
-    workers = min(len(chunks), workers or os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    workers = min(len(chunks), workers or cores)
     render = partial(_render_chunk, folder, size, seed)
     # spawn, not fork: a notebook's kernel may hold torch's threads, which fork does not copy safely
     with (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1

@@ -102,7 +102,8 @@ def ablation(cfg: Config, seeds, variants=None, *, fractions=(), fraction_seeds:
     import pandas as pd
 
     variants = dict(variants or {name: VARIANTS[name] for name in cfg.ablation_variants})
-    missing = [name for name in losses if fractions and fraction_seeds and name not in variants]
+    smaller = {float(f) for f in fractions} - {1.0}  # the data-efficiency runs (fraction 1 is the ablation's)
+    missing = [name for name in losses if smaller and fraction_seeds and name not in variants]
     if missing:
         raise ConfigError(f"ablation: the data-efficiency losses {missing} are not variants of the ablation")
     train_records = load_dataset_file(resolve(cfg.data_path))["train"]

@@ -40,7 +40,6 @@ from medclip_nb.study.open_i import (
     language_corpora,
     mapped_share,
     mesh_table,
-    prepare_report,
     prompt_gap,
     study_reports,
 )
@@ -82,7 +81,6 @@ __all__ = [
     "notebook_config",
     "paired_comparisons",
     "planned_runs",
-    "prepare_report",
     "print_ablation",
     "probe_fraction_figure",
     "probe_fraction_table",

@@ -19,7 +19,7 @@ from medclip_nb.evaluate import format_with_interval
 from medclip_nb.files import write_text_atomic
 from medclip_nb.paths import resolve
 from medclip_nb.study.ablation_tables import ablation_report
-from medclip_nb.study.tables import headline, headline_intervals
+from medclip_nb.study.tables import LANGUAGE_ROWS, headline, headline_intervals
 
 HEADLINE_NAMES = {
     "zs_acc_mean": "5x200 zero-shot acc (mean)",
@@ -78,8 +78,10 @@ def _data_section(metrics: Mapping[str, Any]) -> list[str]:
         lines += ["", "## Data", ""] + [f"- {key.replace('_', ' ')}: {value}" for key, value in dataset.items()]
     language = metrics.get("language")
     if isinstance(language, Mapping) and language:
-        rows = {figure: {name: column.get(figure) for name, column in language.items()}
-                for figure in next(iter(language.values()))}
+        figures = list(next(iter(language.values())))  # metrics.json sorts keys: back to the table's order
+        known = [f for f in LANGUAGE_ROWS.values() if f in figures]
+        order = known + [f for f in figures if f not in known]
+        rows = {figure: {name: column.get(figure) for name, column in language.items()} for figure in order}
         lines += ["", "## Report language (text/language.py; definitions in docs/datasets.md)", "",
                   markdown_table(rows, {name: name for name in language}, "figure")]
     gap = metrics.get("prompt_gap")

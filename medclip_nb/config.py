@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from medclip_nb.config_checks import between, device_name, fractions, non_negative, positive, validate
+from medclip_nb.config_checks import between, device_name, fractions, non_negative, positive, step_list, validate
 from medclip_nb.errors import ConfigError, quote
 from medclip_nb.paths import resolve
 
@@ -145,6 +145,12 @@ class Config:
     )
     unpaired_per_batch: int = _opt(8, "extra unpaired items of each used source per training step",
                                    check=between(1, 65536))
+    unpaired_pool: str = _opt(
+        "splits", "where unpaired items come from: 'splits' (the dataset's train_images / train_texts splits) or "
+        "'train_fraction_rest' (MedCLIP's decoupling on the same data: the training patients train_fraction leaves "
+        "out give their images as image-only items and their report sentences, labelled by sentence_labels, as "
+        "text-only items; data/decoupled.py)", choices=["splits", "train_fraction_rest"],
+    )
     # ---- training (the seed script's flags and defaults) ----------------------------------
     batch_size: int = _opt(
         32, "training batch size (pairs per step, per process; a contrastive step needs at least 2)",
@@ -163,11 +169,23 @@ class Config:
         256, "validation images (a fixed seeded subset) on which each validation also logs zero-shot accuracy and "
         "retrieval R@1/5/10 (0 turns them off)", check=between(0, 1_000_000),
     )
+    epoch_validation: bool = _opt(
+        True, "also validate at each epoch's end; false: only every eval_steps and once at the run's end (runs whose "
+        "validation loss nothing reads, with epochs of a few steps)"
+    )
     save_steps: int = _opt(
         1000,
         "write a resumable mid-epoch checkpoint every N steps; the seed's default of 1 wrote one "
         "every step, which costs more than the step itself on a GPU",
         check=between(1, _MAX_COUNT),
+    )
+    checkpoint_steps: list = _opt(
+        [], "also write step_<N>.pth at these optimizer steps (learning curves: each is evaluated after training)",
+        check=step_list, items="int",
+    )
+    epoch_checkpoints: bool = _opt(
+        True, "write checkpoint_epoch_N.pth at each epoch's end (the seed's habit); false skips them where nothing "
+        "reads them (short epochs of small train_fraction runs); last.pth is always written"
     )
     num_workers: int = _opt(4, "data loader worker processes", check=between(0, 256))
     gpu_id: str = _opt("0", "CUDA device index to use (or cpu); falls back to CPU with one message when CUDA is absent",
@@ -218,12 +236,22 @@ class Config:
                                     "ablation`)", items="int")
     ablation_variants: list = _opt(
         ["simple", "clip", "medclip", "medclip_cosine", "siglip"], "notebook 04 with ablation_seeds: the variants "
-        "trained (study/ablation.py VARIANTS; clip, the reference of the paired differences, is required)",
+        "trained on all the pairs (study/ablation.py VARIANTS; clip, the reference of the paired differences, is "
+        "required; clip, medclip and medclip_cosine there are the data-efficiency grid's own runs on all the pairs)",
         check=lambda v: "clip" in v and set(v) <= {"simple", "clip", "medclip", "medclip_cosine", "siglip"},
     )
     data_efficiency_fractions: list = _opt([0.1, 0.3, 1.0], "notebook 04 with ablation_seeds: train_fraction values "
-                                           "of the data-efficiency runs (clip, medclip, medclip_cosine; the first 3 "
-                                           "ablation seeds; [1.0]: none)", check=fractions, items="float")
+                                           "of the data-efficiency grid (every arm of study.DATA_EFFICIENCY_ARMS, "
+                                           "every ablation seed; [1.0]: none)", check=fractions, items="float")
+    ablation_curve_points: list = _opt(
+        [0.25, 0.5, 0.75, 1.0], "notebook 04 with ablation_seeds: the learning-curve points of every run, as "
+        "fractions of max_steps (checkpoints of the one run per seed, each evaluated; 1.0 is always one)",
+        check=fractions, items="float",
+    )
+    ablation_target_accuracy: float | None = _opt(
+        None, "notebook 04 with ablation_seeds: the zero-shot accuracy whose steps-to-reach each arm's table gives; "
+        "null: 0.9 x clip's end point on all the pairs", check=lambda v: 0 < v < 1,
+    )
     reports_dir: str = _opt("reports", "folder for metrics.json, executed notebooks and figures/ of the study")
 
     # ------------------------------------------------------------------------------------------

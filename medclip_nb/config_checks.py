@@ -54,6 +54,18 @@ def fractions(values) -> bool:
         return False
 
 
+def step_list(values) -> bool:
+    """A list of distinct optimizer steps >= 1 (YAML integers, or strings of them from a flag)."""
+    try:
+        steps = [int(v) for v in values]
+    except (TypeError, ValueError):
+        return False
+    return all(s >= 1 and s == float(v) for s, v in zip(steps, values)) and len(set(steps)) == len(steps)
+
+
+step_list.allowed = "a list of distinct optimizer steps >= 1"
+
+
 # ---- types -------------------------------------------------------------------------------------
 def base_type(hint):
     """(python type, optional?) for the annotations of the key table."""
@@ -122,11 +134,13 @@ def coerce(key: str, value: Any, hint, items: str | None = None) -> Any:
                                   f"{quote(value)}")
             return numbers
         item_type = int if items == "int" else str
+        if item_type is int:  # a flag's "10,20" gives strings of digits
+            value = [int(v) if isinstance(v, str) and v.isdigit() else v for v in value]
         if len(value) > MAX_LIST or not all(
             isinstance(v, item_type) and not isinstance(v, bool) and (item_type is str or 0 <= v < 2**32)
             for v in value
         ):
-            kind = "seeds (integers in 0..2**32-1)" if item_type is int else "strings"
+            kind = "integers in 0..2**32-1" if item_type is int else "strings"
             raise ConfigError(f"config key '{key}': must be a list of at most {MAX_LIST} {kind}, got {quote(value)}")
         return list(value)
     return value
@@ -164,9 +178,12 @@ def validate(cfg) -> None:
         key = "short_sentence_tokens" if cfg.short_sentence_tokens else "text_eda"
         raise ConfigError(f"config key '{key}': applies to report_sampling 'sentence' (report_sampling is "
                           f"{cfg.report_sampling!r})")
-    if cfg.sentence_labels and (cfg.report_sampling != "sentence" or cfg.loss not in ("medclip", "medclip_cosine")):
+    decoupled_texts = cfg.unpaired_pool == "train_fraction_rest" and "texts" in cfg.unpaired_sources
+    if cfg.sentence_labels and ((cfg.report_sampling != "sentence" and not decoupled_texts)
+                                or cfg.loss not in ("medclip", "medclip_cosine")):
         raise ConfigError(
-            "config key 'sentence_labels': needs report_sampling 'sentence' and loss 'medclip' or 'medclip_cosine' "
+            "config key 'sentence_labels': needs report_sampling 'sentence' (or unpaired_pool 'train_fraction_rest' "
+            "with 'texts') and loss 'medclip' or 'medclip_cosine' "
             f"(got report_sampling {cfg.report_sampling!r}, loss {cfg.loss!r})"
         )
     _validate_unpaired(cfg)
@@ -188,6 +205,12 @@ def _validate_unpaired(cfg) -> None:
             f"{cfg.loss!r} "
             "needs image-report pairs"
         )
+    if cfg.unpaired_pool == "train_fraction_rest" and not sources:
+        raise ConfigError("config key 'unpaired_pool': 'train_fraction_rest' needs unpaired_sources (images, texts "
+                          "or both: what the left-out patients give)")
+    if cfg.unpaired_pool == "train_fraction_rest" and "texts" in sources and not cfg.sentence_labels:
+        raise ConfigError("config key 'unpaired_pool': 'train_fraction_rest' with 'texts' needs sentence_labels (each "
+                          "text-only sentence has its own labels; 'auto': the table prepare wrote)")
     if "texts" in sources and cfg.model != "simple" and cfg.text_encoder == "precomputed":
         raise ConfigError(
             "config key 'unpaired_sources': 'texts' needs a text encoder that reads text; "

@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from medclip_nb.data.dataset import CXRDataset
+from medclip_nb.data.decoupled import decoupled_pool
 from medclip_nb.data.images import build_transforms
 from medclip_nb.data.loading import REQUIRED_SPLITS, load_dataset_file
 from medclip_nb.data.provenance import check_not_stale
-from medclip_nb.data.train_fraction import keep_train_fraction
+from medclip_nb.data.train_fraction import split_train_fraction
 from medclip_nb.data.validation import uses_precomputed_text, validate_clip_indices, validate_dataset
+from medclip_nb.errors import DataError
 from medclip_nb.paths import resolve
 from medclip_nb.text import (
     PREPARED_NAME,
@@ -54,6 +56,24 @@ def _sentence_label_table(cfg: "Config", data_path: Path, warnings_out: list[str
     return label_tensor_table(read_sentence_labels(path))
 
 
+def _rest_as_unpaired(cfg: "Config", data_path: Path, rest: list[dict], warnings_out: list[str]) -> dict:
+    """The unpaired splits of `unpaired_pool: train_fraction_rest` (data/decoupled.py), made of the training
+    records train_fraction left out; they replace any the dataset file holds."""
+    table = None
+    if "texts" in cfg.unpaired_sources:
+        path = resolve_sentence_labels(cfg)
+        if path is None:
+            raise DataError(f"config key 'unpaired_pool': 'train_fraction_rest' labels each text-only sentence from "
+                            f"a sentence-label table, and sentence_labels 'auto' finds no {PREPARED_NAME} beside "
+                            f"{data_path}")
+        table = read_sentence_labels(path)
+    pool = decoupled_pool(rest, cfg.unpaired_sources, table)
+    if pool.misses:
+        warnings_out.append(f"{pool.misses} text-only sentence(s) of the left-out patients are missing from the "
+                            f"sentence-label table: they get No Finding = 1")
+    return pool.splits
+
+
 def build_datasets(
     cfg: "Config", tokenizer=None, *, store: Any = None, raw_uint8: bool = False
 ) -> tuple[dict[str, CXRDataset], dict[str, list[dict]], list[str]]:
@@ -78,8 +98,10 @@ def build_datasets(
         validate_clip_indices(records, data_path)
     full_sizes = {split: len(items) for split, items in records.items()}
     if cfg.train_fraction < 1:
-        records = {**records, "train": keep_train_fraction(records["train"], cfg.train_fraction,
-                                                           cfg.train_fraction_seed)}
+        kept, rest = split_train_fraction(records["train"], cfg.train_fraction, cfg.train_fraction_seed)
+        records = {**records, "train": kept}
+        if cfg.unpaired_pool == "train_fraction_rest":  # the left-out patients as unpaired items (decoupled.py)
+            records.update(_rest_as_unpaired(cfg, data_path, rest, warnings_out))
     if cfg.debug:
         records = {split: items[: cfg.debug_subset] for split, items in records.items()}
     if tokenizer is not None:

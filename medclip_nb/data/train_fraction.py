@@ -5,6 +5,9 @@ its own), so a 10 % run never sees one image of a study it half knows. The patie
 a generator seeded with `train_fraction_seed` and taken in that order until the kept records reach
 the fraction; a larger fraction with the same seed keeps a superset of a smaller one, so 10 % <
 30 % < 100 % are nested.
+
+`split_train_fraction` also returns the records left out (whole patients too): the pool that
+`unpaired_pool: train_fraction_rest` turns into image-only and text-only items (data/decoupled.py).
 """
 
 from __future__ import annotations
@@ -22,13 +25,14 @@ def _group_key(record: dict, index: int):
     return ("record", index)
 
 
-def keep_train_fraction(records: Sequence[dict], fraction: float, seed: int = 0) -> list[dict]:
-    """The records of a seeded set of whole patients holding about `fraction` of `records` (at
-    least one patient), in their original order. `fraction` 1 returns every record."""
+def split_train_fraction(records: Sequence[dict], fraction: float, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """(kept, left out): the records of a seeded set of whole patients holding about `fraction` of
+    `records` (at least one patient), and every other record, each in the original order.
+    `fraction` 1 keeps every record and leaves none out."""
     if not 0 < fraction <= 1:
         raise ValueError(f"train_fraction must be in (0, 1], got {fraction}")
     if fraction == 1 or not records:
-        return list(records)
+        return list(records), []
     groups: dict = {}
     for i, record in enumerate(records):
         groups.setdefault(_group_key(record, i), []).append(i)
@@ -40,4 +44,10 @@ def keep_train_fraction(records: Sequence[dict], fraction: float, seed: int = 0)
         if len(kept) >= target:
             break
         kept.extend(order[g])
-    return [records[i] for i in sorted(kept)]
+    chosen = set(kept)
+    return [records[i] for i in sorted(kept)], [r for i, r in enumerate(records) if i not in chosen]
+
+
+def keep_train_fraction(records: Sequence[dict], fraction: float, seed: int = 0) -> list[dict]:
+    """The kept records of `split_train_fraction`."""
+    return split_train_fraction(records, fraction, seed)[0]

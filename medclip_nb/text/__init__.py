@@ -19,6 +19,8 @@ _PUBLIC = {
     "label_tensor_table": "medclip_nb.text.sentence_labels",
     "read_sentence_labels": "medclip_nb.text.sentence_labels",
     "resolve_sentence_labels": "medclip_nb.text.sentence_labels",
+    "sentence_key": "medclip_nb.text.sentence_labels",
+    "unlisted_sentence_labels": "medclip_nb.text.sentence_labels",
     "write_sentence_labels": "medclip_nb.text.sentence_labels",
     "build_tokenizer": "medclip_nb.text.tokenizers",
     "clip_index_list": "medclip_nb.text.tokenizers",

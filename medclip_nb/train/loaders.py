@@ -104,10 +104,17 @@ def prepare_data(cfg: Config, world: World, device: torch.device, tokenizer, say
 
     train_sampler, train_loader, val_loader = _loaders(cfg, world, splits, make_collate(tokenizer), say)
     # ---- unpaired data (data/unpaired.py): image-only / text-only items appended to each step ----
-    unpaired = build_unpaired(cfg, records, tokenizer, data_path=resolve(cfg.data_path), store=store,
-                              raw_uint8=augment is not None, world_size=world.world_size)
+    rest_pool = cfg.unpaired_pool == "train_fraction_rest"
+    if rest_pool and cfg.train_fraction == 1:
+        unpaired = None
+        say("  unpaired: none (unpaired_pool train_fraction_rest, and train_fraction 1 leaves no training patient "
+            "out: a plain paired run)")
+    else:
+        unpaired = build_unpaired(cfg, records, tokenizer, data_path=resolve(cfg.data_path), store=store,
+                                  raw_uint8=augment is not None, world_size=world.world_size)
     if unpaired is not None:
         sizes = ", ".join(f"{name} {len(source)}" for name, source in unpaired.sources.items())
-        say(f"  unpaired: {sizes}; {cfg.unpaired_per_batch} of each per step")
+        where = " from the training patients train_fraction leaves out" if rest_pool else ""
+        say(f"  unpaired: {sizes}{where}; {cfg.unpaired_per_batch} of each per step")
     return TrainData(tokenizer, splits, train_sampler, train_loader, val_loader, augment, unpaired,
                      torch.Generator(device) if augment is not None else None)

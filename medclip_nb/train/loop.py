@@ -188,6 +188,8 @@ def train_one_epoch(run: Run) -> None:
                 validate(run, number)
             if step % cfg.save_steps == 0:  # ---- save
                 run.result.last_checkpoint = run.save("last.pth")
+            if step in cfg.checkpoint_steps:  # learning-curve points (evaluated after training)
+                run.result.step_checkpoints[step] = run.save(f"step_{step}.pth")
             if run.result.stopped_early or step >= run.total_steps:
                 break
         bar.close()
@@ -252,7 +254,7 @@ def end_epoch(run: Run, number: int, batches_seen: int, usable_batches: int) -> 
     if batches_seen and not usable_batches:
         run.metrics.close()
         raise no_step_error(run.cfg, number, batches_seen, progress.epoch_bad_images)
-    if run.last_val[0] != progress.step:
+    if run.last_val[0] != progress.step and (run.cfg.epoch_validation or run_ends(run)):
         validate(run, number)
     totals = run.world.all_reduce(torch.tensor([*run.step.guard.epoch_totals(), progress.epoch_bad_images],
                                                device=run.device, dtype=torch.float64))
@@ -264,12 +266,19 @@ def end_epoch(run: Run, number: int, batches_seen: int, usable_batches: int) -> 
     if progress.batch_in_epoch >= len(run.data.train_loader):
         progress.epoch += 1
         progress.batch_in_epoch = 0
-        run.say(f"Saved checkpoint: {run.save(f'checkpoint_epoch_{number}.pth')}")
+        if run.cfg.epoch_checkpoints:
+            run.say(f"Saved checkpoint: {run.save(f'checkpoint_epoch_{number}.pth')}")
     run.result.last_checkpoint = run.save("last.pth")
     if progress.batch_in_epoch:  # stopped mid-epoch (max_steps): say where the state went
         run.say(f"Saved checkpoint: {run.result.last_checkpoint}")
     if run.result.stopped_early:
         run.say(f"Early stopping: no lower val loss in {progress.patience_counter} validations")
+
+
+def run_ends(run: Run) -> bool:
+    """Whether this epoch end is the run's last (its budget spent or its epochs done)."""
+    epoch_done = run.progress.batch_in_epoch >= len(run.data.train_loader)
+    return run.progress.step >= run.total_steps or (epoch_done and run.progress.epoch + 1 >= run.cfg.num_epochs)
 
 
 def no_step_error(cfg: Config, epoch_number: int, batches: int, bad_images: int) -> TrainingError:
@@ -325,7 +334,10 @@ def setup_run(cfg: Config, world: World, device: torch.device, say) -> Run:
                          (out_dir / "best.pth").is_file() else None, last_checkpoint=None,
                          metrics_path=out_dir / METRICS_FILE,
                          stopped_early=bool(cfg.early_stopping_patience) and
-                         progress.patience_counter >= cfg.early_stopping_patience)
+                         progress.patience_counter >= cfg.early_stopping_patience,
+                         step_checkpoints={s: out_dir / f"step_{s}.pth" for s in sorted(cfg.checkpoint_steps)
+                                           if resumed is not None and s <= progress.step
+                                           and (out_dir / f"step_{s}.pth").is_file()})
     checkpoints = Checkpointer(cfg, world, step, data.tokenizer, progress, elapsed=TrainClock(progress.train_time))
     # The saved RNG states are restored once the first epoch's iterator exists.
     resume_rng = resumed["rng"] if resumed is not None and world.is_main else None

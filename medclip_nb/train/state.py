@@ -48,6 +48,7 @@ class TrainResult:
     epochs_completed: int = 0
     bad_images: int = 0
     stopped_early: bool = False
+    step_checkpoints: dict[int, Path] = field(default_factory=dict)  # checkpoint_steps: {step: step_<N>.pth}
 
 
 # ---- metrics log ---------------------------------------------------------------------------------

@@ -5,11 +5,14 @@
 - run.py: `evaluate_model` / `evaluate_checkpoint` and metrics.json;
 - report.py: the confusion figure and the summary table;
 - intervals.py: 95 % bootstrap intervals and paired differences;
-- zeroshot_paper.py: CheXpert-5x200 zero-shot as MedCLIP published it.
+- zeroshot_paper.py: CheXpert-5x200 zero-shot as MedCLIP published it;
+- multiplicity.py: p-values, Holm's correction of a table's comparisons, the smallest resolvable difference;
+- checkpoints.py: the 5x200 zero-shot accuracy of a run's saved checkpoints (learning curves).
 
 The names below are re-exported so that `from medclip_nb.evaluate import name` keeps working.
 """
 
+from medclip_nb.evaluate.checkpoints import ZeroShotPoints
 from medclip_nb.evaluate.embeddings import compute_embeddings, encode_texts, model_logit_scale
 from medclip_nb.evaluate.evaluation import json_ready
 from medclip_nb.evaluate.intervals import (
@@ -21,11 +24,14 @@ from medclip_nb.evaluate.intervals import (
     t_interval,
 )
 from medclip_nb.evaluate.metrics import recall_at_k, select_5x200, zero_shot_classify
+from medclip_nb.evaluate.multiplicity import ALPHA, holm, paired_t_p, smallest_resolvable
 from medclip_nb.evaluate.report import confusion_figure
 from medclip_nb.evaluate.run import eval_datasets, evaluate_checkpoint, evaluate_model, merge_metrics, read_metrics
 
 __all__ = [
+    "ALPHA",
     "CONFIDENCE",
+    "ZeroShotPoints",
     "bootstrap_off",
     "compute_embeddings",
     "confusion_figure",
@@ -39,6 +45,9 @@ __all__ = [
     "model_logit_scale",
     "paired_difference",
     "paired_t_difference",
+    "paired_t_p",
+    "smallest_resolvable",
+    "holm",
     "read_metrics",
     "recall_at_k",
     "select_5x200",

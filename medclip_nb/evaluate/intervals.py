@@ -26,6 +26,8 @@ import numpy as np
 from scipy.stats import rankdata
 from scipy.stats import t as student_t
 
+from medclip_nb.evaluate.multiplicity import bootstrap_p
+
 CONFIDENCE = 0.95
 N_RESAMPLES = 1000
 # What metrics.json says about every `_ci` it holds.
@@ -186,14 +188,21 @@ def paired_difference(values_a, values_b, *, groups=None, seed: int = 0, n_resam
     """Mean of a minus mean of b over the same samples, with the paired bootstrap interval
     (the same patients resampled for both).
 
-    `resolved` is True when the interval excludes 0 (the data tell the two apart at this level).
+    `resolved` is True when the interval excludes 0 (the data tell the two apart at this level, one
+    comparison alone); `p` is the bootstrap p-value of the same resamples (multiplicity.bootstrap_p), what
+    a table of several comparisons corrects with Holm's method before it calls any resolved.
     """
     a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"paired_difference: {a.shape} and {b.shape} are not the same samples")
     difference = float(a.mean() - b.mean()) if len(a) else math.nan
     interval = mean_interval(a - b, groups=groups, seed=seed, n_resamples=n_resamples, confidence=confidence)
-    return {"difference": difference, "ci": interval, "resolved": excludes_zero(interval)}
+    p = None
+    if interval is not None:
+        weights = resample_counts(len(a), groups=groups, seed=seed, n_resamples=n_resamples)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            p = bootstrap_p((weights @ (a - b)) / weights.sum(axis=1))
+    return {"difference": difference, "ci": interval, "resolved": excludes_zero(interval), "p": p}
 
 
 def t_interval(values, confidence: float = CONFIDENCE) -> list[float] | None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from medclip_nb.evaluate import format_with_interval, paired_difference
+from medclip_nb.evaluate import ALPHA, format_with_interval, holm, paired_difference
 from medclip_nb.labels import CHEXPERT_LABELS
 from medclip_nb.text import clean_report, language_figures
 
@@ -175,8 +175,9 @@ def zero_shot_hits(arrays, mode: str = "mean"):
 def paired_comparisons(arrays_by_model: Mapping[str, Any], reference: str = "default",
                        modes=("mean", "max")) -> "pd.DataFrame":
     """5x200 zero-shot accuracy of `reference` minus each other model, on the same test images,
-    with the paired bootstrap interval of the difference (the same patients resampled for both)
-    and whether it excludes 0."""
+    with the paired bootstrap interval of the difference (the same patients resampled for both),
+    its bootstrap p-value, and the Holm-adjusted p over the table's rows: *resolved* when that is
+    below 0.05 (evaluate/multiplicity.py)."""
     import pandas as pd
 
     ref = arrays_by_model[reference]
@@ -192,7 +193,12 @@ def paired_comparisons(arrays_by_model: Mapping[str, Any], reference: str = "def
             rows.append({"against": name, "metric": f"zero-shot accuracy ({mode})",
                          "difference": round(d["difference"], 3),
                          "95% CI": None if d["ci"] is None else f"[{d['ci'][0]:.3f}, {d['ci'][1]:.3f}]",
-                         "resolved": d["resolved"]})
+                         "p": d["p"]})
+    adjusted = holm([r["p"] for r in rows])
+    for row, p_holm in zip(rows, adjusted):
+        row.update({"p": None if row["p"] is None else round(row["p"], 4),
+                    "Holm p": None if p_holm is None else round(p_holm, 4),
+                    "resolved": None if p_holm is None else bool(p_holm < ALPHA)})
     return pd.DataFrame(rows)
 
 

@@ -359,11 +359,11 @@ def _add_bench(sub) -> None:
 
 
 def _add_bench_ablation(sub) -> None:
-    p = sub.add_parser("bench-ablation", help="time one run of make ablation (train + evaluation) per loader setting, "
-                                              "side by side")
+    p = sub.add_parser("bench-ablation", help="time one run of each kind in make ablation's plan (train + scoring), "
+                                              "side by side, and what the plan's runs come to")
     add_config_arguments(p)
-    p.add_argument("--workers", type=_workers_list, default=[0, 2],
-                   help="num_workers settings to compare, comma-separated (default: 0,2)")
+    p.add_argument("--workers", type=_workers_list, default=[0],
+                   help="num_workers settings to compare, comma-separated (default: 0)")
     p.add_argument("--rounds", type=_at_least_one, default=2,
                    help="interleaved rounds; medians are printed (default: 2)")
     p.set_defaults(func=_bench_ablation)

@@ -1,5 +1,6 @@
 """The ablation's statistics, tables and readings on hand-made numbers (no training): Student t
-intervals over seeds, differences paired by seed, "resolved", the data-efficiency table."""
+intervals over seeds, differences paired by seed, Holm per table, "resolved", the data-efficiency grid
+(end points, learning curves, flattening, steps to reach, MedCLIP's claim)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,17 @@ from medclip_nb.config import Config
 from medclip_nb.errors import ConfigError
 from medclip_nb.evaluate.intervals import bootstrap_off, mean_interval, paired_t_difference, t_interval
 from medclip_nb.study import VARIANTS, ablation_entry, data_efficiency_entry, planned_runs
-from medclip_nb.study.ablation import run_config
-from medclip_nb.study.ablation_tables import ablation_report, ablation_table, data_efficiency_table
-from medclip_nb.study.figures import ablation_figure, data_efficiency_figure
+from medclip_nb.study.ablation import DATA_EFFICIENCY_ARMS, curve_steps, run_config
+from medclip_nb.study.ablation_tables import (
+    ablation_report,
+    ablation_table,
+    comparison_rows,
+    curve_rows,
+    data_efficiency_table,
+    reach_rows,
+)
+from medclip_nb.study.data_efficiency import first_reach
+from medclip_nb.study.figures import ablation_figure, learning_curves_figure
 from medclip_nb.study.readings import NOT_RESOLVED, ablation_reading, data_efficiency_reading, verdict
 from medclip_nb.study.seed_stats import variant_stats
 from medclip_nb.study.summary import summary_markdown
@@ -41,17 +50,23 @@ def hand_made_runs() -> list[dict]:
     return runs[::-1]  # order must not matter: pairs are found by seed
 
 
+STEPS = [20, 40, 60, 80]
+# The grid's runs: (arm, fraction, n_train, end-point shift against clip's base, curve shape to the end point).
+GRID = [("clip", 1.0, 666, 0.0), ("clip", 0.3, 201, -0.08), ("clip", 0.1, 67, -0.20),
+        ("medclip", 1.0, 666, 0.0), ("medclip", 0.3, 201, -0.07), ("medclip", 0.1, 67, -0.19),
+        ("medclip+decoupled", 0.3, 201, -0.03), ("medclip+decoupled", 0.1, 67, -0.08)]
+NOISE = [0.004, -0.006, 0.002, 0.005, -0.003]  # per seed, per arm: paired differences are not exact
+
+
+def _grid_run(arm, fraction, n_train, shift, seed):
+    end = CLIP[seed] + shift + (0 if arm == "clip" else NOISE[(seed + len(arm)) % 5])
+    curve = [end - 0.24, end - 0.10, end - 0.004, end]  # still rising at 40, flat from 60 to 80
+    return {**_run(arm, seed, end, fraction, n_train), "n_unpaired_images": 666 - n_train if "+" in arm else 0,
+            "n_unpaired_texts": 4 * (666 - n_train) if "+" in arm else 0, "curve_steps": STEPS, "curve": curve}
+
+
 def data_efficiency_runs() -> list[dict]:
-    runs = []
-    for fraction, n_train, clip_drop, medclip_gain in ((0.1, 67, 0.20, 0.08), (0.3, 200, 0.08, 0.03),
-                                                       (1.0, 666, 0.0, 0.0)):
-        for seed, base in zip(SEEDS[:3], CLIP):
-            runs.append(_run("clip", seed, base - clip_drop, fraction, n_train))
-            runs.append(_run("medclip", seed, base - clip_drop + medclip_gain + 0.01 * seed, fraction, n_train))
-            runs.append(_run("medclip_cosine", seed, base - clip_drop + 0.01 * (seed - 1), fraction, n_train))
-    return runs
-
-
+    return [_grid_run(*cell, seed) for cell in GRID for seed in SEEDS]
 # ---- intervals over seeds ------------------------------------------------------------------------------
 def test_t_interval_has_the_textbook_value():
     low, high = t_interval([1, 2, 3, 4, 5])
@@ -108,15 +123,17 @@ def test_entry_reading_and_table_say_what_is_resolved():
     assert entry["budget"]["max_steps"] == 100 and entry["seeds"] == SEEDS and entry["reference"] == "clip"
     text = entry["reading"]
     assert text == ablation_reading(entry)
-    assert "- medclip - clip: zero-shot accuracy +0.040 [+0.020, +0.060] (resolved: higher)" in text
-    assert f"- siglip - clip: zero-shot accuracy +0.002 [-0.025, +0.029] ({NOT_RESOLVED})" in text
+    assert "- medclip - clip: zero-shot accuracy +0.040 [+0.020, +0.060] (Holm p 0.029, resolved: higher)" in text
+    assert f"- siglip - clip: zero-shot accuracy +0.002 [-0.025, +0.029] (Holm p 1.000, {NOT_RESOLVED})" in text
+    assert "Smallest difference this table could resolve (Holm over its 6 comparisons" in text
     assert "- Resolved: medclip above clip on zero-shot accuracy." in text
     assert "siglip vs clip on zero-shot accuracy" in text.split("Not resolved")[1]
     assert "100 steps of 32 pairs" in text and "5 seeds" in text
     table = ablation_table(entry)
     assert list(table.index) == ["siglip", "medclip", "clip"]
-    assert table.loc["medclip", "zero-shot accuracy - clip"] == "+0.040 [+0.020, +0.060] (resolved: higher)"
-    assert table.loc["siglip", "zero-shot accuracy - clip"].endswith("(not resolved)")
+    assert table.loc["medclip", "zero-shot accuracy - clip"] == \
+        "+0.040 [+0.020, +0.060] (resolved: higher, Holm p 0.029)"
+    assert table.loc["siglip", "zero-shot accuracy - clip"].endswith("(not resolved, Holm p 1.000)")
     assert table.loc["clip", "zero-shot accuracy - clip"] == "(reference)" and table.loc["clip", "seeds"] == "5"
 
 
@@ -128,52 +145,125 @@ def test_verdict_wording():
 
 
 # ---- data efficiency ---------------------------------------------------------------------------------------
-def test_data_efficiency_table_has_a_row_per_loss_and_a_column_per_fraction():
-    entry = data_efficiency_entry(pd.DataFrame(data_efficiency_runs()), Config(max_steps=100))
-    assert entry["fractions"] == [0.1, 0.3, 1.0] and entry["seeds"] == [0, 1, 2]
-    assert list(entry["table"]) == ["clip", "medclip", "medclip_cosine"]
-    assert all(list(row) == ["0.1", "0.3", "1"] for row in entry["table"].values())
-    assert entry["table"]["clip"]["0.1"]["n_train"] == 67 and entry["table"]["clip"]["0.1"]["n"] == 3
-    gain = entry["paired"]["medclip"]["0.1"]
-    assert gain["difference"] == pytest.approx(0.09) and gain["resolved"]
-    assert entry["fraction_effect"]["clip"]["difference"] == pytest.approx(-0.20)
-    assert entry["gap_change"]["medclip"]["difference"] == pytest.approx(0.08)
-    table = data_efficiency_table(entry)
-    assert table.shape == (5, 3)
-    assert list(table.index) == ["clip", "medclip", "medclip_cosine", "medclip - clip", "medclip_cosine - clip"]
-    assert list(table.columns) == ["10% (67 pairs)", "30% (200 pairs)", "100% (666 pairs)"]
-    text = entry["reading"]
-    assert "- medclip - clip: at 10% +0.090" in text and "as MedCLIP claims" in text
-    assert "medclip_cosine: its gap to clip changes by +0.000" in text
-    assert "cannot tell whether less data favours medclip_cosine" in text
+def entry_of(runs=None, **cfg):
+    return data_efficiency_entry(pd.DataFrame(runs or data_efficiency_runs()),
+                                 Config(max_steps=80, **cfg), arms=["clip", "medclip", "medclip+decoupled"])
 
 
-def test_only_seeds_trained_at_every_fraction_count():
-    runs = data_efficiency_runs() + [_run("clip", 3, 0.7), _run("medclip", 3, 0.7)]  # seed 3: fraction 1 only
-    entry = data_efficiency_entry(pd.DataFrame(runs), Config(max_steps=100))
-    assert entry["seeds"] == [0, 1, 2] and entry["table"]["clip"]["1"]["n"] == 3
+def test_end_points_and_curves_per_arm_and_fraction():
+    entry = entry_of()
+    assert entry["fractions"] == [0.1, 0.3, 1.0] and entry["seeds"] == SEEDS
+    assert entry["arms"] == ["clip", "medclip", "medclip+decoupled"] and entry["decoupled"] == ["medclip+decoupled"]
+    clip = entry["table"]["clip"]
+    assert clip["0.1"]["n_train"] == 67 and clip["0.1"]["n"] == 5
+    assert clip["1"]["mean"] == pytest.approx(sum(CLIP) / 5, abs=1e-4)  # metrics.json keeps 4 digits
+    assert clip["1"]["ci"] == pytest.approx(t_interval(CLIP), abs=1e-4)
+    # On all the pairs the decoupled arm is medclip's own runs (nothing left out to decouple).
+    assert entry["table"]["medclip+decoupled"]["1"] == entry["table"]["medclip"]["1"]
+    assert entry["same_at_full"] == {"medclip+decoupled": "medclip"}
+    assert entry["table"]["medclip+decoupled"]["0.1"]["n_unpaired_images"] == 599
+    cell = entry["curves"]["clip"]["1"]
+    assert cell["steps"] == STEPS and cell["points"][-1]["mean"] == pytest.approx(clip["1"]["mean"])
+    assert cell["points"][0]["mean"] == pytest.approx(sum(CLIP) / 5 - 0.24, abs=1e-4)
+    assert entry["budget"]["compared_at"] == "equal steps" and entry["budget"]["max_steps"] == 80
 
 
-def test_figures_and_markdown_come_from_the_entries(tmp_path):
+def test_each_table_is_one_holm_family():
+    entry = entry_of()
+    endpoint, claims = entry["endpoint_comparisons"], entry["claim_comparisons"]
+    # Each arm minus clip at each fraction, the decoupled arm not again on all the pairs.
+    assert [(c["comparison"], c["fraction"]) for c in endpoint] == [
+        ("medclip - clip", "0.1"), ("medclip+decoupled - clip", "0.1"), ("medclip - clip", "0.3"),
+        ("medclip+decoupled - clip", "0.3"), ("medclip - clip", "1")]
+    assert [c["kind"] for c in claims] == ["what the decoupled items add"] * 2 + ["gap change with fewer pairs"] * 2
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    for family in (endpoint, claims):
+        assert all(c["m"] == len(family) for c in family)
+        expected = multitest.multipletests([c["p"] for c in family], method="holm")[1]
+        assert [c["p_holm"] for c in family] == pytest.approx(list(expected), abs=1e-3)  # from p at 4 digits
+        assert [c["resolved"] for c in family] == [bool(q < 0.05) for q in expected]
+        assert all(c["smallest_resolvable"] is not None and c["smallest_resolvable"] >= 0 for c in family)
+    decoupled_gain = next(c for c in endpoint
+                          if c["comparison"] == "medclip+decoupled - clip" and c["fraction"] == "0.1")
+    assert decoupled_gain["difference"] == pytest.approx(0.12, abs=0.01) and decoupled_gain["resolved"] is True
+    gap = claims[-1]
+    assert gap["comparison"] == "(medclip+decoupled - clip) at 10% minus at 100%" and gap["resolved"] is True
+    assert gap["difference"] == pytest.approx(0.12, abs=0.01)
+
+
+def test_flattening_and_steps_to_reach():
+    entry = entry_of()
+    flat = entry["flattened"]
+    assert flat["steps"] == [60, 80] and flat["flattened"] is True  # 0.004 apart, intervals of +-0.1
+    assert first_reach([20, 40, 60], [0.3, 0.5, 0.6], 0.4) == pytest.approx(30.0)
+    assert first_reach([20, 40], [0.5, 0.6], 0.4) == 20.0 and first_reach([20, 40], [0.1, 0.2], 0.4) is None
+    target = entry["target_accuracy"]
+    assert target == pytest.approx(round(0.9 * sum(CLIP) / 5, 3))
+    assert entry["target_source"] == "90% of clip's end point on 100% of the pairs"
+    clip_full = entry["steps_to_reach"]["clip"]["1"]
+    assert clip_full["reached"] == 4 and 40 < clip_full["median"] < 60  # seed 2 ends at 0.52, below 0.547
+    assert entry["steps_to_reach"]["clip"]["0.1"]["reached"] < 5  # 0.20 below: most seeds never get there
+    fixed = entry_of(ablation_target_accuracy=0.5)
+    assert fixed["target_accuracy"] == 0.5 and fixed["target_source"] == "ablation_target_accuracy"
+    unflat = [dict(r, curve=[*r["curve"][:3], r["curve"][3] + 0.3]) if r["variant"] == "clip" and
+              r["train_fraction"] == 1.0 else r for r in data_efficiency_runs()]
+    assert entry_of(unflat)["flattened"]["flattened"] is False
+    assert "has NOT flattened" in entry_of(unflat)["reading"]
+
+
+def test_the_reading_says_what_was_tested_and_whether_the_claim_holds():
+    text = entry_of()["reading"]
+    assert "medclip+decoupled: the pairs + the left-out patients' images (image-only)" in text
+    assert ("- Decoupled data: medclip+decoupled at 10%, 30% of the pairs (at 10% 599 image-only and 2396 "
+            "text-only") in text
+    assert "80 optimizer steps of 32 pairs" in text and "compared at equal steps" in text and "5 seeds" in text
+    assert "clip on all the pairs has flattened" in text
+    assert ("MedCLIP's claim for medclip+decoupled (decoupled soft targets beat clip, more so with fewer pairs): "
+            "beats clip at 10%: holds; more so than on all the pairs: holds; overall: holds") in text
+    assert "Not tested here: MIMIC-CXR or CheXpert images" in text
+    # The same runs with the decoupled arm below clip at 10 %: the claim fails.
+    worse = [dict(r, zs_acc_mean=r["zs_acc_mean"] - 0.25) if r["variant"] == "medclip+decoupled" and
+             r["train_fraction"] == 0.1 else r for r in data_efficiency_runs()]
+    assert "beats clip at 10%: fails" in entry_of(worse)["reading"] and "overall: fails" in entry_of(worse)["reading"]
+    # A gain that changes sign from seed to seed: not resolved, and the reading says so.
+    swing = [dict(r, zs_acc_mean=r["zs_acc_mean"] - 0.12 + (0.1 if r["seed"] % 2 else -0.1))
+             if r["variant"] == "medclip+decoupled" and r["train_fraction"] == 0.1 else r
+             for r in data_efficiency_runs()]
+    assert "overall: unresolved at this power (smallest resolvable differences" in entry_of(swing)["reading"]
+
+
+def test_tables_markdown_and_figure_come_from_the_entry(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
+    entry = entry_of()
+    table = data_efficiency_table(entry)
+    assert list(table.index) == ["clip", "medclip", "medclip+decoupled"]
+    assert list(table.columns) == ["10% (67 pairs)", "30% (201 pairs)", "100% (666 pairs)"]
+    rows = comparison_rows(entry["endpoint_comparisons"])
+    assert list(rows)[1] == "medclip+decoupled - clip @ 10%" and "Holm p (m=5)" in rows["medclip - clip @ 10%"]
+    assert "medclip+decoupled @ 100%" not in curve_rows(entry) and list(curve_rows(entry)["clip @ 10%"]) == \
+        ["step 20", "step 40", "step 60", "step 80"]
+    assert reach_rows(entry)["clip"]["100% (666 pairs)"].endswith("(4/5)")
+    figure = learning_curves_figure(entry)
+    axes = figure.axes
+    assert len(axes) == 3 and axes[0].get_ylabel().startswith("zero-shot accuracy") and axes[0].get_xlabel()
+    assert any(list(line.get_ydata()) == [0.2, 0.2] for line in axes[0].get_lines())  # the chance line
+    figure.savefig(tmp_path / "f.png")
     ablation = ablation_entry(pd.DataFrame(hand_made_runs()), Config(max_steps=100))
-    efficiency = data_efficiency_entry(pd.DataFrame(data_efficiency_runs()), Config(max_steps=100))
-    for figure in (ablation_figure(ablation), data_efficiency_figure(efficiency)):
-        figure.savefig(tmp_path / "f.png")
-    metrics = {"ablation": ablation, "data_efficiency": efficiency}
-    report = ablation_report(metrics)
-    assert "| medclip | 5 | 0.648 [0.557, 0.739] |" in report and "(resolved: higher)" in report
-    assert "| loss | 10% (67 pairs) | 30% (200 pairs) | 100% (666 pairs) |" in report
-    page = summary_markdown(metrics)
+    ablation_figure(ablation).savefig(tmp_path / "a.png")
+    report = ablation_report({"ablation": ablation, "data_efficiency": entry})
+    assert "| medclip | 5 | 0.648 [0.557, 0.739] |" in report and "(resolved: higher, Holm p" in report
+    assert "## Data efficiency: end points" in report and "### Learning curves" in report
+    assert "### MedCLIP's claim" in report and "### Steps to reach" in report
+    page = summary_markdown({"ablation": ablation, "data_efficiency": entry})
     assert "## Ablation (5 seeds, 100 steps each" in page and "## Data efficiency" in page
     assert "## Models" not in page  # the two entries are not models
 
 
 def test_entries_read_back_from_metrics_json_keep_their_order_and_reading():
     ablation = ablation_entry(pd.DataFrame(hand_made_runs()), Config(max_steps=100))
-    efficiency = data_efficiency_entry(pd.DataFrame(data_efficiency_runs()), Config(max_steps=100))
+    efficiency = entry_of()
     stored = json.loads(json.dumps({"ablation": ablation, "data_efficiency": efficiency}, sort_keys=True))
     assert ablation_reading(stored["ablation"]) == ablation["reading"]
     assert data_efficiency_reading(stored["data_efficiency"]) == efficiency["reading"]
@@ -182,18 +272,35 @@ def test_entries_read_back_from_metrics_json_keep_their_order_and_reading():
 
 
 # ---- the plan and the budget -------------------------------------------------------------------------------
-def test_plan_trains_each_run_once_and_reuses_the_full_fraction():
-    plan = planned_runs(SEEDS, VARIANTS, fractions=[0.1, 0.3, 1.0], fraction_seeds=3)
-    assert len(plan) == len(set(plan)) == 5 * 5 + 3 * 2 * 3
-    assert sum(f == 1.0 for _, _, f in plan) == 25
-    assert {(v, s) for v, s, f in plan if f == 0.1} == {(v, s) for v in ("clip", "medclip", "medclip_cosine")
-                                                         for s in (0, 1, 2)}
+def test_plan_trains_each_run_once_and_the_decoupled_arms_below_all_the_pairs():
+    variants = {v: VARIANTS[v] for v in ("clip", "medclip", "medclip_cosine")}
+    plan = planned_runs(SEEDS, variants, fractions=[0.1, 0.3, 1.0], arms=DATA_EFFICIENCY_ARMS)
+    assert len(plan) == len(set(plan)) == 3 * 5 + 5 * 2 * 5  # 13 cells x 5 seeds
+    assert {(v, f) for v, _, f in plan} == {*((v, 1.0) for v in variants),
+                                            *((a, f) for a in DATA_EFFICIENCY_ARMS for f in (0.1, 0.3))}
+    assert all(len([p for p in plan if p[0] == v and p[2] == f]) == 5 for v, _, f in plan)
+    with_variants = planned_runs(SEEDS, VARIANTS, fractions=[0.1, 0.3, 1.0])
+    assert len(with_variants) == 5 * 5 + 5 * 2 * 5 and planned_runs(SEEDS, VARIANTS) == \
+        [(v, s, 1.0) for v in VARIANTS for s in SEEDS]
 
 
-def test_every_run_has_the_same_step_budget(tmp_path):
-    cfg = Config(max_steps=120, num_epochs=3, early_stopping_patience=5)
+def test_every_run_has_the_same_step_budget_and_its_curve_points(tmp_path):
+    cfg = Config(max_steps=120, num_epochs=3, early_stopping_patience=5, ablation_curve_points=[0.25, 0.5])
+    assert curve_steps(cfg) == [30, 60, 120]
     run = run_config(cfg, {"loss": "siglip"}, 4, 0.1, tmp_path / "r")
     assert (run.max_steps, run.num_epochs, run.early_stopping_patience) == (120, 120, 0)
     assert (run.loss, run.seed, run.train_fraction, run.resume_from) == ("siglip", 4, 0.1, None)
+    assert (run.checkpoint_steps, run.epoch_checkpoints, run.epoch_validation) == ([30, 60], False, False)
     with pytest.raises(ConfigError, match="'max_steps'"):
         run_config(Config(), {}, 0, 1.0, tmp_path / "r")
+
+
+def test_the_grid_keys_are_checked_before_any_run():
+    from medclip_nb.config import from_dict
+
+    assert from_dict({"checkpoint_steps": "10,20"}).checkpoint_steps == [10, 20]  # a flag's list
+    for bad in ({"checkpoint_steps": [0]}, {"checkpoint_steps": [5, 5]}, {"ablation_variants": ["siglip"]},
+                {"ablation_variants": ["clip", "bert"]}, {"ablation_curve_points": [0.5, 1.5]},
+                {"ablation_target_accuracy": 1.2}):
+        with pytest.raises(ConfigError, match=f"'{next(iter(bad))}'"):
+            from_dict(bad)

@@ -6,8 +6,10 @@ Notebook-facing helpers, presentation only (the numbers come from train and eval
 - runs.py: train and evaluate from a notebook, entries of reports/metrics.json;
 - figures.py: figures saved under reports_dir/figures and shown in the cell;
 - tables.py: pandas tables of the data, the training and each model's headline numbers;
-- ablation.py: `make ablation`'s runs (variants x seeds, data-efficiency fractions) at one step budget;
-- seed_stats.py: means with t intervals over seeds, differences paired by seed;
+- ablation.py: `make ablation`'s runs (variants x seeds, the data-efficiency grid of arms x fractions) with
+  learning-curve checkpoints;
+- ablation_entries.py: their metrics.json entries; data_efficiency.py: the grid's statistics;
+- seed_stats.py: means with t intervals over seeds, differences paired by seed, Holm per table;
 - ablation_tables.py: the ablation's tables (notebook, summary.md, the end of `make ablation`);
 - readings.py: the written readings, generated from the numbers;
 - open_i.py: which data a run used, Open-i's MeSH table, report language beside the phantom's, the prompt gap.
@@ -16,15 +18,14 @@ The notebooks use `from medclip_nb import study` and `study.<name>`: every name 
 """
 
 from medclip_nb.study.ablation import (
-    DATA_EFFICIENCY_LOSSES,
+    DATA_EFFICIENCY_ARMS,
     VARIANTS,
     ablation,
-    ablation_entry,
-    data_efficiency_entry,
     planned_runs,
     run_config,
     train_and_score,
 )
+from medclip_nb.study.ablation_entries import ablation_entry, data_efficiency_entry
 from medclip_nb.study.ablation_tables import print_ablation, show_ablation, show_data_efficiency
 from medclip_nb.study.figures import (
     embedding_figure,
@@ -62,11 +63,11 @@ from medclip_nb.study.tables import (
 )
 
 __all__ = [
+    "DATA_EFFICIENCY_ARMS",
     "ablation",
     "ablation_entry",
     "copy_metrics_entry",
     "data_efficiency_entry",
-    "DATA_EFFICIENCY_LOSSES",
     "dataset_description",
     "embedding_figure",
     "ensure_dataset",

@@ -210,29 +210,29 @@ def ablation_figure(entry: Mapping[str, Any]):
     return fig
 
 
-def data_efficiency_figure(entry: Mapping[str, Any]):
-    """Zero-shot accuracy against the share of training pairs: one line per loss (mean over seeds)
-    with its 95 % t interval as a band, and the per-seed runs as dots."""
+def learning_curves_figure(entry: Mapping[str, Any], chance: float = 0.2):
+    """One panel per share of the training pairs: each arm's zero-shot accuracy at its checkpoints (mean over
+    seeds, line) with its 95 % t interval (band), the chance line of the five classes, the same y axis."""
     import matplotlib.pyplot as plt
 
-    fractions, metric = [float(f) for f in entry["fractions"]], entry["metric"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for i, loss in enumerate(entry["losses"]):
-        rows = [entry["table"][loss][fraction_key(f)] for f in fractions]
-        mean = np.array([r["mean"] if r["mean"] is not None else np.nan for r in rows], dtype=float)
-        ci = np.array([r.get("ci") or [m, m] for r, m in zip(rows, mean)], dtype=float)
-        x = np.array(fractions) * (1 + 0.03 * (i - 1))  # a small offset keeps the dots apart
-        ax.plot(x, mean, "o-", color=f"C{i}", label=loss)
-        ax.fill_between(x, ci[:, 0], ci[:, 1], color=f"C{i}", alpha=0.18)
-        for f, xf in zip(fractions, x):
-            values = list(by_seed(entry["runs"], metric, variant=loss, train_fraction=f).values())
-            ax.scatter([xf] * len(values), values, s=10, color=f"C{i}", alpha=0.5)
-    ax.set_xscale("log")
-    ax.set_xticks(fractions, [f"{f:.0%}" for f in fractions])
-    ax.minorticks_off()
-    ax.set(xlabel="share of the training pairs (same step budget)",
-           ylabel=f"{METRIC_NAMES.get(metric, metric)} (5x200)",
-           title=f"Data efficiency ({len(entry['seeds'])} seeds, mean and 95 % t CI)")
-    ax.legend(fontsize=8)
+    fractions = [float(f) for f in entry["fractions"]]
+    fig, axes = plt.subplots(1, len(fractions), figsize=(4.3 * len(fractions), 3.9), sharey=True, squeeze=False)
+    for ax, f in zip(axes[0], fractions):
+        for i, arm in enumerate(entry["arms"]):
+            cell = entry["curves"][arm][fraction_key(f)]
+            if not cell["steps"] or (f == 1.0 and arm in (entry.get("same_at_full") or {})):
+                continue  # a decoupled arm on all the pairs is its plain arm's run
+            mean = np.array([p["mean"] if p["mean"] is not None else np.nan for p in cell["points"]], dtype=float)
+            ci = np.array([p.get("ci") or [m, m] for p, m in zip(cell["points"], mean)], dtype=float)
+            style = "--" if arm in (entry.get("decoupled") or []) else "-"
+            ax.plot(cell["steps"], mean, "o" + style, color=f"C{i}", ms=3, label=arm)
+            ax.fill_between(cell["steps"], ci[:, 0], ci[:, 1], color=f"C{i}", alpha=0.15)
+        ax.axhline(chance, color="0.4", lw=0.8, ls=":", label=f"chance ({chance:.1f})")
+        n_train = entry["table"][entry["arms"][0]][fraction_key(f)].get("n_train")
+        ax.set(xlabel="optimizer step", title=f"{f:.0%} of the pairs" + (f" ({n_train})" if n_train else ""))
+    axes[0, 0].set_ylabel(f"{METRIC_NAMES.get(entry['metric'], entry['metric'])} (5x200)")
+    axes[0, -1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"Learning curves ({len(entry['seeds'])} seeds, mean and 95 % t CI; dashed: decoupled data)",
+                 fontsize=10)
     fig.tight_layout()
     return fig

@@ -1,7 +1,16 @@
-"""The findings on a frontal phantom radiograph: one drawer per finding, each adding its
-opacity to the attenuation map of the drawn chest. Uncertain (-1) findings have a low
-`strength` and so show faintly. Every drawer keeps its own order of random draws: the
-drawers run in the order of the study's findings, so the bytes of an image depend on it."""
+"""The findings on a frontal phantom radiograph: one drawer per finding, each returning its own
+change of the attenuation map (a delta map) of the drawn chest.
+
+    delta = FINDING_DRAWERS[f.label](f, scene)     # scene.base: the chest before any finding
+
+Every drawer reads the chest before the findings (`FrontalScene.base`), never another finding's
+delta, so each finding's contribution is separable: the image is the base plus the sum of the
+deltas (render.frontal_layers returns them one by one), and a finding's mask is where its delta
+is non-zero (e.g. `delta > 0.02 * delta.max()`). `strength` scales a finding's contrast: subtle
+and uncertain (-1) findings show faintly, down to the noise of the image. Every drawer keeps its
+own order of random draws: the drawers run in the order of the study's findings, so the bytes of
+an image depend on it.
+"""
 
 from __future__ import annotations
 
@@ -38,11 +47,13 @@ class FrontalScene:
     behind: np.ndarray  # opacities behind the heart show less
     heart_centre: tuple[float, float]
     rng: np.random.Generator
+    base: np.ndarray  # the attenuation of the chest before any finding
 
 
-def _draw_pleural_effusion(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.ndarray:
+def _draw_pleural_effusion(f: Finding, sc: FrontalScene) -> np.ndarray:
     """Homogeneous basal fluid with a meniscus (or a subpulmonic dome), one or both sides."""
     c, k = sc.c, f.strength
+    delta = np.zeros_like(sc.base)
     for s in f.sides:
         hemi = sc.sides[s]
         span = hemi.base - hemi.apex
@@ -55,13 +66,14 @@ def _draw_pleural_effusion(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.
         fluid = (soft_step(c.y - top, 0.03) * soft_step(hemi.lateral + 0.012 - hemi.u, 0.015)
                  * soft_step(hemi.u - hemi.medial + 0.015, 0.015) * soft_step(hemi.base + 0.03 - c.y, 0.03))
         density = 0.52 + 0.1 * depth  # no denser than the abdomen: the dome vanishes into it
-        att += fluid * k * (density - att).clip(0.0, None)
-    return att
+        delta += fluid * k * (density - sc.base).clip(0.0, None)
+    return delta
 
 
-def _draw_edema(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.ndarray:
+def _draw_edema(f: Finding, sc: FrontalScene) -> np.ndarray:
     """Bilateral perihilar "bat-wing" haze, reticular markings and Kerley B lines."""
     c, a, k, m = sc.c, sc.a, f.strength, sc.c.mid
+    delta = np.zeros_like(sc.base)
     for s in f.sides:
         hemi = sc.sides[s]
         wx = m + hemi.sign * (a.mediastinum + 0.05)
@@ -70,20 +82,21 @@ def _draw_edema(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.ndarray:
         kerley = (0.5 + 0.5 * np.cos(c.y * (2 * math.pi / 0.018) + 2.0 * sc.medium)) ** 10 * kerley_zone
         reticular = sc.ridges * (0.07 if f.words.get("interstitial") else 0.035)
         haze = 0.42 * wing * (1.0 + 0.25 * sc.medium) + 0.05 + reticular + 0.14 * kerley
-        att += hemi.lung * sc.behind * k * haze
-    return att
+        delta += hemi.lung * sc.behind * k * haze
+    return delta
 
 
-def _draw_consolidation(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.ndarray:
-    """A dense mottled lobar patch with air bronchograms."""
+def _draw_consolidation(f: Finding, sc: FrontalScene) -> np.ndarray:
+    """A dense mottled lobar patch with air bronchograms, its radius `extent`."""
     c, a, k, rng = sc.c, sc.a, f.strength, sc.rng
+    delta = np.zeros_like(sc.base)
     m, lx = c.mid, a.half_width
     for s in f.sides:
         hemi = sc.sides[s]
         t0 = zone_height(f.zone) + float(rng.uniform(-0.04, 0.04))
         u0 = 0.45 if f.zone == "retrocardiac" else float(rng.uniform(0.5, 0.66))
         cx, cy = lung_point(c, hemi, lx, t0, u0)
-        radius = 0.11 * (0.85 if f.subtype == "partial consolidation" else 1.0)
+        radius = (f.extent or 0.11) * (0.85 if f.subtype == "partial consolidation" else 1.0)
         patch = blob_patch(c, rng, cx, cy, radius, 7) * hemi.lung
         if s == "right" and f.zone == "upper":  # the minor fissure gives a sharp lower edge
             patch *= soft_step(hemi.apex + 0.45 * (hemi.base - hemi.apex) - c.y, 0.006)
@@ -94,13 +107,15 @@ def _draw_consolidation(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.nda
             ex, ey = cx + hemi.sign * 0.08 * math.cos(ang), cy + 0.08 * math.sin(ang)
             d = segment_distance(c, m + hemi.sign * (a.mediastinum + 0.03), a.hilum, ex, ey)
             bronchi = np.maximum(bronchi, soft_step(0.004 - d, 0.003))
-        att += k * patch * sc.behind * (0.5 * (0.8 + 0.35 * grain) - 0.2 * bronchi)
-    return att
+        delta += k * patch * sc.behind * (0.5 * (0.8 + 0.35 * grain) - 0.2 * bronchi)
+    return delta
 
 
-def _draw_atelectasis(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.ndarray:
-    """Thin plate-like bands (the hemidiaphragm was raised when the chest was drawn)."""
+def _draw_atelectasis(f: Finding, sc: FrontalScene) -> np.ndarray:
+    """Thin plate-like bands, `extent` of the hemithorax's width long (the hemidiaphragm of a
+    severe one was raised when the chest was drawn)."""
     c, k, rng, lx = sc.c, f.strength, sc.rng, sc.a.half_width
+    delta = np.zeros_like(sc.base)
     for s in f.sides:
         hemi = sc.sides[s]
         n_bands = 1 if f.zone == "retrocardiac" else 2 + int(rng.random() < 0.4)
@@ -110,7 +125,7 @@ def _draw_atelectasis(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.ndarr
         if f.zone in ("base", "retrocardiac", "lower"):
             cy = min(cy, hemi.base - 0.1)
         ang = math.radians(float(rng.uniform(-14, 14))) * hemi.sign
-        length = lx * float(rng.uniform(0.55, 0.7)) * (0.85 if "trace" in f.subtype else 1.0)
+        length = lx * (f.extent or float(rng.uniform(0.55, 0.7))) * (0.85 if "trace" in f.subtype else 1.0)
         thick = 0.022 + 0.012 * k
         bend = float(rng.uniform(-1.5, 1.5))
         for b in range(n_bands):
@@ -120,11 +135,11 @@ def _draw_atelectasis(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.ndarr
             taper = np.sqrt(np.clip(1.0 - (2.0 * along / length) ** 2, 0.0, 1.0))
             band = soft_step(0.5 * thick * taper - np.abs(perp), 0.005)
             halo = np.exp(-(perp / 0.02) ** 2) * taper  # the collapsed lung around the plate
-            att += k * (0.45 * band + 0.07 * halo) * hemi.lung * sc.behind * (0.85 + 0.3 * sc.medium)
-    return att
+            delta += k * (0.45 * band + 0.07 * halo) * hemi.lung * sc.behind * (0.85 + 0.3 * sc.medium)
+    return delta
 
 
-def _draw_lung_lesion(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.ndarray:
+def _draw_lung_lesion(f: Finding, sc: FrontalScene) -> np.ndarray:
     """A lobulated round nodule or mass, its diameter in cm of a thorax about 28 cm wide."""
     c, k, rng, lx = sc.c, f.strength, sc.rng, sc.a.half_width
     hemi = sc.sides[f.sides[0]]
@@ -133,19 +148,17 @@ def _draw_lung_lesion(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.ndarr
     radius = 0.5 * f.extent * (2.0 * lx / 28.0)  # the thorax is about 28 cm wide
     d = np.hypot(c.x - cx, c.y - cy)
     lobulation = 1.0 + 0.1 * np.cos(5.0 * np.arctan2(c.y - cy, c.x - cx) + float(rng.uniform(0, 6.3)))
-    att += 0.42 * k * soft_step(radius * lobulation - d, 0.006)
-    return att
+    return 0.42 * k * soft_step(radius * lobulation - d, 0.006)
 
 
-def _draw_support_devices(att: np.ndarray, f: Finding, sc: FrontalScene) -> np.ndarray:
+def _draw_support_devices(f: Finding, sc: FrontalScene) -> np.ndarray:
     """Radiopaque tubes, lines and leads."""
-    att += 0.65 * _device_layer(sc.c, sc.a, f.devices, f.words, sc.heart_centre, sc.rng)
-    return att
+    return 0.65 * _device_layer(sc.c, sc.a, f.devices, f.words, sc.heart_centre, sc.rng)
 
 
 # Findings without a drawer here (Cardiomegaly, Enlarged Cardiomediastinum, Pneumothorax)
 # change the anatomy itself: the heart, the mediastinum, the lung's rim.
-FINDING_DRAWERS: dict[str, Callable[[np.ndarray, Finding, FrontalScene], np.ndarray]] = {
+FINDING_DRAWERS: dict[str, Callable[[Finding, FrontalScene], np.ndarray]] = {
     "Pleural Effusion": _draw_pleural_effusion,
     "Edema": _draw_edema,
     "Consolidation": _draw_consolidation,

@@ -1,7 +1,16 @@
-"""What a phantom study shows: its findings, drawn at random in the words its report uses.
+"""What a phantom study shows: its findings, each with a grade that sets both how big and dense it
+is drawn and the words its report uses.
 
-Severity, side and location words are the MedCLIP prompt vocabulary of
-`labels.PROMPT_VOCABULARY`. Uncertain (-1) findings are hedged in the report and drawn faintly.
+A finding's `severity`, `subtype` and `location` are MedCLIP prompt-vocabulary words
+(`labels.PROMPT_VOCABULARY`) where the label has a vocabulary; the report (reports.py) says them
+in its own, open phrasing. Every finding has a grade (`words["grade"]`: subtle, mild, moderate,
+severe) drawn first: the grade sets the drawn contrast (`strength`) and size (`extent`) over a
+continuous range, down to findings near the noise of the image (subtle), and the size word of the
+report. A change since a prior study (`words["change"]`: new, stable, increased, ...) is drawn
+apart from the grade. Uncertain (-1) findings are hedged in the report and drawn subtle.
+
+`finding_from_words(label, severity, sides, zone)` builds a finding from report words (a mapped
+Open-i report, for instance) with the same grade tables, for `render.render_chest`.
 """
 
 from __future__ import annotations
@@ -18,6 +27,16 @@ from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, PROMPT_VOCABUL
 NO_FINDING_SHARE = 0.15
 SINGLE_COMPETITION_SHARE = 0.58
 
+GRADES = ("subtle", "mild", "moderate", "severe")
+GRADE_WEIGHTS = (0.22, 0.33, 0.30, 0.15)
+# Changes since a prior study; "" = none stated.
+CHANGES = ("", "new", "stable", "unchanged", "increased", "decreased", "improved", "persistent")
+CHANGE_WEIGHTS = (0.55, 0.08, 0.1, 0.07, 0.06, 0.06, 0.04, 0.04)
+# Report size words -> grade (finding_from_words; also what the sampler's grades are called).
+GRADE_OF_WORD = {"subtle": "subtle", "minimal": "subtle", "trace": "subtle", "tiny": "subtle", "borderline": "subtle",
+                 "mild": "mild", "small": "mild", "": "moderate", "moderate": "moderate",
+                 "severe": "severe", "large": "severe", "marked": "severe", "extensive": "severe"}
+
 
 @dataclass
 class Finding:
@@ -25,10 +44,12 @@ class Finding:
 
     `severity`, `subtype` and `location` are prompt-vocabulary words where the label has a
     vocabulary; `sides` are the patient sides drawn ("right" is the image's left); `zone`
-    is where on those sides ("upper", "mid", "lower", "base", "retrocardiac", "apical");
-    `strength` scales contrast (uncertain findings are faint); `extent` is the size
-    parameter of the finding (effusion height as a fraction of the lung height,
-    cardiothoracic ratio, nodule diameter in cm, pneumothorax rim width).
+    is where on those sides ("upper", "mid", "lower", "base", "retrocardiac", "apical",
+    "perihilar", "subpulmonic", "lateral"); `strength` scales contrast (about 0.15 near the noise of
+    the image to 1.05); `extent` is the size parameter of the finding (effusion height as a
+    fraction of the lung height, cardiothoracic ratio, consolidation radius, atelectasis band
+    length, nodule diameter in cm, pneumothorax rim width); `words` holds the grade, the change
+    and other report words.
     """
 
     label: str
@@ -41,7 +62,7 @@ class Finding:
     strength: float = 1.0
     extent: float = 0.0
     devices: tuple[str, ...] = ()
-    words: dict = field(default_factory=dict)  # extra report words (size names, cm, ...)
+    words: dict = field(default_factory=dict)  # grade, change, size names, cm, ...
 
 
 _VOCAB = PROMPT_VOCABULARY
@@ -70,22 +91,34 @@ _CONSOLIDATION_ZONES = {
 assert set(_ATELECTASIS_ZONES) == set(_VOCAB["Atelectasis"]["location"])
 assert set(_CONSOLIDATION_ZONES) == set(_VOCAB["Consolidation"]["location"])
 
-# Cardiomegaly phrases grouped by the cardiothoracic ratio they describe.
+# Cardiomegaly phrases grouped by the grade they describe.
 _CARDIO_PHRASES = _VOCAB["Cardiomegaly"]["subtype"]
 _CARDIO_GRADE = {
-    p: ("borderline" if ("upper limits" in p or "borderline" in p) else
+    p: ("subtle" if ("upper limits" in p or "borderline" in p) else
         "severe" if "severe" in p else
         "mild" if "mild" in p else "moderate")
     for p in _CARDIO_PHRASES
 }
-_CTR_RANGE = {"borderline": (0.56, 0.59), "mild": (0.6, 0.64), "moderate": (0.64, 0.68), "severe": (0.7, 0.75)}
-# Effusion size words -> fraction of the lung height the fluid rises (laterally).
-_EFFUSION_HEIGHT = {"tiny": 0.13, "small": 0.2, "": 0.3, "stable": 0.3, "decreased": 0.27,
-                    "increased": 0.33, "large": 0.45}
-_EFFUSION_WEIGHTS = {"tiny": 0.06, "small": 0.26, "": 0.18, "stable": 0.12, "decreased": 0.1,
-                     "increased": 0.1, "large": 0.18}
-_EDEMA_STRENGTH = {"moderate": 1.0, "": 0.9, "persistent": 0.9, "mild": 0.78,
-                   "improvement in": 0.72, "decreased": 0.72}
+# Per label and grade: (strength range, extent range). Ranges overlap a little at the seams.
+_SHAPES: dict[str, dict[str, tuple[tuple[float, float], tuple[float, float]]]] = {
+    "Atelectasis": {"subtle": ((0.18, 0.38), (0.3, 0.45)), "mild": ((0.38, 0.6), (0.4, 0.6)),
+                    "moderate": ((0.6, 0.84), (0.5, 0.7)), "severe": ((0.85, 1.05), (0.55, 0.75))},
+    "Cardiomegaly": {"subtle": ((1.0, 1.0), (0.50, 0.55)), "mild": ((1.0, 1.0), (0.55, 0.61)),
+                     "moderate": ((1.0, 1.0), (0.61, 0.67)), "severe": ((1.0, 1.0), (0.67, 0.75))},
+    "Consolidation": {"subtle": ((0.18, 0.38), (0.045, 0.07)), "mild": ((0.38, 0.6), (0.06, 0.09)),
+                      "moderate": ((0.6, 0.84), (0.08, 0.115)), "severe": ((0.84, 1.05), (0.1, 0.14))},
+    "Edema": {"subtle": ((0.18, 0.38), (0.0, 0.0)), "mild": ((0.38, 0.6), (0.0, 0.0)),
+              "moderate": ((0.6, 0.84), (0.0, 0.0)), "severe": ((0.84, 1.05), (0.0, 0.0))},
+    "Pleural Effusion": {"subtle": ((0.45, 0.75), (0.06, 0.12)), "mild": ((0.7, 0.95), (0.12, 0.2)),
+                         "moderate": ((0.85, 1.0), (0.2, 0.3)), "severe": ((0.95, 1.05), (0.32, 0.48))},
+    "Pneumothorax": {"subtle": ((1.0, 1.0), (0.015, 0.03)), "mild": ((1.0, 1.0), (0.03, 0.05)),
+                     "moderate": ((1.0, 1.0), (0.05, 0.08)), "severe": ((1.0, 1.0), (0.09, 0.13))},
+    "Lung Lesion": {"subtle": ((0.25, 0.5), (0.6, 1.2)), "mild": ((0.45, 0.8), (1.0, 2.0)),
+                    "moderate": ((0.7, 1.0), (1.8, 3.0)), "severe": ((0.85, 1.05), (3.2, 6.0))},
+}
+_SIZE_WORD = {"subtle": "minimal", "mild": "mild", "moderate": "moderate", "severe": "severe"}
+_EFFUSION_SIZE = {"subtle": "tiny", "mild": "small", "moderate": "moderate", "severe": "large"}
+_PNEUMOTHORAX_SIZE = {"subtle": "tiny", "mild": "small", "moderate": "moderate", "severe": "large"}
 
 
 def pick(rng: np.random.Generator, options: Sequence, weights: Sequence[float] | None = None):
@@ -96,6 +129,19 @@ def pick(rng: np.random.Generator, options: Sequence, weights: Sequence[float] |
     return options[int(rng.choice(len(options), p=p / p.sum()))]
 
 
+def shape(label: str, grade: str, rng: np.random.Generator | None = None) -> tuple[float, float]:
+    """(strength, extent) of a finding of this label and grade: uniform over the grade's ranges,
+    or their midpoints without `rng`."""
+    (s0, s1), (e0, e1) = _SHAPES[label][grade]
+    if rng is None:
+        return 0.5 * (s0 + s1), 0.5 * (e0 + e1)
+    return float(rng.uniform(s0, s1)), float(rng.uniform(e0, e1))
+
+
+def _grade(rng, certain: bool) -> str:
+    return pick(rng, GRADES, GRADE_WEIGHTS) if certain else "subtle"
+
+
 def _side_of(rng, spec: str | None) -> tuple[str, ...]:
     if spec == "both":
         return ("right", "left")
@@ -104,103 +150,94 @@ def _side_of(rng, spec: str | None) -> tuple[str, ...]:
     return (spec,)
 
 
-def _vocabulary_words(rng, finding: str, locations_by_subtype: dict[str, list[str]]) -> tuple[str, str, str]:
-    """(severity, subtype, location) from the prompt vocabulary; a subtype that only makes
-    sense in some places (retrocardiac, bibasilar, bilateral) draws its location from those."""
+def _vocabulary_words(rng, finding: str, locations_by_subtype: dict[str, list[str]]) -> tuple[str, str]:
+    """(subtype, location) from the prompt vocabulary; a subtype that only makes sense in some
+    places (retrocardiac, bibasilar, bilateral) draws its location from those."""
     v = _VOCAB[finding]
-    severity = pick(rng, v["severity"])
     subtype = pick(rng, v["subtype"])
     location = pick(rng, locations_by_subtype.get(subtype, v["location"]))
-    return severity, subtype, location
+    return subtype, location
+
+
+def _words(grade: str, change: str, **more) -> dict:
+    return {"grade": grade, "change": change, **more}
 
 
 def _atelectasis(rng, certain: bool) -> Finding:
-    severity, subtype, location = _vocabulary_words(rng, "Atelectasis", {
+    grade, change = _grade(rng, certain), pick(rng, CHANGES, CHANGE_WEIGHTS)
+    subtype, location = _vocabulary_words(rng, "Atelectasis", {
         "bibasilar atelectasis": ["at the lung bases", "at the bilateral lung bases"],
         "retrocardiac atelectasis": ["at the left lower lobe", "at the left lung base"],
     })
     side, zone = _ATELECTASIS_ZONES[location]
     if subtype == "retrocardiac atelectasis":
         zone = "retrocardiac"
-    strength = {"": 1.0, "mild": 0.88, "minimal": 0.75}[severity] * (0.85 if "trace" in subtype else 1.0)
-    if not certain:
-        strength = 0.45
-    return Finding("Atelectasis", 1.0 if certain else -1.0, severity, subtype, location,
-                   _side_of(rng, side), zone, strength)
+    strength, extent = shape("Atelectasis", grade, rng)
+    severity = {"subtle": "minimal", "mild": "mild"}.get(grade, "")
+    return Finding("Atelectasis", 1.0 if certain else -1.0, severity, subtype, location, _side_of(rng, side), zone,
+                   strength, extent, words=_words(grade, change))
 
 
 def _cardiomegaly(rng, certain: bool) -> Finding:
-    if not certain:
-        return Finding("Cardiomegaly", -1.0, strength=0.5, extent=float(rng.uniform(0.52, 0.55)),
-                       words={"grade": "uncertain"})
-    # Borderline phrases are hard to see at low resolution: draw them less often.
-    weights = [0.4 if _CARDIO_GRADE[p] == "borderline" else 1.0 for p in _CARDIO_PHRASES]
-    phrase = pick(rng, _CARDIO_PHRASES, weights)
-    grade = _CARDIO_GRADE[phrase]
-    lo, hi = _CTR_RANGE[grade]
-    return Finding("Cardiomegaly", 1.0, subtype=phrase, extent=float(rng.uniform(lo, hi)),
-                   words={"grade": grade})
+    grade, change = _grade(rng, certain), pick(rng, CHANGES, CHANGE_WEIGHTS)
+    phrase = pick(rng, [p for p in _CARDIO_PHRASES if _CARDIO_GRADE[p] == grade] or _CARDIO_PHRASES)
+    strength, extent = shape("Cardiomegaly", grade, rng)
+    return Finding("Cardiomegaly", 1.0 if certain else -1.0, subtype=phrase, strength=strength, extent=extent,
+                   words=_words(grade, change))
 
 
 def _consolidation(rng, certain: bool) -> Finding:
-    severity, subtype, location = _vocabulary_words(rng, "Consolidation", {
+    grade, change = _grade(rng, certain), pick(rng, CHANGES, CHANGE_WEIGHTS)
+    subtype, location = _vocabulary_words(rng, "Consolidation", {
         "bilateral consolidation": ["at the lower lung zone", "at the upper lung zone"],
         "retrocardiac consolidation": ["at the left lower lobe", "at the left lung base"],
     })
     side, zone = _CONSOLIDATION_ZONES[location]
     if subtype == "bilateral consolidation":
         side = "both"
-    # "patchy airspace consolidation" reads like a report; keep the vocabulary words intact.
-    descriptor = "patchy " if subtype == "airspace consolidation" and rng.random() < 0.4 else ""
-    strength = (0.8 if severity == "improved" else 1.0) * (0.9 if subtype == "partial consolidation" else 1.0)
-    if not certain:
-        strength = 0.45
-    return Finding("Consolidation", 1.0 if certain else -1.0, severity, subtype, location,
-                   _side_of(rng, side), zone, strength,
-                   words={"descriptor": descriptor, "pneumonia": bool(rng.random() < 0.35)})
+    strength, extent = shape("Consolidation", grade, rng)
+    severity = {"increased": "increased", "improved": "improved", "new": "appearance of"}.get(change, "")
+    return Finding("Consolidation", 1.0 if certain else -1.0, severity, subtype, location, _side_of(rng, side), zone,
+                   strength, extent, words=_words(grade, change, pneumonia=bool(rng.random() < 0.35)))
 
 
 def _edema(rng, certain: bool) -> Finding:
-    v = _VOCAB["Edema"]
-    subtype = pick(rng, v["subtype"])
-    severity = pick(rng, ["", "persistent"]) if subtype.startswith("trace") else pick(rng, v["severity"])
-    strength = _EDEMA_STRENGTH[severity] * (0.8 if subtype.startswith("trace") else 1.0)
-    if not certain:
-        severity, strength = "mild", 0.42
-    return Finding("Edema", 1.0 if certain else -1.0, severity, subtype, "", ("right", "left"),
-                   "perihilar", strength, words={"interstitial": "interstitial" in subtype})
+    grade, change = _grade(rng, certain), pick(rng, CHANGES, CHANGE_WEIGHTS)
+    subtype = pick(rng, _VOCAB["Edema"]["subtype"])
+    strength, _ = shape("Edema", grade, rng)
+    severity = {"persistent": "persistent", "improved": "improvement in", "decreased": "decreased"}.get(
+        change, {"subtle": "mild", "mild": "mild", "moderate": "moderate"}.get(grade, ""))
+    return Finding("Edema", 1.0 if certain else -1.0, severity, subtype, "", ("right", "left"), "perihilar", strength,
+                   words=_words(grade, change, interstitial="interstitial" in subtype))
 
 
 def _pleural_effusion(rng, certain: bool) -> Finding:
+    grade, change = _grade(rng, certain), pick(rng, CHANGES, CHANGE_WEIGHTS)
     side = pick(rng, ["right", "left", "bilateral"], [0.35, 0.35, 0.3])
     subpulmonic = side != "bilateral" and rng.random() < 0.12
-    if certain:
-        severity = pick(rng, list(_EFFUSION_WEIGHTS), list(_EFFUSION_WEIGHTS.values()))
-        strength = 1.0
-    else:
-        severity, strength = "small", 0.55
+    strength, extent = shape("Pleural Effusion", grade, rng)
     sides = ("right", "left") if side == "bilateral" else (side,)
-    height = _EFFUSION_HEIGHT[severity] * float(rng.uniform(0.92, 1.08))
     subtype = "subpulmonic pleural effusion" if subpulmonic else (
         "bilateral pleural effusion" if side == "bilateral" else "pleural effusion")
-    return Finding("Pleural Effusion", 1.0 if certain else -1.0, severity, subtype, side, sides,
-                   "subpulmonic" if subpulmonic else "base", strength, extent=height)
+    return Finding("Pleural Effusion", 1.0 if certain else -1.0, _EFFUSION_SIZE[grade], subtype, side, sides,
+                   "subpulmonic" if subpulmonic else "base", strength, extent, words=_words(grade, change))
 
 
 def _pneumothorax(rng) -> Finding:
-    size = pick(rng, ["small", "moderate", "large"], [0.5, 0.3, 0.2])
-    rim = {"small": 0.035, "moderate": 0.07, "large": 0.12}[size]
-    side = pick(rng, ["right", "left"])
-    return Finding("Pneumothorax", 1.0, severity=size, sides=(side,),
-                   zone="apical" if size == "small" else "lateral", extent=rim)
+    grade = pick(rng, GRADES, (0.2, 0.4, 0.25, 0.15))
+    strength, rim = shape("Pneumothorax", grade, rng)
+    zone = "apical" if grade in ("subtle", "mild") else "lateral"
+    return Finding("Pneumothorax", 1.0, severity=_PNEUMOTHORAX_SIZE[grade], sides=(pick(rng, ["right", "left"]),),
+                   zone=zone, strength=strength, extent=rim, words=_words(grade, pick(rng, CHANGES, CHANGE_WEIGHTS)))
 
 
 def _lung_lesion(rng) -> Finding:
-    kind = pick(rng, ["nodule", "mass"], [0.6, 0.4])
-    cm = round(float(rng.uniform(1.0, 2.6) if kind == "nodule" else rng.uniform(3.5, 6.0)), 1)
-    side = pick(rng, ["right", "left"])
-    zone = pick(rng, ["upper", "mid", "lower"])
-    return Finding("Lung Lesion", 1.0, subtype=kind, sides=(side,), zone=zone, extent=cm)
+    grade = pick(rng, GRADES, GRADE_WEIGHTS)
+    strength, cm = shape("Lung Lesion", grade, rng)
+    kind = "mass" if cm >= 3.0 else "nodule"
+    return Finding("Lung Lesion", 1.0, subtype=kind, sides=(pick(rng, ["right", "left"]),),
+                   zone=pick(rng, ["upper", "mid", "lower"]), strength=strength, extent=round(cm, 1),
+                   words=_words(grade, pick(rng, CHANGES, CHANGE_WEIGHTS)))
 
 
 def _support_devices(rng) -> Finding:
@@ -213,7 +250,8 @@ def _support_devices(rng) -> Finding:
         chosen.add("ecg")
     order = [k for k in kinds + ["ecg"] if k in chosen]
     return Finding("Support Devices", 1.0, devices=tuple(order),
-                   words={"picc_side": pick(rng, ["right", "left"]), "ett_cm": int(rng.integers(3, 7))})
+                   words={"picc_side": pick(rng, ["right", "left"]), "ett_cm": int(rng.integers(3, 7)),
+                          "grade": "moderate", "change": pick(rng, ["", "", "", "stable", "unchanged", "new"])})
 
 
 _COMPETITION_MAKERS = {
@@ -260,6 +298,31 @@ def sample_findings(rng: np.random.Generator) -> list[Finding]:
         if rng.random() < 0.3:
             findings.append(_OTHER_MAKERS[pick(rng, others)](rng))
     return findings
+
+
+def finding_from_words(label: str, severity: str = "", sides: Sequence[str] = (), zone: str = "",
+                       value: float = 1.0, rng: np.random.Generator | None = None) -> Finding:
+    """A finding built from report words, for `render.render_chest`: `severity` a size word
+    (mild, moderate, severe, small, large, borderline, minimal, trace, tiny, or ""), `sides` the
+    patient's sides ("right", "left"), `zone` one of Finding's zones (defaults per label).
+    Strength and extent come from the grade tables the sampler uses (midpoints without `rng`);
+    an uncertain finding (`value` -1) is drawn subtle. Cardiomegaly and Enlarged Cardiomediastinum
+    ignore sides and zone; Support Devices draws an ECG lead set."""
+    grade = GRADE_OF_WORD.get(severity.strip().lower(), "moderate") if value > 0 else "subtle"
+    sides = tuple(sides) or (("right", "left") if label in ("Edema",) else ("right",))
+    default_zone = {"Edema": "perihilar", "Pleural Effusion": "base", "Pneumothorax": "apical",
+                    "Atelectasis": "base", "Consolidation": "lower", "Lung Lesion": "mid"}
+    zone = zone or default_zone.get(label, "")
+    words = {"grade": grade, "change": ""}
+    if label == "Support Devices":
+        return Finding(label, value, devices=("ecg",), words={**words, "picc_side": "right", "ett_cm": 4})
+    if label not in _SHAPES:
+        return Finding(label, value, severity=severity, sides=sides, zone=zone, words=words)
+    strength, extent = shape(label, grade, rng)
+    if label == "Lung Lesion":
+        words["kind"] = "mass" if extent >= 3.0 else "nodule"
+    return Finding(label, value, severity=severity, sides=sides, zone=zone, strength=strength, extent=extent,
+                   subtype=words.get("kind", ""), location=" ".join(sides), words=words)
 
 
 def study_labels(findings: Sequence[Finding], negated: Sequence[str],

@@ -68,7 +68,7 @@ def _fill_study(s: PlannedStudy, seed: int) -> None:
     """Draw the study's findings and its images (a frontal view, sometimes a lateral)."""
     srng = np.random.default_rng([seed, RNG_STUDY, s.index])
     s.findings = sample_findings(srng)
-    if any(f.label == "Cardiomegaly" and f.value > 0 and f.words["grade"] != "borderline" for f in s.findings) \
+    if any(f.label == "Cardiomegaly" and f.value > 0 and f.words["grade"] != "subtle" for f in s.findings) \
             and srng.random() < 0.3:
         s.findings.append(Finding("Enlarged Cardiomediastinum", 1.0))
     devices = any(f.label == "Support Devices" for f in s.findings)

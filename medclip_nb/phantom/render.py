@@ -1,23 +1,24 @@
 """Phantom radiographs, drawn, not sampled from a model.
 
 A chest with lungs, heart, mediastinum, diaphragm, ribs and clavicles whose proportions vary
-per patient, plus the findings of its report rendered with the severity, side and location
-words the report uses (the MedCLIP prompt vocabulary of `labels.PROMPT_VOCABULARY`). The five
-competition findings are drawn with strong contrast and distinct shapes so that a small model
-can learn them at 128 px:
+per patient, plus the findings of its report rendered on the side and in the zone the report
+names, with the contrast and size of their grade (findings.py: subtle findings sit near the
+noise of the image). The five competition findings have distinct shapes:
 
-    Atelectasis       thin plate-like bands with a raised hemidiaphragm (volume loss)
-    Cardiomegaly      a wide heart (cardiothoracic ratio 0.56-0.75 by severity, normal 0.38-0.46)
-    Consolidation     a dense mottled lobar patch with air bronchograms
+    Atelectasis       thin plate-like bands (a severe one raises its hemidiaphragm: volume loss)
+    Cardiomegaly      a wide heart (cardiothoracic ratio 0.50-0.75 by grade, normal 0.38-0.46, +0.02 on AP)
+    Consolidation     a mottled lobar patch with air bronchograms, radius by grade
     Edema             bilateral perihilar "bat-wing" haze with Kerley B lines
-    Pleural Effusion  homogeneous basal opacity with a meniscus, one or both sides
+    Pleural Effusion  homogeneous basal opacity with a meniscus, one or both sides, height by grade
 
-Uncertain (-1) findings are drawn faintly.
+Uncertain (-1) findings are drawn subtle. `frontal_layers` returns each drawn finding's delta of
+the attenuation map apart (the masks of issue 28's kind); `render_chest` gives the image.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -197,8 +198,31 @@ def _heart(att: np.ndarray, c: Canvas, a: Anatomy, by_label: dict[str, Finding],
     return att, solid, (hcx, hcy)
 
 
-def _render_frontal(h: int, w: int, a: Anatomy, findings: Sequence[Finding], rng) -> np.ndarray:
-    """Attenuation map of a PA/AP chest radiograph (higher = whiter), roughly in [0, 1.2]."""
+@dataclass
+class FrontalLayers:
+    """A frontal radiograph before exposure, finding by finding: the attenuation is
+    `base + sum(deltas)` inside the body. `base` is the chest with the findings that change the
+    anatomy itself (Cardiomegaly widens the heart, Enlarged Cardiomediastinum the mediastinum,
+    Pneumothorax takes the lung markings off its rim, severe atelectasis raises a
+    hemidiaphragm); `deltas` holds (finding, its delta map) for every finding with a drawer
+    (draw_findings.FINDING_DRAWERS), in the order of the findings. A drawn finding's mask is
+    where its delta is non-zero; an anatomy finding's is where `base` differs from the base of
+    the same call without it (same anatomy, same seed)."""
+
+    base: np.ndarray
+    deltas: list[tuple[Finding, np.ndarray]]
+    body: np.ndarray  # soft mask of the patient (outside it is air)
+
+    def attenuation(self) -> np.ndarray:
+        att = self.base.copy()
+        for _, delta in self.deltas:
+            att += delta
+        return att * self.body + 0.02 * (1.0 - self.body)
+
+
+def frontal_layers(h: int, w: int, a: Anatomy, findings: Sequence[Finding], rng) -> FrontalLayers:
+    """The layers of a PA/AP chest radiograph `h` x `w` (attenuation, higher = whiter, roughly in
+    [0, 1.2])."""
     c = Canvas(h, w, a)
     by_label = {f.label: f for f in findings}
     right, left = _hemithoraces(c, a, by_label.get("Atelectasis"))
@@ -214,13 +238,10 @@ def _render_frontal(h: int, w: int, a: Anatomy, findings: Sequence[Finding], rng
     att = _shoulder_girdle(att, c, a, body)
     att = _abdomen(att, c, a, domes, left, thickness, body)
     att, solid, heart_centre = _heart(att, c, a, by_label, 0.5 * (right.base + left.base))
-    # Findings. Opacities behind the heart show less.
-    scene = FrontalScene(c, a, sides, medium, fine, ridges, 1.0 - 0.5 * solid, heart_centre, rng)
-    for f in findings:
-        drawer = FINDING_DRAWERS.get(f.label)
-        if drawer is not None:
-            att = drawer(att, f, scene)
-    return att * body + 0.02 * (1.0 - body)
+    # Findings, each its own delta of the chest drawn so far. Opacities behind the heart show less.
+    scene = FrontalScene(c, a, sides, medium, fine, ridges, 1.0 - 0.5 * solid, heart_centre, rng, att)
+    deltas = [(f, FINDING_DRAWERS[f.label](f, scene)) for f in findings if f.label in FINDING_DRAWERS]
+    return FrontalLayers(att, deltas, body)
 
 
 def _render_lateral(h: int, w: int, a: Anatomy, findings: Sequence[Finding], rng) -> np.ndarray:
@@ -255,10 +276,11 @@ def _render_lateral(h: int, w: int, a: Anatomy, findings: Sequence[Finding], rng
     hcx, hcy = front + 0.06 + hrx * 0.9, base - 0.04 - hry * 0.7
     heart = soft_step(1.0 - ((c.x - hcx) / hrx) ** 2 - ((c.y - hcy) / hry) ** 2, 0.2)
     att += heart * 0.8 * (0.58 - att)
+    before = att.copy()  # each finding adds its own delta of the chest without findings
     for f in findings:
         if f.label == "Pleural Effusion":  # fluid collects in the posterior costophrenic sulcus
             top = base - f.extent * (base - a.apex) * (0.4 + 0.6 * np.clip((c.x - m) / 0.25, 0.0, 1.0))
-            att += f.strength * lung * soft_step(c.y - top, 0.03) * (0.55 - att).clip(0.0, None)
+            att += f.strength * lung * soft_step(c.y - top, 0.03) * (0.55 - before).clip(0.0, None)
         elif f.label in ("Edema", "Consolidation"):
             att += f.strength * lung * 0.14 * np.exp(-(((c.x - m) / 0.12) ** 2 + ((c.y - a.hilum) / 0.15) ** 2))
     return att * body + 0.02 * (1.0 - body)
@@ -276,7 +298,12 @@ def _to_image(att: np.ndarray, size: int, a: Anatomy, rng: np.random.Generator) 
 
 def render_chest(size: int, anatomy: Anatomy, findings: Sequence[Finding] = (), view: str = "PA",
                  rng: np.random.Generator | int = 0) -> Image.Image:
-    """One phantom radiograph as an 8-bit grayscale PIL image, `size` pixels tall.
+    """One phantom radiograph as an 8-bit grayscale PIL image, `size` pixels tall: the public way
+    to draw a study's image from its findings and a chest.
+
+        anatomy = study_anatomy(sample_anatomy(rng), rng, "PA")          # phantom.anatomy
+        image = render_chest(256, anatomy, [finding_from_words("Pleural Effusion", "small", ("left",))],
+                             "PA", rng)                                   # phantom.findings
 
     `view` is a MIMIC ViewPosition ("PA", "AP", "LATERAL", "LL"). Anatomy is drawn at a
     working height of at most 512 pixels, then upsampled with fine full-resolution noise,
@@ -290,5 +317,5 @@ def render_chest(size: int, anatomy: Anatomy, findings: Sequence[Finding] = (), 
     if view in ("LATERAL", "LL"):
         att = _render_lateral(work_h, work_w, anatomy, findings, rng)
     else:
-        att = _render_frontal(work_h, work_w, anatomy, findings, rng)
+        att = frontal_layers(work_h, work_w, anatomy, findings, rng).attenuation()
     return _to_image(att, size, anatomy, rng)

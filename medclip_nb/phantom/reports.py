@@ -1,256 +1,145 @@
-"""Radiology reports of phantom studies in MIMIC's style, in the words of their findings.
+"""Radiology reports of phantom studies in MIMIC's style, in open, varied language.
 
-Every finding has its own sentence builder (a FINDINGS sentence and an IMPRESSION sentence);
-the report adds negative statements for some absent findings, shuffles the statements, and
-lays them out under MIMIC's header and sections. The random draws happen in a fixed order
-(finding sentences, negative statements, shuffle, impression, header), so the same stream
-gives the same report.
+Every finding has its own sentence builder (statements.py: a FINDINGS text and an IMPRESSION
+sentence, phrased from the tables of phrases.py); the report adds normal statements for some
+absent findings, sometimes a comparison with a prior study, shuffles the statements, and lays
+them out under MIMIC's header and sections. The random draws happen in a fixed order (finding
+sentences, normal statements, comparison, shuffle, impression, header, labeler noise), so the same
+stream gives the same report.
+
+Labels, as a labeler would read the report (`PhantomReport.labels`, the study's row of the CheXpert
+table): each finding's own label (1, or -1 where hedged), the labels the normal statements report
+absent (0), and Lung Opacity and Pneumonia where a finding's sentences name them (read with
+text/mentions.py: "opacity", "airspace disease", "concerning for pneumonia"). Then labeler-like
+noise (`LABEL_NOISE`): in a small share of studies the table disagrees with the text, as the
+CheXpert labeler's tables do on real reports: a stated finding missed (blank), or a hedged one
+read as positive.
+
+Sentence labels (`PhantomReport.sentence_labels`, the sentence-label table): the generator's
+reading of each statement, without the noise: the finding it describes (1, or -1 where hedged)
+even where it names no label word, the labels a normal statement reports absent by name, Lung
+Opacity / Pneumonia as above, and No Finding = 1 where nothing is positive or uncertain (the
+CheXpert labeler's rule).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import textwrap
-from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
-import numpy as np
-
+import medclip_nb.phantom.phrases as P
 from medclip_nb.phantom.findings import Finding, pick, study_labels
+from medclip_nb.phantom.statements import FindingText, finding_text, normal_statements
+from medclip_nb.text import find_mentions
 
-_CARDIO_IMPRESSION = {
-    "borderline": ["Borderline heart size.", "Heart size at the upper limits of normal."],
-    "mild": ["Mild cardiomegaly.", "Mildly enlarged cardiac silhouette."],
-    "moderate": ["Cardiomegaly.", "Stable cardiomegaly.", "Unchanged cardiomegaly."],
-    "severe": ["Severe cardiomegaly.", "Persistent severe cardiomegaly."],
+# Labeler-like noise of the study label table (documented in docs/phantom.md, recorded in phantom.json).
+LABEL_NOISE = {
+    "missed_mention": 0.04,  # of studies stating a pathology: one stated finding is left blank in the table
+    "uncertain_as_positive": 0.3,  # of studies with a hedged finding: the table reads it as positive (1.0)
 }
+_READ_FROM_WORDS = ("Lung Opacity", "Pneumonia")  # labels a finding's sentences may name beyond its own
 # Words that describe a change since a prior study: the report then names a comparison.
-_TEMPORAL_WORDS = ("stable", "increased", "decreased", "improved", "improvement", "persistent",
-                   "unchanged", "redemonstration", "remains", "residual")
-_NORMAL_IMPRESSIONS = ["No acute cardiopulmonary process.", "No acute intrathoracic abnormality.",
-                       "No evidence of acute cardiopulmonary disease.", "Normal chest radiograph."]
+_TEMPORAL_WORDS = ("stable", "increase", "decrease", "improv", "persist", "unchanged", "redemonstrat", "again",
+                   "new", "interval", "prior", "previous", "resol", "worsen", "smaller", "larger", "residual")
 _INDICATIONS = ["shortness of breath", "cough and fever", "chest pain", "hypoxia", "dyspnea on exertion",
-                "fever, evaluate for pneumonia", "line placement", "weakness", "tachycardia", "fall"]
-
-
-def _cap(sentence: str) -> str:
-    sentence = sentence.strip()
-    return sentence[:1].upper() + sentence[1:]
-
-
-def _words(*parts: str) -> str:
-    return " ".join(p for p in parts if p)
-
-
-# --------------------------------------------------------------------------------------
-# One sentence builder per finding: (FINDINGS sentence, IMPRESSION sentence)
-# --------------------------------------------------------------------------------------
-
-
-def _atelectasis_sentences(f: Finding, rng) -> tuple[str, str]:
-    if f.value < 0:
-        s = pick(rng, [f"Possible {_words(f.severity, 'atelectasis')} {f.location}.",
-                        f"Streaky opacity {f.location} may reflect atelectasis."])
-        return s, f"Possible atelectasis {f.location}."
-    s = pick(rng, [f"{_words(f.severity, f.subtype)} {f.location}.",
-                    f"There is {_words(f.severity, f.subtype)} {f.location}.",
-                    f"{_words(f.severity, f.subtype)} is seen {f.location}."])
-    return _cap(s), _cap(f"{_words(f.severity, f.subtype)} {f.location}.")
-
-
-def _cardiomegaly_sentences(f: Finding, rng) -> tuple[str, str]:
-    if f.value < 0:
-        return ("The heart size is possibly mildly enlarged, though this may be accentuated by technique.",
-                "Possible mild cardiomegaly.")
-    phrase = f.subtype.replace(". other", ". Other")
-    return _cap(phrase + "."), pick(rng, _CARDIO_IMPRESSION[f.words["grade"]])
-
-
-def _consolidation_sentences(f: Finding, rng) -> tuple[str, str]:
-    if f.value < 0:
-        s = pick(rng, [f"Cannot exclude early consolidation {f.location}.",
-                        f"Subtle opacity {f.location}; early consolidation cannot be excluded."])
-        return s, f"Cannot exclude early consolidation {f.location}."
-    body = _words(f.severity, f.words.get("descriptor", "") + f.subtype)
-    s = pick(rng, [f"{body} {f.location}.", f"There is {body} {f.location}."])
-    imp = _cap(f"{f.words.get('descriptor', '') + f.subtype} {f.location}")
-    if f.words.get("pneumonia"):
-        s += " Findings may reflect pneumonia in the appropriate clinical setting."
-        imp += ", which may reflect pneumonia"
-    return _cap(s), imp + "."
-
-
-def _edema_sentences(f: Finding, rng) -> tuple[str, str]:
-    if f.value < 0:
-        s = pick(rng, ["Possible mild pulmonary edema.",
-                        "Mild vascular congestion; early pulmonary edema cannot be excluded."])
-        return s, "Possible mild pulmonary edema."
-    body = _words(f.severity, f.subtype)
-    s = pick(rng, [f"{body}.", f"There is {body}.", f"{body} with perihilar haziness."])
-    return _cap(s), _cap(body + ".")
-
-
-def _pleural_effusion_sentences(f: Finding, rng) -> tuple[str, str]:
-    plural = f.location == "bilateral" and rng.random() < 0.5
-    noun = f.subtype.replace("bilateral ", "") + ("s" if plural else "")
-    if f.value < 0:
-        s = pick(rng, [f"Possible small {f.location} {noun}.",
-                        f"Blunting of the {f.location} costophrenic angle may reflect a small {noun}."])
-        return s, f"Possible small {f.location} {noun}."
-    body = _words(f.severity, f.location, noun)
-    s = pick(rng, [f"{body}.", f"There is a {body}.", f"{body} is present."])
-    if s.startswith("There is a ") and f.severity == "":
-        s = f"There is a {f.location} {noun}."
-    return _cap(s), _cap(body + ".")
-
-
-def _pneumothorax_sentences(f: Finding, rng) -> tuple[str, str]:
-    side = f.sides[0]
-    where = "apical " if f.zone == "apical" else ""
-    s = f"{f.severity} {side} {where}pneumothorax."
-    return _cap(s), _cap(f"{f.severity} {side} pneumothorax.")
-
-
-def _lung_lesion_sentences(f: Finding, rng) -> tuple[str, str]:
-    side, kind = f.sides[0], f.subtype
-    s = pick(rng, [f"There is a {f.extent} cm {kind} in the {side} {f.zone} lung zone.",
-                    f"A {f.extent} cm {kind} projects over the {side} {f.zone} lung zone."])
-    return s, f"{f.extent} cm {side} {f.zone} lung {kind}; chest CT is recommended for further evaluation."
-
-
-def _support_devices_sentences(f: Finding, rng) -> tuple[str, str]:
-    parts = []
-    for d in f.devices:
-        parts.append({
-            "ett": f"Endotracheal tube terminates approximately {f.words.get('ett_cm', 4)} cm above the carina.",
-            "enteric": "Enteric tube courses below the diaphragm with the tip in the stomach.",
-            "picc": f"{_cap(f.words.get('picc_side', 'right'))}-sided PICC line terminates in the mid SVC.",
-            "pacemaker": "Left-sided pacemaker device with leads in the right atrium and right ventricle.",
-            "ecg": "ECG leads overlie the chest.",
-        }[d])
-    return " ".join(parts), "Support devices in standard position."
-
-
-def _enlarged_cardiomediastinum_sentences(f: Finding, rng) -> tuple[str, str]:
-    return "The cardiomediastinal silhouette is enlarged.", ""
-
-
-_SENTENCE_BUILDERS: dict[str, Callable[[Finding, np.random.Generator], tuple[str, str]]] = {
-    "Atelectasis": _atelectasis_sentences,
-    "Cardiomegaly": _cardiomegaly_sentences,
-    "Consolidation": _consolidation_sentences,
-    "Edema": _edema_sentences,
-    "Pleural Effusion": _pleural_effusion_sentences,
-    "Pneumothorax": _pneumothorax_sentences,
-    "Lung Lesion": _lung_lesion_sentences,
-    "Support Devices": _support_devices_sentences,
-    "Enlarged Cardiomediastinum": _enlarged_cardiomediastinum_sentences,
-}
-
-
-def _finding_sentence(f: Finding, rng) -> tuple[str, str]:
-    """(FINDINGS sentence, IMPRESSION sentence) of a finding, in the vocabulary's words."""
-    builder = _SENTENCE_BUILDERS.get(f.label)
-    if builder is None:
-        raise ValueError(f"no sentence for {f.label}")
-    return builder(f, rng)
-
-
-# --------------------------------------------------------------------------------------
-# Negative statements about absent findings
-# --------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Normals:
-    """The negative statements of a report, in the order stated: each sentence, the labels
-    the report sets to 0.0, and (sentence, labels) for the sentence-label table."""
-
-    present: set[str]  # labels of the study's findings
-    rng: np.random.Generator
-    sentences: list[str] = field(default_factory=list)
-    negated: list[str] = field(default_factory=list)
-    labelled: list[tuple[str, dict]] = field(default_factory=list)
-
-    def state(self, sentence: str, *absent: str) -> None:
-        self.sentences.append(sentence)
-        self.negated.extend(absent)
-        self.labelled.append((sentence, study_labels((), absent)))
-
-    def maybe(self, p: float) -> bool:
-        return bool(self.rng.random() < p)
-
-    def free(self, *labels: str) -> bool:
-        """None of these labels is a finding of the study."""
-        return not any(label in self.present for label in labels)
-
-
-def _state_heart(n: _Normals) -> None:
-    if n.free("Cardiomegaly") and n.maybe(0.8):
-        n.state(pick(n.rng, ["Heart size is normal.", "The heart is normal in size.", "Normal heart size."]),
-                "Cardiomegaly")
-    if n.free("Enlarged Cardiomediastinum") and n.maybe(0.6):
-        if "Cardiomegaly" in n.present:
-            n.state("The mediastinal and hilar contours are unremarkable.", "Enlarged Cardiomediastinum")
-        else:
-            n.state(pick(n.rng, ["The cardiomediastinal silhouette is within normal limits.",
-                                  "The mediastinal and hilar contours are normal."]), "Enlarged Cardiomediastinum")
-
-
-def _state_lungs_and_pleura(n: _Normals) -> None:
-    pleura: tuple[str, ...] = ()  # (sentence, *labels it negates), stated after the consolidation one
-    if n.free("Consolidation", "Pleural Effusion", "Pneumothorax") and n.maybe(0.3):
-        pleura = ("There is no focal consolidation, pleural effusion or pneumothorax.",
-                  "Consolidation", "Pleural Effusion", "Pneumothorax")
-    else:
-        if n.free("Consolidation") and n.maybe(0.7):
-            n.state(pick(n.rng, ["No focal consolidation.", "There is no focal consolidation."]), "Consolidation")
-        if n.free("Pleural Effusion", "Pneumothorax") and n.maybe(0.85):
-            pleura = (pick(n.rng, ["No pleural effusion or pneumothorax.",
-                                    "There is no pleural effusion or pneumothorax."]),
-                      "Pleural Effusion", "Pneumothorax")
-        elif n.free("Pleural Effusion") and n.maybe(0.7):
-            pleura = ("No pleural effusion.", "Pleural Effusion")
-        elif n.free("Pneumothorax") and n.maybe(0.7):
-            pleura = ("No pneumothorax.", "Pneumothorax")
-    if pleura:
-        n.state(*pleura)
-    if n.free("Edema") and n.maybe(0.5):
-        n.state(pick(n.rng, ["No pulmonary edema.", "There is no pulmonary vascular congestion or edema.",
-                              "No evidence of pulmonary edema."]), "Edema")
-    if not n.present and n.maybe(0.5):
-        n.state("The lungs are clear.")
-
-
-def _state_bones(n: _Normals) -> None:
-    if n.maybe(0.5):
-        bones = pick(n.rng, ["No acute osseous abnormality.", "Osseous structures are unremarkable.",
-                              "No displaced fracture is identified."])
-        n.state(bones, *(("Fracture",) if "fracture" in bones else ()))
-
-
-def _normal_statements(present: set[str], rng) -> _Normals:
-    """Negative statements ("No pleural effusion or pneumothorax.") for some absent findings."""
-    normals = _Normals(present, rng)
-    _state_heart(normals)
-    _state_lungs_and_pleura(normals)
-    _state_bones(normals)
-    return normals
-
-
-# --------------------------------------------------------------------------------------
-# The report
-# --------------------------------------------------------------------------------------
+                "fever, evaluate for pneumonia", "line placement", "weakness", "tachycardia", "fall",
+                "evaluate for interval change", "pre-operative evaluation", "leukocytosis", "tachypnea"]
 
 
 @dataclass
 class PhantomReport:
     text: str
-    negated: tuple[str, ...]  # labels explicitly reported absent (0.0)
-    uncertain: tuple[str, ...]  # labels set -1 by hedged sentences beyond the findings
-    mentioned: tuple[str, ...] = ()  # labels set 1 by words beyond the findings (an opacity)
-    # (text, CheXpert labels) of each statement written: a finding's sentences carry that finding
-    # (and its hedged pneumonia), a normal statement the labels it negates (sentence-label table)
+    labels: dict[str, float]  # the study's row of the CheXpert table (with the labeler-like noise)
+    label_noise: str = ""  # "" or the kind of noise in `labels` (a key of LABEL_NOISE)
+    # (text, CheXpert labels) of each statement written: a finding's sentences carry that finding,
+    # a normal statement the labels it reports absent (the sentence-label table; no noise)
     sentence_labels: tuple[tuple[str, dict], ...] = ()
+
+
+def _word_labels(text: str) -> tuple[list[str], list[str], list[str]]:
+    """(positive, uncertain, negated) labels of `_READ_FROM_WORDS` that `text` names, read as
+    text/mentions.py reads them."""
+    found: dict[str, int] = {}
+    for mention in find_mentions(text):
+        if mention.label in _READ_FROM_WORDS:
+            rank = {1: 3, -1: 2, 0: 1}
+            if mention.label not in found or rank[mention.status] > rank[found[mention.label]]:
+                found[mention.label] = mention.status
+    return ([k for k, v in found.items() if v == 1], [k for k, v in found.items() if v == -1],
+            [k for k, v in found.items() if v == 0])
+
+
+@dataclass
+class _Reading:
+    """What the report says, label by label, as the statements are written."""
+
+    negated: list[str] = dataclasses.field(default_factory=list)
+    uncertain: list[str] = dataclasses.field(default_factory=list)
+    mentioned: list[str] = dataclasses.field(default_factory=list)
+    sentences: list[tuple[str, dict]] = dataclasses.field(default_factory=list)
+
+    def finding(self, f: Finding, text: str) -> None:
+        positive, uncertain, negated = _word_labels(text)
+        self.mentioned += positive
+        self.uncertain += uncertain
+        self.negated += negated
+        self.sentences.append((text, study_labels([f], negated, uncertain, positive)))
+
+    def normal(self, text: str, negated: Sequence[str]) -> None:
+        self.negated += negated
+        self.sentences.append((text, study_labels((), negated)))
+
+
+def _labeler_noise(findings: Sequence[Finding], rng) -> tuple[list[Finding], str]:
+    """The findings as the label table holds them: in a few studies a stated finding is missed
+    (left out) or a hedged one read as positive; one draw per study."""
+    r = float(rng.random())
+    hedged = [f for f in findings if f.value < 0]
+    stated = [f for f in findings if f.value > 0 and f.label != "Support Devices"]
+    if hedged and r < LABEL_NOISE["uncertain_as_positive"]:
+        return [dataclasses.replace(f, value=1.0) if f is hedged[0] else f for f in findings], "uncertain_as_positive"
+    if not hedged and stated and r < LABEL_NOISE["missed_mention"]:
+        missed = stated[int(r / LABEL_NOISE["missed_mention"] * len(stated))]
+        return [f for f in findings if f is not missed], "missed_mention"
+    return list(findings), ""
+
+
+def _comparison(findings: Sequence[Finding], rng) -> str:
+    """A sentence comparing with a prior study, or ""."""
+    changes = {f.words.get("change", "") for f in findings if f.value > 0}
+    if not rng.random() < (0.3 if changes - {""} else 0.1):
+        return ""
+    moving = changes & {"new", "increased", "decreased", "improved"}
+    templates = P.COMPARISON[3:] if moving else P.COMPARISON[:3]
+    lead = P.choose(rng, pick(rng, P.COMPARE_LEAD).format(prior=pick(rng, P.PRIOR)))
+    return P.expand(rng, pick(rng, templates), lead=lead)
+
+
+def _section_texts(findings: Sequence[Finding], texts: list[FindingText], normal: list[str], comparison: str,
+                   rng) -> tuple[str, str, str, tuple[str, tuple[str, ...]]]:
+    """(FINDINGS text, IMPRESSION text, the paragraph of a report without FINDINGS, (the normal
+    impression added when no disease is found or "", the labels it reports absent))."""
+    impressions = [t.impression for t in texts if t.impression]
+    devices = [t.findings for f, t in zip(findings, texts) if f.label == "Support Devices"]
+    others = [t.findings for f, t in zip(findings, texts) if f.label != "Support Devices"]
+    body = others + normal
+    order = rng.permutation(len(body))
+    findings_text = " ".join(([comparison] if comparison else []) + devices + [body[i] for i in order])
+    no_disease = all(f.label == "Support Devices" for f in findings)
+    normal_impression: tuple[str, tuple[str, ...]] = ("", ())
+    if no_disease:
+        template, negated = pick(rng, P.NORMAL_IMPRESSIONS)
+        normal_impression = (P.expand(rng, template), negated)
+        impressions = impressions + [normal_impression[0]]
+    # Without a FINDINGS section the sentences stand alone, closed by a normal impression if any.
+    single_paragraph = findings_text + (" " + impressions[-1] if no_disease else "")
+    if len(impressions) > 1 and bool(rng.random() < 0.5):
+        impression_text = "\n".join(f"{i}. {s}" for i, s in enumerate(impressions, 1))
+    else:
+        impression_text = " ".join(impressions)
+    return findings_text, impression_text, single_paragraph, normal_impression
 
 
 @dataclass
@@ -260,53 +149,6 @@ class _Header:
     technique: str
     comparison: str
     indication: str
-
-
-def _mentions(text: str) -> tuple[str, ...]:
-    """Labels a sentence names beyond its finding: an opacity word is a Lung Opacity mention."""
-    return ("Lung Opacity",) if "opacit" in text.lower() else ()
-
-
-def _finding_statements(findings: Sequence[Finding], pairs: list[tuple[str, str]]
-                        ) -> tuple[list[tuple[str, dict]], list[str], list[str]]:
-    """((sentence, labels) of each finding's sentences, labels its hedges make uncertain,
-    labels its words mention)."""
-    labelled: list[tuple[str, dict]] = []
-    uncertain: list[str] = []
-    mentioned: list[str] = []
-    for f, (sentence, impression) in zip(findings, pairs):
-        hedged = ("Pneumonia",) if f.label == "Consolidation" and f.value > 0 and f.words.get("pneumonia") else ()
-        uncertain.extend(hedged)
-        for text in (sentence, impression):
-            if text:
-                names = _mentions(text)
-                mentioned.extend(names)
-                labelled.append((text, study_labels([f], (), hedged, names)))
-    return labelled, uncertain, mentioned
-
-
-def _section_texts(findings: Sequence[Finding], pairs: list[tuple[str, str]], normal: list[str],
-                   rng) -> tuple[str, str, str, str]:
-    """(FINDINGS text, IMPRESSION text, the paragraph of a report without FINDINGS, the normal
-    impression added when no disease is found or "")."""
-    impressions = [imp for _, imp in pairs if imp]
-    devices = [s for f, (s, _) in zip(findings, pairs) if f.label == "Support Devices"]
-    others = [s for f, (s, _) in zip(findings, pairs) if f.label != "Support Devices"]
-    body = others + normal
-    order = rng.permutation(len(body))
-    findings_text = " ".join(devices + [body[i] for i in order])
-    no_disease = all(f.label == "Support Devices" for f in findings)
-    normal_impression = ""
-    if no_disease:
-        normal_impression = pick(rng, _NORMAL_IMPRESSIONS)
-        impressions = impressions + [normal_impression]
-    # Without a FINDINGS section the sentences stand alone, closed by a normal impression if any.
-    single_paragraph = findings_text + (" " + impressions[-1] if no_disease else "")
-    if len(impressions) > 1 and bool(rng.random() < 0.5):
-        impression_text = "\n".join(f"{i}. {s}" for i, s in enumerate(impressions, 1))
-    else:
-        impression_text = " ".join(impressions)
-    return findings_text, impression_text, single_paragraph, normal_impression
 
 
 def _header(views: Sequence[str], all_text: str, rng) -> _Header:
@@ -351,19 +193,28 @@ def write_report(findings: Sequence[Finding], views: Sequence[str], style: str, 
     """Radiology report of a study in MIMIC's style: FINAL REPORT header, upper-case sections.
 
     `style` is "full" (FINDINGS and IMPRESSION), "impression_only", or "no_sections" (free
-    paragraphs only, the importer's fallback case). Negative statements ("No pleural
-    effusion or pneumothorax.") are added for some absent findings and returned as the
-    labels they set to 0.0.
+    paragraphs only, the importer's fallback case). Normal statements ("No pleural effusion or
+    pneumothorax.") are added for some absent findings. Returns the text, the study's labels as
+    a labeler would read them (with the labeler-like noise) and the sentence labels.
     """
-    pairs = [_finding_sentence(f, rng) for f in findings]
-    labelled, uncertain, mentioned = _finding_statements(findings, pairs)
-    normals = _normal_statements({f.label for f in findings}, rng)
-    labelled += normals.labelled
+    texts = [finding_text(f, rng) for f in findings]
+    reading = _Reading()
+    for f, t in zip(findings, texts):
+        for text in (t.findings, t.impression):
+            if text:
+                reading.finding(f, text)
+    normals = normal_statements({f.label for f in findings}, rng)
+    for text, negated in normals.statements:
+        reading.normal(text, negated)
+    comparison = _comparison(findings, rng)
+    if comparison:
+        reading.normal(comparison, ())
     findings_text, impression_text, single_paragraph, normal_impression = _section_texts(
-        findings, pairs, normals.sentences, rng)
-    if normal_impression:
-        labelled.append((normal_impression, study_labels((), ())))
+        findings, texts, [text for text, _ in normals.statements], comparison, rng)
+    if normal_impression[0]:
+        reading.normal(*normal_impression)
     header = _header(views, (findings_text + " " + impression_text).lower(), rng)
     text = _layout(style, header, findings_text, impression_text, single_paragraph)
-    return PhantomReport(text, tuple(normals.negated), tuple(uncertain), mentioned=tuple(dict.fromkeys(mentioned)),
-                         sentence_labels=tuple(labelled))
+    table_findings, noise = _labeler_noise(findings, rng)
+    labels = study_labels(table_findings, reading.negated, reading.uncertain, reading.mentioned)
+    return PhantomReport(text, labels, noise, tuple(reading.sentences))

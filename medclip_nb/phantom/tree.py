@@ -35,17 +35,18 @@ from medclip_nb.errors import ConfigError, DataError
 from medclip_nb.labels import CHEXPERT_LABELS
 from medclip_nb.paths import resolve
 from medclip_nb.phantom.anatomy import Anatomy, sample_anatomy, study_anatomy
-from medclip_nb.phantom.findings import study_labels
 from medclip_nb.phantom.plan import RNG_STUDY, RNG_SUBJECT, PlannedImage, PlannedStudy, plan_studies
 from medclip_nb.phantom.render import MAX_SIZE, MIN_SIZE, image_width, render_chest
-from medclip_nb.phantom.reports import PhantomReport, write_report
+from medclip_nb.phantom.reports import LABEL_NOISE, PhantomReport, write_report
 from medclip_nb.progress import progress
 from medclip_nb.text import split_sentences, write_sentence_labels
 
 SENTENCE_TABLE = "sentence-label.csv.gz"  # MedCLIP's sentence-label table, every sentence as written
 
 # Bump when the output of the same arguments changes, so `phantom_is_current` rebuilds.
-PHANTOM_VERSION = 3  # 2: writes the sentence-label table; 3: Lung Opacity from opacity words only
+# 2: writes the sentence-label table; 3: Lung Opacity from opacity words only; 4: open report language, labeler-like
+# label noise, graded findings down to the noise level (docs/phantom.md)
+PHANTOM_VERSION = 4
 PHANTOM_MANIFEST = "phantom.json"
 JPEG_QUALITY = 90
 _CHUNK_STUDIES = 50  # studies per worker task: an even load over the cores and a live progress line
@@ -139,9 +140,12 @@ class _Tables:
     label_rows: list[dict] = field(default_factory=list)
     meta_rows: list[dict] = field(default_factory=list)
     sentences: dict[str, list[float]] = field(default_factory=dict)  # sentence key -> labels, first writing wins
+    noise: dict[str, int] = field(default_factory=dict)  # labeler-like noise: kind -> studies
 
     def add_report(self, s: PlannedStudy, report: PhantomReport) -> None:
-        labels = study_labels(s.findings, report.negated, report.uncertain, report.mentioned)
+        labels = report.labels
+        if report.label_noise:
+            self.noise[report.label_noise] = self.noise.get(report.label_noise, 0) + 1
         for text, sentence_labels in report.sentence_labels:
             for piece in split_sentences(text):
                 self.sentences.setdefault(piece, [sentence_labels[name] for name in CHEXPERT_LABELS])
@@ -169,6 +173,8 @@ class _Tables:
         self.meta_rows += other.meta_rows
         for sentence, labels in other.sentences.items():
             self.sentences.setdefault(sentence, labels)
+        for kind, count in other.noise.items():
+            self.noise[kind] = self.noise.get(kind, 0) + count
 
     def write(self, out: Path) -> None:
         split_columns = ["dicom_id", "study_id", "subject_id", "split"]
@@ -270,9 +276,16 @@ def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, te
     tables = _write_studies(out, plan, size, seed, workers)
     tables.write(out)
 
-    summary = _summary(plan, studies, size, seed)
+    summary = {**_summary(plan, studies, size, seed), "label_noise": _noise_summary(tables, len(plan))}
     (out / PHANTOM_MANIFEST).write_text(json.dumps({**manifest, "complete": True, "summary": summary}, indent=2) + "\n")
     return summary
+
+
+def _noise_summary(tables: _Tables, studies: int) -> dict:
+    """The labeler-like noise of the label table: its rates (reports.LABEL_NOISE) and the studies of each kind."""
+    counts = {kind: tables.noise.get(kind, 0) for kind in LABEL_NOISE}
+    return {"rates": dict(LABEL_NOISE), "studies": counts,
+            "share_of_studies": round(sum(counts.values()) / studies, 4) if studies else 0.0}
 
 
 def _summary(plan: list[PlannedStudy], studies: int, size: int, seed: int) -> dict:

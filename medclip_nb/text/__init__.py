@@ -11,7 +11,6 @@ _PUBLIC = {
     "drop_short_sentences": "medclip_nb.text.augment",
     "eda": "medclip_nb.text.augment",
     "clean_report": "medclip_nb.text.clean",
-    "language_figures": "medclip_nb.text.language",
     "find_mentions": "medclip_nb.text.mentions",
     "split_sentences": "medclip_nb.text.clean",
     "labelled_sentence": "medclip_nb.text.mentions",

@@ -288,7 +288,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, last.pth, ...)")
     p.add_argument("--out", default="reports", help="folder for metrics.json and figures (default: reports)")
     add_config_arguments(p, keys=("data_path", "image_root", "image_store", "eval_batch_size",
-                                  "zeroshot_per_class", "zeroshot_protocol", "zeroshot_prompts_n",
+                                  "zeroshot_per_class", "zeroshot_protocols", "zeroshot_prompts_n",
                                   "zeroshot_prompt_draws", "num_workers", "gpu_id", "seed"))
     p.set_defaults(func=_evaluate)
 

@@ -14,7 +14,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from medclip_nb.config_checks import between, device_name, fractions, non_negative, positive, step_list, validate
+from medclip_nb.config_checks import (
+    between,
+    device_name,
+    fractions,
+    non_negative,
+    positive,
+    retired_key_message,
+    step_list,
+    validate,
+    zeroshot_rules,
+)
 from medclip_nb.errors import ConfigError, quote
 from medclip_nb.paths import resolve
 
@@ -220,15 +230,17 @@ class Config:
         [0.01, 0.1, 1.0], "linear probe: fractions of the training labels it is fitted on (seeded subsets), "
         "the low-label protocol of this literature", check=fractions, items="float"
     )
-    zeroshot_protocol: str = _opt(
-        "ours", "CheXpert-5x200 protocol: ours (evaluate/metrics.py), paper (MedCLIP's rule, prompts, logit mean and "
-        "pad-resize image; medclip_nb/evaluate/zeroshot_paper.py), or both (paper under zero_shot_5x200_paper)",
-        choices=["ours", "paper", "both"],
+    zeroshot_protocols: list = _opt(
+        ["ours"], "CheXpert-5x200 zero-shot, one metrics.json entry per 5x200 rule: ours (evaluate/metrics.py; "
+        "zero_shot_5x200), gloria (GLoRIA's rule: frontal, -1 kept; zero_shot_5x200_gloria), medclip (MedCLIP's own: "
+        "-1 -> 0, every view, 400 per class then half, seed 42; zero_shot_5x200_medclip); gloria and medclip are "
+        "scored by MedCLIP's procedure (evaluate/zeroshot_medclip.py)", check=zeroshot_rules,
     )
-    zeroshot_prompts_n: int = _opt(10, "zeroshot_protocol paper: random prompts per class (MedCLIP: 10)",
+    zeroshot_prompts_n: int = _opt(10, "zeroshot_protocols gloria / medclip: prompts drawn per class (MedCLIP: 10)",
                                    check=between(1, 10_000))
-    zeroshot_prompt_draws: int = _opt(5, "zeroshot_protocol paper: seeded prompt draws; accuracy is reported as mean "
-                                         "and std", check=between(1, 10_000))
+    zeroshot_prompt_draws: int = _opt(5, "zeroshot_protocols gloria / medclip: consecutive prompt draws "
+                                         "after one seed (MedCLIP: 5); accuracy as mean and std",
+                                      check=between(1, 10_000))
     baselines: list = _opt(["random_init", "simple"], "notebook 04's baselines: random_init (the same architecture, "
                            "untrained), simple (the seed's model, trained with the same settings)",
                            check=lambda v: set(v) <= {"random_init", "simple"})
@@ -286,9 +298,9 @@ def from_dict(values: Mapping[str, Any], source: str = "config") -> Config:
         raise ConfigError(f"{source}: config must be a mapping of keys, got {type(values).__name__}")
     unknown = unknown_keys(values, source)
     if unknown:
-        raise ConfigError(
-            f"{source}: unknown config key {quote(unknown[0])} (see `python -m medclip_nb train --help` for the keys)"
-        )
+        raise ConfigError(retired_key_message(unknown[0], source) or
+                          f"{source}: unknown config key {quote(unknown[0])} (see `python -m medclip_nb train --help` "
+                          f"for the keys)")
     return Config(**dict(values))
 
 

@@ -146,6 +146,31 @@ def coerce(key: str, value: Any, hint, items: str | None = None) -> Any:
     return value
 
 
+ZEROSHOT_RULES = ("ours", "gloria", "medclip")
+# Keys and values that were renamed: refused with one line that names the new ones (no silent alias).
+RETIRED_KEYS = {
+    "zeroshot_protocol": "was replaced by 'zeroshot_protocols', a list of 5x200 rules named for their source: ours, "
+                         "gloria (the old 'paper'), medclip (MedCLIP's own); the old 'both' is [ours, gloria]",
+}
+RETIRED_RULES = {"paper": "'gloria' (GLoRIA's rule, the old 'paper')", "both": "the list [ours, gloria]"}
+
+
+def retired_key_message(key, source: str) -> str | None:
+    """The one-line refusal of a renamed config key, or None for a key that never existed."""
+    return f"{source}: config key '{key}' {RETIRED_KEYS[key]}" if key in RETIRED_KEYS else None
+
+
+def zeroshot_rules(values) -> bool:
+    """zeroshot_protocols: distinct rules of ZEROSHOT_RULES; a retired value names its new one."""
+    for value in values:
+        if value in RETIRED_RULES:
+            raise ConfigError(f"config key 'zeroshot_protocols': {quote(value)} is now {RETIRED_RULES[value]}")
+    return set(values) <= set(ZEROSHOT_RULES) and len(set(values)) == len(values)
+
+
+zeroshot_rules.allowed = f"a list of distinct rules among {', '.join(ZEROSHOT_RULES)}"
+
+
 def validate(cfg) -> None:
     """Coerce and check every key of `cfg` (a config.Config) in place, then the checks across keys."""
     hints = _hints(type(cfg))

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 import yaml
 
 from medclip_nb.config import CONFIG_KEYS, Config, from_dict, unknown_keys
-from medclip_nb.config_checks import base_type
+from medclip_nb.config_checks import RETIRED_KEYS, base_type, retired_key_message
 from medclip_nb.errors import ConfigError, quote
 from medclip_nb.paths import resolve
 
@@ -50,14 +50,19 @@ def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | N
         source = str(path)
     unknown = unknown_keys(values, source)
     if unknown:
-        raise ConfigError(f"{source}: unknown config key {quote(unknown[0])}")
+        raise ConfigError(retired_key_message(unknown[0], source)
+                          or f"{source}: unknown config key {quote(unknown[0])}")
     values.update({k: v for k, v in (overrides or {}).items()})
     return from_dict(values, source)
 
 
 def config_from_namespace(namespace: Mapping[str, Any], config_path: str | None = None) -> Config:
     """For notebooks: every config key defined in the notebook's namespace (the `parameters`
-    cell and papermill's injected cell) overrides the YAML file and the defaults."""
+    cell and papermill's injected cell) overrides the YAML file and the defaults. A renamed key
+    (papermill injects whatever a parameter file holds) is refused with the name of the new one."""
+    for key in RETIRED_KEYS:
+        if key in namespace:
+            raise ConfigError(retired_key_message(key, "notebook parameters"))
     return load_config(config_path, {k: namespace[k] for k in CONFIG_KEYS if k in namespace})
 
 

@@ -5,7 +5,7 @@
 - run.py: `evaluate_model` / `evaluate_checkpoint` and metrics.json;
 - report.py: the confusion figure and the summary table;
 - intervals.py: 95 % bootstrap intervals and paired differences;
-- zeroshot_paper.py: CheXpert-5x200 zero-shot as MedCLIP published it;
+- zeroshot_medclip.py: MedCLIP's zero-shot procedure on the 5x200 of the gloria or medclip rule;
 - multiplicity.py: p-values, Holm's correction of a table's comparisons, the smallest resolvable difference;
 - checkpoints.py: the 5x200 zero-shot accuracy of a run's saved checkpoints (learning curves).
 

@@ -38,7 +38,7 @@ from medclip_nb.evaluate.metrics import (
     zero_shot_classify,
     zero_shot_multilabel,
 )
-from medclip_nb.evaluate.zeroshot_paper import zero_shot_5x200_paper
+from medclip_nb.evaluate.zeroshot_medclip import zero_shot_5x200_medclip
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS
 from medclip_nb.prompts import class_prompts, label_prompt_pairs
 
@@ -100,22 +100,24 @@ class Evaluation:
 
     # ---- zero-shot -------------------------------------------------------------------------------
     def zero_shot(self, test_split, test: dict, rows: np.ndarray, classes: np.ndarray) -> dict[str, Any]:
-        """The CheXpert-5x200 entries `cfg.zeroshot_protocol` asks for, each with its "protocol"
-        (ours, MedCLIP's: zeroshot_paper.py; with 'both', ours is `zero_shot_5x200` and the
-        paper's `zero_shot_5x200_paper`), and the per-label AUROC of `zero_shot_multilabel`."""
-        protocol = self.cfg.zeroshot_protocol
+        """One CheXpert-5x200 entry per rule of `cfg.zeroshot_protocols`, each naming its "rule":
+        `zero_shot_5x200` (ours), `zero_shot_5x200_gloria`, `zero_shot_5x200_medclip` (MedCLIP's
+        procedure on that rule's images: zeroshot_medclip.py); and the per-label AUROC of
+        `zero_shot_multilabel`."""
+        rules = self.cfg.zeroshot_protocols
         if self.cfg.text_encoder == "precomputed":
             # Its "text" input is a row index into stored report features: prompts cannot be encoded.
             reason = "text_encoder 'precomputed' cannot encode prompts"
-            return {"zero_shot_5x200": {"skipped": reason, "protocol": protocol},
+            return {**{five_x_200_key(rule): {"skipped": reason, "rule": rule} for rule in rules},
                     "zero_shot_multilabel": {"skipped": reason}}
         entries: dict[str, Any] = {}
-        if protocol in ("ours", "both"):
-            entries["zero_shot_5x200"] = {"protocol": "ours", **self.five_x_200(test["image"], rows, classes)}
-        if protocol in ("paper", "both"):
-            paper = zero_shot_5x200_paper(self.model, self.tokenizer, test_split, self.cfg, self.device,
-                                          seed=self.seed, log=self.log)
-            entries["zero_shot_5x200" if protocol == "paper" else "zero_shot_5x200_paper"] = paper
+        for rule in rules:
+            if rule == "ours":
+                entries[five_x_200_key(rule)] = {"rule": "ours", **self.five_x_200(test["image"], rows, classes)}
+            else:
+                entries[five_x_200_key(rule)] = zero_shot_5x200_medclip(
+                    self.model, self.tokenizer, test_split, self.cfg, self.device, rule=rule, seed=self.seed,
+                    log=self.log)
         # Per label: softmax over a positive/negative prompt pair.
         positive, negative = label_prompt_pairs(CHEXPERT_LABELS)
         probabilities = zero_shot_multilabel(test["image"], self.encode(positive), self.encode(negative),
@@ -197,6 +199,11 @@ def patient_ids(split, index: np.ndarray) -> np.ndarray | None:
     if records is None or not hasattr(records, "subject_ids"):
         return None
     return records.subject_ids()[np.asarray(index, dtype=np.int64)]
+
+
+def five_x_200_key(rule: str) -> str:
+    """The metrics.json key of a 5x200 rule's entry: ours keeps `zero_shot_5x200`."""
+    return "zero_shot_5x200" if rule == "ours" else f"zero_shot_5x200_{rule}"
 
 
 def json_ready(obj: Any, digits: int = ROUND_DIGITS) -> Any:

@@ -36,11 +36,11 @@ def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
         return "n/a" if v is None else f"{v:.4f}"
 
     rows: list[tuple[str, Any]] = []
-    for key in ("zero_shot_5x200", "zero_shot_5x200_paper"):
+    for key in ("zero_shot_5x200", "zero_shot_5x200_gloria", "zero_shot_5x200_medclip"):
         zs = metrics.get(key)
         if zs is None or "skipped" in zs:
             continue
-        tag = "" if zs.get("protocol", "ours") == "ours" else f"{zs['protocol']}, "
+        tag = "" if zs.get("rule", "ours") == "ours" else f"{zs['rule']} rule, "
         for mode in ("mean", "max"):
             draws = zs[mode].get("accuracy_draws")
             rows.append((f"5x200 zero-shot accuracy ({tag}{mode}, n={zs['n']})", zs[mode]["accuracy"]))

@@ -112,7 +112,7 @@ def train_and_score(run_cfg: Config, *, full_evaluation: bool = True, keep_check
     result = train(run_cfg, log=_quiet)
     trained = time.perf_counter()
     model, tokenizer, saved_cfg = load_model(result.last_checkpoint, "cpu")
-    eval_cfg = saved_cfg.replace(train_fraction=1.0, zeroshot_protocol="ours", probe_label_fractions=[1.0],
+    eval_cfg = saved_cfg.replace(train_fraction=1.0, zeroshot_protocols=["ours"], probe_label_fractions=[1.0],
                                  unpaired_sources=[], unpaired_pool="splits", sentence_labels=None)
     points = ZeroShotPoints(eval_cfg, tokenizer)
     if full_evaluation:

@@ -45,7 +45,7 @@ def _budget(cfg: Config, runs: "pd.DataFrame") -> dict[str, Any]:
             "unpaired_per_batch": cfg.unpaired_per_batch,
             "train_pairs": int(full["n_train"].iloc[0]) if len(full) else None,
             "test_5x200_images": int(full["n_5x200"].iloc[0]) if len(full) else None,
-            "zeroshot_protocol": "ours", "data": _data_source(cfg),
+            "zeroshot_protocols": ["ours"], "data": _data_source(cfg),
             "evaluated": "curve points: step_<N>.pth, 5x200 zero-shot; end point: last.pth, every metric",
             "compared_at": "equal steps"}
 

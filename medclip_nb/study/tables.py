@@ -123,11 +123,12 @@ def _lookup(metrics: Mapping[str, Any], path: tuple[str, ...] | None):
 def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """The numbers a results table shows for one model."""
     values = {key: _lookup(metrics, value_path) for key, (value_path, _) in HEADLINE_PATHS.items()}
-    # zeroshot_protocol 'both': the published protocol's mean and std over prompt draws as well
-    paper = metrics.get("zero_shot_5x200_paper") or {}
-    if "mean" in paper:
-        values["zs_acc_mean_paper"] = paper["mean"].get("accuracy")
-        values["zs_acc_mean_paper_std"] = paper["mean"].get("accuracy_std")
+    # zeroshot_protocols gloria / medclip: MedCLIP's procedure on that rule's 5x200, mean and std over prompt draws
+    for rule in ("gloria", "medclip"):
+        entry = metrics.get(f"zero_shot_5x200_{rule}") or {}
+        if "mean" in entry:
+            values[f"zs_acc_mean_{rule}"] = entry["mean"].get("accuracy")
+            values[f"zs_acc_mean_{rule}_std"] = entry["mean"].get("accuracy_std")
     return values
 
 

@@ -1,25 +1,26 @@
-"""CheXpert-5x200 zero-shot as MedCLIP published it (config `zeroshot_protocol: paper`).
+"""CheXpert-5x200 zero-shot by MedCLIP's procedure, on the 5x200 of one selection rule
+(config `zeroshot_protocols`: `gloria` or `medclip`; `ours` is evaluation.py's own).
 
-Beside our protocol (metrics.py: 5x200 = positive for one competition class and not
-positive for the other four; every prompt; the mean of normalised prompt embeddings; resize
-256 + centre crop 224), this module restates MedCLIP's (medclip/prompts.py, evaluator.py and
-GLoRIA's `preprocess_chexpert_5x200_data`, which MedCLIP follows):
+The rule chooses the images (data/five_by_200.py): `gloria` = GLoRIA's (frontal, -1 kept),
+`medclip` = MedCLIP's own (-1 -> 0 first, every view, 400 per class then half, seed 42).
+The procedure is MedCLIP's (medclip/prompts.py, evaluator.py and its zero-shot script
+eval_zeroshot_classification.py, repository commit aad8818), whichever rule chose the images:
 
-- 5x200 rule: after blank -> 0, the class is 1 and all twelve other findings are 0 (No Finding
-  is free); frontal images only (records with a `view` not PA/AP are left out).
 - Prompts: MedCLIP's words verbatim (`PAPER_PROMPT_VOCABULARY`, with its spellings
   "apperance", "uppper", "presistent" and its repeated "bilateral pleural effusion"), every
-  severity x subtype x location combination kept as MedCLIP builds it (duplicates included),
-  then `n` drawn at random per class. The draw is seeded here and repeated `draws` times: the
-  paper reports one unseeded draw, whose accuracy varies from draw to draw.
+  severity x subtype x location combination kept as MedCLIP builds it (duplicates included);
+  `zeroshot_prompts_n` (10) drawn per class by `random.sample` from Python's `random` seeded
+  once with 42, `zeroshot_prompt_draws` (5) consecutive draws, as the authors' script runs.
 - Class score: the mean (or the max) of the class's prompt logits, scale * cosine similarity,
   not the similarity to the mean prompt embedding.
+- Reported: the mean over draws and the population std (ddof 0), as the script prints them.
 - Image: pad to square, resize to `image_size` (224): the whole film, no crop.
 """
 
 from __future__ import annotations
 
 import itertools
+import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,12 +28,20 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from medclip_nb.data import AUGMENT_PRESETS, CXRDataset, PadToSquare, RepeatChannels
+from medclip_nb.data import (
+    AUGMENT_PRESETS,
+    MEDCLIP_SEED,
+    CXRDataset,
+    PadToSquare,
+    RepeatChannels,
+    frontal_mask,
+    label_matrix,
+    medclip_5x200,
+    select_5x200_gloria,
+)
 from medclip_nb.evaluate.embeddings import compute_embeddings, encode_texts, loader_for, model_logit_scale
 from medclip_nb.evaluate.metrics import accuracy, confusion, macro_f1
-from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, LABEL_INDEX, NUM_LABELS, PROMPT_VOCABULARY
-
-FRONTAL_VIEWS = ("PA", "AP")
+from medclip_nb.labels import COMPETITION_TASKS, PROMPT_VOCABULARY
 
 
 def _verbatim_vocabulary() -> dict[str, dict[str, list[str]]]:
@@ -54,43 +63,6 @@ def _verbatim_vocabulary() -> dict[str, dict[str, list[str]]]:
 PAPER_PROMPT_VOCABULARY: dict[str, dict[str, list[str]]] = _verbatim_vocabulary()
 
 
-# ---- 5x200 -----------------------------------------------------------------------------------------
-def select_5x200_paper(labels, per_class: int = 200, seed: int = 0, frontal=None) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of a [N, 14] CheXpert label matrix for the published CheXpert-5x200 and their class
-    (0..4, COMPETITION_TASKS order).
-
-    After blank -> 0 a row qualifies for a class when it is 1 for the class and 0 for all twelve
-    other findings (No Finding free; an uncertain -1 anywhere among them disqualifies it), and,
-    with `frontal` (bool [N]), when it is a frontal image. Up to `per_class` rows per class,
-    sampled as in metrics.select_5x200 (generator seeded with (seed, class)); sorted by row.
-    """
-    labels = np.nan_to_num(np.asarray(labels, dtype=np.float64).reshape(-1, NUM_LABELS), nan=0.0)
-    keep = np.ones(len(labels), dtype=bool) if frontal is None else np.asarray(frontal, dtype=bool)
-    rows, classes = [], []
-    for c, task in enumerate(COMPETITION_TASKS):
-        others = [LABEL_INDEX[name] for name in CHEXPERT_LABELS if name not in (task, "No Finding")]
-        qualifies = keep & (labels[:, LABEL_INDEX[task]] == 1) & (labels[:, others] == 0).all(axis=1)
-        candidates = np.flatnonzero(qualifies)
-        if len(candidates) > per_class:
-            candidates = np.sort(np.random.default_rng([seed, c]).choice(candidates, size=per_class, replace=False))
-        rows.append(candidates)
-        classes.append(np.full(len(candidates), c, dtype=np.int64))
-    rows_all, classes_all = np.concatenate(rows), np.concatenate(classes)
-    order = np.argsort(rows_all, kind="stable")
-    return rows_all[order].astype(np.int64), classes_all[order]
-
-
-def frontal_mask(records: Sequence[Mapping]) -> np.ndarray:
-    """True for records whose `view` is PA or AP, and for records without a `view` (prepare
-    keeps frontal views only, so a record without one came from an already frontal split)."""
-    return np.array([str(r.get("view", "PA")).strip() in FRONTAL_VIEWS for r in records], dtype=bool)
-
-
-def record_labels(records: Sequence[Mapping]) -> np.ndarray:
-    """[N, 14] float matrix of the records' CheXpert labels (None -> NaN)."""
-    return np.array([[np.nan if v is None else float(v) for v in r["labels"]] for r in records], dtype=np.float64)
-
-
 # ---- prompts -----------------------------------------------------------------------------------------
 def paper_prompt_pool(task: str, vocabulary: Mapping = PAPER_PROMPT_VOCABULARY) -> list[str]:
     """Every prompt MedCLIP builds for `task`: "{severity} {subtype} {location}" over its word
@@ -101,23 +73,25 @@ def paper_prompt_pool(task: str, vocabulary: Mapping = PAPER_PROMPT_VOCABULARY) 
     return [" ".join(" ".join(combo).split()) for combo in itertools.product(*vocabulary[task].values())]
 
 
-def sample_paper_prompts(
-    n: int = 10, seed: int = 0, draw: int = 0, tasks: Sequence[str] = COMPETITION_TASKS,
-    vocabulary: Mapping = PAPER_PROMPT_VOCABULARY,
-) -> dict[str, list[str]]:
-    """`n` prompts per class drawn without replacement from `paper_prompt_pool` (all of them
-    when the pool is smaller), by a generator seeded with (seed, draw, class index): the same
-    (seed, draw) always gives the same prompts, and different draws differ."""
+def medclip_prompt_draws(n: int = 10, draws: int = 5, seed: int = MEDCLIP_SEED,
+                        tasks: Sequence[str] = COMPETITION_TASKS,
+                        vocabulary: Mapping = PAPER_PROMPT_VOCABULARY) -> list[dict[str, list[str]]]:
+    """`draws` draws of `n` prompts per class, as MedCLIP's zero-shot script makes them: Python's
+    `random` seeded once with `seed` (its `set_random_seed` always uses 42), then for each draw
+    and each class in order `random.sample(pool, n)`. The same calls on the same pools: MedCLIP's
+    prompts (tests/test_zeroshot_medclip.py checks a digest of its draws). A pool smaller than `n`
+    (MedCLIP's script stops there) is drawn whole."""
     if n < 1:
         raise ValueError(f"zeroshot_prompts_n must be at least 1, got {n}")
-    prompts = {}
-    for c, task in enumerate(tasks):
-        pool = paper_prompt_pool(task, vocabulary)
-        if n < len(pool):
-            picks = np.random.default_rng([seed, draw, c]).choice(len(pool), size=n, replace=False)
-            pool = [pool[i] for i in picks]
-        prompts[task] = pool
-    return prompts
+    rng = random.Random(seed)
+    out = []
+    for _ in range(draws):
+        prompts = {}
+        for task in tasks:
+            pool = paper_prompt_pool(task, vocabulary)
+            prompts[task] = rng.sample(pool, min(n, len(pool)))
+        out.append(prompts)
+    return out
 
 
 # ---- scores and images -------------------------------------------------------------------------------
@@ -145,46 +119,63 @@ def paper_eval_transform(image_size: int = 224, mean: float = 0.5862785803043838
 
 
 # ---- the evaluation ------------------------------------------------------------------------------------
+RULES = ("gloria", "medclip")
+
+
+def select_rule_rows(rule: str, records, per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(rows, classes, notes) of the records' 5x200 by `rule`: GLoRIA's (frontal records, drawn
+    with `seed`) or MedCLIP's (every record, MedCLIP's seed 42, its order; notes: the pool sizes
+    and the pools smaller than its 2 x per_class draw)."""
+    if rule == "gloria":
+        rows, classes = select_5x200_gloria(label_matrix(records), per_class, seed, frontal_mask(records))
+        return rows, classes, {}
+    if rule == "medclip":
+        draw = medclip_5x200(label_matrix(records), per_class, MEDCLIP_SEED)
+        return draw.rows, draw.classes, {"pool_sizes": draw.pool_sizes, "short_pools": draw.short_pools}
+    raise ValueError(f"5x200 rule {rule!r} is not one of {', '.join(RULES)}")
+
+
 def _summarise(values: Sequence[float]) -> dict[str, Any]:
     arr = np.asarray(values, dtype=np.float64)
-    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "draws": arr.tolist()}
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=0)), "draws": arr.tolist()}
 
 
-def zero_shot_5x200_paper(model, tokenizer, test_dataset, cfg, device, *, seed: int = 0, log=print) -> dict[str, Any]:
-    """The published CheXpert-5x200 on a test CXRDataset: its 5x200 rows embedded through the
-    paper's transform, `cfg.zeroshot_prompt_draws` draws of `cfg.zeroshot_prompts_n` prompts per
-    class, accuracy and macro-F1 per score mode as mean, std and per-draw values.
-
-    `accuracy` / `macro_f1` hold the mean over draws, `confusion` that of draw 0, so the entry
-    reads like ours (`protocol` says which it is)."""
+def zero_shot_5x200_medclip(model, tokenizer, test_dataset, cfg, device, *, rule: str, seed: int = 0,
+                            rows=None, classes=None, log=print) -> dict[str, Any]:
+    """MedCLIP's zero-shot procedure on the 5x200 that `rule` selects from a test CXRDataset
+    (or on the given `rows` / `classes` of it, e.g. an imported chexpert_5x200 split): the images
+    embedded through the pad-resize transform, `cfg.zeroshot_prompt_draws` draws of
+    `cfg.zeroshot_prompts_n` prompts per class, accuracy and macro-F1 per score mode as mean,
+    population std and per-draw values. `accuracy` / `macro_f1` hold the mean over draws,
+    `confusion` that of draw 0; `rule` names the selection."""
     if not isinstance(test_dataset, CXRDataset):
-        return {"protocol": "paper",
-                "skipped": "the paper protocol needs the test split as a dataset (it re-reads the images)"}
+        return {"rule": rule, "skipped": f"the {rule} rule needs the test split as a dataset (it re-reads the images)"}
     records = test_dataset.records
-    rows, classes = select_5x200_paper(record_labels(records), cfg.zeroshot_per_class, seed, frontal_mask(records))
+    notes: dict[str, Any] = {}
+    if rows is None:
+        rows, classes, notes = select_rule_rows(rule, records, cfg.zeroshot_per_class, seed)
     preset = AUGMENT_PRESETS[cfg.augment]  # the normalisation the model was trained with
     result: dict[str, Any] = {
-        "protocol": "paper", "classes": list(COMPETITION_TASKS), "n": len(rows),
+        "rule": rule, "procedure": "medclip", "classes": list(COMPETITION_TASKS), "n": len(rows),
         "n_per_class": {t: int((classes == c).sum()) for c, t in enumerate(COMPETITION_TASKS)},
         "prompts_per_class": int(cfg.zeroshot_prompts_n), "prompt_draws": int(cfg.zeroshot_prompt_draws),
-        "image_transform": f"pad to square, resize {cfg.image_size} (no crop)",
+        "image_transform": f"pad to square, resize {cfg.image_size} (no crop)", **notes,
     }
     if len(rows) == 0:
         return {**result, **{mode: {"accuracy": None, "macro_f1": None, "confusion": None} for mode in ("mean", "max")}}
     subset = CXRDataset(
-        [records[i] for i in rows], root=test_dataset.root, on_bad_image=test_dataset.on_bad_image,
+        [records[int(i)] for i in rows], root=test_dataset.root, on_bad_image=test_dataset.on_bad_image,
         transform=paper_eval_transform(cfg.image_size, preset["mean"], preset["std"]),
         store=test_dataset.store, resize_size=test_dataset.resize_size,
     )
-    log(f"Embedding the {len(rows)} images of the published 5x200 (pad, resize {cfg.image_size})...")
+    log(f"Embedding the {len(rows)} images of the {rule} 5x200 (pad, resize {cfg.image_size})...")
     embedded = compute_embeddings(model, loader_for(subset, cfg, tokenizer), device, with_text=False,
                                   amp=cfg.use_amp)
-    truth = classes[embedded["index"]]  # rows the loader skipped (unreadable) are left out
+    truth = np.asarray(classes)[embedded["index"]]  # rows the loader skipped (unreadable) are left out
     scale, amp = model_logit_scale(model), cfg.use_amp
     per_mode: dict[str, dict[str, list]] = {m: {"accuracy": [], "macro_f1": [], "confusion": []}
                                             for m in ("mean", "max")}
-    for draw in range(int(cfg.zeroshot_prompt_draws)):
-        prompts = sample_paper_prompts(int(cfg.zeroshot_prompts_n), seed, draw)
+    for prompts in medclip_prompt_draws(int(cfg.zeroshot_prompts_n), int(cfg.zeroshot_prompt_draws)):
         embs = [encode_texts(model, tokenizer, prompts[t], device, cfg.eval_batch_size, amp=amp)
                 for t in COMPETITION_TASKS]
         for mode, out in per_mode.items():

@@ -1,5 +1,5 @@
-"""`python -m medclip_nb SUBCOMMAND`: phantom, prepare, prepare-iu, data, convert, cache, train, evaluate,
-bench, bench-scale, bench-ablation, summary, predict, retrieve, embed, export.
+"""`python -m medclip_nb SUBCOMMAND`: phantom, prepare, prepare-iu, prepare-chexpert, data, convert, cache, train,
+evaluate, bench, bench-scale, bench-ablation, summary, paper, predict, retrieve, embed, export.
 
 Errors that come from the user's input (a missing file, a bad key, a malformed dataset) end
 the command with one line on stderr and exit status 2, never a traceback.
@@ -20,12 +20,22 @@ STORE_SIZES = range(8, 4097)
 
 
 def _phantom(args) -> int:
-    from medclip_nb.phantom import generate_phantom
+    from medclip_nb.phantom import generate_chexpert_phantom, generate_phantom
 
+    if args.layout == "chexpert":
+        generate_chexpert_phantom(args.out, studies=args.studies, size=args.size, seed=args.seed)
+        return 0
     summary = generate_phantom(args.out, studies=args.studies, size=args.size, seed=args.seed,
                                test_studies=args.test_studies, force=args.force)
     print(f"phantom MIMIC-CXR-JPG written to {args.out}: {summary['studies']} studies, "
           f"{summary['images']} images, {summary['subjects']} patients")
+    return 0
+
+
+def _prepare_chexpert(args) -> int:
+    from medclip_nb.data import prepare_chexpert
+
+    prepare_chexpert(args.chexpert_root, args.out, per_class=args.per_class, num_workers=args.num_workers)
     return 0
 
 
@@ -39,6 +49,7 @@ def _prepare(args) -> int:
         args.mimic_root, args.out,
         frontal_views=tuple(v.strip() for v in args.views.split(",") if v.strip()),
         store_size=args.store_size, num_workers=args.num_workers, unpaired_fraction=args.unpaired_fraction,
+        labels=args.labels,
     )
     return 0
 
@@ -210,6 +221,9 @@ def _add_phantom(sub) -> None:
                    help="extra test-only studies of new patients, for large evaluation sets (default: 0)")
     p.add_argument("--force", action="store_true",
                    help="replace a phantom of other parameters in --out (and the datasets prepared from it)")
+    p.add_argument("--layout", choices=["mimic", "chexpert"], default="mimic",
+                   help="mimic: MIMIC-CXR-JPG (default); chexpert: a CheXpert-v1.0-small tree (train.csv, valid.csv; "
+                        "for prepare-chexpert)")
     p.set_defaults(func=_phantom)
 
 
@@ -219,6 +233,8 @@ def _add_prepare(sub) -> None:
                    help="MIMIC-CXR-JPG root: files/ and the mimic-cxr-2.0.0-*.csv.gz tables")
     p.add_argument("--out", required=True, help="output folder for datasets.pkl and prepare_report.json")
     p.add_argument("--views", default="PA,AP", help="ViewPosition values kept (default: PA,AP)")
+    p.add_argument("--labels", choices=["chexpert", "negbio"], default="chexpert",
+                   help="label table: mimic-cxr-2.0.0-chexpert.csv.gz (default) or -negbio.csv.gz (MedCLIP's)")
     p.add_argument("--store-size", "--store_size", dest="store_size", type=int, default=None,
                    help="also build the uint8 image store at this size (e.g. 256)")
     p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=None,
@@ -246,10 +262,24 @@ def _add_prepare_iu(sub) -> None:
     p.set_defaults(func=_prepare_iu)
 
 
+def _add_prepare_chexpert(sub) -> None:
+    p = sub.add_parser("prepare-chexpert", help="import CheXpert (train.csv, valid.csv, images) as MedCLIP uses it: "
+                                                "image-only records and MedCLIP's CheXpert-5x200")
+    p.add_argument("--chexpert-root", "--chexpert_root", dest="chexpert_root", required=True,
+                   help="the folder holding train.csv (CheXpert-v1.0 or CheXpert-v1.0-small)")
+    p.add_argument("--out", required=True, help="output folder for datasets.pkl and prepare_report.json")
+    p.add_argument("--per-class", "--per_class", dest="per_class", type=int, default=200,
+                   help="the 5x200's 200: MedCLIP draws twice this per class, then keeps half (default: 200)")
+    p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=None,
+                   help="image-checking processes (default: all cores for large tables)")
+    p.set_defaults(func=_prepare_chexpert)
+
+
 def _add_data(sub) -> None:
     p = sub.add_parser("data", help="make the config's dataset ready: generate the phantom and/or prepare it, build "
                                     "the store")
-    add_config_arguments(p, keys=("data_path", "mimic_root", "iu_reports", "iu_images", "frontal_views", "phantom_dir",
+    add_config_arguments(p, keys=("data_path", "mimic_root", "iu_reports", "iu_images", "frontal_views", "mimic_labels",
+                                  "phantom_dir",
                                   "phantom_studies", "phantom_size", "phantom_seed", "phantom_test_studies",
                                   "image_store", "resize_size", "force"))
     p.set_defaults(func=_data)
@@ -401,6 +431,7 @@ _SUBCOMMANDS = (
     _add_phantom,
     _add_prepare,
     _add_prepare_iu,
+    _add_prepare_chexpert,
     _add_data,
     _add_convert,
     _add_cache,

@@ -70,6 +70,12 @@ class Config:
         None, "Open-i images with iu_reports: a folder of the Open-i PNGs, or 'phantom' (one phantom radiograph per "
         "report drawn from its MeSH codes, phantom_size px, phantom_seed)"
     )
+    mimic_labels: str = _opt(
+        "chexpert", "label table `prepare` reads: chexpert (mimic-cxr-2.0.0-chexpert.csv.gz) or negbio "
+        "(mimic-cxr-2.0.0-negbio.csv.gz, MedCLIP's process_mimic_cxr.py)", choices=["chexpert", "negbio"],
+    )
+    chexpert_root: str | None = _opt(None, "CheXpert-v1.0(-small) folder holding train.csv, read by `prepare-chexpert` "
+                                           "and `make paper`")
     phantom_dir: str = _opt("data/phantom", "where the phantom MIMIC-CXR-JPG tree is written")
     phantom_studies: int = _opt(300, "number of phantom studies", check=between(1, 1_000_000))
     phantom_size: int = _opt(256, "phantom image side in pixels (MIMIC-CXR is about 2544 x 3056)",
@@ -94,6 +100,11 @@ class Config:
         0, "report_sampling sentence: drop sentences of this many words or fewer before sampling one "
         "(MedCLIP: 4; 0 keeps all; a report of only short sentences keeps them)", check=between(0, 1000),
     )
+    sentence_label_miss: str = _opt(
+        "study_labels", "sentence_labels: what a sampled sentence missing from the table gets: its study's labels, "
+        "No Finding = 1 (MedCLIP's dataset code), or an error before training (every miss is counted and warned "
+        "about either way)", choices=["study_labels", "no_finding", "error"],
+    )
     sentence_labels: str | None = _opt(
         None, "report_sampling sentence with a medclip loss: a sentence-label table (MedCLIP's sentence-label.csv "
         "format) so a sentence has its own labels; 'auto' uses sentence_labels.csv.gz beside the dataset file "
@@ -102,6 +113,11 @@ class Config:
     text_eda: float = _opt(
         0.0, "report_sampling sentence: EDA fraction alpha (random swap / deletion / insertion of in-report "
         "words, seeded per sample; 0 is off)", check=lambda v: 0 <= v < 1,
+    )
+    text_eda_view: bool = _opt(
+        False, "report_sampling sentence: a second text view, one EDA operation per sentence (MedCLIP's random swap or "
+        "random deletion, p 0.1; no synonym replacement: no offline WordNet is installed), with its own loss term: "
+        "loss = (loss(text) + loss(augmented text)) / 2 with the same label targets, as MedCLIP's loss",
     )
     max_text_tokens: int = _opt(128, "text length in tokens (the simple model always uses 50 characters)",
                                 check=between(1, 8192))
@@ -144,6 +160,14 @@ class Config:
         0.5, "loss medclip_cosine: weight of an uncertain (-1) finding in its label vectors (medclip keeps -1)",
         check=lambda v: 0 <= v <= 1,
     )
+    image_uncertain_labels: str = _opt(
+        "keep", "label-aware losses, image side: an uncertain (-1) finding kept, or read as 0 (MedCLIP: its "
+        "preprocessing writes image labels with -1 -> 0)", choices=["keep", "zero"],
+    )
+    text_uncertain_labels: str = _opt(
+        "keep", "label-aware losses, text side: -1 kept (MedCLIP: its sentence table keeps -1), or read as 0",
+        choices=["keep", "zero"],
+    )
     medclip_cosine_no_finding: bool = _opt(
         True, "loss medclip_cosine: a study with no positive finding gets 'No Finding' = 1 in its label vector"
     )
@@ -152,6 +176,15 @@ class Config:
         [], "unpaired data mixed into training batches (loss medclip or medclip_cosine): 'images' (split "
             "train_images), "
         "'texts' (split train_texts)"
+    )
+    unpaired_data_path: str | None = _opt(
+        None, "dataset file whose train_images / train_texts splits are the unpaired sources (e.g. prepare-chexpert's "
+        "datasets.pkl: CheXpert images as MedCLIP adds them); null: data_path's own"
+    )
+    image_only_text: str = _opt(
+        "none", "unpaired images: none (image rows learn from label similarity alone) or prompt_sentence (each gets "
+        "a sentence of the sentence_labels table sampled from its labels, MedCLIP's sample_sent_prompts)",
+        choices=["none", "prompt_sentence"],
     )
     unpaired_per_batch: int = _opt(8, "extra unpaired items of each used source per training step",
                                    check=between(1, 65536))
@@ -170,6 +203,11 @@ class Config:
     lr: float = _opt(2e-5, "peak learning rate (AdamW)", check=positive)
     weight_decay: float = _opt(1e-4, "AdamW weight decay (not applied to biases, norms, temperature)",
                                check=non_negative)
+    no_decay_rule: str = _opt(
+        "ours", "parameters without weight decay: ours (every 1-D parameter: biases, norms; the logit scale and bias) "
+        "or medclip (MedCLIP's trainer: names containing 'bias', 'LayerNorm.bias' or 'LayerNorm.weight')",
+        choices=["ours", "medclip"],
+    )
     warmup: float = _opt(0.1, "linear warmup as a fraction of total steps, in [0, 1)", check=lambda v: 0 <= v < 1)
     eval_batch_size: int = _opt(64, "evaluation batch size (a validation batch needs at least 2 pairs)",
                                 check=between(1, 65536))

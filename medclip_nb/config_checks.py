@@ -211,6 +211,17 @@ def validate(cfg) -> None:
             "with 'texts') and loss 'medclip' or 'medclip_cosine' "
             f"(got report_sampling {cfg.report_sampling!r}, loss {cfg.loss!r})"
         )
+    if cfg.text_eda_view and cfg.report_sampling != "sentence":
+        raise ConfigError("config key 'text_eda_view': applies to report_sampling 'sentence' (report_sampling is "
+                          f"{cfg.report_sampling!r})")
+    if cfg.text_eda_view and cfg.text_eda:
+        raise ConfigError("config key 'text_eda_view': MedCLIP's second view and text_eda (ours, one view) exclude "
+                          "each other; set text_eda: 0")
+    if cfg.text_eda_view and (cfg.loss not in ("medclip", "medclip_cosine", "clip") or cfg.model == "simple"
+                              or cfg.text_encoder == "precomputed"):
+        raise ConfigError("config key 'text_eda_view': needs loss clip, medclip or medclip_cosine and a text encoder "
+                          f"that reads text (got loss {cfg.loss!r}, model {cfg.model!r}, text_encoder "
+                          f"{cfg.text_encoder!r})")
     _validate_unpaired(cfg)
 
 
@@ -236,6 +247,9 @@ def _validate_unpaired(cfg) -> None:
     if cfg.unpaired_pool == "train_fraction_rest" and "texts" in sources and not cfg.sentence_labels:
         raise ConfigError("config key 'unpaired_pool': 'train_fraction_rest' with 'texts' needs sentence_labels (each "
                           "text-only sentence has its own labels; 'auto': the table prepare wrote)")
+    if cfg.image_only_text == "prompt_sentence" and ("images" not in sources or not cfg.sentence_labels):
+        raise ConfigError("config key 'image_only_text': prompt_sentence needs unpaired_sources with 'images' and a "
+                          "sentence_labels table (the prompt sentences come from it)")
     if "texts" in sources and cfg.model != "simple" and cfg.text_encoder == "precomputed":
         raise ConfigError(
             "config key 'unpaired_sources': 'texts' needs a text encoder that reads text; "

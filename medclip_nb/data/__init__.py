@@ -16,6 +16,7 @@ from medclip_nb import lazy_exports
 _PUBLIC = {
     "build_datasets": "medclip_nb.data.build",
     "truncation_warning": "medclip_nb.data.build",
+    "prepare_chexpert": "medclip_nb.data.chexpert",
     "convert_to_jsonl": "medclip_nb.data.convert",
     "decoupled_pool": "medclip_nb.data.decoupled",
     "CXRDataset": "medclip_nb.data.dataset",
@@ -45,6 +46,7 @@ _PUBLIC = {
     "CHEXPERT_TABLE": "medclip_nb.data.mimic",
     "METADATA_COLUMNS": "medclip_nb.data.mimic",
     "METADATA_TABLE": "medclip_nb.data.mimic",
+    "NEGBIO_TABLE": "medclip_nb.data.mimic",
     "SPLIT_TABLE": "medclip_nb.data.mimic",
     "prepare_mimic": "medclip_nb.data.mimic",
     "report_text": "medclip_nb.data.mimic_reports",

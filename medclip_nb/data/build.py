@@ -24,6 +24,7 @@ from medclip_nb.text import (
     label_tensor_table,
     read_sentence_labels,
     resolve_sentence_labels,
+    sentence_hits,
 )
 
 if TYPE_CHECKING:
@@ -44,16 +45,29 @@ def truncation_warning(tokenizer, reports: Sequence[str], max_reports: int = 200
     )
 
 
-def _sentence_label_table(cfg: "Config", data_path: Path, warnings_out: list[str]):
-    """The training sentences' label table of `cfg.sentence_labels` (sentence_labels.py), or None."""
+def _sentence_label_table(cfg: "Config", data_path: Path, train: list[dict], warnings_out: list[str]):
+    """(the training sentences' label table of `cfg.sentence_labels` (sentence_labels.py), or None;
+    the line that says how many of the sentences training can sample it holds). Misses are warned
+    about, and refused with sentence_label_miss 'error'."""
     if not cfg.sentence_labels:
-        return None
+        return None, None
     path = resolve_sentence_labels(cfg)
     if path is None:
         warnings_out.append(f"sentence_labels 'auto': no {PREPARED_NAME} beside {data_path}; "
                             "each sentence has its study's labels")
-        return None
-    return label_tensor_table(read_sentence_labels(path))
+        return None, None
+    table = read_sentence_labels(path)
+    hits, total, first_miss = sentence_hits((r["report"] for r in train), table, cfg.short_sentence_tokens)
+    line = (f"Sentence labels: {hits:,} of the {total:,} training sentences ({hits / max(total, 1):.1%}) found in "
+            f"{path} (MedCLIP's normal form)")
+    if hits < total:
+        if cfg.sentence_label_miss == "error":
+            raise DataError(f"sentence_labels: {path} has no entry for {total - hits:,} training sentence(s), e.g. "
+                            f"{first_miss!r} (sentence_label_miss: error)")
+        gets = "No Finding = 1" if cfg.sentence_label_miss == "no_finding" else "their study's labels"
+        warnings_out.append(f"{total - hits:,} training sentence(s) are missing from {path}, e.g. {first_miss!r}; "
+                            f"they get {gets} (sentence_label_miss)")
+    return label_tensor_table(table), line
 
 
 def _rest_as_unpaired(cfg: "Config", data_path: Path, rest: list[dict], warnings_out: list[str]) -> dict:
@@ -108,7 +122,7 @@ def build_datasets(
         message = truncation_warning(tokenizer, [r["report"] for r in records["train"]])
         if message:
             warnings_out.append(message)
-    sentence_labels = _sentence_label_table(cfg, data_path, warnings_out)
+    sentence_labels, hit_line = _sentence_label_table(cfg, data_path, records["train"], warnings_out)
     datasets: dict[str, CXRDataset] = {}
     for split in REQUIRED_SPLITS:
         train = split == "train"
@@ -124,6 +138,9 @@ def build_datasets(
             short_sentence_tokens=cfg.short_sentence_tokens if train else 0,
             text_eda=cfg.text_eda if train else 0.0,
             sentence_labels=sentence_labels if train else None,
+            sentence_label_miss=cfg.sentence_label_miss,
+            text_eda_view=cfg.text_eda_view and train,
         )
         datasets[split].full_size = full_sizes[split]
+    datasets["train"].sentence_label_line = hit_line  # printed at the start of training
     return datasets, records, warnings_out

@@ -18,8 +18,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from medclip_nb.data.images import BadImageError, BadImageWarning, SkippedSample, build_resize_transform, load_grayscale
 from medclip_nb.data.records import SampleRecords, freeze_inherited_objects
+from medclip_nb.errors import DataError
 from medclip_nb.labels import CHEXPERT_LABELS, NUM_LABELS
-from medclip_nb.text import clean_report, drop_short_sentences, eda, split_sentences
+from medclip_nb.text import clean_report, drop_short_sentences, eda, medclip_eda, sentence_key, split_sentences
 
 if TYPE_CHECKING:
     from medclip_nb.config import Config
@@ -63,6 +64,8 @@ class CXRDataset(Dataset):
         short_sentence_tokens: int = 0,
         text_eda: float = 0.0,
         sentence_labels: Mapping[str, torch.Tensor] | None = None,
+        sentence_label_miss: str = "study_labels",
+        text_eda_view: bool = False,
     ):
         if on_bad_image not in ("skip", "error"):
             raise ValueError(f"on_bad_image must be 'skip' or 'error', got {on_bad_image!r}")
@@ -88,6 +91,8 @@ class CXRDataset(Dataset):
         self.text_eda = float(text_eda)
         # sentence key -> float32 [14] labels (sentence_labels.py); None: a sentence has its study's labels
         self.sentence_labels = sentence_labels
+        self.sentence_label_miss = sentence_label_miss  # study_labels | no_finding | error
+        self.text_eda_view = bool(text_eda_view)  # MedCLIP's second, EDA-augmented text view
         self._resize = build_resize_transform(resize_size) if raw_uint8 else None
         self._warned_paths: set[str] = set()
 
@@ -144,16 +149,28 @@ class CXRDataset(Dataset):
             if sentences:
                 report = rng.choice(sentences)
             if self.sentence_labels is not None:  # looked up before EDA changes the words
-                text_labels = self.sentence_labels.get(report, _UNLISTED_SENTENCE)
+                text_labels = self.sentence_labels.get(sentence_key(report))
+                if text_labels is None:
+                    text_labels = self.missing_sentence(report, index)
             if self.text_eda > 0:
                 report = eda(report, self.text_eda, rng)
         labels = torch.tensor(self.records.labels(index), dtype=torch.float32)
         sample = {"pixel_values": pixels, "report": report, "labels": labels, "index": index}
+        if self.text_eda_view:
+            sample["report_aug"] = medclip_eda(report, rng)
         if text_labels is not None:
             sample["text_labels"] = text_labels
         if self.records.has_clip_indices(index):  # rows of the precomputed text features
             sample["clip_indices"] = self.records.clip_indices(index)
         return sample
+
+    def missing_sentence(self, sentence: str, index: int) -> torch.Tensor:
+        """The text labels of a sampled sentence the table lacks, as `sentence_label_miss` says."""
+        if self.sentence_label_miss == "no_finding":
+            return _UNLISTED_SENTENCE
+        if self.sentence_label_miss == "error":
+            raise DataError(f"sentence_labels: the table has no entry for {sentence!r} (sentence_label_miss: error)")
+        return torch.tensor(self.records.labels(index), dtype=torch.float32)
 
     def _apply_transform(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._resize(pixels) if self.raw_uint8 else self.transform(pixels)
@@ -189,6 +206,9 @@ class BatchCollator:
         extra = {}
         if kept and "text_labels" in kept[0]:  # sentence labels: the text rows' own labels
             extra["text_labels"] = torch.stack([s["text_labels"] for s in kept]).to(torch.float32)
+        if kept and "report_aug" in kept[0]:  # MedCLIP's EDA view of each text row (text_eda_view)
+            aug = self.tokenizer.encode([s["report_aug"] for s in kept])
+            extra["aug_input_ids"], extra["aug_attention_mask"] = aug["input_ids"], aug["attention_mask"]
         return {
             **extra,
             "pixel_values": pixel_values,

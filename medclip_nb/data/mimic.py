@@ -61,6 +61,8 @@ from medclip_nb.text import (
 
 SPLIT_TABLE = "mimic-cxr-2.0.0-split.csv.gz"
 CHEXPERT_TABLE = "mimic-cxr-2.0.0-chexpert.csv.gz"
+NEGBIO_TABLE = "mimic-cxr-2.0.0-negbio.csv.gz"  # the same columns; MedCLIP's process_mimic_cxr.py reads it
+LABEL_TABLES = {"chexpert": CHEXPERT_TABLE, "negbio": NEGBIO_TABLE}
 METADATA_TABLE = "mimic-cxr-2.0.0-metadata.csv.gz"
 METADATA_COLUMNS: tuple[str, ...] = (
     "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition",
@@ -130,7 +132,7 @@ def _study_paths(base: str, subject: pd.Series, study: pd.Series) -> pd.Series:
     return base + "/p" + subject.str[:2] + "/p" + subject + "/s" + study.astype(str)
 
 
-def _parallel_map(func: Callable, items: list, workers: int, desc: str, unit: str) -> list:
+def parallel_map(func: Callable, items: list, workers: int, desc: str, unit: str) -> list:
     """func over items in order, with a progress display; a process pool when workers > 1."""
     if not items:
         return []
@@ -141,7 +143,7 @@ def _parallel_map(func: Callable, items: list, workers: int, desc: str, unit: st
         return list(progress(pool.imap(func, items, chunksize=chunksize), total=len(items), desc=desc, unit=unit))
 
 
-def _worker_count(num_workers: int | None, jobs: int) -> int:
+def worker_count(num_workers: int | None, jobs: int) -> int:
     if num_workers is not None:
         if num_workers < 0:
             raise ConfigError(f"config key 'num_workers': must be >= 0, got {num_workers}")
@@ -227,7 +229,7 @@ def _carry_sentence_labels(root: Path, out: Path) -> dict | None:
 
 def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), store_size: int | None = None,
                   num_workers: int | None = None, reports_root=None, unpaired_fraction: float = 0.0,
-                  unpaired_seed: int = 0) -> dict:
+                  unpaired_seed: int = 0, labels: str = "chexpert") -> dict:
     """Import a MIMIC-CXR-JPG tree into `out/datasets.pkl` and return the import report.
 
     `datasets.pkl` = {"train", "val", "test"}: lists of dicts with `image_path` (relative
@@ -242,10 +244,13 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
     repository root. A sentence-label table in the root is carried to
     `out/sentence_labels.csv.gz` (`_carry_sentence_labels`). The unpaired splits `train_images` /
     `train_texts` and `unpaired_fraction` / `unpaired_seed` are described in the module docstring;
-    the report's `unpaired` entry counts them.
+    the report's `unpaired` entry counts them. `labels` picks the label table: 'chexpert' (the
+    CheXpert labeler's) or 'negbio' (NegBio's, as MedCLIP's process_mimic_cxr.py reads it).
     """
-    source = _checked_source(mimic_root, out, frontal_views, reports_root, unpaired_fraction)
-    table, chexpert = _read_tables(source.root)
+    if labels not in LABEL_TABLES:
+        raise ConfigError(f"config key 'mimic_labels': {labels!r} is not one of {', '.join(LABEL_TABLES)}")
+    source = _checked_source(mimic_root, out, frontal_views, reports_root, unpaired_fraction, LABEL_TABLES[labels])
+    table, chexpert = _read_tables(source.root, LABEL_TABLES[labels])
     reason, absolute = _drop_reasons(table, source, num_workers)
     kept = table[reason == ""]
     if kept.empty:
@@ -256,7 +261,7 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
     split = _split_off_unpaired(table, reason, absolute, kept, chexpert, unpaired_fraction, unpaired_seed,
                                 num_workers)
     datasets, path_style = _write_datasets(source, split)
-    extra = {"store_size": store_size, "sentence_labels": _carry_sentence_labels(source.root, source.out),
+    extra = {"label_table": labels, "store_size": store_size, "sentence_labels": _carry_sentence_labels(source.root, source.out),
              "unpaired_fraction": unpaired_fraction, "unpaired_seed": unpaired_seed}
     report = _import_report(source, table, reason, chexpert, split, datasets, path_style, extra)
     write_json_atomic(source.out / "prepare_report.json", report, error=DataError)
@@ -277,7 +282,7 @@ class _Source:
     views: list[str]  # ViewPosition values kept
 
 
-def _checked_source(mimic_root, out, frontal_views, reports_root, unpaired_fraction) -> _Source:
+def _checked_source(mimic_root, out, frontal_views, reports_root, unpaired_fraction, label_table) -> _Source:
     """Every input checked before any table is read: one-line errors naming the folder, file or key."""
     if isinstance(unpaired_fraction, bool) or not isinstance(unpaired_fraction, (int, float)) \
             or not 0 <= unpaired_fraction < 1:
@@ -294,7 +299,7 @@ def _checked_source(mimic_root, out, frontal_views, reports_root, unpaired_fract
     report_files = (resolve(reports_root) if reports_root is not None else root) / "files"
     if not report_files.is_dir():
         raise DataError(f"MIMIC-CXR reports folder not found: {report_files}")
-    for name in (SPLIT_TABLE, METADATA_TABLE, CHEXPERT_TABLE):
+    for name in (SPLIT_TABLE, METADATA_TABLE, label_table):
         if not (root / name).is_file():
             raise DataError(f"MIMIC-CXR table not found: {root / name}")
     if (out / "datasets.pkl").exists() and not (out / PREPARE_REPORT).is_file():
@@ -306,9 +311,9 @@ def _checked_source(mimic_root, out, frontal_views, reports_root, unpaired_fract
     return _Source(root, out, files_dir, report_files, [v.strip() for v in views])
 
 
-def _read_tables(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per image: split table + view, the CheXpert table), checked."""
-    split_path, meta_path, chexpert_path = root / SPLIT_TABLE, root / METADATA_TABLE, root / CHEXPERT_TABLE
+def _read_tables(root: Path, label_table: str = CHEXPERT_TABLE) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per image: split table + view, the label table), checked."""
+    split_path, meta_path, chexpert_path = root / SPLIT_TABLE, root / METADATA_TABLE, root / label_table
     ids = {"subject_id": "int64", "study_id": "int64"}
     tables = progress(total=3, desc="prepare: reading tables", unit="table")
     table = _read_table(split_path, ("dicom_id", "study_id", "subject_id", "split"),
@@ -350,8 +355,8 @@ def _drop_reasons(table: pd.DataFrame, source: _Source, num_workers: int | None)
     studies = table.loc[alive, ["subject_id", "study_id"]].drop_duplicates("study_id")
     report_paths = (_study_paths(str(source.report_files), studies["subject_id"], studies["study_id"])
                     + ".txt").tolist()
-    workers = _worker_count(num_workers, len(report_paths))
-    texts = _parallel_map(read_report, report_paths, workers, "prepare: reading reports", "report")
+    workers = worker_count(num_workers, len(report_paths))
+    texts = parallel_map(read_report, report_paths, workers, "prepare: reading reports", "report")
     study_text = pd.DataFrame(texts, columns=["report", "report_source"], index=studies["study_id"].to_numpy())
     table[["report", "report_source"]] = table.join(study_text, on="study_id")[["report", "report_source"]]
     reason[alive & (table["report"].fillna("") == "")] = "no_report_text"
@@ -361,8 +366,8 @@ def _drop_reasons(table: pd.DataFrame, source: _Source, num_workers: int | None)
     absolute = study_dirs + "/" + table["dicom_id"] + ".jpg"
     alive = reason == ""
     image_paths = absolute[alive].tolist()
-    workers = _worker_count(num_workers, len(image_paths))
-    status = pd.Series(_parallel_map(check_image, image_paths, workers, "prepare: checking images", "img"),
+    workers = worker_count(num_workers, len(image_paths))
+    status = pd.Series(parallel_map(check_image, image_paths, workers, "prepare: checking images", "img"),
                        index=absolute[alive].index, dtype=object)
     reason[status.index[status != "ok"]] = status[status != "ok"]
     return reason, absolute
@@ -384,8 +389,8 @@ class _Split:
 def _split_off_unpaired(table, reason, absolute, kept, chexpert, fraction, seed, num_workers) -> _Split:
     # Train images dropped only for their missing report text: image-only if they have labels.
     no_text = (reason == "no_report_text") & (table["split"] == "train")
-    no_text_status = pd.Series(_parallel_map(check_image, absolute[no_text].tolist(),
-                                             _worker_count(num_workers, int(no_text.sum())),
+    no_text_status = pd.Series(parallel_map(check_image, absolute[no_text].tolist(),
+                                             worker_count(num_workers, int(no_text.sum())),
                                              "prepare: checking images without report text", "img"),
                                index=absolute[no_text].index, dtype=object)
     no_text_images = table.loc[no_text_status.index[no_text_status == "ok"]]
@@ -430,6 +435,7 @@ def _import_report(source: _Source, table, reason, chexpert, split: _Split, data
     by_split = kept.groupby("split", sort=False)
     return {
         "mimic_root": str(source.root),
+        "label_table": extra["label_table"],
         # The phantom parameters read (None for real MIMIC-CXR): a dataset of a replaced phantom is stale.
         "source_phantom": phantom_params(phantom_record(source.root)),
         "datasets": str(source.out / "datasets.pkl"),

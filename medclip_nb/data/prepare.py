@@ -52,9 +52,15 @@ def ensure_dataset(cfg: Config, *, log=print) -> Path:
             log(f"Removing {data_path}: prepared from an earlier phantom")
             data_path.unlink()  # ours: prepare_report.json beside it says so
             (data_path.parent / PREPARE_REPORT).unlink(missing_ok=True)
+    record = prepare_record(data_path) if data_path.exists() and ours and not cfg.iu_reports else None
+    if record is not None and record.get("label_table", "chexpert") != cfg.mimic_labels:
+        log(f"Removing {data_path}: prepared with the {record.get('label_table', 'chexpert')} labels, "
+            f"mimic_labels is {cfg.mimic_labels}")
+        data_path.unlink()
+        (data_path.parent / PREPARE_REPORT).unlink(missing_ok=True)
     if not data_path.exists() and not cfg.iu_reports:
         log(f"Preparing {source} -> {data_path.parent}")
-        prepare_mimic(source, data_path.parent, frontal_views=tuple(cfg.frontal_views))
+        prepare_mimic(source, data_path.parent, frontal_views=tuple(cfg.frontal_views), labels=cfg.mimic_labels)
         if data_path.name != "datasets.pkl":
             os.replace(data_path.parent / "datasets.pkl", data_path)
     if cfg.image_store == "auto":

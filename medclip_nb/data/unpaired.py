@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
@@ -37,10 +38,19 @@ from torch.utils.data import Dataset
 
 from medclip_nb.data.dataset import CXRDataset
 from medclip_nb.data.images import SkippedSample, build_transforms
+from medclip_nb.data.loading import load_dataset_file
 from medclip_nb.data.sampling import UINT64_MASK, splitmix64
+from medclip_nb.data.validation import validate_splits
 from medclip_nb.errors import ConfigError, DataError
 from medclip_nb.paths import resolve
-from medclip_nb.text import clean_report, split_sentences
+from medclip_nb.text import (
+    PromptSentences,
+    clean_report,
+    medclip_eda,
+    read_sentence_labels,
+    resolve_sentence_labels,
+    split_sentences,
+)
 
 if TYPE_CHECKING:
     from medclip_nb.config import Config
@@ -50,6 +60,7 @@ SOURCE_SPLITS = {"images": "train_images", "texts": "train_texts"}
 # Stream numbers keep the draws of the two sources (and of their sample seeds) independent.
 _STREAM = {"images": 1, "texts": 2}
 _SAMPLE_SEED_STREAM = 16
+_EDA_SEED = 0x5EDA  # the EDA view of an unpaired text draws from its own stream of the item's seed
 
 
 def _mix(*parts: int) -> int:
@@ -119,7 +130,8 @@ class UnpairedTexts(Dataset):
 class UnpairedBatches:
     """Appends the unpaired items of a training step to its batch (`extend`)."""
 
-    def __init__(self, images: Dataset | None, texts: Dataset | None, tokenizer, per_batch: int, seed: int):
+    def __init__(self, images: Dataset | None, texts: Dataset | None, tokenizer, per_batch: int, seed: int,
+                 prompts: PromptSentences | None = None, zero_uncertain: bool = False):
         if images is None and texts is None:
             raise ValueError("UnpairedBatches needs an image-only or a text-only source")
         self.sources = {name: ds for name, ds in (("images", images), ("texts", texts)) if ds is not None}
@@ -129,6 +141,9 @@ class UnpairedBatches:
         self.tokenizer = tokenizer
         self.per_batch = int(per_batch)
         self.seed = int(seed)
+        # image_only_text prompt_sentence: each image-only item becomes a pair with a prompt sentence, sampled
+        # from its labels as the image side reads them (zero_uncertain: -1 -> 0, image_uncertain_labels zero)
+        self.prompts, self.zero_uncertain = prompts, zero_uncertain
         self._permutations: dict[str, dict] = {name: {} for name in self.sources}
 
     def draw(self, source: str, epoch: int, step: int) -> list[tuple[int, int]]:
@@ -146,54 +161,103 @@ class UnpairedBatches:
         paired_text_labels = batch.get("text_labels", batch["labels"])  # a sentence's own labels when given
         out = dict(batch, num_pairs=num_pairs, text_labels=paired_text_labels, n_unpaired_skipped=0)
         if "images" in self.sources:
-            samples = [self.sources["images"][key] for key in self.draw("images", epoch, step)]
+            keys = self.draw("images", epoch, step)
+            samples = [self.sources["images"][key] for key in keys]
             kept = [s for s in samples if isinstance(s, dict)]
             skipped = [s for s in samples if not isinstance(s, dict)]
             if kept:
                 out["pixel_values"] = torch.cat([batch["pixel_values"], torch.stack([s["pixel_values"] for s in kept])])
                 out["labels"] = torch.cat([batch["labels"], torch.stack([s["labels"] for s in kept])])
+            if kept and self.prompts is not None:  # the image-only items become pairs, before any text-only row
+                seeds = [seed for (_, seed), s in zip(keys, samples) if isinstance(s, dict)]
+                self.add_prompt_sentences(out, kept, seeds)
             out["n_unpaired_skipped"] = len(skipped)
             out["n_skipped"] = batch["n_skipped"] + len(skipped)
             out["skipped_paths"] = list(batch["skipped_paths"]) + [s.path for s in skipped if isinstance(s,
                                                                                                          SkippedSample)]
         if "texts" in self.sources:
-            samples = [self.sources["texts"][key] for key in self.draw("texts", epoch, step)]
-            text = self.tokenizer.encode([s["report"] for s in samples])
-            out["input_ids"] = torch.cat([batch["input_ids"], text["input_ids"]])
-            out["attention_mask"] = torch.cat([batch["attention_mask"], text["attention_mask"]])
-            out["text_labels"] = torch.cat([paired_text_labels, torch.stack([s["labels"] for s in samples])])
+            keys = self.draw("texts", epoch, step)
+            samples = [self.sources["texts"][key] for key in keys]
+            self.append_texts(out, [s["report"] for s in samples], [seed for _, seed in keys])
+            out["text_labels"] = torch.cat([out["text_labels"], torch.stack([s["labels"] for s in samples])])
         return out
+
+    def append_texts(self, out: dict[str, Any], texts: list[str], seeds: list[int]) -> None:
+        """Tokenise `texts` onto the text side; with MedCLIP's EDA view in the batch, their EDA views
+        (seeded by each item's sample seed) onto the augmented side, in the same row order."""
+        text = self.tokenizer.encode(texts)
+        out["input_ids"] = torch.cat([out["input_ids"], text["input_ids"]])
+        out["attention_mask"] = torch.cat([out["attention_mask"], text["attention_mask"]])
+        if "aug_input_ids" in out:
+            views = [medclip_eda(t, random.Random(int(s) ^ _EDA_SEED)) for t, s in zip(texts, seeds)]
+            aug = self.tokenizer.encode(views)
+            out["aug_input_ids"] = torch.cat([out["aug_input_ids"], aug["input_ids"]])
+            out["aug_attention_mask"] = torch.cat([out["aug_attention_mask"], aug["attention_mask"]])
+
+    def add_prompt_sentences(self, out: dict[str, Any], kept: list[dict], seeds: list[int]) -> None:
+        """Append each kept image-only item's prompt sentence (text/prompt_sentences.py) to the text
+        side, with the sentence's own labels; the items count as pairs (`num_pairs`)."""
+        drawn = []
+        for sample, seed in zip(kept, seeds):
+            labels = sample["labels"].numpy()
+            if self.zero_uncertain:
+                labels = np.where(labels == -1, 0.0, labels)
+            drawn.append(self.prompts.sample(labels, random.Random(int(seed))))
+        self.append_texts(out, [sentence for sentence, _ in drawn], seeds)
+        labels = torch.tensor([lab for _, lab in drawn], dtype=torch.float32)
+        out["text_labels"] = torch.cat([out["text_labels"], labels])
+        out["num_pairs"] += len(kept)
+        out["prompt_sentences"] = [sentence for sentence, _ in drawn]
+
+
+def unpaired_records(cfg: "Config", records: Mapping[str, list[dict]], data_path: Path) -> tuple[Mapping, Path, Path]:
+    """(records, their dataset file, their image root) of the unpaired sources: `cfg.unpaired_data_path`'s
+    file (e.g. prepare-chexpert's) when set, else the training file's own records."""
+    if not cfg.unpaired_data_path:
+        return records, data_path, resolve(cfg.image_root) if cfg.image_root else data_path.parent
+    path = resolve(cfg.unpaired_data_path)
+    other = load_dataset_file(path)
+    validate_splits(other, path, [SOURCE_SPLITS[source] for source in cfg.unpaired_sources])
+    return other, path, path.parent
 
 
 def build_unpaired(
     cfg: "Config", records: Mapping[str, list[dict]], tokenizer, *, data_path, store: Any = None,
     raw_uint8: bool = False, world_size: int = 1,
 ) -> UnpairedBatches | None:
-    """The `UnpairedBatches` of `cfg.unpaired_sources` from the loaded and validated
-    `records` (data.build_datasets), or None when no source is set. Image-only items use the
-    training transform (or uint8 images with `raw_uint8`, for augmentation on the GPU) and
-    `store` where it has them. Raises ConfigError under DDP, DataError for a missing or empty
-    split."""
+    """The `UnpairedBatches` of `cfg.unpaired_sources` from the loaded and validated `records`
+    (data.build_datasets) or `cfg.unpaired_data_path`'s, or None when no source is set. Image-only
+    items use the training transform (or uint8 images with `raw_uint8`, for augmentation on the
+    GPU) and `store` where it has them; with `image_only_text: prompt_sentence` each gets a prompt
+    sentence. Raises ConfigError under DDP, DataError for a missing or empty split."""
     if not cfg.unpaired_sources:
         return None
     if world_size > 1:
         raise ConfigError(f"config key 'unpaired_sources': single-process for now (this run has {world_size} "
                           "processes)")
+    records, source_path, root = unpaired_records(cfg, records, data_path)
     for source in cfg.unpaired_sources:
         split = SOURCE_SPLITS[source]
         if not records.get(split):
-            raise DataError(f"{data_path}: split '{split}' is missing or empty; config key 'unpaired_sources' "
-                            f"asks for {source} (prepare --unpaired-fraction writes it)")
-    images = texts = None
+            raise DataError(f"{source_path}: split '{split}' is missing or empty; config key 'unpaired_sources' "
+                            f"asks for {source} (prepare --unpaired-fraction or prepare-chexpert writes it)")
+    images = texts = prompts = None
     if "images" in cfg.unpaired_sources:
-        root = resolve(cfg.image_root) if cfg.image_root else data_path.parent
         images = CXRDataset(
             records["train_images"], root=root, transform=build_transforms(cfg, train=True),
-            on_bad_image=cfg.on_bad_image, store=store, raw_uint8=raw_uint8, resize_size=cfg.resize_size,
+            on_bad_image=cfg.on_bad_image, store=store if source_path == data_path else None, raw_uint8=raw_uint8,
+            resize_size=cfg.resize_size,
         )
     if "texts" in cfg.unpaired_sources:
         texts = UnpairedTexts(records["train_texts"], cfg.report_sampling)
-    return UnpairedBatches(images, texts, tokenizer, cfg.unpaired_per_batch, cfg.seed)
+    if cfg.image_only_text == "prompt_sentence":
+        table_path = resolve_sentence_labels(cfg)
+        if table_path is None:
+            raise DataError(f"config key 'image_only_text': prompt_sentence needs a sentence_labels table; none "
+                            f"beside {data_path}")
+        prompts = PromptSentences(read_sentence_labels(table_path), seed=cfg.seed)
+    return UnpairedBatches(images, texts, tokenizer, cfg.unpaired_per_batch, cfg.seed, prompts,
+                           zero_uncertain=cfg.image_uncertain_labels == "zero")
 
 
 __all__ = ["SOURCE_SPLITS", "UnpairedBatches", "UnpairedTexts", "build_unpaired", "draw_unpaired"]

@@ -139,7 +139,8 @@ def _check_split_lists(splits: Mapping[str, Any], source: str) -> list[str]:
 # What a record of each split must hold. Paired: image, report and labels. train_images (image-only):
 # ``report`` may be missing, null or empty (it becomes ""). train_texts (text-only): a non-empty
 # ``report``, no image.
-_RECORD_KINDS = {"train_images": "image_only", "train_texts": "text_only"}
+_RECORD_KINDS = {"train_images": "image_only", "train_texts": "text_only", "chexpert_5x200": "image_only",
+                 "chexpert_valid": "image_only"}
 _REQUIRED_KEYS = {
     "paired": ("image_path", "report", "labels"),
     "image_only": ("image_path", "labels"),
@@ -176,6 +177,19 @@ def _validate_record(record: Any, where: str, kind: str) -> str | None:
     _check_encodable(record, where)
     record["labels"] = _validated_labels(record["labels"], where)
     return image_path
+
+
+def validate_splits(splits: Mapping[str, Any], source: str | os.PathLike, names: Sequence[str]) -> None:
+    """Check and normalise the records of the named splits of a dataset file that holds no paired
+    splits (prepare-chexpert's, named by unpaired_data_path): each must be a non-empty list."""
+    if not isinstance(splits, Mapping):
+        raise DataError(f"{source}: expected a dict of splits, got {type(splits).__name__}")
+    for split in names:
+        records = splits.get(split)
+        if not isinstance(records, list) or not records:
+            raise DataError(f"{source}: split '{split}' is missing or empty")
+        for index, record in enumerate(records):
+            _validate_record(record, f"{source}: {split}[{index}]", _RECORD_KINDS.get(split, "paired"))
 
 
 def uses_precomputed_text(cfg: "Config") -> bool:

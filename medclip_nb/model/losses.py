@@ -73,6 +73,17 @@ def _checked_labels(labels: Tensor) -> Tensor:
     return labels
 
 
+UNCERTAIN_RULES = ("keep", "zero")
+
+
+def side_labels(labels: Tensor, uncertain: str) -> Tensor:
+    """One side's labels before its encoding: an uncertain -1 kept, or read as 0 ('zero': MedCLIP's
+    image side, whose preprocessing scripts write -1 -> 0; its text side keeps -1)."""
+    if uncertain not in UNCERTAIN_RULES:
+        raise ValueError(f"uncertain label rule {uncertain!r} is not one of {', '.join(UNCERTAIN_RULES)}")
+    return torch.where(labels == -1, torch.zeros_like(labels), labels) if uncertain == "zero" else labels
+
+
 def medclip_label_vectors(labels: Tensor) -> Tensor:
     """MedCLIP's label encoding (its dataset code path): blank (NaN) -> 0; 1, 0 and -1 kept."""
     return torch.nan_to_num(_checked_labels(labels), nan=0.0)
@@ -349,13 +360,28 @@ class ContrastiveLoss(nn.Module):
     float32 with autocast off (log-softmax over up to 100 x logits).
     """
 
-    def __init__(self, kind: str = "clip", uncertain_value: float = 0.5, no_finding_rule: bool = True):
+    def __init__(self, kind: str = "clip", uncertain_value: float = 0.5, no_finding_rule: bool = True,
+                 image_uncertain: str = "keep", text_uncertain: str = "keep"):
         super().__init__()
         if kind not in LOSS_KINDS:
             raise ValueError(f"loss kind {kind!r} is not one of {', '.join(LOSS_KINDS)}")
+        for rule in (image_uncertain, text_uncertain):
+            if rule not in UNCERTAIN_RULES:
+                raise ValueError(f"uncertain label rule {rule!r} is not one of {', '.join(UNCERTAIN_RULES)}")
         self.kind = kind
         self.uncertain_value = float(uncertain_value)
         self.no_finding_rule = bool(no_finding_rule)
+        self.image_uncertain, self.text_uncertain = image_uncertain, text_uncertain
+
+    def side_labels(self, labels: Tensor | None, text_labels: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """(image labels, text labels) after each side's uncertain rule; when the sides' rules differ a
+        pair's text gets its own copy of the study's labels."""
+        if labels is None or self.kind not in LABEL_LOSS_KINDS:
+            return labels, text_labels
+        if text_labels is None and self.image_uncertain != self.text_uncertain:
+            text_labels = labels
+        image = side_labels(labels, self.image_uncertain)
+        return image, None if text_labels is None else side_labels(text_labels, self.text_uncertain)
 
     def extra_repr(self) -> str:
         if self.kind == "medclip_cosine":
@@ -384,6 +410,7 @@ class ContrastiveLoss(nn.Module):
         gather_rows = gather_features if gather else _local_rows
         if text_labels is not None and (self.kind not in LABEL_LOSS_KINDS or labels is None):
             raise ValueError("text_labels (sentence labels, unpaired rows) need a medclip loss kind and image labels")
+        labels, text_labels = self.side_labels(labels, text_labels)
         if num_pairs is not None and (text_labels is None or _distributed_world()[1] > 1):
             raise ValueError("unpaired rows (num_pairs) need text_labels and a single process")
         image = outputs["image_embeds"]

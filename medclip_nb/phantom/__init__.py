@@ -6,6 +6,7 @@
     out/files/p10/p10000032/s50414267.txt                free-text radiology report
     out/mimic-cxr-2.0.0-split.csv.gz                     patient-disjoint train/validate/test
     out/mimic-cxr-2.0.0-chexpert.csv.gz                  study-level CheXpert labels
+    out/mimic-cxr-2.0.0-negbio.csv.gz                    the same labels under NegBio's name (one labeler here)
     out/mimic-cxr-2.0.0-metadata.csv.gz                  DICOM metadata (ViewPosition, ...)
     out/sentence-label.csv.gz                            every report sentence with its own labels (MedCLIP's
                                                          sentence-label table; not part of MIMIC-CXR)
@@ -25,15 +26,19 @@ The package, by pipeline step:
     reports.py        the radiology report, one sentence builder per finding (write_report)
     plan.py           patients, studies, splits, dates, report styles, images of each study
     tree.py           the MIMIC-CXR-JPG tree, its tables and the manifest (generate_phantom)
+    chexpert_tree.py  the same phantom in CheXpert-v1.0-small's layout (generate_chexpert_phantom)
 """
 
 from medclip_nb.phantom.anatomy import sample_anatomy, study_anatomy
+from medclip_nb.phantom.chexpert_tree import chexpert_phantom_is_current, generate_chexpert_phantom
 from medclip_nb.phantom.findings import Finding
 from medclip_nb.phantom.render import render_chest
 from medclip_nb.phantom.tree import generate_phantom, phantom_is_current, phantom_report_texts
 
 __all__ = [
     "Finding",
+    "chexpert_phantom_is_current",
+    "generate_chexpert_phantom",
     "generate_phantom",
     "phantom_is_current",
     "phantom_report_texts",

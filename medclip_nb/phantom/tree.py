@@ -22,6 +22,7 @@ from medclip_nb.data import (
     CHEXPERT_TABLE,
     METADATA_COLUMNS,
     METADATA_TABLE,
+    NEGBIO_TABLE,
     SPLIT_TABLE,
     describe_phantom,
     foreign_file,
@@ -92,7 +93,7 @@ def phantom_is_current(out, studies: int, size: int, seed: int, test_studies: in
     wanted = _manifest(studies, size, seed, test_studies)
     if any(recorded.get(k) != v for k, v in wanted.items()):
         return False
-    tables = (SPLIT_TABLE, CHEXPERT_TABLE, METADATA_TABLE, SENTENCE_TABLE)
+    tables = (SPLIT_TABLE, CHEXPERT_TABLE, NEGBIO_TABLE, METADATA_TABLE, SENTENCE_TABLE)
     return (out / "files").is_dir() and all((out / name).is_file() for name in tables)
 
 
@@ -128,7 +129,7 @@ def _clear_previous(out: Path, wanted: dict, force: bool) -> None:
     (out / PHANTOM_MANIFEST).unlink()
     if (out / "files").is_dir():
         shutil.rmtree(out / "files")
-    for name in (SPLIT_TABLE, CHEXPERT_TABLE, METADATA_TABLE, SENTENCE_TABLE):
+    for name in (SPLIT_TABLE, CHEXPERT_TABLE, NEGBIO_TABLE, METADATA_TABLE, SENTENCE_TABLE):
         (out / name).unlink(missing_ok=True)
 
 
@@ -181,6 +182,8 @@ class _Tables:
         _write_gzip_csv(out / SPLIT_TABLE, pd.DataFrame(self.split_rows, columns=split_columns))
         label_columns = ["subject_id", "study_id", *CHEXPERT_LABELS]
         _write_gzip_csv(out / CHEXPERT_TABLE, pd.DataFrame(self.label_rows, columns=label_columns))
+        # NegBio's table (MedCLIP reads it): the phantom has one labeler, so the same labels under its name.
+        _write_gzip_csv(out / NEGBIO_TABLE, pd.DataFrame(self.label_rows, columns=label_columns))
         _write_gzip_csv(out / METADATA_TABLE, pd.DataFrame(self.meta_rows, columns=list(METADATA_COLUMNS)))
         write_sentence_labels(out / SENTENCE_TABLE, dict(sorted(self.sentences.items())))
 

@@ -10,8 +10,10 @@ from medclip_nb import lazy_exports
 _PUBLIC = {
     "drop_short_sentences": "medclip_nb.text.augment",
     "eda": "medclip_nb.text.augment",
+    "medclip_eda": "medclip_nb.text.augment",
     "clean_report": "medclip_nb.text.clean",
     "find_mentions": "medclip_nb.text.mentions",
+    "PromptSentences": "medclip_nb.text.prompt_sentences",
     "split_sentences": "medclip_nb.text.clean",
     "labelled_sentence": "medclip_nb.text.mentions",
     "language_figures": "medclip_nb.text.language",
@@ -20,6 +22,7 @@ _PUBLIC = {
     "label_tensor_table": "medclip_nb.text.sentence_labels",
     "read_sentence_labels": "medclip_nb.text.sentence_labels",
     "resolve_sentence_labels": "medclip_nb.text.sentence_labels",
+    "sentence_hits": "medclip_nb.text.sentence_labels",
     "sentence_key": "medclip_nb.text.sentence_labels",
     "unlisted_sentence_labels": "medclip_nb.text.sentence_labels",
     "write_sentence_labels": "medclip_nb.text.sentence_labels",

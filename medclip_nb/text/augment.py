@@ -7,6 +7,12 @@
   that the text already has ("in-report words"). Synonym replacement needs a thesaurus (WordNet in
   MedCLIP) and is left out. One of the three operations, drawn at random, changes about alpha of the
   words (at least one). The generator comes from the sample's seed, so a resumed run sees the same text.
+- MedCLIP's EDA (`text_eda_view`, `medclip_eda`): its collator (medclip/dataset.py,
+  ImageTextContrastiveCollator) applies one of textaugment 1.3.4's synonym_replacement(n=1),
+  random_swap(n=1) and random_deletion(p=0.1), drawn uniformly per sentence, to make a second text
+  view. Swap and deletion here are those functions restated; synonym replacement is left out: no
+  package installed here ships WordNet for offline use cleanly (docs/fidelity.md), so the draw is
+  between swap and deletion.
 """
 
 from __future__ import annotations
@@ -49,3 +55,34 @@ def eda(text: str, alpha: float, rng: random.Random, operation: str | None = Non
     else:
         raise ValueError(f"eda: operation must be one of {', '.join(EDA_OPERATIONS)}, got {operation!r}")
     return " ".join(words)
+
+
+# MedCLIP draws among synonym replacement, swap and deletion; synonyms need WordNet (none here).
+MEDCLIP_EDA_OPERATIONS = ("swap", "delete")
+
+
+def medclip_eda(text: str, rng: random.Random, operation: str | None = None) -> str:
+    """MedCLIP's EDA view of `text`: `operation` (None: one of MEDCLIP_EDA_OPERATIONS drawn with
+    `rng.choice`) as textaugment 1.3.4 does it with MedCLIP's arguments. swap: two positions drawn
+    with `randint`, up to 4 tries for a second one that differs, else unchanged; delete: each word
+    kept when `uniform(0, 1) > 0.1`, one random word when none is; a one-word text is unchanged."""
+    operation = operation or rng.choice(MEDCLIP_EDA_OPERATIONS)
+    words = text.split()
+    if not words:
+        return text
+    if operation == "swap":
+        i = j = rng.randint(0, len(words) - 1)
+        tries = 0
+        while j == i:
+            j = rng.randint(0, len(words) - 1)
+            tries += 1
+            if tries > 3:
+                return " ".join(words)
+        words[i], words[j] = words[j], words[i]
+        return " ".join(words)
+    if operation == "delete":
+        if len(words) == 1:
+            return words[0]
+        kept = [w for w in words if rng.uniform(0, 1) > 0.1]
+        return " ".join(kept) if kept else words[rng.randint(0, len(words) - 1)]
+    raise ValueError(f"medclip_eda: operation must be one of {', '.join(MEDCLIP_EDA_OPERATIONS)}, got {operation!r}")

@@ -4,10 +4,14 @@ whole study (config `sentence_labels`).
 
 Format: a CSV (optionally gzipped) with the sentence in a column `Reports` (MedCLIP's name;
 `report` or `sentence` also accepted) and the 14 CheXpert label columns, values 1 / 0 / -1 or blank.
-Sentences are matched after the cleaning that sentence sampling applies (`sentence_key`: the
-lower-case, whitespace-collapsed form `text.split_sentences` gives); a sentence that occurs twice
-keeps its first row. A sampled sentence missing from the table gets No Finding = 1 and nothing
-else, as in MedCLIP's dataset code.
+Sentences are matched in MedCLIP's normal form (`sentence_key`, its `_split_report_into_segment`
+as the paper was trained with it, repository commit f8599d2): "digits." removed, word characters
+only (the word-character tokens of the lower-case text: every punctuation mark and the final period dropped),
+ASCII, joined by single spaces. So a table in MedCLIP's form ("heart size is normal") and one of
+cleaned sentences ("heart size is normal.") both match the sentences sampling gives; two rows of
+one key: the last wins, as MedCLIP's dict. A sampled sentence missing from the table is counted
+(`sentence_hits`, printed at the start of training) and gets what `sentence_label_miss` says:
+its study's labels (default), No Finding = 1 (MedCLIP's dataset code), or an error.
 
 Where tables come from: the phantom writes `sentence-label.csv.gz` beside its reports (it writes
 every sentence from labels); `prepare` carries a `sentence-label.csv[.gz]` found in the MIMIC root
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -28,6 +33,7 @@ import pandas as pd
 from medclip_nb.errors import DataError
 from medclip_nb.labels import CHEXPERT_LABELS, LABEL_INDEX, NUM_LABELS
 from medclip_nb.paths import resolve
+from medclip_nb.text.augment import drop_short_sentences
 from medclip_nb.text.clean import split_sentences
 
 SOURCE_NAMES = ("sentence-label.csv", "sentence-label.csv.gz")  # in a MIMIC root (MedCLIP's name)
@@ -35,9 +41,34 @@ PREPARED_NAME = "sentence_labels.csv.gz"  # beside datasets.pkl, written by prep
 TEXT_COLUMNS = ("Reports", "report", "sentence")
 
 
+_DIGITS_PERIOD = re.compile(r"[0-9]+\.")
+_WORD = re.compile(r"\w+")
+
+
 def sentence_key(text: str) -> str:
-    """The form a sentence is matched in: cleaned, lower case, whitespace collapsed."""
-    return " ".join(split_sentences(text))
+    """MedCLIP's normal form of a sentence (module docstring): case, whitespace and punctuation
+    insensitive. "Stable small left-sided effusion." -> "stable small left sided effusion";
+    "2.0 cm above the carina" -> "0 cm above the carina", as MedCLIP's own table has it."""
+    pieces = _DIGITS_PERIOD.split(text.replace("\n", " ").replace("\ufffd\ufffd", " ").lower())
+    tokens = (t.encode("ascii", "ignore").decode("ascii") for piece in pieces for t in _WORD.findall(piece))
+    return " ".join(t for t in tokens if t)
+
+
+def sentence_hits(texts, table: Mapping[str, object], short_sentence_tokens: int = 0) -> tuple[int, int, str | None]:
+    """(sentences found, sentences, the first one missing) over every sentence a training step can
+    sample from `texts` (reports; sentences of more than `short_sentence_tokens` words, as sampling
+    filters them)."""
+    hits = total = 0
+    first_miss = None
+    for text in texts:
+        sentences = split_sentences(text)
+        for sentence in drop_short_sentences(sentences, short_sentence_tokens) or sentences:
+            total += 1
+            if sentence_key(sentence) in table:
+                hits += 1
+            elif first_miss is None:
+                first_miss = sentence
+    return hits, total, first_miss
 
 
 def unlisted_sentence_labels() -> list[float]:
@@ -75,7 +106,7 @@ def read_sentence_labels(path: str | Path) -> dict[str, list[float]]:
     for text, row in zip(frame[text_column].fillna("").tolist(), values.tolist()):
         key = sentence_key(text)
         if key:
-            table.setdefault(key, row)
+            table[key] = row
     if not table:
         raise DataError(f"sentence labels: {path} holds no sentences")
     return table

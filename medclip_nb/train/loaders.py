@@ -95,6 +95,8 @@ def prepare_data(cfg: Config, world: World, device: torch.device, tokenizer, say
         train_reports = [r["report"] for r in records["train"]]
         tokenizer = build_tokenizer(cfg, train_reports)
         warnings.append(truncation_warning(tokenizer, train_reports))
+    if getattr(splits["train"], "sentence_label_line", None):
+        say(splits["train"].sentence_label_line)
     for warning in filter(None, warnings):
         say(f"Warning: {warning}")
     _say_split_sizes(cfg, splits, say)

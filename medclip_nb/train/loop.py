@@ -42,7 +42,7 @@ from medclip_nb.train.state import (
     output_dir,
     restore_training_state,
 )
-from medclip_nb.train.step import TrainStep, batch_to_device, build_train_step
+from medclip_nb.train.step import TrainStep, batch_to_device, build_train_step, loss_inputs
 from medclip_nb.train.tensorboard_log import TensorBoardLog, require_tensorboard
 from medclip_nb.train.val_metrics import ValMetrics, describe
 
@@ -153,16 +153,14 @@ def train_one_epoch(run: Run) -> None:
             if not usable(run, batch["pixel_values"].shape[0], number):
                 continue
             usable_batches += 1
-            loss_args = {"text_labels": batch["text_labels"]} if "text_labels" in batch else {}
             if data.unpaired is not None:  # image-only / text-only items join the step (data/unpaired.py)
                 batch = data.unpaired.extend(batch, progress.epoch, progress.batch_in_epoch - 1)
                 progress.count_bad_images(batch["n_unpaired_skipped"])
-                loss_args = {"text_labels": batch["text_labels"], "num_pairs": batch["num_pairs"]}
             if data.augment is not None:  # ---- move (device augmentation seeded by the batch's position)
                 position = (cfg.seed, world.rank, progress.epoch, progress.batch_in_epoch)
                 data.augment_generator.manual_seed(hash(position) % 2**63)  # int tuples hash alike everywhere
             tensors = batch_to_device(batch, run.device, run.step.channels_last, data.augment, data.augment_generator)
-            done = run.step(*tensors, **loss_args)  # ---- step: None when the guard skipped it on the host
+            done = run.step(*tensors, **loss_inputs(batch, run.device))  # ---- step: None when the guard skipped it
             if done is None:
                 continue
             step = progress.step = progress.step + 1

@@ -47,14 +47,28 @@ def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or leaf in ("bias", "logit_scale", "logit_bias")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+# MedCLIP's trainer (medclip/trainer.py, Trainer.train): a case-sensitive substring test on the parameter's
+# name. It exempts every name holding 'bias' (Swin's relative_position_bias_table too) and BERT's LayerNorms,
+# but not norms named otherwise (Swin's layernorm_before, BatchNorm's weights) nor the logit scale.
+MEDCLIP_NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")
+
+
+def medclip_no_weight_decay(name: str) -> bool:
+    return any(part in name for part in MEDCLIP_NO_DECAY)
+
+
+def param_groups(model: nn.Module, weight_decay: float, rule: str = "ours") -> list[dict[str, Any]]:
     """AdamW parameter groups: [decayed weights (conv, linear, embeddings), everything else
-    with weight_decay 0]. Each group also lists its parameter names under 'names'."""
+    with weight_decay 0] by `rule` ('ours': 1-D parameters and the scalars; 'medclip': its
+    name test). Each group also lists its parameter names under 'names'."""
+    if rule not in ("ours", "medclip"):
+        raise ValueError(f"no_decay_rule {rule!r} is not one of ours, medclip")
+    exempt = (lambda name, p: medclip_no_weight_decay(name)) if rule == "medclip" else _no_weight_decay
     decay: dict[str, nn.Parameter] = {}
     no_decay: dict[str, nn.Parameter] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if _no_weight_decay(name, param) else decay)[name] = param
+            (no_decay if exempt(name, param) else decay)[name] = param
     return [
         {"params": list(decay.values()), "weight_decay": weight_decay, "names": list(decay)},
         {"params": list(no_decay.values()), "weight_decay": 0.0, "names": list(no_decay)},
@@ -64,7 +78,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 def build_optimizer(model: nn.Module, cfg: Config, fused: bool) -> torch.optim.AdamW:
     """AdamW over `param_groups`. Fused on the GPU, and always for the sync-free guard: only the
     fused kernel skips a step on the device (optimizer.found_inf)."""
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, **({"fused": True} if fused else {}))
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.no_decay_rule), lr=cfg.lr,
+                             **({"fused": True} if fused else {}))
 
 
 def grad_scaler(amp_dtype: torch.dtype | None) -> torch.amp.GradScaler:
@@ -73,7 +88,8 @@ def grad_scaler(amp_dtype: torch.dtype | None) -> torch.amp.GradScaler:
 
 
 def contrastive_loss(cfg: Config) -> ContrastiveLoss:
-    return ContrastiveLoss(cfg.loss, cfg.uncertain_label_value, cfg.medclip_cosine_no_finding)
+    return ContrastiveLoss(cfg.loss, cfg.uncertain_label_value, cfg.medclip_cosine_no_finding,
+                           cfg.image_uncertain_labels, cfg.text_uncertain_labels)
 
 
 # ---- batches on the device -----------------------------------------------------------------------
@@ -91,6 +107,31 @@ def batch_to_device(batch: dict, device: torch.device, channels_last: bool, augm
         batch["attention_mask"].to(device, non_blocking=True),
         batch["labels"].to(device, non_blocking=True),
     )
+
+
+def loss_inputs(batch: dict, device: torch.device) -> dict[str, Any]:
+    """What the loss takes beyond the four tensors: the text rows' own labels (sentence labels,
+    unpaired rows), how many leading rows are pairs (unpaired rows), MedCLIP's EDA view of the texts."""
+    inputs: dict[str, Any] = {}
+    if "text_labels" in batch:
+        inputs["text_labels"] = batch["text_labels"]
+    if "num_pairs" in batch:
+        inputs["num_pairs"] = batch["num_pairs"]
+    if "aug_input_ids" in batch:
+        inputs["aug_text"] = (batch["aug_input_ids"].to(device, non_blocking=True),
+                              batch["aug_attention_mask"].to(device, non_blocking=True))
+    return inputs
+
+
+def with_aug_texts(input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   aug_text: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The texts and their EDA views as one batch of text rows (one forward, so DDP sees one):
+    padded to the longer of the two lengths."""
+    aug_ids, aug_mask = aug_text
+    length = max(input_ids.shape[1], aug_ids.shape[1])
+    pad = lambda t, value: nn.functional.pad(t, (0, length - t.shape[1]), value=value)
+    return (torch.cat([pad(input_ids, 0), pad(aug_ids, 0)]),  # padding is masked: any valid id
+            torch.cat([pad(attention_mask, 0), pad(aug_mask, 0)]))
 
 
 # ---- the step ------------------------------------------------------------------------------------
@@ -124,11 +165,14 @@ class TrainStep:
         self.channels_last = channels_last
         self.params = [p for p in raw_model.parameters() if p.requires_grad]
 
-    def __call__(self, pixel_values, input_ids, attention_mask, labels, **loss_args) -> StepDone | None:
+    def __call__(self, pixel_values, input_ids, attention_mask, labels, aug_text=None, **loss_args) -> StepDone | None:
         lr = self.optimizer.param_groups[0]["lr"]
+        texts = input_ids.shape[0]
+        if aug_text is not None:  # MedCLIP's EDA view rides along as more text rows
+            input_ids, attention_mask = with_aug_texts(input_ids, attention_mask, aug_text)
         with autocast(self.amp_dtype):
             outputs = self.model(pixel_values, input_ids, attention_mask)
-        loss, terms = self.criterion(outputs, labels, **loss_args)
+        loss, terms = self.loss(outputs, labels, texts, aug_text is not None, **loss_args)
         if self.debug_steps_left:
             values = {"loss": loss.detach(), **terms}
             self.say("Loss terms: " + ", ".join(f"{k}={float(v):.4f}" for k, v in values.items()))
@@ -142,6 +186,16 @@ class TrainStep:
         self.scheduler.step()
         self.raw_model.clamp_logit_scale_()
         return StepDone(self.guard.kept(bad, loss.detach()), lr, outputs["logit_scale"].detach())
+
+    def loss(self, outputs: dict, labels, texts: int, aug: bool, **loss_args):
+        """The criterion's loss; with MedCLIP's EDA view (text rows `texts:` of the output), its own
+        term with the same label targets: (loss(text) + loss(augmented text)) / 2, as MedCLIP's loss."""
+        if not aug:
+            return self.criterion(outputs, labels, **loss_args)
+        embeds = outputs["text_embeds"]
+        loss, terms = self.criterion({**outputs, "text_embeds": embeds[:texts]}, labels, **loss_args)
+        aug_loss, _ = self.criterion({**outputs, "text_embeds": embeds[texts:]}, labels, **loss_args)
+        return (loss + aug_loss) / 2, {**terms, "loss_text": loss.detach(), "loss_eda_view": aug_loss.detach()}
 
     def _backward(self, loss: torch.Tensor) -> torch.Tensor:
         """Backward and gradient clipping; returns the bool scalar 'this step is not finite', on

@@ -279,9 +279,8 @@ def _add_data(sub) -> None:
     p = sub.add_parser("data", help="make the config's dataset ready: generate the phantom and/or prepare it, build "
                                     "the store")
     add_config_arguments(p, keys=("data_path", "mimic_root", "iu_reports", "iu_images", "frontal_views", "mimic_labels",
-                                  "phantom_dir",
-                                  "phantom_studies", "phantom_size", "phantom_seed", "phantom_test_studies",
-                                  "image_store", "resize_size", "force"))
+                                  "phantom_dir", "phantom_studies", "phantom_size", "phantom_seed",
+                                  "phantom_test_studies", "image_store", "resize_size", "force"))
     p.set_defaults(func=_data)
 
 

@@ -39,7 +39,8 @@ def prepared(tmp_path_factory) -> Path:
 def test_phantom_labels_each_sentence_by_what_it_says(prepared):
     table = read_sentence_labels(prepared.parent.parent / "mimic" / "sentence-label.csv.gz")
     hearts = [labels for text, labels in table.items()
-              if text in ("heart size is normal.", "the heart is normal in size.", "normal heart size.")]
+              if text in {sentence_key(t) for t in ("heart size is normal.", "the heart is normal in size.",
+                                                        "normal heart size.")}]
     assert hearts
     for heart in hearts:  # a normal statement: the finding it names is absent, nothing else is said
         assert heart[LABEL_INDEX["Cardiomegaly"]] == 0.0 and heart[LABEL_INDEX["No Finding"]] == 1.0
@@ -52,7 +53,7 @@ def test_phantom_labels_each_sentence_by_what_it_says(prepared):
     blank_as_9 = lambda t: {k: [9.0 if math.isnan(v) else v for v in vals] for k, vals in t.items()}
     assert blank_as_9(carried) == blank_as_9(table)
     records = pickle.loads(prepared.read_bytes())["train"]
-    sentences = {s for r in records for s in split_sentences(clean_report(r["report"]))}
+    sentences = {sentence_key(s) for r in records for s in split_sentences(clean_report(r["report"]))}
     assert sentences and sentences <= set(carried)
 
 
@@ -66,15 +67,21 @@ def test_dataset_hands_out_the_sentences_own_labels(prepared):
     table = read_sentence_labels(prepared.parent / PREPARED_NAME)
     samples = [splits["train"][(i, 7)] for i in range(8)]
     for sample in samples:
-        expected = torch.tensor(table[sample["report"]])
+        expected = torch.tensor(table[sentence_key(sample["report"])])
         assert torch.equal(torch.nan_to_num(sample["text_labels"], 9.0), torch.nan_to_num(expected, 9.0))
     batch = make_collate(CharTokenizer())(samples)
     assert batch["text_labels"].shape == (8, NUM_LABELS)
     assert "text_labels" not in splits["val"][0]  # evaluation reads whole reports
     unlisted = splits["train"]
     unlisted.sentence_labels = {}
+    study = unlisted[(0, 7)]  # a miss gets its study's labels by default (sentence_label_miss), never a silent No Finding
+    assert torch.equal(torch.nan_to_num(study["text_labels"], 9.0), torch.nan_to_num(study["labels"], 9.0))
+    unlisted.sentence_label_miss = "no_finding"  # MedCLIP's dataset code
     missing = unlisted[(0, 7)]["text_labels"]
     assert missing[LABEL_INDEX["No Finding"]] == 1.0 and missing.sum() == 1.0
+    unlisted.sentence_label_miss = "error"
+    with pytest.raises(DataError, match="sentence_label_miss: error"):
+        unlisted[(0, 7)]
 
 
 def test_loss_uses_the_text_rows_labels():
@@ -137,3 +144,59 @@ def test_short_training_run_with_sentence_labels(prepared, tmp_path, monkeypatch
                          report_sampling="sentence", sentence_labels="auto", short_sentence_tokens=4))
     result = train(cfg, log=lambda *a, **k: None)
     assert result.steps == 2 and len(seen) >= 2 and any(seen)
+
+
+# ---- MedCLIP's normal form ---------------------------------------------------------------------------------
+def medclip_segments(report: str) -> list[str]:
+    """MedCLIP's _split_report_into_segment as the paper was trained with it (commit f8599d2), restated:
+    'digits.' removed, split on every period, word tokens of the lower-case text, ascii, more than 4 tokens."""
+    import re
+
+    segments = []
+    for point in re.compile(r"[0-9]+\.").split(report.replace("\n", " ")):
+        for sent in point.split("."):
+            if not sent:
+                continue
+            tokens = re.findall(r"\w+", sent.replace("\ufffd\ufffd", " ").lower())
+            if len(tokens) <= 1:
+                continue
+            tokens = [t.encode("ascii", "ignore").decode("ascii") for t in tokens]
+            tokens = [t for t in tokens if t]
+            if len(tokens) > 4:
+                segments.append(" ".join(tokens))
+    return segments
+
+
+def test_sentence_key_is_medclips_normal_form():
+    report = ("1. The heart size is normal. 2. No pleural effusion or pneumothorax.\nLungs are clear, without "
+              "consolidation. ET tube tip 4.5 cm above the carina. Mild cardiomegaly.  Stable small left-sided effusion.")
+    assert medclip_segments(report) == ["the heart size is normal", "no pleural effusion or pneumothorax",
+                                        "lungs are clear without consolidation", "5 cm above the carina",
+                                        "stable small left sided effusion"]
+    for sentence in ("The heart size is normal.", "Lungs are clear, without consolidation.",
+                     "Stable small left-sided effusion.", "No pleural effusion or pneumothorax"):
+        assert [sentence_key(sentence)] == medclip_segments(sentence)
+    assert sentence_key("2.0 cm above the carina") == "0 cm above the carina"  # as MedCLIP's own table has it
+    assert sentence_key("  HEART   size is NORMAL . ") == sentence_key("heart size is normal")
+
+
+def test_a_medclip_form_table_finds_99_percent_of_the_phantoms_sentences(prepared, tmp_path):
+    """The phantom's sentence table rewritten in MedCLIP's form (its _preprocess_sentence_label: rows that give
+    exactly one segment, keyed by it): every sentence training can sample from the phantom's reports (the
+    sentences of more than 4 words, as params/medclip_paper.yaml samples them) is looked up in it."""
+    from medclip_nb.text.sentence_labels import sentence_hits
+
+    table = read_sentence_labels(prepared.parent.parent / "mimic" / "sentence-label.csv.gz")
+    source = pd.read_csv(prepared.parent.parent / "mimic" / "sentence-label.csv.gz")
+    medclip_form = {}
+    for text, labels in zip(source["Reports"], source[list(CHEXPERT_LABELS)].to_numpy().tolist()):
+        segments = medclip_segments(text)
+        if len(segments) == 1:
+            medclip_form[segments[0]] = labels
+    path = tmp_path / "medclip-form.csv"
+    pd.DataFrame([{"Reports": k, **dict(zip(CHEXPERT_LABELS, v))} for k, v in medclip_form.items()]).to_csv(
+        path, index=False)
+    reports = [r["report"] for r in pickle.loads(prepared.read_bytes())["train"]]
+    hits, total, first_miss = sentence_hits(reports, read_sentence_labels(path), short_sentence_tokens=4)
+    assert total > 50 and hits / total >= 0.99, (hits, total, first_miss)
+    assert sentence_hits(reports, table, 4)[:2] == (total, total)  # the phantom's own table: every one

@@ -261,7 +261,8 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
     split = _split_off_unpaired(table, reason, absolute, kept, chexpert, unpaired_fraction, unpaired_seed,
                                 num_workers)
     datasets, path_style = _write_datasets(source, split)
-    extra = {"label_table": labels, "store_size": store_size, "sentence_labels": _carry_sentence_labels(source.root, source.out),
+    extra = {"label_table": labels, "store_size": store_size,
+             "sentence_labels": _carry_sentence_labels(source.root, source.out),
              "unpaired_fraction": unpaired_fraction, "unpaired_seed": unpaired_seed}
     report = _import_report(source, table, reason, chexpert, split, datasets, path_style, extra)
     write_json_atomic(source.out / "prepare_report.json", report, error=DataError)

@@ -48,10 +48,15 @@ _WORD = re.compile(r"\w+")
 def sentence_key(text: str) -> str:
     """MedCLIP's normal form of a sentence (module docstring): case, whitespace and punctuation
     insensitive. "Stable small left-sided effusion." -> "stable small left sided effusion";
-    "2.0 cm above the carina" -> "0 cm above the carina", as MedCLIP's own table has it."""
-    pieces = _DIGITS_PERIOD.split(text.replace("\n", " ").replace("\ufffd\ufffd", " ").lower())
-    tokens = (t.encode("ascii", "ignore").decode("ascii") for piece in pieces for t in _WORD.findall(piece))
-    return " ".join(t for t in tokens if t)
+    "2.0 cm above the carina" -> "0 cm above the carina", as MedCLIP's own table has it. MedCLIP
+    cuts a text at "digits." and at every period into segments and keeps those of more than 4
+    tokens; a sentence with exactly one such segment is keyed by it (what MedCLIP samples and
+    looks up), any other by all its tokens."""
+    pieces = [p for d in _DIGITS_PERIOD.split(text.replace("\n", " ").lower()) for p in d.split(".")]
+    tokens = [[a for a in (t.encode("ascii", "ignore").decode("ascii")
+                           for t in _WORD.findall(p.replace("\ufffd\ufffd", " "))) if a] for p in pieces]
+    segments = [" ".join(t) for t in tokens if len(t) > 4]
+    return segments[0] if len(segments) == 1 else " ".join(" ".join(t) for t in tokens if t)
 
 
 def sentence_hits(texts, table: Mapping[str, object], short_sentence_tokens: int = 0) -> tuple[int, int, str | None]:

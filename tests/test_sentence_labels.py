@@ -74,7 +74,7 @@ def test_dataset_hands_out_the_sentences_own_labels(prepared):
     assert "text_labels" not in splits["val"][0]  # evaluation reads whole reports
     unlisted = splits["train"]
     unlisted.sentence_labels = {}
-    study = unlisted[(0, 7)]  # a miss gets its study's labels by default (sentence_label_miss), never a silent No Finding
+    study = unlisted[(0, 7)]  # a miss gets its study's labels by default (sentence_label_miss), not No Finding
     assert torch.equal(torch.nan_to_num(study["text_labels"], 9.0), torch.nan_to_num(study["labels"], 9.0))
     unlisted.sentence_label_miss = "no_finding"  # MedCLIP's dataset code
     missing = unlisted[(0, 7)]["text_labels"]
@@ -169,7 +169,8 @@ def medclip_segments(report: str) -> list[str]:
 
 def test_sentence_key_is_medclips_normal_form():
     report = ("1. The heart size is normal. 2. No pleural effusion or pneumothorax.\nLungs are clear, without "
-              "consolidation. ET tube tip 4.5 cm above the carina. Mild cardiomegaly.  Stable small left-sided effusion.")
+              "consolidation. ET tube tip 4.5 cm above the carina. Mild cardiomegaly.  Stable small left-sided "
+              "effusion.")
     assert medclip_segments(report) == ["the heart size is normal", "no pleural effusion or pneumothorax",
                                         "lungs are clear without consolidation", "5 cm above the carina",
                                         "stable small left sided effusion"]

@@ -96,6 +96,17 @@ ablation: $(STAMP)
 	  "reports/ablation_04_analysis.ipynb and reports/metrics.json (keys 'ablation', 'data_efficiency')"
 	@rm -f .ablation-start
 
+# MedCLIP's protocol on CheXpert-5x200 and MIMIC-5x200 (chexpert_root / mimic_root in the params file, else the
+# phantom's trees), a small model trained with MedCLIP's choices, our numbers beside the paper's (docs/fidelity.md).
+PAPER_PARAMS ?= params/paper.yaml
+.PHONY: paper fidelity
+paper: $(STAMP)
+	$(HEADLESS) $(PY) -m medclip_nb paper --config $(PAPER_PARAMS)
+
+# docs/fidelity.md is written from the table in medclip_nb/study/fidelity.py (a test checks it is current).
+fidelity: $(STAMP)
+	$(PY) -c "from medclip_nb.study import write_fidelity; write_fidelity()"
+
 bench: $(STAMP)
 	$(PY) -m medclip_nb bench --config params/bench_cpu.yaml --phantom 48
 

@@ -183,6 +183,14 @@ def _at_least_one(text: str) -> int:
     return value
 
 
+def _paper(args) -> int:
+    cfg = config_from_args(args)
+    from medclip_nb.study import run_paper
+
+    run_paper(cfg)
+    return 0
+
+
 def _summary(args) -> int:
     from medclip_nb.study import write_summary
 
@@ -398,6 +406,13 @@ def _add_bench_ablation(sub) -> None:
     p.set_defaults(func=_bench_ablation)
 
 
+def _add_paper(sub) -> None:
+    p = sub.add_parser("paper", help="MedCLIP's protocol on CheXpert-5x200 and MIMIC-5x200 (yours or the phantom's), "
+                                     "our numbers beside the paper's (make paper)")
+    add_config_arguments(p)
+    p.set_defaults(func=_paper)
+
+
 def _add_summary(sub) -> None:
     p = sub.add_parser("summary", help="write the results tables of metrics.json as summary.md (make study does)")
     p.add_argument("--metrics", default="reports/metrics.json", help="metrics.json (default: reports/metrics.json)")
@@ -442,6 +457,7 @@ _SUBCOMMANDS = (
     _add_export,
     _add_bench,
     _add_summary,
+    _add_paper,
     _add_bench_scale,
     _add_bench_ablation,
 )

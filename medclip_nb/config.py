@@ -76,6 +76,8 @@ class Config:
     )
     chexpert_root: str | None = _opt(None, "CheXpert-v1.0(-small) folder holding train.csv, read by `prepare-chexpert` "
                                            "and `make paper`")
+    chexpert_phantom_dir: str = _opt("data/phantom_chexpert", "`make paper` without chexpert_root: where the phantom "
+                                     "CheXpert tree is written")
     phantom_dir: str = _opt("data/phantom", "where the phantom MIMIC-CXR-JPG tree is written")
     phantom_studies: int = _opt(300, "number of phantom studies", check=between(1, 1_000_000))
     phantom_size: int = _opt(256, "phantom image side in pixels (MIMIC-CXR is about 2544 x 3056)",

@@ -61,6 +61,9 @@ def test_the_yaml_is_medclips_recipe():
     assert (cfg.vision_backbone, cfg.vision_pretrained, cfg.text_encoder) == ("swin_t", True, "bert")
     assert (cfg.loss, cfg.report_sampling, cfg.batch_size, cfg.use_amp) == ("medclip", "sentence", 100, True)
     assert (cfg.lr, cfg.weight_decay, cfg.warmup) == (2e-5, 1e-4, 0.1)
+    assert (cfg.image_uncertain_labels, cfg.text_uncertain_labels, cfg.mimic_labels) == ("zero", "keep", "negbio")
+    assert (cfg.text_eda_view, cfg.no_decay_rule, cfg.sentence_label_miss) == (True, "medclip", "no_finding")
+    assert cfg.zeroshot_protocols == ["ours", "gloria", "medclip"]
 
 
 def test_medclip_paper_recipe_trains_two_steps_with_stand_in_weights(prepared, tiny_bert, tmp_path, monkeypatch):

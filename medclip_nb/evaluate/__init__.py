@@ -27,6 +27,7 @@ from medclip_nb.evaluate.metrics import recall_at_k, select_5x200, zero_shot_cla
 from medclip_nb.evaluate.multiplicity import ALPHA, holm, paired_t_p, smallest_resolvable
 from medclip_nb.evaluate.report import confusion_figure
 from medclip_nb.evaluate.run import eval_datasets, evaluate_checkpoint, evaluate_model, merge_metrics, read_metrics
+from medclip_nb.evaluate.zeroshot_medclip import zero_shot_5x200_medclip
 
 __all__ = [
     "ALPHA",
@@ -52,5 +53,6 @@ __all__ = [
     "recall_at_k",
     "select_5x200",
     "t_interval",
+    "zero_shot_5x200_medclip",
     "zero_shot_classify",
 ]

@@ -27,6 +27,7 @@ from medclip_nb.study.ablation import (
 )
 from medclip_nb.study.ablation_entries import ablation_entry, data_efficiency_entry
 from medclip_nb.study.ablation_tables import print_ablation, show_ablation, show_data_efficiency
+from medclip_nb.study.fidelity import write_fidelity
 from medclip_nb.study.figures import (
     embedding_figure,
     probe_fraction_figure,
@@ -44,6 +45,7 @@ from medclip_nb.study.open_i import (
     prompt_gap,
     study_reports,
 )
+from medclip_nb.study.paper import run_paper
 from medclip_nb.study.readings import reading
 from medclip_nb.study.runs import copy_metrics_entry, evaluate_run, record_models, train_and_evaluate, update_metrics
 from medclip_nb.study.setup import ensure_dataset, notebook_config
@@ -88,6 +90,7 @@ __all__ = [
     "prompt_gap",
     "read_metrics_log",
     "reading",
+    "run_paper",
     "record_models",
     "report_lengths",
     "results_table",
@@ -106,5 +109,6 @@ __all__ = [
     "training_curves_figure",
     "update_metrics",
     "VARIANTS",
+    "write_fidelity",
     "write_summary",
 ]

@@ -201,3 +201,21 @@ def test_a_medclip_form_table_finds_99_percent_of_the_phantoms_sentences(prepare
     hits, total, first_miss = sentence_hits(reports, read_sentence_labels(path), short_sentence_tokens=4)
     assert total > 50 and hits / total >= 0.99, (hits, total, first_miss)
     assert sentence_hits(reports, table, 4)[:2] == (total, total)  # the phantom's own table: every one
+
+
+def test_misses_are_counted_warned_about_or_refused_before_training(prepared, tmp_path):
+    from medclip_nb.data import build_datasets
+
+    table = read_sentence_labels(prepared.parent / PREPARED_NAME)
+    half = dict(list(table.items())[: len(table) // 2])
+    path = tmp_path / "half.csv"
+    pd.DataFrame([{"Reports": k, **dict(zip(CHEXPERT_LABELS, v))} for k, v in half.items()]).to_csv(path, index=False)
+    cfg = Config(data_path=str(prepared), report_sampling="sentence", loss="medclip", sentence_labels=str(path),
+                 image_size=32, resize_size=32, num_workers=0)
+    splits, _, warnings = build_datasets(cfg)
+    line = splits["train"].sentence_label_line
+    assert line.startswith("Sentence labels: ") and "training sentences" in line and "100.0%" not in line
+    assert any("missing from" in w and "their study's labels (sentence_label_miss)" in w for w in warnings)
+    with pytest.raises(DataError, match="has no entry for .* training sentence.*sentence_label_miss: error"):
+        build_datasets(cfg.replace(sentence_label_miss="error"))
+    assert "100.0%" in build_datasets(cfg.replace(sentence_labels="auto"))[0]["train"].sentence_label_line

@@ -78,7 +78,7 @@ ROWS = (
         "tests/test_zeroshot_medclip.py::test_paper_vocabulary_is_medclips_spelling_and_ours_is_unchanged",
         "the same words and pool sizes 210 / 15 / 192 / 18 / 54"),
     Row("class score", "mean (or max) of the prompt logits (`medclip/modeling_medclip.py`, "
-        "`PromptClassifier`, ensemble=True)", "similarity to the normalised mean prompt embedding / max",
+        "`MedClipPromptClassifier`, ensemble=True)", "similarity to the normalised mean prompt embedding / max",
         "the gloria / medclip rules",
         "tests/test_zeroshot_medclip.py::test_class_score_is_the_mean_of_prompt_logits_not_of_prompt_embeddings",
         "equal on a hand-made case where the two ways disagree"),

@@ -156,7 +156,10 @@ class UnpairedBatches:
         `pixel_values` / `labels` and the text-only items to `input_ids` / `attention_mask`,
         plus `text_labels` (labels of the text rows), `num_pairs` (B) and
         `n_unpaired_skipped` (image-only items dropped as unreadable, also added to
-        `n_skipped` / `skipped_paths`)."""
+        `n_skipped` / `skipped_paths`). With prompt sentences (image_only_text) each image-only
+        item's sentence follows the B texts and the items count as pairs (num_pairs B + items);
+        text-only rows always come last. MedCLIP's EDA view, when the batch has one, gets a row
+        for every text appended."""
         num_pairs = batch["pixel_values"].shape[0]
         paired_text_labels = batch.get("text_labels", batch["labels"])  # a sentence's own labels when given
         out = dict(batch, num_pairs=num_pairs, text_labels=paired_text_labels, n_unpaired_skipped=0)

@@ -17,7 +17,7 @@ from medclip_nb.data.iu_mesh import mesh_labels
 from medclip_nb.data.iu_reports import PACKAGED_TGZ, parse_report, read_reports
 from medclip_nb.errors import ConfigError, DataError
 from medclip_nb.labels import CHEXPERT_LABELS, LABEL_INDEX
-from medclip_nb.text import labelled_sentence, read_sentence_labels
+from medclip_nb.text import labelled_sentence, read_sentence_labels, sentence_key
 
 
 def _xml(number: int, sections: dict[str, str | None], major: list[str], images: list[str] = (),
@@ -156,7 +156,7 @@ def test_prepare_phantom_images(xml_folder, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "phantom images" in printed and "pleural effusion -> Pleural Effusion  [1 reports]" in printed
     table = read_sentence_labels(out / "sentence_labels.csv.gz")
-    assert table["no pleural effusion or pneumothorax."][LABEL_INDEX["Pneumothorax"]] == 0.0
+    assert table[sentence_key("no pleural effusion or pneumothorax.")][LABEL_INDEX["Pneumothorax"]] == 0.0
     lines = [json.loads(line) for line in (out / "iu_reports.jsonl").read_text().splitlines()]
     assert {line["id"] for line in lines} == {f"CXR900{i}" for i in range(1, 6)}
     assert next(line for line in lines if line["id"] == "CXR9005")["split"] is None

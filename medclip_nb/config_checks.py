@@ -247,6 +247,9 @@ def _validate_unpaired(cfg) -> None:
     if cfg.unpaired_pool == "train_fraction_rest" and "texts" in sources and not cfg.sentence_labels:
         raise ConfigError("config key 'unpaired_pool': 'train_fraction_rest' with 'texts' needs sentence_labels (each "
                           "text-only sentence has its own labels; 'auto': the table prepare wrote)")
+    if cfg.unpaired_data_path and cfg.unpaired_pool != "splits":
+        raise ConfigError("config key 'unpaired_data_path': its splits are the unpaired pool; unpaired_pool "
+                          f"{cfg.unpaired_pool!r} makes its own (set unpaired_pool: splits)")
     if cfg.image_only_text == "prompt_sentence" and ("images" not in sources or not cfg.sentence_labels):
         raise ConfigError("config key 'image_only_text': prompt_sentence needs unpaired_sources with 'images' and a "
                           "sentence_labels table (the prompt sentences come from it)")

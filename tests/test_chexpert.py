@@ -31,11 +31,11 @@ def quiet(argv: list[str]) -> tuple[int, str, str]:
 def chexpert(tmp_path_factory) -> dict:
     """A phantom CheXpert tree (`phantom --layout chexpert`) imported with `prepare-chexpert`."""
     root = tmp_path_factory.mktemp("chexpert")
-    code, _, err = quiet(["phantom", "--layout", "chexpert", "--out", str(root / "tree"), "--studies", "160",
+    code, _, err = quiet(["phantom", "--layout", "chexpert", "--out", str(root / "tree"), "--studies", "300",
                           "--size", "32"])
     assert code == 0, err
     code, printed, err = quiet(["prepare-chexpert", "--chexpert-root", str(root / "tree" / "CheXpert-v1.0-small"),
-                                "--out", str(root / "prepared"), "--per-class", "5", "--num-workers", "0"])
+                                "--out", str(root / "prepared"), "--per-class", "4", "--num-workers", "0"])
     assert code == 0, err
     return {"root": root, "tree": root / "tree" / "CheXpert-v1.0-small", "printed": printed,
             "data": pickle.loads((root / "prepared" / "datasets.pkl").read_bytes()),
@@ -59,7 +59,7 @@ def test_phantom_tree_has_chexperts_layout(chexpert):
 
 def test_import_holds_medclips_5x200_and_the_rest_as_image_only_records(chexpert):
     data, train = chexpert["data"], pd.read_csv(chexpert["tree"] / "train.csv")
-    draw = medclip_5x200(train[list(CHEXPERT_LABELS)].to_numpy(dtype=np.float64), per_class=5)
+    draw = medclip_5x200(train[list(CHEXPERT_LABELS)].to_numpy(dtype=np.float64), per_class=4)
     five = data["chexpert_5x200"]
     assert [r["row"] for r in five] == draw.rows.tolist()  # MedCLIP's rows, in its order
     assert [r["class"] for r in five] == [COMPETITION_TASKS[c] for c in draw.classes]
@@ -76,7 +76,7 @@ def test_import_holds_medclips_5x200_and_the_rest_as_image_only_records(chexpert
     raw = train[list(CHEXPERT_LABELS)].to_numpy(dtype=np.float64)[record["row"]]
     assert np.array_equal(np.nan_to_num(raw, nan=9), np.nan_to_num(np.array(record["labels"]), nan=9))  # as read
     assert len(data["chexpert_valid"]) == len(pd.read_csv(chexpert["tree"] / "valid.csv"))
-    assert "chexpert_5x200 (MedCLIP's rule, seed 42): 25 images" in chexpert["printed"]
+    assert "chexpert_5x200 (MedCLIP's rule, seed 42): 20 images" in chexpert["printed"] and not draw.short_pools
 
 
 def test_import_errors_are_one_line(chexpert, tmp_path):
@@ -110,11 +110,11 @@ def test_missing_images_are_dropped_and_counted(chexpert, tmp_path):
         target = tmp_path / path
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes((chexpert["tree"].parent / path).read_bytes())
-    report = prepare_chexpert(tree, tmp_path / "out", per_class=5, num_workers=0, log=lambda *_: None)
+    report = prepare_chexpert(tree, tmp_path / "out", per_class=4, num_workers=0, log=lambda *_: None)
     dropped = report["dropped"]
     assert dropped["train_images"]["missing_image"] + dropped["chexpert_5x200"]["missing_image"] == 2
     assert report["kept"]["train_images"] + report["kept"]["chexpert_5x200"] == len(train) - 2
-    assert report["medclip_published_sample_matches"] is False and report["rule"]["draw_per_class"] == 10
+    assert report["medclip_published_sample_matches"] is False and report["rule"]["draw_per_class"] == 8
 
 
 def test_its_image_only_records_train_with_unpaired_sources(chexpert, tmp_path, monkeypatch):

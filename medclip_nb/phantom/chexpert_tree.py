@@ -25,7 +25,6 @@ from medclip_nb.errors import DataError
 from medclip_nb.labels import CHEXPERT_LABELS
 from medclip_nb.paths import resolve
 from medclip_nb.phantom.anatomy import sample_anatomy, study_anatomy
-from medclip_nb.phantom.findings import study_labels
 from medclip_nb.phantom.plan import RNG_STUDY, RNG_SUBJECT, PlannedStudy, plan_studies
 from medclip_nb.phantom.render import render_chest
 from medclip_nb.phantom.reports import write_report
@@ -73,8 +72,7 @@ def _study_rows(out: Path, s: PlannedStudy, number: int, patient, traits: tuple[
                 seed: int) -> list[dict]:
     """Write the study's JPEGs; return its table rows (the labels its report would give)."""
     rng = np.random.default_rng([seed, RNG_STUDY, s.index, 1])
-    report = write_report(s.findings, [im.view for im in s.images], s.style, rng)
-    labels = study_labels(s.findings, report.negated, report.uncertain, report.mentioned)
+    labels = write_report(s.findings, [im.view for im in s.images], s.style, rng).labels
     frontal = next(im.view for im in s.images if im.view in ("PA", "AP"))
     split = "valid" if s.split == "validate" else "train"
     folder = out / FOLDER / split / f"patient{s.subject_index + 1:05d}" / f"study{number}"

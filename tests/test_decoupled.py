@@ -69,13 +69,22 @@ def test_pool_items_by_hand():
     assert all(item["report"] == "" and item["labels"] == [0.5] * 14 for item in pool.splits["train_images"])
     texts = pool.splits["train_texts"]
     assert [t["report"] for t in texts] == ["no effusion.", "mild edema.", "unlisted words here."]  # once per study
-    assert [t["labels"] for t in texts] == [[0.0] * 14, [1.0] * 14, unlisted_sentence_labels()]
+    assert [t["labels"] for t in texts] == [[0.0] * 14, [1.0] * 14, [0.5] * 14]  # a miss: its study's labels
     assert (pool.patients, pool.studies, pool.misses) == (1, 1, 1)
     assert "1 training patient(s)" in pool.line() and "1 sentence(s) missing" in pool.line()
     assert list(decoupled_pool(rest, ["images"], None).splits) == ["train_images"]
     with pytest.raises(ValueError, match="sentence-label table"):
         decoupled_pool(rest, ["texts"], None)
     assert text_only(rest, {})[2] == 3  # every sentence a miss against an empty table
+
+
+def test_a_missing_sentence_gets_what_sentence_label_miss_says():
+    rest = [{"image_path": "a.jpg", "report": "Unlisted words here.", "labels": [0.5] * 14, "study_id": 7}]
+    assert text_only(rest, {}, "study_labels")[0][0]["labels"] == [0.5] * 14
+    assert text_only(rest, {}, "no_finding")[0][0]["labels"] == unlisted_sentence_labels()  # MedCLIP's reader
+    assert "(no_finding)" in decoupled_pool(rest, ["texts"], {}, "no_finding").line()
+    with pytest.raises(DataError, match="sentence_label_miss: error"):
+        text_only(rest, {}, "error")
 
 
 def test_build_datasets_makes_the_rest_into_unpaired_items(dataset, tmp_path):

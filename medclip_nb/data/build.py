@@ -81,10 +81,11 @@ def _rest_as_unpaired(cfg: "Config", data_path: Path, rest: list[dict], warnings
                             f"a sentence-label table, and sentence_labels 'auto' finds no {PREPARED_NAME} beside "
                             f"{data_path}")
         table = read_sentence_labels(path)
-    pool = decoupled_pool(rest, cfg.unpaired_sources, table)
+    pool = decoupled_pool(rest, cfg.unpaired_sources, table, cfg.sentence_label_miss)
     if pool.misses:
+        got = {"study_labels": "their study's labels", "no_finding": "No Finding = 1"}[cfg.sentence_label_miss]
         warnings_out.append(f"{pool.misses} text-only sentence(s) of the left-out patients are missing from the "
-                            f"sentence-label table: they get No Finding = 1")
+                            f"sentence-label table: they get {got} (sentence_label_miss)")
     return pool.splits
 
 

@@ -14,28 +14,39 @@ import yaml
 
 from medclip_nb.config import CONFIG_KEYS, Config, from_dict, unknown_keys
 from medclip_nb.config_checks import RETIRED_KEYS, base_type, retired_key_message
-from medclip_nb.errors import ConfigError, quote
+from medclip_nb.errors import ConfigError, UserError, quote
+from medclip_nb.files import read_text_limited
 from medclip_nb.paths import resolve
+
+# A parameter file is a few KiB; PyYAML takes minutes over tens of MiB. Prompt files share the cap.
+MAX_YAML_BYTES = 1 << 20
+
+
+def parse_yaml_file(path: Path, *, what: str = "", error: type[UserError] = ConfigError,
+                    limit: int = MAX_YAML_BYTES) -> Any:
+    """The YAML (or JSON) document in `path`, read with every protection a user's file needs: a
+    regular file under `limit` bytes (never a FIFO or a device), UTF-8, `yaml.safe_load` (no
+    tags that build objects; aliases stay shared references), and any failure inside the parser,
+    deep nesting included, as one line of `error` naming `what` and the file."""
+    label = f"{what} " if what else ""
+    text = read_text_limited(path, limit, what=what, error=error)
+    try:
+        return yaml.safe_load(text)
+    except RecursionError:
+        raise error(f"{label}{path}: nested too deeply") from None
+    except yaml.YAMLError as e:
+        line = getattr(getattr(e, "problem_mark", None), "line", None)
+        where = f" line {line + 1}" if line is not None else ""
+        raise error(f"{label}{path}{where}: not valid YAML") from None
+    except (ValueError, TypeError, OverflowError, AttributeError) as e:  # a timestamp or number PyYAML cannot build
+        raise error(f"{label}{path}: not a usable YAML file ({type(e).__name__})") from None
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = resolve(path)
-    if not p.is_file():
+    if not p.exists() and not p.is_symlink():
         raise ConfigError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read ({e.strerror or e})") from None
-    except RecursionError:
-        raise ConfigError(f"{p}: nested too deeply to be a config file") from None
-    except yaml.YAMLError as e:
-        line = getattr(getattr(e, "problem_mark", None), "line", None)
-        where = f" line {line + 1}" if line is not None else ""
-        raise ConfigError(f"{p}{where}: not valid YAML") from None
-    except (ValueError, TypeError, OverflowError) as e:  # e.g. a timestamp or number PyYAML cannot build
-        raise ConfigError(f"{p}: not a usable YAML config ({type(e).__name__})") from None
+    data = parse_yaml_file(p) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: must hold a mapping of config keys, got {type(data).__name__}")
     return data

@@ -30,7 +30,7 @@ from medclip_nb.model.encoders import (
     siglip_initial_bias,
 )
 from medclip_nb.model.losses import LOG_MAX_LOGIT_SCALE
-from medclip_nb.text.tokenizers import HFTokenizerAdapter
+from medclip_nb.text.tokenizers import HFTokenizerAdapter, tokenizer_from_json
 
 TOKENIZER = SimpleNamespace(vocab_size=50, pad_id=0, max_length=16)
 SMALL_TEXT = {"text_width": 32, "text_layers": 1, "text_heads": 2, "embed_dim": 24}
@@ -320,7 +320,7 @@ def test_local_bert_encoder_and_tokenizer(tiny_bert):
     assert batch["input_ids"][0, :5].tolist() == [2, 5, 6, 7, 3]  # [CLS] heart size normal [SEP]
     assert batch["attention_mask"][0].sum() == 5
     assert json.loads(tokenizer.to_json())["kind"] == "hf"
-    assert HFTokenizerAdapter.from_json(tokenizer.to_json()).max_length == 16
+    assert tokenizer_from_json(tokenizer.to_json()).max_length == 16
 
     encoder = BertTextEncoder(tiny_bert, embed_dim=24).eval()
     with torch.no_grad():

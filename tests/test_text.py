@@ -140,7 +140,7 @@ def test_tokenizer_from_json_rejects_unknown_payloads():
         tokenizer_from_json("not json")
     with pytest.raises(CheckpointError, match="tokenizer JSON"):
         tokenizer_from_json(json.dumps({"something": 1}))
-    with pytest.raises(CheckpointError, match="not a valid subword tokenizer"):
+    with pytest.raises(CheckpointError, match="not a BPE vocabulary"):
         tokenizer_from_json(json.dumps({"model": {"type": "nonsense"}}))
 
 

@@ -35,6 +35,7 @@ _PUBLIC = {
     "TOKENIZER_CONFIG_FILE": "medclip_nb.text.tokenizer_export",
     "TOKENIZER_FILE": "medclip_nb.text.tokenizer_export",
     "tokenizer_files": "medclip_nb.text.tokenizer_export",
+    "tokenizer_problem": "medclip_nb.text.tokenizers",
 }
 __all__ = sorted(_PUBLIC)
 __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
-from medclip_nb.errors import CheckpointError, DataError, UserError, quote
+from medclip_nb.errors import CheckpointError, DataError, UserError, one_line, quote
 from medclip_nb.progress import progress
 from medclip_nb.text.clean import clean_report
 
@@ -41,6 +42,13 @@ SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN)
 # The seed model reads exactly 50 character codes.
 CHAR_MAX_LENGTH = 50
 CLIP_INDEX_PAD = -1  # PrecomputedTextEncoder gives -1 / mask 0 positions no weight
+# What a stored tokenizer may ask for (the config key table's bounds of max_text_tokens and
+# vocab_size): a length decides the padding the Rust library allocates for every text.
+MAX_LENGTH = 8192
+MAX_VOCAB = 1_000_000
+MAX_JSON_CHARS = 64 << 20
+# Parts of a subword tokenizer's JSON that code sets, not the file (see SubwordTokenizer.from_json).
+_COMPONENTS = ("normalizer", "pre_tokenizer", "post_processor", "decoder")
 
 
 class CallableTokenizer:
@@ -88,9 +96,7 @@ class SubwordTokenizer(CallableTokenizer):
         if not texts:
             raise ValueError("no texts to learn a subword vocabulary from")
         tokenizer = Tokenizer(models.BPE(unk_token=UNK_TOKEN))
-        tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-        # Splits on whitespace and on every punctuation character.
-        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        _set_components(tokenizer)
         trainer = trainers.BpeTrainer(
             vocab_size=int(vocab_size), special_tokens=list(SPECIAL_TOKENS), show_progress=False
         )
@@ -131,15 +137,56 @@ class SubwordTokenizer(CallableTokenizer):
         return self._tokenizer.to_str()
 
     @classmethod
-    def from_json(cls, text: str) -> "SubwordTokenizer":
+    def from_json(cls, data: dict) -> "SubwordTokenizer":
+        """Rebuild from what `to_json` wrote, taking only data from it: the BPE vocabulary, its
+        merges and the length. The normaliser, pre-tokenizer, [CLS]/[SEP] template and padding
+        are set by this code, and a file whose own differ is refused: a stored tokenizer can
+        neither change how text is cut nor reach the parts of the Rust library that panic or
+        allocate what a length asks for."""
+        model = data.get("model")
+        if not isinstance(model, dict) or model.get("type") != "BPE":
+            raise CheckpointError("tokenizer JSON: the subword tokenizer's model is not a BPE vocabulary")
+        vocab, merges = model.get("vocab"), model.get("merges")
+        if not isinstance(vocab, dict) or not 0 < len(vocab) <= MAX_VOCAB or not all(
+                isinstance(k, str) and _is_int(v) for k, v in vocab.items()) \
+                or sorted(vocab.values()) != list(range(len(vocab))):
+            raise CheckpointError(f"tokenizer JSON: 'vocab' must map at most {MAX_VOCAB} tokens to the ids "
+                                  f"0..n-1, each once")
+        pairs = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) if isinstance(m, list) else ()
+                 for m in merges] if isinstance(merges, list) and len(merges) <= len(vocab) else None
+        if pairs is None or not all(len(p) == 2 and all(isinstance(t, str) and t in vocab for t in p) for p in pairs):
+            raise CheckpointError("tokenizer JSON: 'merges' must be pairs of tokens of the vocabulary")
+        missing = [t for t in SPECIAL_TOKENS if t not in vocab]
+        if missing:
+            raise CheckpointError(f"tokenizer JSON: the vocabulary has no {missing[0]} token")
+        truncation = data.get("truncation")
+        length = truncation.get("max_length") if isinstance(truncation, dict) else None
+        if not _is_int(length) or not 2 <= length <= MAX_LENGTH:
+            raise CheckpointError(f"tokenizer JSON: the subword tokenizer's length {quote(length)} is not in "
+                                  f"2..{MAX_LENGTH}")
         try:
-            tokenizer = Tokenizer.from_str(text)
-        except Exception as exc:  # the Rust side raises a bare Exception
-            raise CheckpointError(f"tokenizer JSON: not a valid subword tokenizer ({exc})") from None
-        truncation = tokenizer.truncation
-        if not truncation:
-            raise CheckpointError("tokenizer JSON: no truncation length saved with the subword tokenizer")
-        return cls(tokenizer, truncation["max_length"])
+            tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=pairs, unk_token=UNK_TOKEN))
+        except Exception as exc:  # noqa: BLE001 - the library's own checks of vocab and merges
+            raise CheckpointError(f"tokenizer JSON: not a valid subword vocabulary ({one_line(exc, 120)})") from None
+        tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+        _set_components(tokenizer)
+        _add_cls_sep(tokenizer)
+        ours = json.loads(tokenizer.to_str())
+        for part in _COMPONENTS:
+            if data.get(part) != ours.get(part):
+                raise CheckpointError(f"tokenizer JSON: its {part} is not the one medclip-nb writes")
+        return cls(tokenizer, length)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _set_components(tokenizer: Tokenizer) -> None:
+    """The parts of a subword tokenizer that code, not a file, decides: NFKC and lower case, then
+    splits on whitespace and on every punctuation character."""
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
 
 
 def _add_cls_sep(tokenizer: Tokenizer) -> None:
@@ -181,27 +228,55 @@ class CharTokenizer(CallableTokenizer):
 
 
 def tokenizer_from_json(text: str):
-    """Rebuild the tokenizer that ``to_json`` wrote (as stored in checkpoints): a
-    ``SubwordTokenizer``, a ``CharTokenizer``, a local BERT tokenizer
-    (``HFTokenizerAdapter``) or ``ClipIndexTokenizer`` (precomputed features)."""
+    """Rebuild the tokenizer that ``to_json`` wrote (as stored in checkpoints and exports): a
+    ``SubwordTokenizer``, a ``CharTokenizer``, a local BERT tokenizer (``HFTokenizerAdapter``)
+    or ``ClipIndexTokenizer`` (precomputed features). Whatever the text holds, the result is a
+    tokenizer of at most MAX_LENGTH tokens or one CheckpointError line ("tokenizer JSON: ...";
+    the caller adds the file)."""
+    if not isinstance(text, str) or len(text) > MAX_JSON_CHARS:
+        raise CheckpointError(f"tokenizer JSON: not a string of at most {MAX_JSON_CHARS >> 20} Mi characters")
     try:
         data = json.loads(text)
-    except (TypeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"tokenizer JSON: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise CheckpointError("tokenizer JSON: nested too deeply") from None
+    except (TypeError, ValueError) as exc:  # JSONDecodeError, and integers of thousands of digits
+        raise CheckpointError(f"tokenizer JSON: not valid JSON ({one_line(exc, 120)})") from None
     if not isinstance(data, dict):
         raise CheckpointError("tokenizer JSON: expected an object")
     kind = data.get("kind")
     if kind == "char":
-        if not isinstance(data.get("max_length"), int):
-            raise CheckpointError("tokenizer JSON: the character-level tokenizer has no integer 'max_length'")
-        return CharTokenizer(data["max_length"])
+        length = data.get("max_length")
+        if not _is_int(length) or not 1 <= length <= MAX_LENGTH:
+            raise CheckpointError(f"tokenizer JSON: the character-level tokenizer's 'max_length' {quote(length)} is "
+                                  f"not in 1..{MAX_LENGTH}")
+        return CharTokenizer(length)
     if kind == "hf":
-        return HFTokenizerAdapter.from_json(text)
+        return HFTokenizerAdapter.from_json(data)
     if kind == "clip_indices":  # text_encoder 'precomputed': records' rows of the features file
-        return ClipIndexTokenizer.from_json(text)
+        return ClipIndexTokenizer()
     if "model" in data:
-        return SubwordTokenizer.from_json(text)
+        return SubwordTokenizer.from_json(data)
     raise CheckpointError("tokenizer JSON: neither a subword, a character-level, a BERT nor a clip-index tokenizer")
+
+
+def tokenizer_problem(tokenizer, cfg: "Config") -> str | None:
+    """Why `tokenizer` is not the one ``build_tokenizer(cfg)`` makes (its kind, or its length:
+    ``max_text_tokens``, the seed model's 50 characters), or None. A stored tokenizer (a checkpoint's,
+    an export's) must pass this against the config it is used with."""
+    if cfg.model == "simple":
+        kind, length = CharTokenizer, CHAR_MAX_LENGTH
+    elif cfg.text_encoder == "precomputed":
+        kind, length = ClipIndexTokenizer, None
+    elif cfg.text_encoder == "bert":
+        kind, length = HFTokenizerAdapter, cfg.max_text_tokens
+    else:
+        kind, length = SubwordTokenizer, cfg.max_text_tokens
+    if not isinstance(tokenizer, kind):
+        return f"its tokenizer is a {type(tokenizer).__name__}, the config needs a {kind.__name__}"
+    if length is not None and tokenizer.max_length != length:
+        key = "the seed model's text length" if cfg.model == "simple" else "config key 'max_text_tokens'"
+        return f"its tokenizer cuts texts at {tokenizer.max_length} tokens, {key} is {length}"
+    return None
 
 
 def build_tokenizer(cfg: "Config", train_reports: Iterable[str]):
@@ -280,9 +355,6 @@ class ClipIndexTokenizer:
     def to_json(self) -> str:
         return json.dumps({"kind": self.kind, "pad_id": self.pad_id})
 
-    @classmethod
-    def from_json(cls, text: str) -> "ClipIndexTokenizer":
-        return cls()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,7 +377,14 @@ def import_transformers():
     return transformers
 
 
+# A file of a local BERT folder (BERT-large's weights are 1.3 GB).
+MAX_BERT_FILE_BYTES = 4 << 30
+
+
 def local_hf_folder(path: str | os.PathLike) -> Path:
+    """A local Hugging Face folder (config key bert_path, which a model file may name): a folder
+    whose files are regular files under MAX_BERT_FILE_BYTES (never a FIFO or a device: the
+    library would wait on it or read it without end)."""
     folder = Path(path)
     if not folder.is_dir():
         raise UserError(
@@ -313,6 +392,15 @@ def local_hf_folder(path: str | os.PathLike) -> Path:
             f"and its tokenizer there with save_pretrained (for Bio_ClinicalBERT see params/medclip_paper.yaml) "
             f"and copy the folder"
         )
+    try:
+        entries = sorted(folder.iterdir())
+        for entry in entries:
+            info = entry.stat()  # follows links (the hub cache links to its blobs)
+            regular = stat.S_ISREG(info.st_mode) and info.st_size <= MAX_BERT_FILE_BYTES
+            if not stat.S_ISDIR(info.st_mode) and not regular:
+                raise UserError(f"bert_path {entry}: not a regular file of at most {MAX_BERT_FILE_BYTES >> 30} GiB")
+    except OSError as e:
+        raise UserError(f"bert_path {folder}: cannot be read ({e.strerror or type(e).__name__})") from None
     return folder
 
 
@@ -353,6 +441,9 @@ class HFTokenizerAdapter(CallableTokenizer):
         return json.dumps({"kind": self.kind, "path": self.path, "max_length": self.max_length})
 
     @classmethod
-    def from_json(cls, text: str) -> "HFTokenizerAdapter":
-        state = json.loads(text)
-        return cls(state["path"], state.get("max_length", 128))
+    def from_json(cls, state: dict) -> "HFTokenizerAdapter":
+        path, length = state.get("path"), state.get("max_length", 128)
+        if not isinstance(path, str) or not _is_int(length) or not 1 <= length <= MAX_LENGTH:
+            raise CheckpointError(f"tokenizer JSON: a BERT tokenizer needs a folder 'path' and a 'max_length' in "
+                                  f"1..{MAX_LENGTH}")
+        return cls(path, length)

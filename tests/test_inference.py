@@ -145,7 +145,7 @@ def test_embed_writes_shapes_and_ids(run_dir, tiny_dataset, tmp_path, capsys):
 def test_export_round_trip_gives_identical_embeddings(run_dir, test_images, tmp_path, monkeypatch, capsys):
     export_dir = tmp_path / "export"
     assert main(["export", "--checkpoint", str(run_dir / "best.pth"), "--out", str(export_dir)]) == 0
-    assert sorted(p.name for p in export_dir.iterdir()) == sorted(EXPORT_FILES)
+    assert sorted(p.name for p in export_dir.iterdir()) == sorted([*EXPORT_FILES, "SHA256SUMS"])
     assert json.loads((export_dir / "config.json").read_text())["config"]["vision_backbone"] == "mobilenet_v3_small"
     original = load_pretrained(run_dir / "best.pth")
 

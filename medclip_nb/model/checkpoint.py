@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from medclip_nb.config import from_dict
-from medclip_nb.errors import CheckpointError, ConfigError, os_error_reason
+from medclip_nb.errors import CheckpointError, ConfigError, one_line, os_error_reason
 from medclip_nb.files import TEMP_INFIX, fsync_path, temp_path
 from medclip_nb.model.checkpoint_check import MODEL_PARTS, check_checkpoint
-from medclip_nb.model.encoders import build_model
+from medclip_nb.model.model_files import build_from_model_file, layout
 from medclip_nb.paths import resolve
 from medclip_nb.text import tokenizer_from_json
 
@@ -238,8 +238,11 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 # ---- models for evaluation and notebooks --------------------------------------------------------
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Rebuild a trained model from a checkpoint: returns (model in eval mode on `device`,
-    tokenizer, Config). Raises CheckpointError when the file lacks a part or the weights do
-    not fit the stored configuration."""
+    tokenizer, Config: the run's whole stored config). Raises CheckpointError when the file lacks
+    a part, its tokenizer is not the one its config describes, or the model is too large or
+    does not fit the stored weights, all checked before the model is allocated
+    (model_files.build_from_model_file). Commands that use the model take only its model keys
+    from that config (model_files.model_config)."""
     p = resolve(path)
     return model_from_state(check_checkpoint(load_checkpoint(p), p, MODEL_PARTS), p, device)
 
@@ -250,13 +253,13 @@ def model_from_state(state: dict, p: Path, device: str | torch.device = "cpu"):
         cfg = from_dict(state["config"], source=str(p))
     except ConfigError as e:
         raise CheckpointError(f"{p}: stored config is not valid here: {e}") from None
-    tokenizer = tokenizer_from_json(state["tokenizer"])
-    # The checkpoint holds every weight: no need for the ImageNet file in the torch hub cache.
-    model = build_model(cfg.replace(vision_pretrained=False), tokenizer)
     try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise CheckpointError(f"{p}: weights do not fit the stored config ({_first_line(e)})") from None
+        tokenizer = tokenizer_from_json(state["tokenizer"])
+    except CheckpointError as e:
+        raise CheckpointError(f"{p}: field 'tokenizer': {one_line(e)}") from None
+    # The checkpoint holds every weight: no need for the ImageNet file in the torch hub cache.
+    weights = state["model"]
+    model = build_from_model_file(cfg.replace(vision_pretrained=False), tokenizer, layout(weights), lambda: weights, p)
     model.to(device).eval()
     return model, tokenizer, cfg
 

@@ -37,12 +37,15 @@ from torch import Tensor, nn
 
 from medclip_nb.config import VISION_BACKBONES
 from medclip_nb.errors import CheckpointError, ConfigError, DataError
+from medclip_nb.files import read_text_limited
 from medclip_nb.model.losses import LOG_MAX_LOGIT_SCALE, LOSS_KINDS
 from medclip_nb.text import from_local_folder, import_transformers, local_hf_folder
 
 CLIP_INIT_LOGIT_SCALE = math.log(1 / 0.07)  # CLIP / MedCLIP
 SIGLIP_INIT_LOGIT_SCALE = math.log(10.0)
 SIGLIP_INIT_LOGIT_BIAS = -10.0
+# clip_text_features.json of all MIMIC-CXR reports is about 2 GB of JSON text.
+MAX_FEATURES_BYTES = 4 << 30
 
 
 # ---- shared contrastive head -----------------------------------------------------------------
@@ -330,12 +333,15 @@ class PrecomputedTextEncoder(nn.Module):
 
     @staticmethod
     def _read(path: Path) -> np.ndarray:
+        # A file a model names (config key text_features_path): a regular file under the limit,
+        # never a FIFO or /dev/zero (files.read_limited).
+        text = read_text_limited(path, MAX_FEATURES_BYTES, what="text_features_path", error=DataError)
         try:
-            data = json.loads(path.read_text())
-        except OSError as e:
-            raise DataError(f"text_features_path {path}: cannot be read ({e.strerror or type(e).__name__})") from None
+            data = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"text_features_path {path}: not valid JSON (line {e.lineno})") from None
+        except (ValueError, RecursionError) as e:
+            raise DataError(f"text_features_path {path}: not usable JSON ({type(e).__name__})") from None
         if isinstance(data, dict):
             if "features" not in data:
                 raise DataError(f"text_features_path {path}: a JSON object must have a 'features' key")

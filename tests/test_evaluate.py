@@ -433,7 +433,8 @@ def test_evaluate_checkpoint_writes_and_merges(tmp_path, monkeypatch, capsys):
     out.mkdir()
     (out / "metrics.json").write_text(json.dumps({"other/best": {"keep": 1}}))
 
-    entry = evaluate_checkpoint(tmp_path / "run1" / "best.pth", out, overrides={"eval_batch_size": 8})
+    entry = evaluate_checkpoint(tmp_path / "run1" / "best.pth", out, overrides={"eval_batch_size": 8,
+                                                                                 "data_path": "toy.jsonl"})
     assert seen["cfg"].eval_batch_size == 8 and seen["path"].name == "best.pth"
     stored = json.loads((out / "metrics.json").read_text())
     assert stored["other/best"] == {"keep": 1}
@@ -444,7 +445,7 @@ def test_evaluate_checkpoint_writes_and_merges(tmp_path, monkeypatch, capsys):
 
     (out / "metrics.json").write_text("{not json")
     with pytest.raises(DataError, match="metrics.json: not valid JSON"):
-        evaluate_checkpoint(tmp_path / "run1" / "best.pth", out, log=lambda *_: None)
+        evaluate_checkpoint(tmp_path / "run1" / "best.pth", out, {"data_path": "toy.jsonl"}, log=lambda *_: None)
     assert (out / "metrics.json").read_text() == "{not json"
 
 
@@ -487,7 +488,8 @@ def test_evaluate_checkpoint_with_real_modules(tmp_path):
     assert torch.equal(a, b)  # no random augmentation on the probe's training images
 
     out = tmp_path / "reports"
-    entry = evaluate_checkpoint(checkpoint, out, overrides={"eval_batch_size": 5}, log=lambda *_: None)
+    entry = evaluate_checkpoint(checkpoint, out, overrides={"eval_batch_size": 5, "data_path": str(manifest)},
+                                log=lambda *_: None)
     assert entry["n"] == {"test": 6, "test_5x200": 5, "train": 12, "val": 6}
     assert entry["zero_shot_5x200"]["max"]["accuracy"] is not None
     assert set(entry["linear_probe"]["auroc"]) == set(CHEXPERT_LABELS)

@@ -199,8 +199,9 @@ def test_checkpoint_loads_the_trained_model(trained, dataset):
         torch.testing.assert_close(loaded[key], expected[key])
 
 
-def test_evaluation_runs_retrieval_and_linear_probe(trained, tmp_path):
-    entry = evaluate_checkpoint(trained["out"] / "last.pth", tmp_path / "reports", log=quiet)
+def test_evaluation_runs_retrieval_and_linear_probe(trained, dataset, tmp_path):
+    entry = evaluate_checkpoint(trained["out"] / "last.pth", tmp_path / "reports",
+                                {"data_path": str(dataset["manifest"])}, log=quiet)
     assert "precomputed" in entry["zero_shot_5x200"]["skipped"]
     retrieval = entry["retrieval"]["test"]["image_to_text"]
     assert 0.0 <= retrieval["R@1"] <= 1.0

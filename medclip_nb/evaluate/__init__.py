@@ -26,7 +26,14 @@ from medclip_nb.evaluate.intervals import (
 from medclip_nb.evaluate.metrics import recall_at_k, select_5x200, zero_shot_classify
 from medclip_nb.evaluate.multiplicity import ALPHA, holm, paired_t_p, smallest_resolvable
 from medclip_nb.evaluate.report import confusion_figure
-from medclip_nb.evaluate.run import eval_datasets, evaluate_checkpoint, evaluate_model, merge_metrics, read_metrics
+from medclip_nb.evaluate.run import (
+    check_evaluation_outputs,
+    eval_datasets,
+    evaluate_checkpoint,
+    evaluate_model,
+    merge_metrics,
+    read_metrics,
+)
 from medclip_nb.evaluate.zeroshot_medclip import zero_shot_5x200_medclip
 
 __all__ = [
@@ -34,6 +41,7 @@ __all__ = [
     "CONFIDENCE",
     "ZeroShotPoints",
     "bootstrap_off",
+    "check_evaluation_outputs",
     "compute_embeddings",
     "confusion_figure",
     "encode_texts",

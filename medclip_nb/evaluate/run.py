@@ -23,12 +23,12 @@ from medclip_nb.data import (
     find_store,
     uses_precomputed_text,
 )
-from medclip_nb.errors import DataError
+from medclip_nb.errors import DataError, UserError
 from medclip_nb.evaluate.embeddings import EvaluationArrays
 from medclip_nb.evaluate.evaluation import Evaluation
 from medclip_nb.evaluate.report import confusion_figure, summary_lines
-from medclip_nb.files import write_json_atomic
-from medclip_nb.model import load_model
+from medclip_nb.files import check_output, write_json_atomic
+from medclip_nb.model import check_eval_memory, load_model, model_config
 from medclip_nb.paths import resolve
 from medclip_nb.runtime import pick_device
 
@@ -57,6 +57,17 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DataError(f"{path}: must hold a JSON object, got {type(data).__name__}; it was left unchanged")
     return data
+
+
+def check_evaluation_outputs(out_dir: str | Path) -> Path:
+    """`evaluate --out`, before any work: a folder (or one to create, not under a file) whose
+    metrics.json, if there is one, can be read and merged into. Returns the folder."""
+    out = resolve(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: is a file; metrics.json and figures/ are written into a folder")
+    check_output(out / "metrics.json", flag="--out", force=True, error=DataError)
+    read_metrics(out / "metrics.json")  # an unusable metrics.json fails now, not after the evaluation
+    return out
 
 
 def merge_metrics(path: str | Path, key: str, entry: Any) -> Path:
@@ -105,19 +116,21 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Evaluate a saved checkpoint and record the result.
 
-    The checkpoint's config is used with `overrides` applied (data_path, image_root,
-    eval_batch_size, gpu_id, ...). Writes `out_dir/metrics.json` (merged under the key
-    `name`, default '<run folder>/<file stem>') and
+    The checkpoint's model keys are used (model_config), everything else is the defaults with
+    `overrides` applied (data_path, which is required, image_root, eval_batch_size, gpu_id, ...).
+    Writes `out_dir/metrics.json` (merged under the key `name`, default '<run folder>/<file stem>') and
     `out_dir/figures/zeroshot_confusion_<name>.png`, prints a short table, and returns the
     metrics entry. The 5x200 subset is drawn with seed 0 unless `overrides` sets `seed`.
     """
     overrides = dict(overrides or {})
+    if "data_path" not in overrides:
+        raise UserError("evaluate: give the dataset to evaluate on (data_path); a checkpoint's own is not read")
     checkpoint = resolve(checkpoint)
-    out = resolve(out_dir)
-    read_metrics(out / "metrics.json")  # an unusable metrics.json fails now, not after the evaluation
-    model, tokenizer, cfg = load_model(checkpoint, "cpu")
-    if overrides:
-        cfg = cfg.replace(**overrides)
+    out = check_evaluation_outputs(out_dir)  # before the evaluation, not after it
+    model, tokenizer, stored = load_model(checkpoint, "cpu")
+    # The checkpoint gives the model keys; batch sizes, workers, paths and the rest come from the caller.
+    cfg = model_config(stored.to_dict(), checkpoint).replace(**overrides)
+    check_eval_memory(cfg, tokenizer, cfg.eval_batch_size, checkpoint)
     device = pick_device(cfg.gpu_id, log=log)  # the same checked choice as train
     model.to(device)
     log(f"Evaluating {checkpoint} on {device}")

@@ -21,13 +21,13 @@ from medclip_nb.data import (
     make_loader,
     uses_precomputed_text,
 )
-from medclip_nb.errors import DataError, UserError
+from medclip_nb.errors import DataError, UserError, quote
 from medclip_nb.evaluate import compute_embeddings, eval_datasets, read_metrics
-from medclip_nb.files import write_atomic
+from medclip_nb.files import check_output, write_atomic
 from medclip_nb.inference.images import image_files
 from medclip_nb.inference.pretrained import Pretrained, load_pretrained, read_prompts_file
 from medclip_nb.inference.retrieval import load_report_bank
-from medclip_nb.model import EXPORT_FILES, export_checkpoint
+from medclip_nb.model import EXPORT_FILES, check_eval_memory, export_checkpoint
 from medclip_nb.paths import resolve
 
 
@@ -42,6 +42,7 @@ def embed_dataset(pretrained: Pretrained, data_path: str | os.PathLike, *, split
     Unreadable images are skipped (on_bad_image 'skip') and logged by name. `overrides`: config
     keys such as image_root, image_store, eval_batch_size, num_workers, on_bad_image."""
     cfg = pretrained.config.replace(data_path=str(data_path), debug=False, **dict(overrides or {}))
+    check_eval_memory(cfg, pretrained.tokenizer, cfg.eval_batch_size, pretrained.source)
     unknown = [s for s in splits if s not in REQUIRED_SPLITS]
     if unknown or not splits:
         first = unknown[0] if unknown else "nothing"
@@ -73,7 +74,8 @@ def embed_dataset(pretrained: Pretrained, data_path: str | os.PathLike, *, split
         parts["split"].append(np.full(len(records), split))
         parts["index"].append(emb["index"])
         parts["image_path"].append(np.array([str(r["image_path"]) for r in records]))
-        parts["study_id"].append(np.array([int(r.get("study_id", -1)) for r in records], dtype=np.int64))
+        ids = [_study_id(r, cfg.data_path, split, i) for r, i in zip(records, emb["index"])]
+        parts["study_id"].append(np.array(ids, dtype=np.int64))
         parts["dicom_id"].append(np.array([str(r.get("dicom_id", "")) for r in records]))
         parts["text_group"].append(emb["text_group"] + group_offset)  # unique across splits
         group_offset += int(emb["text_group"].max()) + 1
@@ -81,6 +83,18 @@ def embed_dataset(pretrained: Pretrained, data_path: str | os.PathLike, *, split
     if not parts["image"]:
         raise DataError(f"{resolve(cfg.data_path)}: no readable image in split(s) {', '.join(splits)}")
     return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _study_id(record: Mapping[str, Any], data_path, split: str, index: int) -> int:
+    """A record's study_id as the int64 the .npz holds (-1 when absent)."""
+    value = record.get("study_id", -1)
+    if isinstance(value, np.integer):
+        value = int(value)
+    if isinstance(value, str) and value.isascii() and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not -2**63 <= value < 2**63:
+        raise DataError(f"{data_path}: {split}[{index}]: key 'study_id' {quote(value)} is not an integer id")
+    return value
 
 
 def save_embeddings(arrays: Mapping[str, np.ndarray], out: str | os.PathLike) -> Path:
@@ -101,7 +115,11 @@ def _note(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def _say_skipped(skipped) -> None:
+def _say_skipped(skipped, given: int, kept: int) -> None:
+    """The unreadable images by name; with none readable, one error line giving the first reason."""
+    if not kept:
+        first = f": {skipped[0][1]}" if skipped else ""
+        raise DataError(f"no readable image among the {given} given{first}")
     if skipped:
         _note(f"Skipped {len(skipped)} unreadable image{'s' if len(skipped) != 1 else ''}:")
         for _path, reason in skipped:
@@ -115,24 +133,25 @@ def _embed_options(pretrained: Pretrained, overrides: Mapping[str, Any]) -> dict
 
 
 def predict_command(checkpoint, paths, *, classes=None, prompts_file=None, mode="mean", csv=None,
-                    multi_label: bool = False, overrides: Mapping[str, Any] | None = None) -> "Any":
+                    multi_label: bool = False, overrides: Mapping[str, Any] | None = None,
+                    force: bool = False) -> "Any":
     """`python -m medclip_nb predict`: the probability table on stdout, notes on stderr, the table
-    also as CSV with `csv`. 5-way (default): one softmax over the classes, with the predicted
-    class. `multi_label`: each finding on its own (positive vs negative prompt), with the findings
-    over 0.5. Returns the DataFrame."""
+    also as CSV with `csv` (an existing file only with `force`, never one of the inputs). 5-way
+    (default): one softmax over the classes, with the predicted class. `multi_label`: each finding
+    on its own (positive vs negative prompt), with the findings over 0.5. Returns the DataFrame."""
     overrides = dict(overrides or {})
     if mode not in ("mean", "max"):
         raise UserError(f"--mode: {mode!r} is not one of mean, max")
     files = image_files(paths)  # a typo in a path fails before the model is loaded
+    if csv:
+        check_output(csv, flag="--csv", force=force, inputs=(checkpoint, prompts_file, *files))
     prompts = read_prompts_file(prompts_file, pairs=multi_label) if prompts_file else None
     pretrained = load_pretrained(checkpoint, overrides.get("gpu_id"))
     classify = pretrained.classify_multilabel if multi_label else pretrained.classify
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BadImageWarning)  # named below, once each
         table = classify(files, classes, prompts=prompts, mode=mode, **_embed_options(pretrained, overrides))
-    _say_skipped(table.attrs["skipped"])
-    if table.empty:
-        raise DataError(f"no readable image among the {len(files)} given")
+    _say_skipped(table.attrs["skipped"], len(files), len(table))
     if multi_label:
         shown = table.assign(positive=[", ".join(c for c in table.columns if row[c] > 0.5) or "-"
                                        for _, row in table.iterrows()])
@@ -154,14 +173,17 @@ def _short(text: str, width: int = 160) -> str:
 
 
 def retrieve_command(checkpoint, paths, reports, *, k: int = 5, splits=None, csv=None,
-                     overrides: Mapping[str, Any] | None = None) -> "Any":
+                     overrides: Mapping[str, Any] | None = None, force: bool = False) -> "Any":
     """`python -m medclip_nb retrieve`: for each image, the `k` nearest reports of the bank
     `reports` (a dataset file's `splits`, or a text file) on stdout, cut to one line each; the
-    whole reports in the CSV. Returns the DataFrame."""
+    whole reports in the CSV (an existing file only with `force`, never an input). Returns the
+    DataFrame."""
     overrides = dict(overrides or {})
     if k < 1:
         raise UserError(f"-k: {k} is not a whole number of at least 1")
     files = image_files(paths)
+    if csv:
+        check_output(csv, flag="--csv", force=force, inputs=(checkpoint, reports, *files))
     bank = load_report_bank(reports, splits)  # both before the model is loaded
     pretrained = load_pretrained(checkpoint, overrides.get("gpu_id"))
     pretrained.check_text_input()
@@ -169,9 +191,7 @@ def retrieve_command(checkpoint, paths, reports, *, k: int = 5, splits=None, csv
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BadImageWarning)  # named below, once each
         table = pretrained.retrieve(files, bank, k, **_embed_options(pretrained, overrides))
-    _say_skipped(table.attrs["skipped"])
-    if table.empty:
-        raise DataError(f"no readable image among the {len(files)} given")
+    _say_skipped(table.attrs["skipped"], len(files), table["image"].nunique() if len(table) else 0)
     for image, rows in table.groupby("image", sort=False):
         print(image)
         for row in rows.itertuples():
@@ -184,9 +204,10 @@ def retrieve_command(checkpoint, paths, reports, *, k: int = 5, splits=None, csv
     return table
 
 
-def export_command(checkpoint, out, *, metrics_file=None, metrics_key=None) -> Path:
+def export_command(checkpoint, out, *, metrics_file=None, metrics_key=None, force: bool = False) -> Path:
     """`python -m medclip_nb export`: the export folder, with the metrics.json entry `metrics_key`
-    (default: the checkpoint's own key, '<run folder>/<file stem>') in its model card."""
+    (default: the checkpoint's own key, '<run folder>/<file stem>') in its model card; a folder
+    holding other files only with `force`."""
     entry = source = None
     if metrics_key and not metrics_file:
         raise UserError("--metrics-key: give the metrics.json it names with --metrics")
@@ -201,18 +222,20 @@ def export_command(checkpoint, out, *, metrics_file=None, metrics_key=None) -> P
             entries = ", ".join(sorted(data)) or "none"
             raise UserError(f"--metrics-key: {path} has no entry {key!r}; its entries: {entries}")
         entry, source = data[key], f"{path.name}: {key}"
-    folder = export_checkpoint(checkpoint, out, metrics=entry, metrics_source=source)
-    written = [name for name in EXPORT_FILES if (folder / name).is_file()]
+    folder = export_checkpoint(checkpoint, out, metrics=entry, metrics_source=source, force=force)
+    written = [name for name in (*EXPORT_FILES, "SHA256SUMS") if (folder / name).is_file()]
     print(f"Exported {checkpoint} to {folder}/ ({', '.join(written)})")
     return folder
 
 
 def embed_command(checkpoint, data_path, out, *, splits=REQUIRED_SPLITS,
-                  overrides: Mapping[str, Any] | None = None) -> Path:
-    """`python -m medclip_nb embed`: embed a dataset file's splits into an .npz file."""
+                  overrides: Mapping[str, Any] | None = None, force: bool = False) -> Path:
+    """`python -m medclip_nb embed`: embed a dataset file's splits into an .npz file (an
+    existing file only with `force`, never one of the inputs)."""
     overrides = dict(overrides or {})
     if Path(out).suffix != ".npz":  # before the model and the images
         raise UserError(f"--out {out}: the embeddings file must end in .npz")
+    check_output(out, flag="--out", force=force, inputs=(checkpoint, resolve(data_path)))
     pretrained = load_pretrained(checkpoint, overrides.pop("gpu_id", None))
     arrays = embed_dataset(pretrained, data_path, splits=splits, overrides=overrides, log=_note)
     path = save_embeddings(arrays, out)

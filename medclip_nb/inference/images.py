@@ -25,6 +25,30 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 
 # ---- inputs ---------------------------------------------------------------------------------------
+MAX_IMAGE_FILES = 10_000_000
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Image files under `folder`, sorted; walked with an explicit stack (a folder nested a
+    thousand deep is no recursion), symbolic links to folders not followed (no loops)."""
+    found: list[Path] = []
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(Path(entry.path))
+                    elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
+                        found.append(Path(entry.path))
+        except OSError as e:
+            raise UserError(f"{current}: cannot list this folder ({e.strerror or type(e).__name__})") from None
+        if len(found) > MAX_IMAGE_FILES:
+            raise UserError(f"{folder}: more than {MAX_IMAGE_FILES:,} image files")
+    return sorted(found)
+
+
 def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Files and folders -> image files: a file as given, a folder as the files under it
     (recursively, sorted) whose suffix is one of IMAGE_SUFFIXES. A path that does not exist or
@@ -32,12 +56,16 @@ def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     files: list[Path] = []
     for item in paths:
         path = Path(item).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        try:
+            is_dir, exists = path.is_dir(), path.exists()
+        except OSError as e:
+            raise UserError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
+        if is_dir:
+            found = _files_under(path)
             if not found:
                 raise UserError(f"{path}: folder holds no image files ({', '.join(IMAGE_SUFFIXES)})")
             files.extend(found)
-        elif path.exists():
+        elif exists:
             files.append(path)
         else:
             raise UserError(f"{path}: no such file or folder")

@@ -35,18 +35,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from medclip_nb.config_load import parse_yaml_file
 from medclip_nb.data import (
     BadImageError,
     BadImageWarning,
     SkippedSample,
     build_transforms,
 )
-from medclip_nb.errors import UserError
+from medclip_nb.errors import UserError, quote
 from medclip_nb.evaluate import encode_texts, model_logit_scale, zero_shot_classify
 from medclip_nb.inference.images import ImageItems, collate_images, image_items
 from medclip_nb.inference.retrieval import ReportBank, nearest_reports, report_bank
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, PROMPT_VOCABULARY
-from medclip_nb.model import is_export_dir, load_export, load_model
+from medclip_nb.model import check_eval_memory, is_export_dir, load_export, load_model, model_config
 from medclip_nb.paths import resolve
 from medclip_nb.progress import progress as progress_display
 from medclip_nb.prompts import binary_prompts, finding_phrase, generate_prompts
@@ -126,26 +127,34 @@ def resolve_pair_prompts(findings: Sequence[str] | None = None,
     return result
 
 
+# A prompts file names classes and their prompts; beyond these it is not a prompts file.
+MAX_PROMPTS, MAX_PROMPT_CHARS = 10_000, 1_000
+
+
 def read_prompts_file(path: str | os.PathLike, *, pairs: bool = False) -> dict[str, Any]:
     """A YAML or JSON file mapping each class name to a list of prompts, or with `pairs` (the
-    multi-label mode) each finding to {"positive": [...], "negative": [...]}."""
-    import yaml
-
+    multi-label mode) each finding to {"positive": [...], "negative": [...]}. Read as config files
+    are (config_load.parse_yaml_file: size cap, regular file, UTF-8, safe loader, one-line errors);
+    at most MAX_PROMPTS prompts, each a string of at most MAX_PROMPT_CHARS characters."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UserError(f"--prompts {path}: cannot be read ({e.strerror or type(e).__name__})") from None
-    except yaml.YAMLError:
-        raise UserError(f"--prompts {path}: not valid YAML or JSON") from None
-    if pairs:
-        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
-            raise UserError(f"--prompts {path}: with --multi-label, must map each finding to "
-                            f"{{positive: [...], negative: [...]}}")
-        return {str(k): v for k, v in data.items()}
-    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
-        raise UserError(f"--prompts {path}: must map each class name to a list of prompts")
-    return {str(k): [str(p) for p in v] for k, v in data.items()}
+    data = parse_yaml_file(path, what="--prompts", error=UserError)
+    shape = (f"--prompts {path}: with --multi-label, must map each finding to {{positive: [...], negative: [...]}}"
+             if pairs else f"--prompts {path}: must map each class name to a list of prompt strings")
+    if not isinstance(data, dict) or not all(isinstance(k, (str, int)) and not isinstance(k, bool) for k in data) \
+            or not all(isinstance(v, dict if pairs else list) for v in data.values()):
+        raise UserError(shape)
+    lists = {name: [v if isinstance(v, list) else [v] for v in value.values()] if pairs else [value]
+             for name, value in data.items()}
+    # Aliases are shared references: count before anything is copied or converted.
+    if sum(len(part) for parts in lists.values() for part in parts) > MAX_PROMPTS:
+        raise UserError(f"--prompts {path}: more than {MAX_PROMPTS} prompts")
+    for name, parts in lists.items():
+        for prompt in (prompt for part in parts for prompt in part):
+            if not isinstance(prompt, str):
+                raise UserError(f"{shape}; {quote(name)} holds {quote(prompt)}")
+            if len(prompt) > MAX_PROMPT_CHARS or len(str(name)) > MAX_PROMPT_CHARS:
+                raise UserError(f"--prompts {path}: {quote(name)}: a name or prompt over {MAX_PROMPT_CHARS} characters")
+    return {str(k): v if pairs else list(v) for k, v in data.items()}
 
 
 # ---- the loaded model -------------------------------------------------------------------------------
@@ -218,8 +227,11 @@ class Pretrained:
         if rule not in ("skip", "error"):
             raise UserError(f"on_bad_image: {rule!r} is not one of skip, error")
         items, ids = image_items(images)
+        batch_size = min(batch_size or self.config.eval_batch_size, max(1, len(items)))
+        check_eval_memory(self.config, self.tokenizer, batch_size, self.source, flag="the batch size")
         dataset = ImageItems(items, ids, self.transform, self.config.image_size, self.config.resize_size)
-        loader = DataLoader(dataset, batch_size=batch_size or self.config.eval_batch_size, num_workers=num_workers,
+        batches = -(-len(items) // batch_size)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=min(num_workers, batches),
                             collate_fn=collate_images, pin_memory=self.device.type == "cuda")
         chunks, kept, skipped = [], [], []
         with eval_mode(self.model), autocast(amp_dtype(self.device, bool(self.config.use_amp))):
@@ -320,8 +332,10 @@ class Pretrained:
 def load_pretrained(path: str | os.PathLike, device: str | torch.device | None = None) -> Pretrained:
     """The model of a training checkpoint (.pth, read with weights_only=True) or of an export
     folder (`python -m medclip_nb export`, read without pickle), with its tokenizer, config and
-    evaluation transform, in eval mode on `device` (default: a GPU when there is one).
-    Relative paths are taken from the repository root, as for config keys."""
+    evaluation transform, in eval mode on `device` (default: a GPU when there is one). The config
+    holds the file's model keys only: batch sizes, workers, the bad-image rule and data paths are
+    the defaults until the caller gives its own (model_files.model_config). Relative paths are taken
+    from the repository root, as for config keys."""
     source = resolve(path)
     target = device if isinstance(device, torch.device) else pick_device(device, what="device", log=lambda _: None)
     if source.is_dir():
@@ -329,7 +343,8 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device | None =
             raise UserError(f"{source}: a folder, but not a medclip-nb export (no config.json)")
         model, tokenizer, cfg = load_export(source, target)
     else:
-        model, tokenizer, cfg = load_model(source, target)
+        model, tokenizer, stored = load_model(source, target)
+        cfg = model_config(stored.to_dict(), source)  # a checkpoint's run-time keys are its run's, not ours
     return Pretrained(model, tokenizer, cfg, build_transforms(cfg, train=False), target, source)
 
 

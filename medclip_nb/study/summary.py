@@ -14,9 +14,9 @@ import platform
 from pathlib import Path
 from typing import Any, Mapping
 
-from medclip_nb.errors import DataError
+from medclip_nb.errors import DataError, one_line
 from medclip_nb.evaluate import format_with_interval
-from medclip_nb.files import write_text_atomic
+from medclip_nb.files import check_output, read_text_limited, write_text_atomic
 from medclip_nb.paths import resolve
 from medclip_nb.study.ablation_tables import ablation_report
 from medclip_nb.study.tables import LANGUAGE_ROWS, headline, headline_intervals
@@ -118,7 +118,7 @@ def summary_markdown(metrics: Mapping[str, Any], *, wall_seconds: float | None =
     models = {name: {key: format_with_interval(value, headline_intervals(m)[key])
                      for key, value in headline(m).items()}
               for name, m in metrics.items() if name not in STUDY_ENTRIES and isinstance(m, Mapping)}
-    lines = ["# Results of this study run", "",
+    lines = [SUMMARY_TITLE, "",
              "Written by the run itself from `metrics.json` (never edited by hand). Trained numbers "
              "differ slightly from CPU to CPU: floating-point kernels differ.", "",
              f"- date: {when.strftime('%Y-%m-%d %H:%M %Z')}",
@@ -157,17 +157,40 @@ def _five_x_200_size(metrics: Mapping[str, Any]) -> int | None:
     return None
 
 
-def write_summary(metrics_path: str | Path, out_path: str | Path, *, wall_seconds: float | None = None,
-                  params: str | None = None) -> Path:
-    """Write summary.md from metrics.json (atomic: a reader never sees half a file)."""
-    metrics_path, out_path = resolve(metrics_path), resolve(out_path)
+SUMMARY_TITLE = "# Results of this study run"
+MAX_METRICS_BYTES = 256 << 20
+
+
+def is_summary_file(path: Path) -> bool:
+    """True for a file `write_summary` wrote (its first line), which it may replace."""
     try:
-        metrics = json.loads(metrics_path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{metrics_path}: no metrics.json (run the study first: make study)") from None
-    except (OSError, ValueError) as e:
-        raise DataError(f"{metrics_path}: not a readable metrics.json ({str(e).splitlines()[0]})") from None
+        with open(path, "rb") as f:
+            return f.read(len(SUMMARY_TITLE) + 1).decode("utf-8", "replace") == SUMMARY_TITLE + "\n"
+    except OSError:
+        return False
+
+
+def write_summary(metrics_path: str | Path, out_path: str | Path, *, wall_seconds: float | None = None,
+                  params: str | None = None, force: bool = False) -> Path:
+    """Write summary.md from metrics.json (atomic: a reader never sees half a file). `out_path`
+    may be an earlier summary; another existing file only with `force`, metrics.json never."""
+    metrics_path, out_path = resolve(metrics_path), resolve(out_path)
+    check_output(out_path, flag="--out", force=force, inputs=(metrics_path,), ours=is_summary_file, error=DataError)
+    if not metrics_path.exists():
+        raise DataError(f"{metrics_path}: no metrics.json (run the study first: make study)")
+    text = read_text_limited(metrics_path, MAX_METRICS_BYTES, what="--metrics", error=DataError)
+    try:
+        metrics = json.loads(text)
+    except RecursionError:
+        raise DataError(f"{metrics_path}: not a readable metrics.json (nested too deeply)") from None
+    except ValueError as e:
+        raise DataError(f"{metrics_path}: not a readable metrics.json ({one_line(e, 120)})") from None
     if not isinstance(metrics, dict):
         raise DataError(f"{metrics_path}: expected a JSON object of models, got {type(metrics).__name__}")
-    text = summary_markdown(metrics, wall_seconds=wall_seconds, params=params)
-    return write_text_atomic(out_path, text, what="--out")
+    try:
+        text = summary_markdown(metrics, wall_seconds=wall_seconds, params=params)
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError, ZeroDivisionError, OverflowError,
+            RecursionError) as e:
+        raise DataError(f"{metrics_path}: an entry is not what evaluate or make ablation writes "
+                        f"({type(e).__name__}: {one_line(e, 120)})") from None
+    return write_text_atomic(out_path, text, what="--out", error=DataError)

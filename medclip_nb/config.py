@@ -244,6 +244,8 @@ class Config:
     model_save_path: str = _opt("./checkpoints/mimic_cxr_pretrain", "folder for checkpoints and the metrics log")
     resume_from: str | None = _opt(None, "checkpoint to resume from, or 'latest' for the newest complete one in "
                                          "model_save_path")
+    allow_complete: bool = _opt(False, "resume_from a checkpoint of a run that is already complete: end with a note "
+                                       "(exit 0) instead of an error")
     use_amp: bool = _opt(True, "mixed precision on GPU (bf16 where supported, else fp16 with a grad scaler); CPU runs "
                                "fp32")
     debug: bool = _opt(False, "small subset, batch shapes and loss terms printed, anomaly detection on")

@@ -37,11 +37,12 @@ Files in `model_save_path`:
 """
 
 from medclip_nb.train.loop import train
-from medclip_nb.train.state import restore_training_state
+from medclip_nb.train.state import open_resume_point, restore_training_state
 from medclip_nb.train.step import build_train_step
 
 __all__ = [
     "build_train_step",
+    "open_resume_point",
     "restore_training_state",
     "train",
 ]

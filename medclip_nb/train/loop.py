@@ -36,6 +36,7 @@ from medclip_nb.train.state import (
     Checkpointer,
     MetricsLog,
     Progress,
+    RunLock,
     TrainClock,
     TrainResult,
     open_resume_point,
@@ -59,13 +60,20 @@ def train(cfg: Config, *, log: Callable[[str], Any] = print) -> TrainResult:
     """
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     anomaly_before = torch.is_anomaly_enabled()
-    world, finished = World(), False
+    world, finished, lock = World(), False, None
     try:
         world, device = start_distributed(cfg.gpu_id, log)
         say = log if world.is_main else (lambda *_args, **_kw: None)
-        run = setup_run(cfg, world, device, say)
-        say(f"Training... ({run.total_steps} steps: {run.planned_epochs(1)} epoch(s) of up to "
-            f"{run.batches_per_epoch} batches)")
+        if cfg.tensorboard:
+            require_tensorboard()  # before the output folder, the data and the model
+        out_dir = output_dir(cfg, world, say)
+        lock = RunLock(out_dir, world)  # one run per folder, for the whole run
+        run = setup_run(cfg, world, device, say, out_dir)
+        if run.resumed_from is not None and run.done():
+            already_complete(run)
+        else:
+            say(f"Training... ({run.total_steps} steps: {run.planned_epochs(1)} epoch(s) of up to "
+                f"{run.batches_per_epoch} batches)")
         while not run.done():
             train_one_epoch(run)
         run.metrics.close()
@@ -77,9 +85,25 @@ def train(cfg: Config, *, log: Callable[[str], Any] = print) -> TrainResult:
         finished = True
         return result
     finally:
+        if lock is not None:
+            lock.release()
         torch.use_deterministic_algorithms(deterministic_before)
         torch.autograd.set_detect_anomaly(anomaly_before)
         stop_distributed(world, finished=finished)
+
+
+def already_complete(run: "Run") -> None:
+    """A resumed checkpoint at or past the run's end: nothing to train. An error (exit 2) unless
+    the config key allow_complete accepts it, so a run that trains nothing never looks like one
+    that trained."""
+    progress, cfg = run.progress, run.cfg
+    why = "early stopping ended it" if run.result.stopped_early else \
+        f"step {progress.step} of {run.total_steps}, epoch {progress.epoch} of {cfg.num_epochs}"
+    message = f"{run.resumed_from}: the run is already complete ({why}); nothing to train"
+    if not cfg.allow_complete:
+        run.metrics.close()
+        raise TrainingError(f"{message}: raise num_epochs or max_steps to train further, or pass --allow_complete")
+    run.say(f"{message} (allow_complete)")
 
 
 # ---- the run -------------------------------------------------------------------------------------
@@ -99,6 +123,7 @@ class Run:
     result: TrainResult
     total_steps: int
     resume_rng: dict | None  # restored once the first epoch's iterator exists
+    resumed_from: Path | None = None  # the checkpoint this run continues
     last_val: tuple[int, float] = (-1, math.nan)  # (step, loss) of the latest validation
     val_metrics: ValMetrics | None = None  # zero-shot and R@K at each validation (main process)
     batches_per_epoch: int = 0  # the loader's length over a whole epoch (a resumed one yields fewer)
@@ -292,14 +317,11 @@ def no_step_error(cfg: Config, epoch_number: int, batches: int, bad_images: int)
 
 
 # ---- setting the run up --------------------------------------------------------------------------
-def setup_run(cfg: Config, world: World, device: torch.device, say) -> Run:
-    """Everything before the first step: the output folder and the checkpoint to resume from,
-    data, model, the step (optimizer, schedule, scaler, guard), the resumed state, the logs."""
+def setup_run(cfg: Config, world: World, device: torch.device, say, out_dir: Path) -> Run:
+    """Everything before the first step in the (locked) output folder: the checkpoint to resume
+    from, data, model, the step (optimizer, schedule, scaler, guard), the resumed state, the logs."""
     set_backend_flags(device, deterministic_cpu=True)  # CPU: the same losses to the last digit
     torch.autograd.set_detect_anomaly(cfg.debug)
-    if cfg.tensorboard:
-        require_tensorboard()  # before the data and the model, not after
-    out_dir = output_dir(cfg, world, say)
     resume_path, resumed = open_resume_point(cfg, say)
     if resumed is None and any(out_dir.glob("*.pth")):
         say(f"Warning: {out_dir} holds checkpoints of an earlier run; this run overwrites them as it "
@@ -341,7 +363,7 @@ def setup_run(cfg: Config, world: World, device: torch.device, say) -> Run:
     resume_rng = resumed["rng"] if resumed is not None and world.is_main else None
     val_metrics = ValMetrics.build(cfg, data.splits["val"], data.tokenizer) if world.is_main else None
     return Run(cfg, world, device, say, data, step, progress, checkpoints, metrics, result, total_steps, resume_rng,
-               val_metrics=val_metrics, batches_per_epoch=batches_per_epoch)
+               val_metrics=val_metrics, batches_per_epoch=batches_per_epoch, resumed_from=resume_path)
 
 
 def ddp_wrap(model: nn.Module, cfg: Config, world: World, device: torch.device) -> nn.Module:

@@ -7,6 +7,7 @@ after a checkpoint and resumed ends with bitwise the same parameters as one neve
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
@@ -14,6 +15,8 @@ import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
+
+import torch
 
 from medclip_nb.config import Config
 from medclip_nb.errors import CheckpointError, ConfigError, TrainingError, os_error_reason
@@ -28,10 +31,11 @@ from medclip_nb.model import (
 )
 from medclip_nb.paths import resolve
 from medclip_nb.runtime import World
+from medclip_nb.text import tokenizer_from_json, tokenizer_problem
 
 METRICS_FILE = "metrics.jsonl"
 # Config keys that may differ on resume without it being worth a note.
-_RESUME_QUIET_KEYS = {"resume_from", "force"}
+_RESUME_QUIET_KEYS = {"resume_from", "force", "allow_complete"}
 
 
 @dataclass
@@ -167,12 +171,22 @@ class Checkpointer:
     elapsed: Callable[[], float]
 
     def save(self, path: Path, rng: dict | None = None, **position) -> Path:
-        """`position`/`rng` override the current ones."""
+        """`position`/`rng` override the current ones. Weights that are not all finite are never
+        saved (a TrainingError: the run stops, naming the first such tensor)."""
         guard_state = self.step.guard.state()  # every rank: it may sync the device
+        step = self.step
+        weights = step.raw_model.state_dict()  # unwrapped: no 'module.' / '_orig_mod.' prefixes
+        floats = {name: t.isfinite().all() for name, t in weights.items() if t.is_floating_point()}
+        finite = bool(torch.stack(list(floats.values())).all()) if floats else True  # one device sync
+        bad = [] if finite else [name for name, ok in floats.items() if not bool(ok)]
+        if bad:  # every rank holds the same weights, so every rank stops here
+            raise TrainingError(
+                f"step {self.progress.step}: {len(bad)} weight tensor(s) hold NaN or infinite values (first: "
+                f"{bad[0]}); {path.name} was not written (lr {self.cfg.lr:g} may be too high; the checkpoints "
+                f"saved before stay as they were)")
         if self.world.is_main:
-            step = self.step
             save_checkpoint({
-                "model": step.raw_model.state_dict(),  # unwrapped: no 'module.' / '_orig_mod.' prefixes
+                "model": weights,
                 "optimizer": step.optimizer.state_dict(),
                 "scheduler": step.scheduler.state_dict(),
                 "scaler": step.scaler.state_dict(),
@@ -203,14 +217,82 @@ def output_dir(cfg: Config, world: World, say) -> Path:
     return out_dir
 
 
+LOCK_FILE = ".medclip-nb.lock"
+
+
+class RunLock:
+    """An exclusive lock on model_save_path for one whole run: `flock` on LOCK_FILE, which holds
+    the owner's process id and is removed when the run ends. A second run into the folder is
+    refused with one line naming it; the kernel drops the lock when the run's process dies
+    (kill -9 included), so a crashed run never blocks the next. Under torchrun rank 0 takes it
+    and every rank learns whether it did."""
+
+    def __init__(self, out_dir: Path, world: World):
+        self.fd: int | None = None
+        self.path = out_dir / LOCK_FILE
+        other = self._take() if world.is_main else ""
+        ok = other is None or not world.is_main
+        if world.distributed:
+            ok = bool(world.all_reduce(torch.tensor([0 if ok else 1])).item() == 0)
+        if not ok:
+            self.release()
+            raise ConfigError(f"config key 'model_save_path': {out_dir} is in use by another run{other or ''}; wait "
+                              f"for it to end or choose another folder")
+
+    def _take(self) -> str | None:
+        """None when the lock is ours, else ' (process N)' of its holder ('' when unknown)."""
+        for _ in range(100):  # a holder may remove the file between our open and our lock: open it again
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                raise ConfigError(f"config key 'model_save_path': cannot lock {self.path.parent} "
+                                  f"({os_error_reason(e)})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    return f" (process {int(os.pread(fd, 32, 0).split()[0])})"
+                except (OSError, ValueError, IndexError):
+                    return ""
+                finally:
+                    os.close(fd)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                self.fd = fd
+                return None
+            os.close(fd)
+        return ""
+
+    def release(self) -> None:
+        if self.fd is not None:
+            try:
+                self.path.unlink(missing_ok=True)  # while still held: no other run has it
+            except OSError:
+                pass
+            os.close(self.fd)  # closing the descriptor drops the lock
+            self.fd = None
+
+
 def open_resume_point(cfg: Config, say) -> tuple[Path | None, dict | None]:
-    """The checkpoint `cfg.resume_from` names, loaded and checked, or (None, None)."""
+    """The checkpoint `cfg.resume_from` names, loaded and checked, or (None, None). Its tokenizer
+    must be the one this config builds: a resumed run keeps its vocabulary and length, so a changed
+    max_text_tokens (or text encoder) is refused rather than silently not applied."""
     path = resolve_resume(cfg.resume_from, cfg.model_save_path, force=cfg.force, log=say)
     if path is None:
         if cfg.resume_from:
             say(f"No checkpoint in {resolve(cfg.model_save_path)} to resume from: starting a new run")
         return None, None
-    return path, check_checkpoint(load_checkpoint(path), path, RESUME_PARTS)
+    state = check_checkpoint(load_checkpoint(path), path, RESUME_PARTS)
+    problem = tokenizer_problem(tokenizer_from_json(state["tokenizer"]), cfg)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}; a resumed run keeps its tokenizer: resume with the settings it was "
+                              f"saved with, or start a new run")
+    return path, state
 
 
 def _config_differences(saved: dict, current: dict) -> list[str]:
@@ -234,8 +316,9 @@ def _check_resume_position(path: Path, state: dict, cfg: Config, batches_per_epo
 def restore_training_state(path: Path, state: dict, cfg: Config, world: World, batches_per_epoch: int, step,
                            say) -> None:
     """Load weights, optimizer, schedule and scaler states into `step` (a train.step.TrainStep);
-    its guard then keeps the restored BatchNorm statistics as the last good ones. The loop's
-    counters are `Progress.from_checkpoint(state)`, the guard's its `state` argument."""
+    its guard then keeps the restored BatchNorm statistics as the last good ones; this config's
+    lr and weight_decay are applied (apply_optimizer_settings). The loop's counters are
+    `Progress.from_checkpoint(state)`, the guard's its `state` argument."""
     saved_cfg = state["config"]
     samples_per_step = saved_cfg.get("batch_size"), state.get("world_size", 1)
     if state["batch_in_epoch"] and samples_per_step != (cfg.batch_size, world.world_size):
@@ -254,8 +337,33 @@ def restore_training_state(path: Path, state: dict, cfg: Config, world: World, b
         step.scaler.load_state_dict(state["scaler"])
     step.guard.remember_buffers()
     _check_resume_position(path, state, cfg, batches_per_epoch)
+    applied = apply_optimizer_settings(step, cfg)
     say(f"Resuming from {path}: epoch {state['epoch'] + 1}, step {state['step']}, "
         f"batch {state['batch_in_epoch']} of {batches_per_epoch}")
     differences = _config_differences(saved_cfg, cfg.to_dict())
     if differences:
         say("Settings changed since the checkpoint: " + "; ".join(differences))
+    if applied:
+        say(f"Applied from this step on: {applied} (the optimizer's groups and the schedule's peak; the warmup and "
+            f"cosine continue from step {state['step']})")
+
+
+def apply_optimizer_settings(step, cfg: Config) -> str:
+    """Put this config's lr and weight_decay into a restored optimizer and schedule (the
+    checkpoint's states would otherwise keep the stopped run's): the schedule's base rate of
+    every group becomes cfg.lr and each group's rate follows it at the restored position; the
+    decayed group gets cfg.weight_decay (the other keeps 0). Returns what changed, '' if nothing."""
+    changes = []
+    scheduler, groups = step.scheduler, step.optimizer.param_groups
+    if any(base != cfg.lr for base in scheduler.base_lrs):
+        changes.append(f"lr {scheduler.base_lrs[0]:g} -> {cfg.lr:g}")
+        scheduler.base_lrs = [cfg.lr] * len(groups)
+        for group, factor in zip(groups, (fn(scheduler.last_epoch) for fn in scheduler.lr_lambdas)):
+            group["initial_lr"] = cfg.lr
+            group["lr"] = cfg.lr * factor
+        scheduler._last_lr = [group["lr"] for group in groups]
+    decayed = [g for g in groups if g.get("weight_decay", 0.0) != 0.0 or g is groups[0]]
+    if decayed and decayed[0]["weight_decay"] != cfg.weight_decay:
+        changes.append(f"weight_decay {decayed[0]['weight_decay']:g} -> {cfg.weight_decay:g}")
+        groups[0]["weight_decay"] = cfg.weight_decay
+    return ", ".join(changes)

@@ -20,6 +20,7 @@ import numpy as np
 from medclip_nb.data.loading import REQUIRED_SPLITS, UNPAIRED_SPLITS, load_dataset_file
 from medclip_nb.data.validation import validate_dataset
 from medclip_nb.errors import DataError, os_error_reason
+from medclip_nb.files import check_output
 from medclip_nb.paths import resolve
 
 
@@ -44,18 +45,39 @@ def _refuse(where: str, value: Any) -> Any:
     raise DataError(f"{where}: a {type(value).__name__} value has no JSON form; fix the pickle or drop the key")
 
 
+def _rebase_image_paths(splits: dict, source_dir: Path, target_dir: Path) -> int:
+    """Relative image paths are taken from the dataset file's folder: for a manifest written to
+    another folder, rewrite them relative to it so they name the same files. Returns how many."""
+    if os.path.realpath(source_dir) == os.path.realpath(target_dir):
+        return 0
+    moved = 0
+    for records in splits.values():
+        for record in records if isinstance(records, list) else ():
+            path = record.get("image_path") if isinstance(record, dict) else None
+            if isinstance(path, str) and path and not os.path.isabs(path) and not path.startswith("~"):
+                record["image_path"] = os.path.relpath(source_dir / path, target_dir)
+                moved += 1
+    return moved
+
+
 def convert_to_jsonl(data_path: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
     """Write the records of `data_path` (a .pkl) as `out` (default: the same name, .jsonl):
-    one JSON object per record with its `split`, in split order. Returns the path written."""
+    one JSON object per record with its `split`, in split order; relative image paths are
+    rewritten for `out`'s folder. Returns the path written."""
     source = resolve(data_path)
     target = resolve(out) if out is not None else source.with_suffix(".jsonl")
     if target.suffix.lower() != ".jsonl":
         raise DataError(f"--out {target}: the manifest's name must end in .jsonl")
-    if target.exists():
+    if target.exists() or target.is_symlink():
         raise DataError(f"--out {target}: exists; move it away or choose another name (it is never replaced)")
+    check_output(target, flag="--out", inputs=(source,), error=DataError)
     splits = load_dataset_file(source)
     for warning in validate_dataset(splits, source):
         print(f"warning: {warning}")
+    moved = _rebase_image_paths(splits, source.parent, target.parent)
+    if moved:
+        print(f"rewrote {moved} relative image_path values for {target.parent} (they were relative to {source.parent}; "
+              f"with image_root set, give convert an --out in the pickle's folder instead)")
 
     lines = []
     for split in (*REQUIRED_SPLITS, *UNPAIRED_SPLITS):  # the splits validate_dataset checked; others it ignores

@@ -53,24 +53,34 @@ def _strict_truncation():
         ImageFile.LOAD_TRUNCATED_IMAGES = previous
 
 
+# Rows converted at a time: the arithmetic's temporaries stay a few tens of MB whatever the image.
+_ROWS = 256
+
+
 def _to_grayscale_uint8(img: Image.Image, path: Path) -> np.ndarray:
     mode = img.mode
-    if mode == "P" and "transparency" in img.info:
-        img, mode = img.convert("RGBA"), "RGBA"
-    if mode in _WITH_ALPHA:
-        # Composite on black: transparent pixels become background, not bright noise.
-        rgba = img.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return np.array(Image.alpha_composite(black, rgba).convert("L"))
+    if mode in _WITH_ALPHA or (mode == "P" and "transparency" in img.info):
+        # Composite on black: transparent pixels become background, not bright noise. Luma and
+        # alpha (2 bytes a pixel), then luma * alpha / 255 a block of rows at a time.
+        luma_alpha = np.asarray(img.convert("LA"))
+        out = np.empty(luma_alpha.shape[:2], dtype=np.uint8)
+        for start in range(0, out.shape[0], _ROWS):
+            block = luma_alpha[start:start + _ROWS].astype(np.uint16)
+            out[start:start + _ROWS] = (block[..., 0] * block[..., 1] + 127) // 255
+        return out
     if mode in _CONVERT_TO_L:
         return np.array(img.convert("L"))
     if mode == "I" or mode.startswith("I;16"):
         # Scale the full 16-bit range (0..65535 -> 0..255, rounded half up). PIL's own
         # convert("L") would clip everything above 255 to white. Mode "I" values outside
-        # 0..65535 are clipped into that range first.
-        values = np.asarray(img).astype(np.int64)
-        values = np.clip(values, 0, 65535)
-        return ((values * 255 + 32767) // 65535).astype(np.uint8)
+        # 0..65535 are clipped into that range first. A block of rows at a time: an int64 copy
+        # of a whole 12000 x 12000 image would be 1.1 GB.
+        values = np.asarray(img)
+        out = np.empty(values.shape, dtype=np.uint8)
+        for start in range(0, values.shape[0], _ROWS):
+            block = np.clip(values[start:start + _ROWS].astype(np.int64), 0, 65535)
+            out[start:start + _ROWS] = (block * 255 + 32767) // 65535
+        return out
     raise BadImageError(f"{path}: unsupported image mode '{mode}'")
 
 
@@ -81,6 +91,8 @@ DECODED_FORMATS = ("JPEG", "PNG")
 # header, before any pixel is decoded.
 MAX_ASPECT_RATIO = 8.0
 MAX_PADDED_SIDE = 12_000
+# Pixels decoded at most (MIMIC-CXR: 7.8 million; the largest flat-panel detectors about 19).
+MAX_PIXELS = 40_000_000
 
 
 def check_image_size(size: tuple[int, int], path: str | os.PathLike) -> None:
@@ -91,6 +103,9 @@ def check_image_size(size: tuple[int, int], path: str | os.PathLike) -> None:
     if max(width, height) > MAX_PADDED_SIDE:
         raise BadImageError(f"{path}: image of {width} x {height} pixels is over the limit of "
                             f"{MAX_PADDED_SIDE} pixels a side (padded to a square before resizing)")
+    if width * height > MAX_PIXELS:
+        raise BadImageError(f"{path}: image of {width} x {height} pixels is over the limit of "
+                            f"{MAX_PIXELS // 1_000_000} megapixels")
     if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
         raise BadImageError(f"{path}: image of {width} x {height} pixels has an aspect ratio over "
                             f"{MAX_ASPECT_RATIO:g} (not a radiograph)")

@@ -14,8 +14,10 @@ import pandas as pd
 
 from medclip_nb.data.safe_pickle import load_plain_pickle
 from medclip_nb.errors import DataError, one_line, quote
+from medclip_nb.files import read_text_limited
 
 REQUIRED_SPLITS = ("train", "val", "test")
+MAX_MANIFEST_BYTES = 4 << 30  # a JSON Lines manifest of all of MIMIC-CXR is about 250 MB
 # Optional splits of unpaired training data (unpaired.py): image-only and text-only records.
 UNPAIRED_SPLITS = ("train_images", "train_texts")
 # MIMIC-CXR's split file calls the validation split "validate".
@@ -61,10 +63,7 @@ def _split_name(value: Any, where: str) -> str:
 
 def _load_jsonl(path: Path) -> dict[str, list[dict]]:
     splits: dict[str, list[dict]] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc})") from None
+    lines = read_text_limited(path, MAX_MANIFEST_BYTES, error=DataError).splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -102,8 +101,8 @@ def _load_csv(path: Path) -> dict[str, list[dict]]:
     try:
         # All cells as strings, blanks kept as "" (a blank label is NaN, decided below).
         table = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV manifest ({exc})") from None
+    except (pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, OverflowError) as exc:  # ParserError too
+        raise DataError(f"{path}: not a readable CSV manifest ({one_line(exc, 160)})") from None
     missing = [c for c in ("split", "image_path", "report", "labels") if c not in table.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)} (need split, image_path, report, labels)")
@@ -118,6 +117,8 @@ def _load_csv(path: Path) -> dict[str, list[dict]]:
         for key, value in row.items():
             if key in record or key == "split" or value == "":
                 continue
-            record[key] = int(value) if key in ("study_id", "subject_id") and value.isdigit() else value
+            # isascii: "²".isdigit() is True but int("²") fails
+            record[key] = int(value) if key in ("study_id", "subject_id") and value.isascii() and value.isdigit() \
+                else value
         splits.setdefault(_split_name(row["split"], where), []).append(record)
     return splits

@@ -3,8 +3,11 @@
 - A phantom folder is ours when it holds `phantom.json` (the phantom's marker: generator,
   version, studies, size, seed, complete). A complete phantom of other parameters is replaced
   only when forced (`--force`, config key `force`); an incomplete one (an interrupted run) is
-  redone. Its `files/` tree is deleted only when every file in it has a name the generator
-  writes; anything else there stops the replacement with one line naming it.
+  redone. Replacing deletes only the files its listing `phantom_files.sha256` names (the
+  SHA-256 of every file the generator wrote), each only while it still has that hash; a file
+  the listing does not name, or one changed since, stops the replacement with one line naming
+  it, before anything is deleted. (A phantom of an earlier version, written without a listing,
+  is listed by its own split table.)
 - A prepared dataset is ours when `prepare_report.json` sits beside it; `prepare` records the
   phantom parameters it read (`source_phantom`). When that phantom is replaced the datasets
   prepared from it in its folder (or one level below) are deleted, and any other copy is
@@ -14,21 +17,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from medclip_nb.errors import DataError
 
 PHANTOM_MANIFEST = "phantom.json"
+PHANTOM_FILES = "phantom_files.sha256"  # `<sha256>  <path>` of every file the generator wrote
+LEGACY_TABLES = ("mimic-cxr-2.0.0-split.csv.gz", "mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-negbio.csv.gz",
+                 "mimic-cxr-2.0.0-metadata.csv.gz", "sentence-label.csv.gz")
 PREPARE_REPORT = "prepare_report.json"
 PHANTOM_PARAMS = ("generator", "version", "studies", "size", "seed", "test_studies")
 # What the user chose: a phantom that differs only by generator version is ours to rewrite.
 USER_PHANTOM_PARAMS = ("studies", "size", "seed", "test_studies")
-# files/pXX/pSUBJECT/sSTUDY.txt and files/pXX/pSUBJECT/sSTUDY/<dicom_id>.jpg
-_PHANTOM_FILE = re.compile(r"p\d\d/p\d+/s\d+(\.txt|/[0-9a-f]{8}(-[0-9a-f]{8}){4}\.jpg)")
 
 
 def _read_json(path: Path) -> Any:
@@ -60,19 +64,70 @@ def describe_phantom(params: dict) -> str:
     return f"{params.get('studies')} studies, {params.get('size')} px, seed {params.get('seed')}"
 
 
-def foreign_file(files_dir: Path) -> Path | None:
-    """The first file under a phantom's `files/` that the generator does not write, or None."""
-    if not files_dir.exists():
+def read_phantom_listing(folder: Path) -> dict[str, str | None] | None:
+    """{path relative to `folder`: SHA-256} of what the generator wrote there, from its listing;
+    for a phantom written before listings, the images and reports its split table names (no
+    hashes) and the tables; None when neither can be read."""
+    try:
+        text = (folder / PHANTOM_FILES).read_text(encoding="utf-8")
+        return {name: digest for digest, name in (line.split("  ", 1) for line in text.splitlines())}
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, UnicodeDecodeError):
         return None
-    if not files_dir.is_dir():
-        return files_dir
-    for path in sorted(files_dir.rglob("*")):
+    try:
+        import pandas as pd
+
+        table = pd.read_csv(folder / "mimic-cxr-2.0.0-split.csv.gz", dtype=str)
+        rows = zip(table["subject_id"], table["study_id"], table["dicom_id"])
+    except (OSError, ValueError, KeyError, EOFError):
+        return None
+    listed: dict[str, str | None] = {name: None for name in LEGACY_TABLES}
+    for subject, study, dicom in rows:
+        folder_name = f"files/p{subject[:2]}/p{subject}"
+        listed[f"{folder_name}/s{study}.txt"] = None
+        listed[f"{folder_name}/s{study}/{dicom}.jpg"] = None
+    return listed
+
+
+def removal_problem(folder: Path, listed: dict[str, str | None]) -> str | None:
+    """Why the phantom in `folder` cannot be deleted file by file: a file under `files/` that
+    `listed` does not name, or a listed file whose content changed; None when it can."""
+    files_dir = folder / "files"
+    if files_dir.exists() and (files_dir.is_symlink() or not files_dir.is_dir()):
+        return f"{files_dir} is not the folder the generator wrote"
+    for path in sorted(files_dir.rglob("*")) if files_dir.is_dir() else ():
         if path.is_dir() and not path.is_symlink():
             continue
-        relative = path.relative_to(files_dir).as_posix()
-        if not path.is_file() or path.is_symlink() or not _PHANTOM_FILE.fullmatch(relative):
-            return path
+        name = path.relative_to(folder).as_posix()
+        if name not in listed or path.is_symlink() or not path.is_file():
+            return f"it holds {path}, which the phantom generator did not write; move it away first"
+    for name, digest in listed.items():
+        path = folder / name
+        if digest is not None and path.is_file() and _sha256(path) != digest:
+            return f"{path} changed since the generator wrote it; move it away first"
     return None
+
+
+def delete_listed(folder: Path, listed: dict[str, str | None]) -> None:
+    """Delete the listed files of a phantom, then the folders under files/ left empty."""
+    for name in listed:
+        (folder / name).unlink(missing_ok=True)
+    files_dir = folder / "files"
+    if files_dir.is_dir():
+        for path in sorted(files_dir.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
+        if not any(files_dir.iterdir()):
+            files_dir.rmdir()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def prepare_record(data_path: str | os.PathLike) -> dict | None:

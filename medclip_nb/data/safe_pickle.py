@@ -16,8 +16,15 @@ and costs a process start on every load. Here instead:
   at most `MAX_ARRAY_ELEMENTS`, a plain dtype (bool, ints, floats, complex, fixed-width
   strings) whose whole pickled state equals what NumPy itself writes for that dtype, and raw
   bytes of exactly `elements * itemsize` (so no allocation exceeds what the file holds);
+- every opcode is charged what it allocates (a container, a memo entry, a number: tens of
+  bytes from one input byte) and the file is refused once the charges pass
+  `MAX_BYTES_PER_INPUT_BYTE` times its size: a file of nothing but `}` or `(` cannot turn 5 MB
+  into gigabytes of empty dicts or marks;
 - the result is walked once (iteratively): containers nested deeper than `MAX_DEPTH`,
-  self-containing ones and integers wider than 64 bits are refused.
+  self-containing ones and integers wider than 64 bits are refused, and its size is counted with
+  every shared reference expanded (what a JSON Lines manifest of it would hold): a 1 MB file of
+  references to one long string refuses to become a gigabyte of records
+  (`MAX_EXPANSION_PER_INPUT_BYTE`).
 
 Memory is therefore bounded by a small multiple of the file size, and any failure is a
 `DataError` of one line. The cost is speed: about 5 s per 100,000 records (measured on a shared
@@ -37,10 +44,29 @@ from typing import Any
 import numpy as np
 
 from medclip_nb.errors import DataError, one_line
+from medclip_nb.files import read_limited
 
 MAX_ARRAY_ELEMENTS = 16_000_000
+MAX_PICKLE_BYTES = 4 << 30  # MIMIC-CXR's whole datasets.pkl is about 150 MB
 MAX_DEPTH = 64
 MAX_INT_BITS = 64
+# What reading may allocate per byte of the file (plus a fixed allowance for small files): a
+# dataset pickle costs about 10 (strings and records), one of nothing but `}` would cost 72.
+MAX_BYTES_PER_INPUT_BYTE, BYTES_ALLOWANCE = 40, 64 << 20
+# The records' size with shared references expanded, per byte of the file: a dataset pickle
+# shares its dict keys (about 3); beyond this it is a reference bomb.
+MAX_EXPANSION_PER_INPUT_BYTE, EXPANSION_ALLOWANCE = 32, 64 << 20
+
+# The memory an opcode allocates (CPython 3.11, rounded up): a new container or mark, a memo
+# entry, a number, a string's or bytes' object header (its data is counted as the file's bytes).
+_CHARGES = {
+    **dict.fromkeys("EMPTY_LIST EMPTY_DICT EMPTY_SET EMPTY_TUPLE FROZENSET LIST DICT MARK TUPLE TUPLE1 TUPLE2 TUPLE3 "
+                    "GLOBAL STACK_GLOBAL REDUCE BUILD".split(), 72),
+    **dict.fromkeys("MEMOIZE PUT BINPUT LONG_BINPUT".split(), 96),
+    **dict.fromkeys("BINFLOAT FLOAT BININT BININT1 BININT2 INT LONG LONG1 LONG4".split(), 32),
+    **dict.fromkeys("BINUNICODE SHORT_BINUNICODE BINUNICODE8 UNICODE BINBYTES SHORT_BINBYTES BINBYTES8 BYTEARRAY8 "
+                    "BINSTRING SHORT_BINSTRING STRING".split(), 64),
+}
 
 SAFE_GLOBALS = frozenset(
     {
@@ -62,6 +88,8 @@ SAFE_GLOBALS = frozenset(
     }
 )
 
+_OPCODE_NAMES = {code[0]: name for name, code in vars(pickle).items()
+                 if isinstance(code, bytes) and len(code) == 1 and name.isupper()}
 # Dtype codes NumPy writes for plain data; everything else (object, void, records, datetimes)
 # is refused.
 _PLAIN_DTYPE = re.compile(r"(b1|[iu][1248]|f[248]|c(8|16)|[US][1-9][0-9]{0,5})")
@@ -218,6 +246,7 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     def __init__(self, data: bytes, source: str):
         super().__init__(io.BytesIO(data))
         self._source = source
+        self._budget = MAX_BYTES_PER_INPUT_BYTE * len(data) + BYTES_ALLOWANCE
 
     def find_class(self, module: str, name: str) -> Any:
         module = "builtins" if module == "__builtin__" else module
@@ -253,13 +282,42 @@ class _RestrictedUnpickler(pickle._Unpickler):  # type: ignore[name-defined]
     del _opcode
 
 
+def _charged(handler, cost: int):
+    def run(self) -> None:
+        self._budget -= cost
+        if self._budget < 0:
+            raise _Refused(f"it would take more than {MAX_BYTES_PER_INPUT_BYTE} bytes of memory per byte of the file "
+                           f"(opcodes that each build a container, a memo entry or a number)")
+        handler(self)
+
+    return run
+
+
+# Only the opcodes that allocate are charged: any other adds one reference (8 bytes) per opcode
+# of at least one byte, which bounds itself.
+_RestrictedUnpickler.dispatch = {
+    key: _charged(handler, _CHARGES[_OPCODE_NAMES[key]]) if _OPCODE_NAMES.get(key) in _CHARGES else handler
+    for key, handler in _RestrictedUnpickler.dispatch.items()
+}
+
+
 _ATOMS = (str, bytes, bytearray, float, complex, bool, type(None), np.ndarray, np.generic)
 
 
-def _finish(root: Any) -> Any:
-    """Swap built stand-ins for their values; refuse deep nesting, cycles and huge ints.
-    Iterative: a hostile depth cannot exhaust the Python stack."""
-    done: dict[int, tuple[Any, int]] = {}  # id -> (value, nesting height)
+def _atom_size(obj: Any) -> int:
+    """What an atom takes in a JSON Lines record, roughly (strings: their length)."""
+    if isinstance(obj, (str, bytes, bytearray)):
+        return len(obj) + 2
+    if isinstance(obj, np.ndarray):
+        return 8 * obj.size + 2
+    return 8
+
+
+def _finish(root: Any, expansion_limit: int) -> Any:
+    """Swap built stand-ins for their values; refuse deep nesting, cycles, huge ints and a result
+    whose size with shared references expanded passes `expansion_limit`. Iterative: a hostile
+    depth cannot exhaust the Python stack."""
+    done: dict[int, tuple[Any, int, int]] = {}  # id -> (value, nesting height, expanded size)
     open_ids: set[int] = set()
     keep_alive = []
     stack: list[tuple[Any, bool]] = [(root, False)]
@@ -268,20 +326,20 @@ def _finish(root: Any) -> Any:
         key = id(obj)
         if leaving:
             open_ids.discard(key)
-            done[key] = _rebuilt(obj, done)
+            done[key] = _rebuilt(obj, done, expansion_limit)
             continue
         if key in done:
             continue
         if isinstance(obj, int) and not isinstance(obj, bool):
             if obj.bit_length() > MAX_INT_BITS:
                 raise _Refused(f"an integer of {obj.bit_length()} bits")
-            done[key] = (obj, 0)
+            done[key] = (obj, 0, 8)
         elif isinstance(obj, _ATOMS):
-            done[key] = (obj, 0)
+            done[key] = (obj, 0, _atom_size(obj))
         elif isinstance(obj, (_PendingArray, _PendingDtype)):
             if obj.value is None:
                 raise _Refused("an array or dtype that was never built")
-            done[key] = (obj.value, 0)
+            done[key] = (obj.value, 0, _atom_size(obj.value))
         elif isinstance(obj, (list, tuple, dict, set, frozenset)):
             if key in open_ids:
                 raise _Refused("a container that contains itself")
@@ -295,7 +353,7 @@ def _finish(root: Any) -> Any:
     return done[id(root)][0]
 
 
-def _rebuilt(obj: Any, done: dict[int, tuple[Any, int]]) -> tuple[Any, int]:
+def _rebuilt(obj: Any, done: dict[int, tuple[Any, int, int]], expansion_limit: int) -> tuple[Any, int, int]:
     def value(child: Any) -> Any:
         return done[id(child)][0]
 
@@ -306,26 +364,28 @@ def _rebuilt(obj: Any, done: dict[int, tuple[Any, int]]) -> tuple[Any, int]:
     height = 1 + max((done[id(c)][1] for c in children), default=0)
     if height > MAX_DEPTH:
         raise _Refused(f"containers nested more than {MAX_DEPTH} deep")
+    size = 2 + sum(done[id(c)][2] + 2 for c in children)  # every reference counted: shared ones expand
+    if size > expansion_limit:
+        raise _Refused(f"with its shared references expanded it holds more than {expansion_limit >> 20} MiB of "
+                       f"records ({MAX_EXPANSION_PER_INPUT_BYTE} times the file: a reference bomb)")
     if isinstance(obj, list):
         obj[:] = [value(c) for c in obj]
-        return obj, height
+        return obj, height, size
     if isinstance(obj, dict):
         for k in obj:
             obj[k] = value(obj[k])
-        return obj, height
-    return type(obj)(value(c) for c in obj), height
+        return obj, height, size
+    return type(obj)(value(c) for c in obj), height, size
 
 
 def load_plain_pickle(path: str | os.PathLike) -> Any:
     """The plain data of a pickle file (dicts, lists, tuples, sets, strings, bytes, numbers,
     NumPy arrays and scalars of plain dtypes), or a one-line DataError naming the file."""
     path = Path(path)
+    data = read_limited(path, MAX_PICKLE_BYTES, error=DataError)
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({one_line(exc)})") from None
-    try:
-        return _finish(_RestrictedUnpickler(data, str(path)).load())
+        expansion_limit = MAX_EXPANSION_PER_INPUT_BYTE * len(data) + EXPANSION_ALLOWANCE
+        return _finish(_RestrictedUnpickler(data, str(path)).load(), expansion_limit)
     except DataError:
         raise
     except _Refused as exc:

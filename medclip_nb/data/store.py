@@ -76,6 +76,8 @@ CHUNK_ROWS = 32
 CHECKPOINT_ROWS = 2048
 # Rows whose hash is checked on every open: 64 rows of 256 px = 4 MiB read.
 SAMPLE_ROWS = 64
+# Stores of at most this many rows are checked whole on every open (64 MiB read at 256 px).
+FULL_CHECK_ROWS = 1024
 REBUILD_HINT = "rebuild with `python -m medclip_nb cache --data_path {source} --size {size}`"
 TAMPER_HINT = "rebuild it with `python -m medclip_nb cache --data_path {source} --size {size} --rebuild`"
 
@@ -148,7 +150,13 @@ def current_build(folder: str | os.PathLike) -> Path | None:
     link = Path(folder) / CURRENT_LINK
     if not link.is_symlink() and not link.is_dir():
         return None
-    target = link.resolve()
+    try:
+        target = link.resolve(strict=True)
+    except FileNotFoundError:
+        return None
+    except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
+        raise StoreIntegrityError(f"image store {folder}: its '{CURRENT_LINK}' link leads nowhere (a loop): "
+                                  f"rebuild it with `python -m medclip_nb cache ... --rebuild`") from None
     return target if target.is_dir() else None
 
 
@@ -158,10 +166,13 @@ def _read_index(build: Path, where: Path) -> dict:
     except FileNotFoundError:
         raise DataError(f"image store {where}: no {INDEX_FILE} (not an image store, or its build never "
                         f"started)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+    except (ValueError, UnicodeDecodeError, OSError, RecursionError):
         raise StoreIntegrityError(f"image store {where}: {INDEX_FILE} is not valid JSON") from None
     if not isinstance(index, dict) or not isinstance(index.get("meta"), dict):
         raise StoreIntegrityError(f"image store {where}: {INDEX_FILE} has no 'meta' object")
+    meta = index["meta"]
+    if not isinstance(meta.get("source"), str) or not isinstance(meta.get("image_root", ""), (str, type(None))):
+        raise StoreIntegrityError(f"image store {where}: {INDEX_FILE} meta 'source' / 'image_root' are not paths")
     return index
 
 
@@ -250,6 +261,8 @@ class StoreBuild:
     def check_sample(self, rows: np.ndarray | None = None) -> None:
         """Hash `rows` (default: SAMPLE_ROWS random done rows) and compare with the recorded hashes."""
         done_rows = np.flatnonzero(self.done)
+        if rows is None and len(done_rows) <= FULL_CHECK_ROWS:
+            rows = done_rows  # a small store is checked whole: a sample would miss a changed row
         if rows is None:
             rng = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
             rows = rng.choice(done_rows, size=min(SAMPLE_ROWS, len(done_rows)), replace=False)

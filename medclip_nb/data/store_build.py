@@ -292,6 +292,11 @@ def _build_new(store_dir: Path, data_file: Path, image_paths: list[str], want: d
         _decode_missing(writer, files, failed, num_workers, size)
     finally:
         writer.close()
+    if not done.any():  # a store of nothing is no store: stop rather than report success
+        path, reason = next(iter(failed.items()), ("", ""))
+        raise DataError(f"image store {store_dir}: none of the {count} images could be decoded "
+                        f"(first: {reason or path}); "
+                        f"relative image paths are taken from {base}")
     meta = dict(want, complete=True, failed_count=len(failed), built_seconds=round(time.perf_counter() - started, 3))
     write_json_atomic(build / INDEX_FILE, {"meta": meta, "rows": rows, "failed": failed}, indent=1, error=DataError)
     _swap_in(store_dir, build)

@@ -4,11 +4,11 @@ table and the manifest (see the package docstring for the layout)."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import json
 import multiprocessing
 import os
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -23,16 +23,20 @@ from medclip_nb.data import (
     METADATA_COLUMNS,
     METADATA_TABLE,
     NEGBIO_TABLE,
+    PHANTOM_FILES,
     SPLIT_TABLE,
+    delete_listed,
     describe_phantom,
-    foreign_file,
     phantom_params,
     phantom_record,
+    read_phantom_listing,
+    removal_problem,
     remove_derived_datasets,
     report_text,
     user_params,
 )
 from medclip_nb.errors import ConfigError, DataError
+from medclip_nb.files import write_text_atomic
 from medclip_nb.labels import CHEXPERT_LABELS
 from medclip_nb.paths import resolve
 from medclip_nb.phantom.anatomy import Anatomy, sample_anatomy, study_anatomy
@@ -120,17 +124,18 @@ def _clear_previous(out: Path, wanted: dict, force: bool) -> None:
             f"{out} holds a phantom of {describe_phantom(old)}; replacing it with one of "
             f"{describe_phantom(wanted)} deletes its files/ and the datasets prepared from it: pass --force "
             f"(config key 'force'), or choose another phantom_dir")
-    foreign = foreign_file(out / "files")
-    if foreign is not None:
-        raise DataError(f"refusing to delete {out / 'files'}: it holds {foreign}, which the phantom generator did "
-                        f"not write; move it away first")
+    listed = read_phantom_listing(out)
+    if listed is None:
+        raise DataError(f"refusing to replace {out}: which files its generator wrote cannot be read (no "
+                        f"{PHANTOM_FILES} and no readable split table); move the folder away first")
+    problem = removal_problem(out, listed)
+    if problem is not None:
+        raise DataError(f"refusing to delete the phantom in {out}: {problem}")
     if old is not None:
         remove_derived_datasets(out, old)
     (out / PHANTOM_MANIFEST).unlink()
-    if (out / "files").is_dir():
-        shutil.rmtree(out / "files")
-    for name in (SPLIT_TABLE, CHEXPERT_TABLE, NEGBIO_TABLE, METADATA_TABLE, SENTENCE_TABLE):
-        (out / name).unlink(missing_ok=True)
+    delete_listed(out, listed)
+    (out / PHANTOM_FILES).unlink(missing_ok=True)
 
 
 @dataclass
@@ -142,6 +147,7 @@ class _Tables:
     meta_rows: list[dict] = field(default_factory=list)
     sentences: dict[str, list[float]] = field(default_factory=dict)  # sentence key -> labels, first writing wins
     noise: dict[str, int] = field(default_factory=dict)  # labeler-like noise: kind -> studies
+    files: dict[str, str] = field(default_factory=dict)  # path under the root -> SHA-256 of what was written
 
     def add_report(self, s: PlannedStudy, report: PhantomReport) -> None:
         labels = report.labels
@@ -176,6 +182,7 @@ class _Tables:
             self.sentences.setdefault(sentence, labels)
         for kind, count in other.noise.items():
             self.noise[kind] = self.noise.get(kind, 0) + count
+        self.files.update(other.files)
 
     def write(self, out: Path) -> None:
         split_columns = ["dicom_id", "study_id", "subject_id", "split"]
@@ -197,7 +204,7 @@ def _write_study(out: Path, s: PlannedStudy, patient: Anatomy, size: int, seed: 
     folder = out / "files" / f"p{str(s.subject_id)[:2]}" / f"p{s.subject_id}"
     study_dir = folder / f"s{s.study_id}"
     study_dir.mkdir(parents=True, exist_ok=True)
-    (folder / f"s{s.study_id}.txt").write_text(report.text, encoding="utf-8")
+    _write_listed(out, folder / f"s{s.study_id}.txt", report.text.encode("utf-8"), tables)
     tables.add_report(s, report)
     frontal = next(v for v in views if v in ("PA", "AP"))
     for im in s.images:  # sorted by dicom_id
@@ -205,8 +212,24 @@ def _write_study(out: Path, s: PlannedStudy, patient: Anatomy, size: int, seed: 
         image = render_chest(size, anatomy, s.findings, im.view, rng)
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        (study_dir / f"{im.dicom_id}.jpg").write_bytes(buffer.getvalue())
+        _write_listed(out, study_dir / f"{im.dicom_id}.jpg", buffer.getvalue(), tables)
         tables.add_image(s, im, frontal, size, rng)
+
+
+def _write_listed(out: Path, path: Path, data: bytes, tables: _Tables) -> None:
+    """Write a file of the phantom and record its SHA-256 for the listing (PHANTOM_FILES)."""
+    path.write_bytes(data)
+    tables.files[path.relative_to(out).as_posix()] = hashlib.sha256(data).hexdigest()
+
+
+def _write_listing(out: Path, tables: _Tables) -> None:
+    """PHANTOM_FILES: `<sha256>  <path>` of every file written (sha256sum's format), the tables
+    included; a later --force deletes exactly these (data/provenance.py)."""
+    files = dict(tables.files)
+    for name in (SPLIT_TABLE, CHEXPERT_TABLE, NEGBIO_TABLE, METADATA_TABLE, SENTENCE_TABLE):
+        files[name] = hashlib.sha256((out / name).read_bytes()).hexdigest()
+    write_text_atomic(out / PHANTOM_FILES, "".join(f"{digest}  {name}\n" for name, digest in sorted(files.items())),
+                      error=DataError)
 
 
 def _write_chunk(out: Path, chunk: list[PlannedStudy], size: int, seed: int) -> _Tables:
@@ -231,9 +254,13 @@ def _write_studies(out: Path, plan: list[PlannedStudy], size: int, seed: int, wo
     # spawn, not fork: a notebook's kernel may hold torch's threads, which fork does not copy safely
     with (ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1
           else nullcontext()) as pool, progress(total=len(plan), desc="phantom", unit="study") as bar:
-        for chunk, part in zip(chunks, pool.map(write, chunks) if pool else map(write, chunks)):
-            tables.extend(part)
-            bar.update(len(chunk))
+        listing = open(out / PHANTOM_FILES, "w", encoding="utf-8")  # as it goes: an interrupted run is listed too
+        with listing:
+            for chunk, part in zip(chunks, pool.map(write, chunks) if pool else map(write, chunks)):
+                tables.extend(part)
+                listing.writelines(f"{digest}  {name}\n" for name, digest in part.files.items())
+                listing.flush()
+                bar.update(len(chunk))
     return tables
 
 
@@ -278,6 +305,7 @@ def generate_phantom(out, studies: int = 300, size: int = 256, seed: int = 0, te
     plan = plan_studies(studies, seed, test_studies)
     tables = _write_studies(out, plan, size, seed, workers)
     tables.write(out)
+    _write_listing(out, tables)
 
     summary = {**_summary(plan, studies, size, seed), "label_noise": _noise_summary(tables, len(plan))}
     (out / PHANTOM_MANIFEST).write_text(json.dumps({**manifest, "complete": True, "summary": summary}, indent=2) + "\n")

@@ -132,9 +132,11 @@ ablation-timed:
 	rm -rf data/phantom_ablation checkpoints/ablation reports/ablation
 	$(MAKE) ablation
 
-# Seeded mutations of datasets.pkl, a JSONL manifest, a YAML config and a checkpoint through the CLI
-# (issue 14): prints outcomes per format; exits 1 on any traceback or crash.
-FUZZ_N ?= 2000
+# Seeded mutations of the eight kinds of input (datasets.pkl, JSON Lines and CSV manifests, a YAML
+# config, checkpoints, an export folder, images, a prompts file) through the CLI (issues 14, 26):
+# prints outcomes and peak memory per kind; exits 1 on a traceback, signal, hang, a case over 1 GiB
+# above its baseline or a silent wrong result (docs/failures.md). A few minutes at the default N.
+FUZZ_N ?= 100
 .PHONY: fuzz
 fuzz: $(STAMP)
 	TQDM_DISABLE=1 $(PY) -m medclip_nb.tools.fuzz --n $(FUZZ_N)

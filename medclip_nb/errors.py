@@ -62,3 +62,9 @@ def quote(value: object, limit: int = 80) -> str:
     except Exception:  # noqa: BLE001 - a repr that fails must not hide the real error
         text = f"<{type(value).__name__}>"
     return one_line(text, limit)
+
+
+def is_native_panic(error: BaseException) -> bool:
+    """A panic of a Rust library through pyo3 (the tokenizers library's): `PanicException`
+    derives from BaseException, not Exception, so `except Exception` lets it through."""
+    return type(error).__name__ == "PanicException"

@@ -169,6 +169,21 @@ def test_a_bert_folder_a_model_names_holds_regular_files_only(tmp_path):
         local_hf_folder(tmp_path)
 
 
+def test_a_native_panic_in_a_library_reading_a_named_folder_is_one_line(tmp_path):
+    from medclip_nb.text import from_local_folder
+
+    class PanicException(BaseException):  # what pyo3 raises for a Rust panic: not an Exception
+        pass
+
+    class Panicking:
+        @staticmethod
+        def from_pretrained(*_args, **_kwargs):
+            raise PanicException("index out of bounds: the len is 1 but the index is 1")
+
+    with pytest.raises(UserError, match=r"bert_path .*cannot load a tokenizer from it \(index out of bounds"):
+        from_local_folder(Panicking, tmp_path, "a tokenizer")
+
+
 def test_an_evaluation_batch_over_the_memory_limit_is_refused_before_any_image(seeds, tmp_path, capsys):
     path = _resave(seeds["checkpoint_medclip"], tmp_path / "big_images.pth",
                    lambda s: s["config"].update(image_size=4096, resize_size=4096))  # a valid, 4096-px model

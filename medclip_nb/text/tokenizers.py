@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 
-from medclip_nb.errors import CheckpointError, DataError, UserError, one_line, quote
+from medclip_nb.errors import CheckpointError, DataError, UserError, is_native_panic, one_line, quote
 from medclip_nb.progress import progress
 from medclip_nb.text.clean import clean_report
 
@@ -166,7 +166,9 @@ class SubwordTokenizer(CallableTokenizer):
                                   f"2..{MAX_LENGTH}")
         try:
             tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=pairs, unk_token=UNK_TOKEN))
-        except Exception as exc:  # noqa: BLE001 - the library's own checks of vocab and merges
+        except BaseException as exc:  # noqa: BLE001 - the library's own checks, and its panics
+            if not isinstance(exc, Exception) and not is_native_panic(exc):
+                raise
             raise CheckpointError(f"tokenizer JSON: not a valid subword vocabulary ({one_line(exc, 120)})") from None
         tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
         _set_components(tokenizer)
@@ -408,9 +410,10 @@ def from_local_folder(auto_class, folder, what: str):
     """`auto_class.from_pretrained` on a local folder only (never the hub); one-line UserError."""
     try:
         return auto_class.from_pretrained(str(folder), local_files_only=True)
-    except (OSError, ValueError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"bert_path {folder}: cannot load {what} from it ({first_line})") from None
+    except BaseException as e:  # noqa: BLE001 - whatever the folder's files make the library raise, panics too
+        if not isinstance(e, Exception) and not is_native_panic(e):
+            raise
+        raise UserError(f"bert_path {folder}: cannot load {what} from it ({one_line(e, 160)})") from None
 
 
 class HFTokenizerAdapter(CallableTokenizer):

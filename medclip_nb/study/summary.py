@@ -21,6 +21,8 @@ from medclip_nb.paths import resolve
 from medclip_nb.study.ablation_tables import ablation_report
 from medclip_nb.study.tables import LANGUAGE_ROWS, headline, headline_intervals
 
+SUMMARY_TITLE = "# Results of this study run"  # its first line: a file `summary` may replace
+MAX_METRICS_BYTES = 256 << 20
 HEADLINE_NAMES = {
     "zs_acc_mean": "5x200 zero-shot acc (our rule, mean)",
     "zs_acc_max": "5x200 zero-shot acc (our rule, max)",
@@ -155,10 +157,6 @@ def _five_x_200_size(metrics: Mapping[str, Any]) -> int | None:
         if counts:
             return int(sum(counts.values()))
     return None
-
-
-SUMMARY_TITLE = "# Results of this study run"
-MAX_METRICS_BYTES = 256 << 20
 
 
 def is_summary_file(path: Path) -> bool:

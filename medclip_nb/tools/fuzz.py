@@ -11,6 +11,7 @@ different model).
 
 Memory per case: before each case the child resets its peak (Linux `/proc/self/clear_refs`)
 and records its resident memory; afterwards the peak's rise over that baseline is the case's.
+`predict` runs with `--num_workers 0`, so images are decoded where they are measured.
 
 The command-line paths: `convert` of a datasets.pkl, JSON Lines or CSV manifest (load, validate,
 write a manifest); `train --config` up to the trainer (replaced by a stub through
@@ -67,6 +68,8 @@ OUTCOMES = ("loaded", "one-line error", "traceback", "signal", "hang", "over 1 G
 GOOD = ("loaded", "one-line error")
 MEMORY_LIMIT = 1 << 30  # a case may use this much above its baseline
 KILL_ABOVE = 3 << 30  # the watchdog's line: a case this far above the child's baseline is killed
+# Images are decoded in this process, where the case's memory is measured (not in loader workers).
+IN_PROCESS = ("--num_workers", "0")
 _SUFFIX = {"pickle": ".pkl", "manifest": ".jsonl", "csv": ".csv", "yaml": ".yaml", "checkpoint": ".pth",
            "image": ".png", "prompts": ".yaml"}
 
@@ -198,7 +201,8 @@ class Runner:
     def _predict_export(self, folder: Path) -> tuple[tuple[str, str], str]:
         out = self.work / "predicted.csv"
         out.unlink(missing_ok=True)
-        outcome = _cli(["predict", "--checkpoint", str(folder), *self.images, "--csv", str(out), "--force"])
+        outcome = _cli(["predict", "--checkpoint", str(folder), *self.images, "--csv", str(out), "--force",
+                        *IN_PROCESS])
         return outcome, out.read_text() if outcome[0] == "loaded" and out.is_file() else ""
 
     def run(self, case: Case, target: Path) -> tuple[str, str]:
@@ -224,8 +228,9 @@ class Runner:
                 return "silent wrong", f"{case.note}: changed behind SHA256SUMS, yet predicted other probabilities"
             return outcome
         if kind == "image":
-            return _cli(["predict", "--checkpoint", str(seeds["checkpoint"]), str(target)])
-        return _cli(["predict", "--checkpoint", str(seeds["checkpoint"]), self.images[0], "--prompts", str(target)])
+            return _cli(["predict", "--checkpoint", str(seeds["checkpoint"]), str(target), *IN_PROCESS])
+        return _cli(["predict", "--checkpoint", str(seeds["checkpoint"]), self.images[0], "--prompts", str(target),
+                     *IN_PROCESS])
 
 
 # ---- memory of one case ----------------------------------------------------------------------------------
@@ -309,8 +314,10 @@ def fuzz_format(fmt: str, n: int, seed: int, folder: Path, timeout: float) -> di
     while start < n:
         command = [sys.executable, "-m", "medclip_nb.tools.fuzz", "--child", fmt, "--n", str(n), "--seed", str(seed),
                    "--folder", str(folder), "--start", str(start)]
-        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                                env={**os.environ, "TQDM_DISABLE": "1"})
+        errors_file = folder / f"child-{fmt}-{start}.err"
+        with open(errors_file, "w") as child_errors:
+            proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=child_errors, text=True,
+                                    env={**os.environ, "TQDM_DISABLE": "1"})
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
         current, since, baseline, finished, killed = None, time.monotonic(), 0, False, ""
@@ -342,10 +349,13 @@ def fuzz_format(fmt: str, n: int, seed: int, folder: Path, timeout: float) -> di
         proc.wait()
         if finished and proc.returncode == 0:
             break
-        outcome = killed or "signal"
+        # Killed by the watchdog, by a signal (a native crash), or an exception outside any case's handling.
+        outcome = killed or ("signal" if proc.returncode < 0 else "traceback")
         counts[outcome] += 1
         where = current if current is not None else start
-        examples.setdefault(outcome, f"#{where}: {'killed by the watchdog' if killed else f'exit {proc.returncode}'}")
+        tail = " ".join(errors_file.read_text(errors="replace").split()[-40:])
+        examples.setdefault(outcome, f"#{where}: {'killed by the watchdog' if killed else f'exit {proc.returncode}'} "
+                                     f"{tail[-300:]}")
         start = where + 1
     return {"format": fmt, "counts": counts, "peak_mib": peak / 2**20, "examples": examples}
 

@@ -45,11 +45,11 @@ def run_dir(tiny_dataset, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def metrics_file(run_dir, tmp_path_factory):
+def metrics_file(run_dir, tiny_dataset, tmp_path_factory):
     """The metrics.json `evaluate` writes for best.pth (its entry: 'run/best')."""
     reports = tmp_path_factory.mktemp("model_folder_reports")
     assert main(["evaluate", "--checkpoint", str(run_dir / "best.pth"), "--out", str(reports),
-                 "--num_workers", "0"]) == 0
+                 "--data_path", str(tiny_dataset), "--num_workers", "0"]) == 0
     return reports / "metrics.json"
 
 
@@ -75,7 +75,7 @@ def test_export_holds_the_ecosystem_files_and_loads_without_the_project(export_d
     from safetensors import safe_open
     from tokenizers import Tokenizer
 
-    assert sorted(p.name for p in export_dir.iterdir()) == sorted(EXPORT_FILES)
+    assert sorted(p.name for p in export_dir.iterdir()) == sorted([*EXPORT_FILES, "SHA256SUMS"])
     original = load_pretrained(run_dir / "best.pth")
     state = original.model.state_dict()
     with safe_open(str(export_dir / "model.safetensors"), framework="pt") as f:
@@ -204,16 +204,20 @@ def test_a_local_bert_tokenizer_exports_for_tokenizers_and_auto_tokenizer(tmp_pa
     assert isinstance(load_pretrained(tmp_path / "export").tokenizer, HFTokenizerAdapter)
 
 
-def test_a_version_1_export_still_loads(run_dir, export_dir, tmp_path, images):
-    old = tmp_path / "v1"
+def test_an_export_without_checksums_is_refused_and_an_export_replaces_it(run_dir, export_dir, tmp_path):
+    from medclip_nb.errors import CheckpointError
+
+    old = tmp_path / "v1"  # what version 1 wrote: three files, no SHA256SUMS
     old.mkdir()
     config = json.loads((export_dir / "config.json").read_text())
     (old / "config.json").write_text(json.dumps({"format": "medclip-nb-export", "version": 1,
                                                  "config": config["config"]}))
     (old / "tokenizer.json").write_text((export_dir / "tokenizer.json").read_text())
     (old / "model.safetensors").write_bytes((export_dir / "model.safetensors").read_bytes())
-    a, b = load_pretrained(old).embed_images(images), load_pretrained(export_dir).embed_images(images)
-    assert np.array_equal(a.embeddings, b.embeddings)
+    with pytest.raises(CheckpointError, match="no SHA256SUMS .*export it again from its checkpoint"):
+        load_pretrained(old)
+    assert main(["export", "--checkpoint", str(run_dir / "best.pth"), "--out", str(old)]) == 0  # ours: replaced
+    assert (old / "SHA256SUMS").is_file() and load_pretrained(old).config.model == config["config"]["model"]
 
 
 # ---- the open_clip-style API ----------------------------------------------------------------------------

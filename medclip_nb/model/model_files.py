@@ -99,8 +99,12 @@ def check_eval_memory(cfg: Config, tokenizer: Any, batch: int, source: str | os.
 
 
 def skeleton(cfg: Config, tokenizer: Any, source: str | os.PathLike) -> torch.nn.Module:
-    """The model `cfg` describes on the meta device: every shape, no memory."""
+    """The model `cfg` describes on the meta device: every shape, no memory. A BERT text encoder
+    cannot be built there (transformers refuses); its size is bounded by its folder's files
+    (text.local_hf_folder) and the rest by the key table, so that model is built for real."""
     try:
+        if cfg.model != "simple" and cfg.text_encoder == "bert":
+            return build_model(cfg, tokenizer)
         with torch.device("meta"):
             return build_model(cfg, tokenizer)
     except UserError as e:
@@ -165,7 +169,8 @@ def build_from_model_file(cfg: Config, tokenizer: Any, stored: Mapping[str, tupl
     for name, tensor in weights.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             raise CheckpointError(f"{source}: weight {quote(name)} holds NaN or infinite values")
-    model = build_model(cfg, tokenizer)
+    on_meta = any(t.is_meta for t in empty.state_dict().values())
+    model = build_model(cfg, tokenizer) if on_meta else empty
     try:
         model.load_state_dict(weights)
     except (RuntimeError, ValueError) as e:

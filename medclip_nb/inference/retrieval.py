@@ -17,6 +17,7 @@ import numpy as np
 
 from medclip_nb.data import REQUIRED_SPLITS, load_dataset_file
 from medclip_nb.errors import UserError
+from medclip_nb.files import read_text_limited
 from medclip_nb.text import clean_report
 
 DATASET_SUFFIXES = (".pkl", ".pickle", ".jsonl", ".csv")
@@ -61,6 +62,10 @@ def report_bank(entries: Sequence, where: str = "reports") -> ReportBank:
     return bank
 
 
+# A text file of reports (all of MIMIC-CXR's are about 200 MB): read whole, so capped.
+MAX_BANK_BYTES = 1 << 30
+
+
 def load_report_bank(path: str | os.PathLike, splits: Sequence[str] | None = None) -> ReportBank:
     """The reports of a dataset file (.pkl, .jsonl, .csv: `splits`, default all three) or of a
     text file (any other suffix: one report per non-blank line). Relative paths are taken from
@@ -72,10 +77,7 @@ def load_report_bank(path: str | os.PathLike, splits: Sequence[str] | None = Non
     if path.suffix.lower() not in DATASET_SUFFIXES:
         if splits:
             raise UserError(f"--splits: {where} is a text file (one report per line); it has no splits")
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"{where}: cannot be read as UTF-8 text ({type(e).__name__})") from None
+        lines = read_text_limited(path, MAX_BANK_BYTES, what="--reports", error=UserError).splitlines()
         return report_bank([(line, f"line {i + 1}", None) for i, line in enumerate(lines)], where)
     splits = list(splits or REQUIRED_SPLITS)
     unknown = [s for s in splits if s not in REQUIRED_SPLITS]

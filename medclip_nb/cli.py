@@ -103,8 +103,7 @@ def _evaluate(args) -> int:
     if "data_path" not in overrides:  # a checkpoint's own data_path is a path a model file names: never read
         raise UserError("evaluate: --data_path is required (the dataset file to evaluate on)")
     check_evaluation_outputs(args.out)
-    evaluate = args.work.get("evaluate", evaluate_checkpoint)
-    evaluate(args.checkpoint, out_dir=args.out, overrides=overrides)
+    args.work.get("evaluate", evaluate_checkpoint)(args.checkpoint, out_dir=args.out, overrides=overrides)
     return 0
 
 
@@ -351,9 +350,8 @@ def _add_predict(sub) -> None:
                         "with --multi-label each finding to {positive: [...], negative: [...]}")
     p.add_argument("--mode", default="mean", choices=["mean", "max"],
                    help="prompt ensemble: mean embedding or best prompt (default: mean)")
-    p.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV (an existing file only "
-                                                               "with --force)")
-    _add_force_output(p, "--csv")
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
+    p.add_argument("--force", dest="force_output", action="store_true", help="let --csv replace an existing file")
     add_config_arguments(p, keys=("eval_batch_size", "num_workers", "gpu_id", "on_bad_image"))
     p.set_defaults(func=_predict)
 
@@ -367,9 +365,8 @@ def _add_retrieve(sub) -> None:
     p.add_argument("--splits", default=None,
                    help="comma-separated splits of a dataset file to search (default: train,val,test)")
     p.add_argument("-k", type=_at_least_one, default=5, help="reports per image (default: 5)")
-    p.add_argument("--csv", default=None, metavar="FILE", help="also write the table (whole reports) as CSV (an "
-                                                               "existing file only with --force)")
-    _add_force_output(p, "--csv")
+    p.add_argument("--csv", default=None, metavar="FILE", help="also write the table (whole reports) as CSV")
+    p.add_argument("--force", dest="force_output", action="store_true", help="let --csv replace an existing file")
     add_config_arguments(p, keys=("eval_batch_size", "num_workers", "gpu_id", "on_bad_image"))
     p.set_defaults(func=_retrieve)
 
@@ -377,8 +374,8 @@ def _add_retrieve(sub) -> None:
 def _add_embed(sub) -> None:
     p = sub.add_parser("embed", help="image and report embeddings of a dataset file, with their ids, to .npz")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, ...) or export folder")
-    p.add_argument("--out", required=True, metavar="FILE", help="output .npz file (an existing file only with --force)")
-    _add_force_output(p, "--out")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .npz file")
+    p.add_argument("--force", dest="force_output", action="store_true", help="let --out replace an existing file")
     p.add_argument("--splits", default="train,val,test", help="comma-separated splits (default: train,val,test)")
     add_config_arguments(p, keys=("data_path", "image_root", "image_store", "eval_batch_size", "num_workers",
                                   "gpu_id", "on_bad_image"))
@@ -390,16 +387,12 @@ def _add_export(sub) -> None:
                                       "preprocessing config and a model card (docs/using-a-model.md)")
     p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, last.pth, ...)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty, or an earlier export)")
-    _add_force_output(p, "--out", "a folder holding other files (only the export's own file names are replaced)")
+    p.add_argument("--force", dest="force_output", action="store_true", help="--out may be a user's folder")
     p.add_argument("--metrics", default=None, metavar="FILE",
                    help="a metrics.json whose entry goes into the model card, with its intervals")
     p.add_argument("--metrics-key", "--metrics_key", dest="metrics_key", default=None, metavar="KEY",
                    help="the entry of --metrics (default: the checkpoint's key, '<run folder>/<file stem>')")
     p.set_defaults(func=_export)
-
-
-def _add_force_output(p, flag: str, what: str = "an existing file") -> None:
-    p.add_argument("--force", dest="force_output", action="store_true", help=f"let {flag} replace {what}")
 
 
 def _add_bench(sub) -> None:
@@ -432,10 +425,8 @@ def _add_paper(sub) -> None:
 def _add_summary(sub) -> None:
     p = sub.add_parser("summary", help="write the results tables of metrics.json as summary.md (make study does)")
     p.add_argument("--metrics", default="reports/metrics.json", help="metrics.json (default: reports/metrics.json)")
-    p.add_argument("--out", default="reports/summary.md", help="output file (default: reports/summary.md; an "
-                                                                   "earlier summary is replaced, another file only "
-                                                                   "with --force)")
-    _add_force_output(p, "--out")
+    p.add_argument("--out", default="reports/summary.md", help="output file (default: reports/summary.md)")
+    p.add_argument("--force", dest="force_output", action="store_true", help="--out may replace a user's file")
     p.add_argument("--wall-seconds", "--wall_seconds", dest="wall_seconds", type=float, default=None,
                    help="the study's wall time, shown in the summary")
     p.add_argument("--params", default=None, help="the parameter file the study ran with, shown in the summary")

@@ -50,6 +50,8 @@ _PUBLIC = {
     "SPLIT_TABLE": "medclip_nb.data.mimic",
     "prepare_mimic": "medclip_nb.data.mimic",
     "report_text": "medclip_nb.data.mimic_reports",
+    "REGIONS_SUFFIX": "medclip_nb.data.regions",
+    "regions_document": "medclip_nb.data.regions",
     "ensure_dataset": "medclip_nb.data.prepare",
     "describe_phantom": "medclip_nb.data.provenance",
     "foreign_file": "medclip_nb.data.provenance",

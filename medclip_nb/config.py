@@ -282,7 +282,7 @@ class Config:
                                          "after one seed (MedCLIP: 5); accuracy as mean and std",
                                       check=between(1, 10_000))
     localisation_images: int = _opt(
-        300, "localisation: test images whose finding regions are scored, a seeded subset of those with regions "
+        200, "localisation: test images whose finding regions are scored, a seeded subset of those with regions "
         "(0 turns it off; docs/localisation.md)", check=between(0, 10**9),
     )
     localisation_maps: list = _opt(

@@ -32,6 +32,14 @@ def test_pointing_game_and_iou_on_known_maps():
     half = np.zeros((10, 10))
     half[3:5, 2:7] = 1.0  # 5 of its 10 top pixels inside: IoU 5 / 15
     assert area_iou(half, mask) == pytest.approx(5 / 15)
+    # scored on the image's own pixels only: a maximum in the padding does not count
+    area = np.ones((10, 10), dtype=bool)
+    area[:, 8:] = False  # padding on the right
+    padded = inside.copy()
+    padded[5, 9] = 5.0
+    assert pointing_game(padded, mask) == 0.0 and pointing_game(padded, mask, area) == 1.0
+    assert contrast_to_noise(padded, mask, area) == pytest.approx(contrast_to_noise(inside[:, :8], mask[:, :8]))
+    assert area_iou(padded, mask, area) == area_iou(inside[:, :8], mask[:, :8])
 
 
 def test_cnr_is_ms_cxrs_contrast_to_noise_ratio():
@@ -53,7 +61,7 @@ def test_summary_means_with_patient_intervals_and_chance():
               "iou": rng.random(n)}
     values["cnr"][0] = np.nan  # undefined: left out
     groups = np.repeat(np.arange(20), 2)
-    entry = summarise(values, masks, np.ones(n, dtype=bool), groups, seed=0)
+    entry = summarise(values, np.array([m.mean() for m in masks]), np.ones(n, dtype=bool), groups, seed=0)
     assert entry["n"] == n and entry["patients"] == 20
     assert entry["chance_pointing_game"] == pytest.approx(0.25) and entry["chance_iou"] == pytest.approx(0.25 / 1.75)
     assert entry["pointing_game"] == pytest.approx(values["pointing_game"].mean())
@@ -90,3 +98,28 @@ def test_gradcam_on_a_tiny_model_returns_a_map_of_input_size():
     assert maps.shape == (3, 40, 56) and maps.dtype == torch.float32
     assert float(maps.min()) >= 0.0 and float(maps.max()) <= 1.0 + 1e-6
     assert not model.training and all(p.grad is None for p in model.parameters())
+
+
+def test_comparison_pairs_models_on_the_same_regions_and_holm_corrects_each_table():
+    from medclip_nb.study.localisation import comparison_table, localisation_comparison
+
+    rng = np.random.default_rng(1)
+    n = 60
+    pairs = SimpleNamespace(rows=list(range(n)), findings=["Edema", "Pleural Effusion"] * (n // 2))
+    base_scores = {"pointing_game": np.ones(n), "cnr": rng.normal(1.0, 0.1, n), "iou": rng.random(n)}
+    other_scores = {"pointing_game": np.zeros(n), "cnr": base_scores["cnr"] - 0.001, "iou": base_scores["iou"]}
+
+    def arrays(scores):
+        return SimpleNamespace(localisation={"pairs": pairs, "readable": np.ones(n, dtype=bool),
+                                             "groups": np.arange(n) // 2, "scores": {"similarity": scores}})
+
+    out = localisation_comparison({"default": arrays(base_scores), "random init": arrays(other_scores)})
+    table = out["random init"]["similarity"]
+    assert set(table) == {"all", "Edema", "Pleural Effusion"}
+    assert table["all"]["pointing_game"]["difference"] == pytest.approx(1.0)
+    assert table["all"]["pointing_game"]["resolved"] is True
+    assert table["all"]["iou"]["difference"] == pytest.approx(0.0) and table["all"]["iou"]["resolved"] is False
+    ps = [d["p"] for scores in table.values() for d in scores.values() if d["p"] is not None]
+    holms = [d["p_holm"] for scores in table.values() for d in scores.values() if d["p_holm"] is not None]
+    assert len(holms) == len(ps) and all(h >= p for h, p in zip(holms, ps))  # Holm never lowers a p-value
+    assert "resolved (Holm)" in comparison_table(out).to_string()

@@ -4,13 +4,15 @@ For test images with finding regions (the phantom's region files, carried by `pr
 record's `regions`; or a CSV of boxes, config key `localisation_boxes`), each (image, finding) pair is
 scored: the map of the finding's text over the model's input (model/maps.py: `similarity` and/or
 `gradcam`, config key `localisation_maps`) against the region placed on that input
-(data.regions.mask_on_input). Three scores per pair:
+(data.regions.mask_on_input). The scores count only the image's own pixels on the input (not the padding
+that makes it square: a map peaking in the padding is judged by where it peaks on the image). Three
+scores per pair:
 
 - pointing game: 1 when the map's maximum lies inside the region (ties: the share of the tied maximal
-  pixels inside it); chance is the region's share of the input;
+  pixels inside it); chance is the region's share of the image;
 - CNR, as MS-CXR reports it: |mean inside - mean outside| / sqrt(var inside + var outside) of the map
   (undefined, left out, for a map constant on both sides but different between them); a map that does
-  not tell inside from outside scores about 0;
+  not tell inside from outside scores about 0 (unsigned: a map lower inside scores as high as one higher);
 - IoU of the thresholded map: the map thresholded to keep as many pixels as the region has (so the
   score does not depend on the map's scale or a chosen threshold) against the region; chance for a
   region of share a is a / (2 - a).
@@ -44,17 +46,21 @@ EXAMPLES_PER_FINDING = 2  # maps kept for notebook 04's grid
 
 
 # ---- the scores of one map against one region -----------------------------------------------------------
-def pointing_game(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """1.0 when the map's maximum lies in the region, 0.0 when not; with ties, the share of the
-    maximal pixels that lie in it (a flat map scores the region's share of the image: chance)."""
-    top = heatmap >= heatmap.max()
+def pointing_game(heatmap: np.ndarray, mask: np.ndarray, area: np.ndarray | None = None) -> float:
+    """1.0 when the map's maximum (over `area`, default everywhere) lies in the region, 0.0 when not;
+    with ties, the share of the maximal pixels that lie in it (a flat map scores the region's share of
+    the area: chance)."""
+    area = np.ones(mask.shape, dtype=bool) if area is None else area
+    top = area & (heatmap >= heatmap[area].max())
     return float((top & mask).sum() / top.sum())
 
 
-def contrast_to_noise(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """|mean inside - mean outside| / sqrt(var inside + var outside) (MS-CXR's CNR); NaN when the region
-    or its outside is empty, or both sides are constant and differ."""
-    inside, outside = heatmap[mask], heatmap[~mask]
+def contrast_to_noise(heatmap: np.ndarray, mask: np.ndarray, area: np.ndarray | None = None) -> float:
+    """|mean inside - mean outside| / sqrt(var inside + var outside) (MS-CXR's CNR), outside = the rest of
+    `area` (default everywhere); NaN when the region or its outside is empty, or both sides are constant
+    and differ."""
+    area = np.ones(mask.shape, dtype=bool) if area is None else area
+    inside, outside = heatmap[mask & area], heatmap[area & ~mask]
     if not len(inside) or not len(outside):
         return float("nan")
     contrast = abs(float(inside.mean()) - float(outside.mean()))
@@ -64,21 +70,23 @@ def contrast_to_noise(heatmap: np.ndarray, mask: np.ndarray) -> float:
     return contrast / noise
 
 
-def area_iou(heatmap: np.ndarray, mask: np.ndarray) -> float:
-    """IoU of the region and the map thresholded at its k-th largest value, k = the region's pixels
-    (ties at the threshold are kept)."""
+def area_iou(heatmap: np.ndarray, mask: np.ndarray, area: np.ndarray | None = None) -> float:
+    """IoU of the region and the map thresholded at its k-th largest value over `area` (default
+    everywhere), k = the region's pixels (ties at the threshold are kept)."""
+    area = np.ones(mask.shape, dtype=bool) if area is None else area
+    mask = mask & area
     k = int(mask.sum())
     if k == 0:
         return float("nan")
-    flat = heatmap.ravel()
+    flat = heatmap[area]
     threshold = np.partition(flat, flat.size - k)[flat.size - k]
-    chosen = heatmap >= threshold
+    chosen = area & (heatmap >= threshold)
     return float((chosen & mask).sum() / (chosen | mask).sum())
 
 
-def score_map(heatmap: np.ndarray, mask: np.ndarray) -> dict[str, float]:
-    return {"pointing_game": pointing_game(heatmap, mask), "cnr": contrast_to_noise(heatmap, mask),
-            "iou": area_iou(heatmap, mask)}
+def score_map(heatmap: np.ndarray, mask: np.ndarray, area: np.ndarray | None = None) -> dict[str, float]:
+    return {"pointing_game": pointing_game(heatmap, mask, area), "cnr": contrast_to_noise(heatmap, mask, area),
+            "iou": area_iou(heatmap, mask, area)}
 
 
 # ---- the (image, finding) pairs ---------------------------------------------------------------------------
@@ -91,6 +99,7 @@ class LocalisationPairs:
     findings: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     masks: list[np.ndarray] = field(default_factory=list)
+    areas: list[np.ndarray] = field(default_factory=list)  # the image's own pixels on the input (not padding)
     images: int = 0
 
     def __len__(self) -> int:
@@ -146,11 +155,14 @@ def localisation_pairs(dataset, cfg, seed: int = 0) -> LocalisationPairs | str:
         added = 0
         for region, (width, height) in found:
             mask = mask_on_input(region.pixels(width, height), cfg.resize_size, cfg.image_size)
-            if mask.any() and not mask.all():
+            area = mask_on_input(np.ones((height, width), dtype=bool), cfg.resize_size, cfg.image_size)
+            mask &= area
+            if mask.any() and not mask[area].all():
                 pairs.rows.append(row)
                 pairs.findings.append(region.finding)
                 pairs.texts.append(region.text or finding_phrase(region.finding))
                 pairs.masks.append(mask)
+                pairs.areas.append(area)
                 added += 1
         pairs.images += added > 0
     return pairs if len(pairs) else f"no finding region lies on the model's input ({source})"
@@ -170,7 +182,9 @@ def score_pairs(model: torch.nn.Module, tokenizer, dataset, pairs: LocalisationP
     examples: list[dict] = []
     shown: dict[str, int] = {}
     for start in range(0, len(pairs), cfg.eval_batch_size):
-        samples = {j: dataset[pairs.rows[j]] for j in range(start, min(start + cfg.eval_batch_size, len(pairs)))}
+        rows = {j: pairs.rows[j] for j in range(start, min(start + cfg.eval_batch_size, len(pairs)))}
+        loaded = {row: dataset[row] for row in set(rows.values())}  # an image's pairs share one decode
+        samples = {j: loaded[row] for j, row in rows.items()}
         batch = [j for j, sample in samples.items() if not isinstance(sample, SkippedSample)]
         if not batch:
             continue
@@ -180,7 +194,7 @@ def score_pairs(model: torch.nn.Module, tokenizer, dataset, pairs: LocalisationP
         maps = {m: text_to_region_maps(model, pixels, text, m).float().cpu().numpy() for m in methods}
         for k, j in enumerate(batch):
             for method in methods:
-                for name, value in score_map(maps[method][k], pairs.masks[j]).items():
+                for name, value in score_map(maps[method][k], pairs.masks[j], pairs.areas[j]).items():
                     scores[method][name][j] = value
             if shown.get(pairs.findings[j], 0) < EXAMPLES_PER_FINDING:
                 shown[pairs.findings[j]] = shown.get(pairs.findings[j], 0) + 1
@@ -197,10 +211,11 @@ def pair_groups(dataset, pairs: LocalisationPairs) -> np.ndarray:
     return np.where(subjects >= 0, subjects, 2**62 + rows)
 
 
-def summarise(values: dict[str, np.ndarray], masks: list[np.ndarray], keep: np.ndarray, groups: np.ndarray,
+def summarise(values: dict[str, np.ndarray], shares: np.ndarray, keep: np.ndarray, groups: np.ndarray,
               seed: int) -> dict[str, Any]:
-    """Mean and patient-level interval of each score over the pairs `keep`, with the chance levels."""
-    share = np.array([m.mean() for m in masks])[keep]
+    """Mean and patient-level interval of each score over the pairs `keep`, with the chance levels
+    (`shares`: each pair's region as a share of its image)."""
+    share = shares[keep]
     entry: dict[str, Any] = {"n": int(keep.sum()), "patients": int(len(np.unique(groups[keep]))),
                              "chance_pointing_game": float(share.mean()),
                              "chance_iou": float((share / (2 - share)).mean())}
@@ -219,12 +234,14 @@ def localisation_entry(scores, readable: np.ndarray, pairs: LocalisationPairs, g
     entry: dict[str, Any] = {
         "source": pairs.source, "images": int(len(set(np.array(pairs.rows)[readable]))), "pairs": int(readable.sum()),
         "text": "the finding's phrase (prompts.finding_phrase), or the box table's text",
-        "scores": {"pointing_game": "map maximum inside the region (chance: the region's share of the input)",
+        "scores": {"pointing_game": "map maximum inside the region (chance: the region's share of the image)",
                    "cnr": "|mean in - mean out| / sqrt(var in + var out) of the map (MS-CXR)",
-                   "iou": "IoU of the map's top-k pixels, k = the region's pixels (chance a / (2 - a))"},
+                   "iou": "IoU of the map's top-k pixels, k = the region's pixels (chance a / (2 - a))",
+                   "area": "the image's own pixels on the model's input (the padding to a square is left out)"},
     }
+    shares = np.array([m.sum() / a.sum() for m, a in zip(pairs.masks, pairs.areas)])
     for method, values in scores.items():
-        per_finding = {name: summarise(values, pairs.masks, readable & (findings == name), groups, seed)
+        per_finding = {name: summarise(values, shares, readable & (findings == name), groups, seed)
                        for name in sorted(set(pairs.findings)) if (readable & (findings == name)).any()}
-        entry[method] = {"all": summarise(values, pairs.masks, readable, groups, seed), "per_finding": per_finding}
+        entry[method] = {"all": summarise(values, shares, readable, groups, seed), "per_finding": per_finding}
     return entry

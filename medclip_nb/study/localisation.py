@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from medclip_nb.evaluate import format_with_interval, json_ready, paired_difference
+from medclip_nb.evaluate import ALPHA, format_with_interval, holm, json_ready, paired_difference
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -57,7 +57,8 @@ def localisation_comparison(arrays_by_model: Mapping[str, Any], reference: str =
     """`reference`'s scores minus each other model's on the same (image, finding) pairs: the mean paired
     difference with its paired bootstrap interval over patients (intervals.paired_difference), per map
     method and score, over all pairs and per finding (plain JSON data for metrics.json):
-    {other model: {method: {finding: {score: {difference, ci, resolved, p}}}}}."""
+    {other model: {method: {finding: {score: {difference, ci, p, p_holm, resolved}}}}}. `resolved`: Holm's
+    adjusted p below ALPHA, one Holm family per (other model, map method) over its findings x scores."""
     base = getattr(arrays_by_model.get(reference), "localisation", None)
     if not base:
         return {}
@@ -78,8 +79,16 @@ def localisation_comparison(arrays_by_model: Mapping[str, Any], reference: str =
                 per_group[finding] = {
                     score: _difference(base["scores"][method][score], other["scores"][method][score], rows,
                                        base["groups"], seed) for score in SCORE_NAMES}
+            _holm_family([d for scores in per_group.values() for d in scores.values()])
             out[name][method] = per_group
     return json_ready(out)
+
+
+def _holm_family(entries: list[dict[str, Any]]) -> None:
+    """Holm-adjust the p-values of one table's comparisons in place: `p_holm`, and `resolved` from it."""
+    for entry, p_holm in zip(entries, holm([e["p"] for e in entries])):
+        entry["p_holm"] = p_holm
+        entry["resolved"] = None if p_holm is None else bool(p_holm < ALPHA)
 
 
 def _difference(a: np.ndarray, b: np.ndarray, rows: np.ndarray, groups: np.ndarray, seed: int) -> dict[str, Any]:
@@ -101,7 +110,7 @@ def comparison_table(comparison: Mapping[str, Any], reference: str = "default") 
                 for score, label in SCORE_NAMES.items():
                     d = scores[score]
                     text = format_with_interval(d["difference"], d["ci"])
-                    row[label] = text + (" resolved" if d["resolved"] else "")
+                    row[label] = text + (" resolved (Holm)" if d["resolved"] else "")
                 rows.append(row)
     if not rows:
         return pd.DataFrame({"comparison": ["skipped: needs the reference model and another scored on the same pairs"]})

@@ -123,6 +123,11 @@ class Config:
     )
     max_text_tokens: int = _opt(128, "text length in tokens (the simple model always uses 50 characters)",
                                 check=between(1, 8192))
+    text_padding: str = _opt(
+        "auto", "text batches padded to the longest text in the batch (at most max_text_tokens), or always to "
+        "max_text_tokens (fixed shapes); auto: longest, but max_length with compile (no recompiles)",
+        choices=["auto", "longest", "max_length"],
+    )
     vocab_size: int = _opt(4000, "subword vocabulary size learned from the training reports",
                            check=between(1, 1_000_000))
     train_fraction: float = _opt(
@@ -238,6 +243,15 @@ class Config:
         "reads them (short epochs of small train_fraction runs); last.pth is always written"
     )
     num_workers: int = _opt(4, "data loader worker processes", check=between(0, 256))
+    cpu_threads: int | None = _opt(
+        None, "intra-op threads of a training or evaluation process on the CPU; null: the cores (shared by the "
+        "processes torchrun starts here) minus num_workers, at least 1, unless OMP_NUM_THREADS is set",
+        check=between(1, 4096),
+    )
+    dist_backend: str = _opt(
+        "auto", "torchrun's process group: auto (nccl on GPUs, gloo on the CPU), nccl, or gloo (gloo also lets "
+        "processes share a GPU, which NCCL refuses)", choices=["auto", "nccl", "gloo"],
+    )
     gpu_id: str = _opt("0", "CUDA device index to use (or cpu); falls back to CPU with one message when CUDA is absent",
                        check=device_name)
     seed: int = _opt(42, "random seed for weights, data order and augmentation", check=between(0, 2**32 - 1))
@@ -262,7 +276,8 @@ class Config:
         "pip install -e .[tensorboard])"
     )
     compile: bool = _opt(False, "torch.compile the model (GPU)")
-    channels_last: bool = _opt(True, "channels_last memory format for the image backbone on GPU")
+    channels_last: bool = _opt(True, "channels_last (NHWC) memory format for the image backbone, on GPUs and CPUs "
+                                     "(oneDNN's CPU convolutions prefer it too)")
     gpu_augment: bool = _opt(True, "with an image store on GPU: move uint8 batches and augment on the GPU")
     # ---- evaluation ------------------------------------------------------------------------
     zeroshot_per_class: int = _opt(200, "CheXpert-5x200: images per class (up to)", check=between(1, 10**9))

@@ -42,6 +42,7 @@ from medclip_nb.evaluate.metrics import (
 from medclip_nb.evaluate.zeroshot_medclip import zero_shot_5x200_medclip
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS
 from medclip_nb.prompts import class_prompts, label_prompt_pairs
+from medclip_nb.runtime import set_cpu_threads
 
 ROUND_DIGITS = 4
 
@@ -69,9 +70,17 @@ class Evaluation:
         """`splits` maps "train"/"val"/"test" to datasets (loaded with the eval transforms) or to
         iterables of batches. "test" is required; the linear probe needs "train" too (and uses
         "val" to choose C). Returns (metrics: plain JSON data, floats rounded to ROUND_DIGITS,
-        arrays)."""
+        arrays). On the CPU, torch uses cores - num_workers threads meanwhile (runtime.set_cpu_threads)."""
         if "test" not in splits:
             raise DataError("evaluate_model: no 'test' split to evaluate on")
+        threads_before = torch.get_num_threads()
+        set_cpu_threads(self.device, self.cfg.cpu_threads, self.cfg.num_workers)
+        try:
+            return self._run(splits)
+        finally:
+            torch.set_num_threads(threads_before)
+
+    def _run(self, splits: Mapping[str, Any]) -> tuple[dict[str, Any], EvaluationArrays]:
         test = self.embed(splits["test"], "test")
         groups = self.arrays.test_groups = patient_ids(splits["test"], test["index"])
         metrics: dict[str, Any] = {"n": {"test": len(test["index"])}, "skipped_images": {"test": test["n_skipped"]}}

@@ -61,7 +61,7 @@ def embed_dataset(pretrained: Pretrained, data_path: str | os.PathLike, *, split
         dataset = datasets[split]
         if len(dataset) == 0:
             continue
-        loader = make_loader(dataset, cfg, train=False, collate_fn=make_collate(pretrained.tokenizer))
+        loader = make_loader(dataset, cfg, train=False, collate_fn=make_collate(pretrained.tokenizer, cfg))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BadImageWarning)  # named below, once each
             emb = compute_embeddings(pretrained.model, loader, pretrained.device, amp=bool(cfg.use_amp),

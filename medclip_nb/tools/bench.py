@@ -54,7 +54,7 @@ from medclip_nb.errors import DataError
 from medclip_nb.model import build_model
 from medclip_nb.paths import repo_root, resolve
 from medclip_nb.phantom import generate_phantom, phantom_is_current
-from medclip_nb.runtime import pick_device, precision_name, set_backend_flags
+from medclip_nb.runtime import pick_device, precision_name, set_backend_flags, uses_channels_last
 from medclip_nb.text import build_tokenizer
 from medclip_nb.train import build_train_step
 
@@ -174,7 +174,7 @@ class _PairsStep:
     def __init__(self, cfg: Config, tokenizer, device: torch.device):
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, tokenizer).to(device)
-        self.channels_last = device.type == "cuda" and cfg.channels_last
+        self.channels_last = uses_channels_last(device, cfg.channels_last)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.step = build_train_step(cfg.replace(warmup=0.0, debug=False), model, device, total_steps=10**9)
@@ -275,7 +275,7 @@ def _inputs(cfg: Config, device: torch.device) -> _Inputs:
     store = find_store(cfg)
     jpeg_sets, records, _ = build_datasets(cfg)
     tokenizer = build_tokenizer(cfg, [r["report"] for r in records["train"]])
-    collate = make_collate(tokenizer)
+    collate = make_collate(tokenizer, cfg)
     step = _PairsStep(cfg, tokenizer, device)
     augment = BatchAugment(cfg.image_size, cfg.augment, train=True).to(device)
     generator = torch.Generator(device).manual_seed(cfg.seed)

@@ -104,7 +104,7 @@ def prepare_data(cfg: Config, world: World, device: torch.device, tokenizer, say
         say(f"Images from the store {store.folder} where it has them"
             + (", augmented on the GPU" if augment is not None else ""))
 
-    train_sampler, train_loader, val_loader = _loaders(cfg, world, splits, make_collate(tokenizer), say)
+    train_sampler, train_loader, val_loader = _loaders(cfg, world, splits, make_collate(tokenizer, cfg), say)
     # ---- unpaired data (data/unpaired.py): image-only / text-only items appended to each step ----
     rest_pool = cfg.unpaired_pool == "train_fraction_rest"
     if rest_pool and cfg.train_fraction == 1:

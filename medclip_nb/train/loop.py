@@ -27,7 +27,15 @@ from medclip_nb.errors import TrainingError
 from medclip_nb.model import build_model, count_parameters, restore_rng_state
 from medclip_nb.paths import resolve
 from medclip_nb.progress import progress as progress_display
-from medclip_nb.runtime import World, set_backend_flags, start_distributed, stop_distributed
+from medclip_nb.runtime import (
+    GlobalFlags,
+    World,
+    set_backend_flags,
+    set_cpu_threads,
+    start_distributed,
+    stop_distributed,
+    uses_channels_last,
+)
 from medclip_nb.text import tokenizer_from_json
 from medclip_nb.train.guard import NonfiniteStreak
 from medclip_nb.train.loaders import TrainData, prepare_data
@@ -52,20 +60,20 @@ def train(cfg: Config, *, log: Callable[[str], Any] = print) -> TrainResult:
     (rank 0 only). The files written are listed in the package docstring (medclip_nb.train).
 
     On CPU, the same config and seed give the same losses to the last digit (deterministic
-    algorithms are switched on for the call). Raises DataError / ConfigError / CheckpointError
-    for bad input, and TrainingError when the loss stays non-finite for
-    cfg.max_nonfinite_steps steps in a row (after writing last_good.pth); guard.py says how the
-    non-finite guard works on CUDA (sync-free) and on the CPU.
+    algorithms are switched on for the call), and the process uses cores - num_workers threads
+    (runtime.set_cpu_threads; config key cpu_threads); both are put back afterwards. Raises
+    DataError / ConfigError / CheckpointError for bad input, and TrainingError when the loss
+    stays non-finite for cfg.max_nonfinite_steps steps in a row (after writing last_good.pth);
+    guard.py says how the non-finite guard works on CUDA (sync-free) and on the CPU.
     """
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    anomaly_before = torch.is_anomaly_enabled()
+    flags_before = GlobalFlags.save()  # threads, deterministic mode and its NaN fill, anomaly detection
     world, finished = World(), False
     try:
-        world, device = start_distributed(cfg.gpu_id, log)
+        world, device = start_distributed(cfg.gpu_id, log, cfg.dist_backend)
         say = log if world.is_main else (lambda *_args, **_kw: None)
         run = setup_run(cfg, world, device, say)
         say(f"Training... ({run.total_steps} steps: {run.planned_epochs(1)} epoch(s) of up to "
-            f"{run.batches_per_epoch} batches)")
+            f"{run.batches_per_epoch} batches" + (f"; {run.threads})" if run.threads else ")"))
         while not run.done():
             train_one_epoch(run)
         run.metrics.close()
@@ -77,8 +85,7 @@ def train(cfg: Config, *, log: Callable[[str], Any] = print) -> TrainResult:
         finished = True
         return result
     finally:
-        torch.use_deterministic_algorithms(deterministic_before)
-        torch.autograd.set_detect_anomaly(anomaly_before)
+        flags_before.restore()
         stop_distributed(world, finished=finished)
 
 
@@ -99,6 +106,7 @@ class Run:
     result: TrainResult
     total_steps: int
     resume_rng: dict | None  # restored once the first epoch's iterator exists
+    threads: str = ""  # the CPU thread count and why, for the line that starts training ("" on a GPU)
     last_val: tuple[int, float] = (-1, math.nan)  # (step, loss) of the latest validation
     val_metrics: ValMetrics | None = None  # zero-shot and R@K at each validation (main process)
     batches_per_epoch: int = 0  # the loader's length over a whole epoch (a resumed one yields fewer)
@@ -296,6 +304,7 @@ def setup_run(cfg: Config, world: World, device: torch.device, say) -> Run:
     """Everything before the first step: the output folder and the checkpoint to resume from,
     data, model, the step (optimizer, schedule, scaler, guard), the resumed state, the logs."""
     set_backend_flags(device, deterministic_cpu=True)  # CPU: the same losses to the last digit
+    threads = set_cpu_threads(device, cfg.cpu_threads, cfg.num_workers)  # cores - loader workers
     torch.autograd.set_detect_anomaly(cfg.debug)
     if cfg.tensorboard:
         require_tensorboard()  # before the data and the model, not after
@@ -313,7 +322,7 @@ def setup_run(cfg: Config, world: World, device: torch.device, say) -> Run:
     if uses_precomputed_text(cfg):  # the features file is read with the model: check the indices now
         check_clip_index_rows(data.splits, raw_model.text_encoder, resolve(cfg.data_path))
     say(f"Model parameters: {count_parameters(raw_model):,}")
-    if device.type == "cuda" and cfg.channels_last:
+    if uses_channels_last(device, cfg.channels_last):
         raw_model = raw_model.to(memory_format=torch.channels_last)
     batches_per_epoch = len(data.train_loader)
     total_steps = batches_per_epoch * cfg.num_epochs
@@ -341,7 +350,7 @@ def setup_run(cfg: Config, world: World, device: torch.device, say) -> Run:
     resume_rng = resumed["rng"] if resumed is not None and world.is_main else None
     val_metrics = ValMetrics.build(cfg, data.splits["val"], data.tokenizer) if world.is_main else None
     return Run(cfg, world, device, say, data, step, progress, checkpoints, metrics, result, total_steps, resume_rng,
-               val_metrics=val_metrics, batches_per_epoch=batches_per_epoch)
+               threads, val_metrics=val_metrics, batches_per_epoch=batches_per_epoch)
 
 
 def ddp_wrap(model: nn.Module, cfg: Config, world: World, device: torch.device) -> nn.Module:

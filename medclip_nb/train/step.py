@@ -18,7 +18,7 @@ from torch import nn
 from medclip_nb.config import Config
 from medclip_nb.data import augment_on_device
 from medclip_nb.model import ContrastiveLoss
-from medclip_nb.runtime import World, amp_dtype, autocast
+from medclip_nb.runtime import World, adamw_kernel, amp_dtype, autocast, uses_channels_last
 from medclip_nb.train.guard import NonfiniteGuard, make_guard, uses_sync_free_guard
 
 
@@ -75,11 +75,12 @@ def param_groups(model: nn.Module, weight_decay: float, rule: str = "ours") -> l
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: Config, fused: bool) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
     """AdamW over `param_groups`. Fused on the GPU, and always for the sync-free guard: only the
-    fused kernel skips a step on the device (optimizer.found_inf)."""
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.no_decay_rule), lr=cfg.lr,
-                             **({"fused": True} if fused else {}))
+    fused kernel skips a step on the device (optimizer.found_inf); on the CPU as
+    runtime.CPU_CHOICES says (fused: measured fastest)."""
+    kernel = adamw_kernel(device, uses_sync_free_guard(device))
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.no_decay_rule), lr=cfg.lr, **kernel)
 
 
 def grad_scaler(amp_dtype: torch.dtype | None) -> torch.amp.GradScaler:
@@ -255,13 +256,12 @@ def build_train_step(cfg: Config, raw_model: nn.Module, device: torch.device, to
     fp16 scaler where it applies, the device's non-finite guard (its counters from `guard_state`),
     torch.compile when cfg.compile, and `wrap` (DDP) around the compiled model for the forward."""
     world = world or World()
-    on_gpu = device.type == "cuda"
-    optimizer = build_optimizer(raw_model, cfg, fused=on_gpu or uses_sync_free_guard(device))
+    optimizer = build_optimizer(raw_model, cfg, device)
     scheduler = warmup_cosine_schedule(optimizer, round(cfg.warmup * total_steps), total_steps)
     dtype = amp_dtype(device, cfg.use_amp)
     guard = make_guard(raw_model, device, cfg.max_nonfinite_steps, say, position, guard_state)
     compiled = torch.compile(raw_model) if cfg.compile else raw_model
     return TrainStep(wrap(compiled) if wrap else compiled, raw_model, contrastive_loss(cfg), optimizer, scheduler,
                      grad_scaler(dtype), guard, amp_dtype=dtype, grad_clip=cfg.grad_clip, world=world, say=say,
-                     debug_steps=3 if cfg.debug else 0, channels_last=on_gpu and cfg.channels_last,
+                     debug_steps=3 if cfg.debug else 0, channels_last=uses_channels_last(device, cfg.channels_last),
                      eval_model=compiled)

@@ -1,5 +1,5 @@
 """`python -m medclip_nb SUBCOMMAND`: phantom, prepare, prepare-iu, prepare-chexpert, data, convert, cache, train,
-evaluate, bench, bench-scale, bench-ablation, summary, paper, predict, retrieve, embed, export.
+evaluate, bench, bench-scale, bench-ablation, bench-step, bench-train, summary, paper, predict, retrieve, embed, export.
 
 Errors that come from the user's input (a missing file, a bad key, a malformed dataset) end
 the command with one line on stderr and exit status 2, never a traceback.
@@ -12,7 +12,7 @@ import sys
 from typing import Callable, Mapping
 
 from medclip_nb.config import CONFIG_KEYS
-from medclip_nb.config_load import add_config_arguments, config_from_args
+from medclip_nb.config_load import add_config_arguments, config_from_args, load_config
 from medclip_nb.errors import UserError, one_line
 
 # A store row is size x size bytes: 100000 would ask for a 580 GB memory map.
@@ -152,6 +152,23 @@ def _bench(args) -> int:
     from medclip_nb.tools import run_bench
 
     run_bench(cfg, phantom=args.phantom, steps=args.steps)
+    return 0
+
+
+def _bench_step(args) -> int:
+    cfg = config_from_args(args)
+    from medclip_nb.tools import run_step_bench
+
+    run_step_bench(cfg, load_config(args.study), steps=args.steps, rounds=args.rounds, levers=not args.no_levers)
+    return 0
+
+
+def _bench_train(args) -> int:
+    cfg = config_from_args(args)
+    from medclip_nb.tools import main_bench_train
+
+    settings = [s for s in args.settings.split(";") if s.strip()]
+    main_bench_train(cfg, args.config or "the defaults", settings, args.steps, args.untimed, args.rounds)
     return 0
 
 
@@ -404,6 +421,31 @@ def _add_bench(sub) -> None:
     p.set_defaults(func=_bench)
 
 
+def _add_bench_step(sub) -> None:
+    p = sub.add_parser("bench-step", help="our training step against open_clip's and the machine's fp32 GEMM rate "
+                                          "(make bench)")
+    add_config_arguments(p)
+    p.add_argument("--study", default="params/debug.yaml",
+                   help="config of the study model, timed on all cores and with each earlier choice put back")
+    p.add_argument("--steps", type=_at_least_one, default=3, help="steps per row and round (default: 3)")
+    p.add_argument("--rounds", type=_at_least_one, default=4, help="interleaved rounds (default: 4)")
+    p.add_argument("--no-levers", action="store_true", help="leave out the study model's rows with earlier choices")
+    p.set_defaults(func=_bench_step)
+
+
+def _add_bench_train(sub) -> None:
+    p = sub.add_parser("bench-train", help="training pairs/s under several settings (old, threads, new), side by "
+                                           "side in one run (make bench-train)")
+    add_config_arguments(p)
+    p.add_argument("--settings", default="old;new",
+                   help="settings separated by ';', each old, threads or new, optionally with config keys: "
+                        "'new:num_workers=1' (default: old;new)")
+    p.add_argument("--steps", type=_at_least_one, default=30, help="steps per run (default: 30)")
+    p.add_argument("--untimed", type=int, default=6, help="first steps of a run left out of its pairs/s (default: 6)")
+    p.add_argument("--rounds", type=_at_least_one, default=3, help="interleaved rounds (default: 3)")
+    p.set_defaults(func=_bench_train)
+
+
 def _add_bench_ablation(sub) -> None:
     p = sub.add_parser("bench-ablation", help="time one run of each kind in make ablation's plan (train + scoring), "
                                               "side by side, and what the plan's runs come to")
@@ -469,6 +511,8 @@ _SUBCOMMANDS = (
     _add_paper,
     _add_bench_scale,
     _add_bench_ablation,
+    _add_bench_step,
+    _add_bench_train,
 )
 
 

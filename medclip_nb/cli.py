@@ -149,9 +149,11 @@ def _export(args) -> int:
 
 def _bench(args) -> int:
     cfg = config_from_args(args)
-    from medclip_nb.tools import run_bench
+    from medclip_nb.tools import BenchOptions, run_bench
 
-    run_bench(cfg, phantom=args.phantom, steps=args.steps)
+    skip = tuple(name.strip() for name in args.skip.split(",") if name.strip())
+    run_bench(cfg, BenchOptions(phantom=args.phantom, phantom_size=args.phantom_height, steps=args.steps, skip=skip,
+                                json_path=args.json, prepare_only=args.prepare_only))
     return 0
 
 
@@ -417,7 +419,16 @@ def _add_bench(sub) -> None:
     add_config_arguments(p)
     p.add_argument("--phantom", type=int, default=None,
                    help="build a phantom of N studies at full MIMIC-CXR size for the raw-JPEG path")
+    p.add_argument("--phantom-height", "--phantom_height", dest="phantom_height", type=int, default=3056,
+                   help="--phantom's image height in pixels (default: 3056, full MIMIC-CXR size)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default: 20)")
+    p.add_argument("--skip", default="", help="measurements to leave out, comma-separated (model_only, "
+                                             "store_end_to_end, store_data_only, jpeg_end_to_end, jpeg_data_only, "
+                                             "device_augment_only)")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="write the results here (default: benchmarks/results-<device>-<date>[-compiled].json)")
+    p.add_argument("--prepare-only", "--prepare_only", dest="prepare_only", action="store_true",
+                   help="with --phantom: build the phantom, its dataset and image store, then stop")
     p.set_defaults(func=_bench)
 
 

@@ -276,6 +276,11 @@ class Config:
         "pip install -e .[tensorboard])"
     )
     compile: bool = _opt(False, "torch.compile the model (GPU)")
+    compile_backend: str = _opt(
+        "inductor", "torch.compile's backend: inductor (generated kernels); aot_eager or eager only capture the graphs "
+        "(tells a compiler problem from a model one; benchmarks/gpu_check.sh --cpu-dry-run)",
+        choices=["inductor", "aot_eager", "eager"],
+    )
     channels_last: bool = _opt(True, "channels_last (NHWC) memory format for the image backbone, on GPUs and CPUs "
                                      "(oneDNN's CPU convolutions prefer it too)")
     gpu_augment: bool = _opt(True, "with an image store on GPU: move uint8 batches and augment on the GPU")

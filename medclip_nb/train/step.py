@@ -260,7 +260,7 @@ def build_train_step(cfg: Config, raw_model: nn.Module, device: torch.device, to
     scheduler = warmup_cosine_schedule(optimizer, round(cfg.warmup * total_steps), total_steps)
     dtype = amp_dtype(device, cfg.use_amp)
     guard = make_guard(raw_model, device, cfg.max_nonfinite_steps, say, position, guard_state)
-    compiled = torch.compile(raw_model) if cfg.compile else raw_model
+    compiled = torch.compile(raw_model, backend=cfg.compile_backend) if cfg.compile else raw_model
     return TrainStep(wrap(compiled) if wrap else compiled, raw_model, contrastive_loss(cfg), optimizer, scheduler,
                      grad_scaler(dtype), guard, amp_dtype=dtype, grad_clip=cfg.grad_clip, world=world, say=say,
                      debug_steps=3 if cfg.debug else 0, channels_last=uses_channels_last(device, cfg.channels_last),

@@ -12,13 +12,14 @@ PARAMS ?= params/debug.yaml
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 export TQDM_MININTERVAL := 5
 
-.PHONY: study test lab unit nbval ablation bench clean-study help
+.PHONY: study test lab unit nbval ablation bench bench-train bench-data gpu-check-dry clean-study help
 help:
 	@echo "make study   - the whole study on the phantom data, headless (CPU): reports/"
 	@echo "make study PARAMS=params/iu.yaml - the study on the Open-i reports (extra [iu]): reports/iu/"
 	@echo "make test    - unit tests + nbval on notebooks/"
 	@echo "make lab     - JupyterLab from .venv"
-	@echo "make ablation, make bench - see README"
+	@echo "make bench   - our step vs open_clip's and vs this machine's GEMM rate (make bench-train, bench-data too)"
+	@echo "make ablation - see README"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,22 +37,28 @@ HEADLESS := TQDM_DISABLE=1
 NBVAL := $(PY) -m pytest --nbval --nbval-current-env notebooks -q -p no:cacheprovider
 
 # Results go to the reports_dir of $(PARAMS) (reports/ for params/debug.yaml, reports/iu/ for params/iu.yaml).
+# Phase times (phantom, prepare, image store, each notebook) go to <reports_dir>/phase_times.tsv and into
+# summary.md's "Where the time went".
 study: $(STAMP)
 	@date +%s > .study-start
-	$(PY) -m medclip_nb data --config $(PARAMS)
 	set -e; rd=$$($(PY) -c "from medclip_nb.config_load import load_config; print(load_config('$(PARAMS)').reports_dir)"); \
-	mkdir -p $$rd/figures; \
+	mkdir -p $$rd/figures; rm -f $$rd/phase_times.tsv; \
+	$(PY) -m medclip_nb data --config $(PARAMS) --phase-times $$rd/phase_times.tsv; \
 	for nb in $(NOTEBOOKS); do \
-	  echo "== papermill $$nb -f $(PARAMS) -> $$rd"; \
+	  echo "== papermill $$nb -f $(PARAMS) -> $$rd"; start=$$(date +%s.%N); \
 	  $(HEADLESS) $(VENV)/bin/papermill $$nb $$rd/$$(basename $$nb) -f $(PARAMS) --cwd . -k python3 --log-output --no-progress-bar; \
+	  awk -v name=$$(basename $$nb .ipynb) -v a=$$(date +%s.%N) -v b=$$start 'BEGIN {printf "%s\t%.1f\n", name, a - b}' \
+	    >> $$rd/phase_times.tsv; \
 	done; \
 	$(VENV)/bin/jupyter nbconvert --to html --output-dir $$rd $$rd/0*.ipynb; \
 	$(PY) -m medclip_nb summary --metrics $$rd/metrics.json --out $$rd/summary.md \
-	  --params $(PARAMS) --wall-seconds $$(( $$(date +%s) - $$(cat .study-start) )); \
+	  --params $(PARAMS) --wall-seconds $$(( $$(date +%s) - $$(cat .study-start) )) --phase-times $$rd/phase_times.tsv; \
 	rm -f .study-start; \
 	echo; \
+	echo "Where the time went (seconds):"; cat $$rd/phase_times.tsv; \
+	echo; \
 	echo "Study finished. Results:"; \
-	echo "  summary:            $$rd/summary.md (tables from metrics.json, machine, wall time)"; \
+	echo "  summary:            $$rd/summary.md (tables from metrics.json, machine, wall time, phase times)"; \
 	echo "  executed notebooks: $$rd/0*.ipynb (HTML copies: $$rd/0*.html)"; \
 	echo "  figures:            $$rd/figures/"; \
 	echo "  numbers:            $$rd/metrics.json"
@@ -65,10 +72,17 @@ nbval: $(STAMP)
 	$(HEADLESS) $(NBVAL)
 	$(HEADLESS) ATEN_CPU_CAPABILITY=default $(NBVAL)
 
+# The GPU check's every step at tiny sizes on the CPU, Jupyter's packages hidden as on a GPU machine
+# (benchmarks/README.md): the script cannot rot before a GPU is lent.
+GPU_CHECK_DRY := $${TMPDIR:-/tmp}/medclip_nb_gpu_check_dry
 test: $(STAMP)
 	$(HEADLESS) $(PY) -m pytest tests -q
 	$(HEADLESS) $(NBVAL)
 	$(HEADLESS) ATEN_CPU_CAPABILITY=default $(NBVAL)
+	PYTHON=$(PY) bash benchmarks/gpu_check.sh --cpu-dry-run --out $(GPU_CHECK_DRY)
+
+gpu-check-dry: $(STAMP)
+	PYTHON=$(PY) bash benchmarks/gpu_check.sh --cpu-dry-run --out $(GPU_CHECK_DRY)
 
 # JupyterLab refuses to start as root without --allow-root (containers, these machines).
 lab: $(STAMP)
@@ -107,11 +121,28 @@ paper: $(STAMP)
 fidelity: $(STAMP)
 	$(PY) -c "from medclip_nb.study import write_fidelity; write_fidelity()"
 
-bench: $(STAMP)
+# Our training step against open_clip's on the same network (one thread) and against this machine's
+# fp32 GEMM rate (benchmarks/README.md); open_clip comes with the optional `bench` extra.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) -m medclip_nb bench-step --config params/bench_step.yaml --study $(PARAMS)
+
+# Training pairs/s of $(PARAMS) before issue 29 (old) and now (new), interleaved in one run.
+BENCH_TRAIN_SETTINGS ?= old;new;new:num_workers=0
+bench-train: $(STAMP)
+	$(PY) -m medclip_nb data --config $(PARAMS)
+	$(HEADLESS) $(PY) -m medclip_nb bench-train --config $(PARAMS) --settings "$(BENCH_TRAIN_SETTINGS)"
+
+# The data pipeline: model-only vs end to end from the image store and from full-size JPEGs.
+bench-data: $(STAMP)
 	$(PY) -m medclip_nb bench --config params/bench_cpu.yaml --phantom 48
 
 clean-study:
-	rm -rf data/phantom checkpoints/debug reports/*.ipynb reports/*.html reports/figures/*.png reports/metrics.json
+	rm -rf data/phantom checkpoints/debug reports/*.ipynb reports/*.html reports/figures/*.png reports/metrics.json reports/phase_times.tsv
 
 # Data steps at MIMIC-CXR scale on synthetic trees (benchmarks/README.md); BENCH_SCALE_SIZES to change.
 BENCH_SCALE_SIZES ?= 5000,60000,227827

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable, Mapping
 
 from medclip_nb.config import CONFIG_KEYS
@@ -64,8 +65,16 @@ def _prepare_iu(args) -> int:
 def _data(args) -> int:
     from medclip_nb.data import ensure_dataset
 
-    path = ensure_dataset(config_from_args(args))
+    times: dict[str, float] = {}
+    path = ensure_dataset(config_from_args(args), times=times)
     print(f"dataset ready: {path}")
+    if args.phase_times:  # make study: one "phase<TAB>seconds" line per phase run, for summary.md
+        from medclip_nb.files import write_text_atomic
+
+        target = Path(args.phase_times)
+        before = target.read_text(encoding="utf-8") if target.is_file() else ""
+        write_text_atomic(target, before + "".join(f"{phase}\t{seconds:.1f}\n" for phase, seconds in times.items()),
+                          what="--phase-times")
     return 0
 
 
@@ -214,7 +223,8 @@ def _paper(args) -> int:
 def _summary(args) -> int:
     from medclip_nb.study import write_summary
 
-    path = write_summary(args.metrics, args.out, wall_seconds=args.wall_seconds, params=args.params)
+    path = write_summary(args.metrics, args.out, wall_seconds=args.wall_seconds, params=args.params,
+                         phase_times=args.phase_times)
     print(f"summary written: {path}")
     return 0
 
@@ -309,6 +319,8 @@ def _add_data(sub) -> None:
     add_config_arguments(p, keys=("data_path", "mimic_root", "iu_reports", "iu_images", "frontal_views", "mimic_labels",
                                   "phantom_dir", "phantom_studies", "phantom_size", "phantom_seed",
                                   "phantom_test_studies", "image_store", "resize_size", "force"))
+    p.add_argument("--phase-times", "--phase_times", dest="phase_times", default=None, metavar="FILE",
+                   help="append 'phase<TAB>seconds' lines (phantom, prepare, image store) to FILE (make study)")
     p.set_defaults(func=_data)
 
 
@@ -482,6 +494,8 @@ def _add_summary(sub) -> None:
     p.add_argument("--wall-seconds", "--wall_seconds", dest="wall_seconds", type=float, default=None,
                    help="the study's wall time, shown in the summary")
     p.add_argument("--params", default=None, help="the parameter file the study ran with, shown in the summary")
+    p.add_argument("--phase-times", "--phase_times", dest="phase_times", default=None, metavar="FILE",
+                   help="'phase<TAB>seconds' lines (make study writes reports/phase_times.tsv), shown as a table")
     p.set_defaults(func=_summary)
 
 

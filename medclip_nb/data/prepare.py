@@ -4,6 +4,7 @@ what is missing (`python -m medclip_nb data`, `make study`, the notebooks' first
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from medclip_nb.config import Config
@@ -16,8 +17,10 @@ from medclip_nb.paths import resolve
 from medclip_nb.phantom import generate_phantom, phantom_is_current
 
 
-def ensure_dataset(cfg: Config, *, log=print) -> Path:
-    """Return the dataset file of `cfg`, building what is missing.
+def ensure_dataset(cfg: Config, *, log=print, times: dict[str, float] | None = None) -> Path:
+    """Return the dataset file of `cfg`, building what is missing; `times`, when given, receives the
+    seconds of each phase it ran ("phantom", "prepare" or "prepare (Open-i)", "image store"; `make
+    study`'s summary).
 
     - `data_path` exists and was not written by `prepare` (no prepare_report.json beside it):
       used as it is (real MIMIC-CXR or a hand-made file); nothing else is touched.
@@ -36,7 +39,9 @@ def ensure_dataset(cfg: Config, *, log=print) -> Path:
     if data_path.exists() and not ours:
         log(f"Using {data_path} as it is (not written by prepare)")
     elif cfg.iu_reports:
+        started = time.perf_counter()
         _ensure_iu(cfg, data_path, log)
+        _took(times, "prepare (Open-i)", started)
     elif cfg.mimic_root:
         source = resolve(cfg.mimic_root)
     else:
@@ -47,7 +52,9 @@ def ensure_dataset(cfg: Config, *, log=print) -> Path:
             log(f"Generating phantom MIMIC-CXR-JPG in {source} ({cfg.phantom_studies} studies"
                 + (f" + {cfg.phantom_test_studies} test studies" if cfg.phantom_test_studies else "")
                 + f", {cfg.phantom_size} px, seed {cfg.phantom_seed})")
+            started = time.perf_counter()
             generate_phantom(source, **shape, force=cfg.force)
+            _took(times, "phantom", started)
         if data_path.exists() and stale_reason(data_path):
             log(f"Removing {data_path}: prepared from an earlier phantom")
             data_path.unlink()  # ours: prepare_report.json beside it says so
@@ -60,11 +67,15 @@ def ensure_dataset(cfg: Config, *, log=print) -> Path:
         (data_path.parent / PREPARE_REPORT).unlink(missing_ok=True)
     if not data_path.exists() and not cfg.iu_reports:
         log(f"Preparing {source} -> {data_path.parent}")
+        started = time.perf_counter()
         prepare_mimic(source, data_path.parent, frontal_views=tuple(cfg.frontal_views), labels=cfg.mimic_labels)
         if data_path.name != "datasets.pkl":
             os.replace(data_path.parent / "datasets.pkl", data_path)
+        _took(times, "prepare", started)
     if cfg.image_store == "auto":
+        started = time.perf_counter()
         build_store(data_path, None, size=cfg.resize_size, image_root=cfg.image_root)
+        _took(times, "image store", started)
     return data_path
 
 
@@ -81,3 +92,8 @@ def _ensure_iu(cfg: Config, data_path: Path, log) -> None:
         return
     log(f"Preparing Open-i ({cfg.iu_reports} reports, {cfg.iu_images} images) -> {data_path.parent}")
     prepare_iu(data_path.parent, reports, cfg.iu_images, size=cfg.phantom_size, seed=cfg.phantom_seed, log=log)
+
+
+def _took(times: dict[str, float] | None, phase: str, started: float) -> None:
+    if times is not None:
+        times[phase] = time.perf_counter() - started

@@ -140,8 +140,35 @@ def _ablation_section(metrics: Mapping[str, Any]) -> list[str]:
             markdown_table(rows, {k: HEADLINE_NAMES[k] for k in keys}, "variant")]
 
 
+def read_phase_times(path: str | Path | None) -> list[tuple[str, float]]:
+    """`make study`'s phase times file: 'phase<TAB>seconds' lines (the `data` command writes the
+    phantom, prepare and image-store lines, the Makefile one per notebook); [] without a file,
+    and unreadable lines are skipped (the table is a report, not an input)."""
+    if path is None or not resolve(path).is_file():
+        return []
+    phases = []
+    for line in resolve(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        name, _, seconds = line.partition("\t")
+        try:
+            phases.append((name.strip(), float(seconds)))
+        except ValueError:
+            continue
+    return phases
+
+
+def phase_times_section(phases: list[tuple[str, float]], wall_seconds: float | None) -> list[str]:
+    """'## Where the time went': each phase's minutes and share of the wall time."""
+    if not phases:
+        return []
+    total = wall_seconds or sum(seconds for _, seconds in phases)
+    lines = ["", "## Where the time went", "", "| phase | min | share of the wall time |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {seconds / 60:.2f} | {seconds / total:.0%} |" for name, seconds in phases]
+    return lines
+
+
 def summary_markdown(metrics: Mapping[str, Any], *, wall_seconds: float | None = None,
-                     params: str | None = None, when: _dt.datetime | None = None) -> str:
+                     params: str | None = None, when: _dt.datetime | None = None,
+                     phases: list[tuple[str, float]] | None = None) -> str:
     """The text of summary.md for a metrics.json mapping {model name: metrics, 'ablation': ...}."""
     import torch
 
@@ -168,6 +195,7 @@ def summary_markdown(metrics: Mapping[str, Any], *, wall_seconds: float | None =
                   markdown_table(models, {**HEADLINE_NAMES, **_rule_columns(models)}, "model")]
     lines += _localisation_section(metrics)
     lines += _ablation_section(metrics)
+    lines += phase_times_section(phases or [], wall_seconds)
     return "\n".join(lines) + "\n"
 
 
@@ -190,7 +218,7 @@ def _five_x_200_size(metrics: Mapping[str, Any]) -> int | None:
 
 
 def write_summary(metrics_path: str | Path, out_path: str | Path, *, wall_seconds: float | None = None,
-                  params: str | None = None) -> Path:
+                  params: str | None = None, phase_times: str | Path | None = None) -> Path:
     """Write summary.md from metrics.json (atomic: a reader never sees half a file)."""
     metrics_path, out_path = resolve(metrics_path), resolve(out_path)
     try:
@@ -201,5 +229,5 @@ def write_summary(metrics_path: str | Path, out_path: str | Path, *, wall_second
         raise DataError(f"{metrics_path}: not a readable metrics.json ({str(e).splitlines()[0]})") from None
     if not isinstance(metrics, dict):
         raise DataError(f"{metrics_path}: expected a JSON object of models, got {type(metrics).__name__}")
-    text = summary_markdown(metrics, wall_seconds=wall_seconds, params=params)
+    text = summary_markdown(metrics, wall_seconds=wall_seconds, params=params, phases=read_phase_times(phase_times))
     return write_text_atomic(out_path, text, what="--out")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from medclip_nb.config import Config
 from medclip_nb.errors import ConfigError
@@ -50,7 +51,10 @@ def parse_setting(text: str) -> tuple[str, dict[str, Any]]:
         key, equals, value = item.partition("=")
         if not equals:
             raise ConfigError(f"--settings: {item!r} is not key=value")
-        overrides[key.strip()] = value.strip()  # checked and converted as a flag's value by Config
+        try:  # a value as YAML reads it (2, 0.5, true, resnet18); Config checks it
+            overrides[key.strip()] = yaml.safe_load(value.strip())
+        except yaml.YAMLError:
+            raise ConfigError(f"--settings: {item!r} is not key=value") from None
     return name, overrides
 
 

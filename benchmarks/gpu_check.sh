@@ -101,8 +101,8 @@ use_amp: true
 save_steps: 5
 EOF
   steps=40; ddp_steps=20
-  # 420 full-size studies keep about 280 frontal training images: more than one batch of 256.
-  bench=(--config params/full.yaml --phantom 420 --steps 12)
+  # 440 full-size studies keep about 300 frontal training images: more than one batch of 256.
+  bench=(--config params/full.yaml --phantom 440 --steps 12)
   compile_backend=inductor
 fi
 train_cfg=(--config "$work/check.yaml")

@@ -173,7 +173,7 @@ def test_bench_train_runs_old_and_new_side_by_side(tiny_dataset, tmp_path, threa
     rows = time_settings(cfg, ["old", "new:cpu_threads=1"], steps=4, warmup=1, rounds=1, folder=tmp_path)
     assert [r["setting"] for r in rows] == ["old", "new:cpu_threads=1"]
     assert all(r["pairs_per_s"][0] > 0 for r in rows) and rows[0]["ratio_median"] == 1.0
-    assert rows[0]["threads"].endswith("config key cpu_threads") and rows[1]["threads"].startswith("1 CPU")
+    assert rows[0]["threads"].endswith("torch's own count") and rows[1]["threads"].startswith("1 CPU")
     assert runtime.CPU_CHOICES == runtime.CpuChoices()  # the old setting's choices were put back
 
 

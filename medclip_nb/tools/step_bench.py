@@ -6,7 +6,8 @@ Rows (each a training step on one synthetic batch already in memory, as `train()
 
     fp32 GEMM          torch.mm of two n x n fp32 matrices: the machine's limit, 1 thread and all
     ours / open_clip   the same network (a ResNet-50 image tower and a transformer text tower of the
-                       config's size) in each project's own code and step, one thread: ours, and
+                       config's size) in each project's own code and step, one thread: ours (also
+                       with the CPU choices of before issue 29, EARLIER_CHOICES), and
                        open_clip's `open_clip_train.train.train_one_epoch` on timm's resnet50 and
                        its TextTransformer, with the AdamW groups of its main.py (an optional
                        dependency: pip install -e .[bench]); nothing is downloaded
@@ -42,6 +43,8 @@ from medclip_nb.runtime import available_cores, cpu_choices, set_backend_flags, 
 from medclip_nb.train import build_train_step
 
 GEMM_SIDE = 2048
+# runtime.CPU_CHOICES as they were before issue 29 (bench-train's 'old' setting has the same).
+EARLIER_CHOICES = {"nan_fill": True, "adamw": "for-loop", "channels_last": False}
 
 
 @dataclass
@@ -203,7 +206,7 @@ def build_rows(cfg: Config, study_cfg: Config, levers: bool = True) -> list[Row]
     if theirs is None:
         print("bench-step: open_clip is not installed (pip install -e .[bench]): its row is left out")
     else:
-        rows.append(theirs)
+        rows += [theirs, our_row("ours before issue 29", cfg, 1, **EARLIER_CHOICES)]
     rows += [our_row("ours", cfg, cores), our_row("study model", study_cfg, cores),
              our_row("study model", study_cfg, 1)]
     if levers:
@@ -260,8 +263,11 @@ def summarize(rows: list[Row], cfg: Config, study_cfg: Config, steps: int, round
     ratios = {}
     ours, theirs = by_name[("ours", 1)], by_name.get(("open_clip (same network)", 1))
     if theirs is not None:
+        before = by_name[("ours before issue 29", 1)]
         ratios["ours_over_open_clip_1_thread"] = {"wall": paired_ratio(ours.wall, theirs.wall),
                                                   "cpu": paired_ratio(ours.cpu, theirs.cpu)}
+        ratios["ours_before_issue_29_over_open_clip_1_thread"] = {"wall": paired_ratio(before.wall, theirs.wall),
+                                                                  "cpu": paired_ratio(before.cpu, theirs.cpu)}
     base = by_name[("study model", 1)]
     for row in rows:
         if row.name.startswith("  with"):
@@ -290,7 +296,9 @@ def format_report(report: dict[str, Any]) -> str:
                      f"{r['gflop_per_step']:>10.2f} {r['gflop_per_s']:>8.1f} {fraction}")
     for name, ratio in report["ratios"].items():
         wall, cpu = ratio["wall"], ratio["cpu"]
-        label = "ours / open_clip, pairs/s" if name.startswith("ours_over") else f"{name}: time / ours"
+        label = {"ours_over_open_clip_1_thread": "ours / open_clip, pairs/s",
+                 "ours_before_issue_29_over_open_clip_1_thread": "ours before issue 29 / open_clip"}.get(
+            name, f"{name}: time / ours")
         lines.append(f"{label:<40} {wall['median']:.3f} [{wall['min']:.3f}-{wall['max']:.3f}] by wall time, "
                      f"{cpu['median']:.3f} [{cpu['min']:.3f}-{cpu['max']:.3f}] by CPU time")
     return "\n".join(lines)

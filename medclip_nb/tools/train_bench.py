@@ -32,10 +32,9 @@ import yaml
 from medclip_nb.config import Config
 from medclip_nb.errors import ConfigError
 from medclip_nb.runtime import cpu_choices
+from medclip_nb.tools.step_bench import EARLIER_CHOICES
 from medclip_nb.train import train
 
-# The runtime.CPU_CHOICES fields of the earlier trainer.
-OLD_CHOICES = {"nan_fill": True, "adamw": "for-loop", "channels_last": False}
 SETTING_NAMES = ("old", "threads", "new")
 
 
@@ -100,10 +99,11 @@ def time_settings(cfg: Config, settings: list[str], steps: int = 30, warmup: int
         for number in range(rounds):
             for index, ((name, _), run_cfg) in enumerate(zip(parsed, configs)):
                 lines: list[str] = []
-                with cpu_choices(**OLD_CHOICES) if name == "old" else nullcontext():
+                with cpu_choices(**EARLIER_CHOICES) if name == "old" else nullcontext():
                     result = train(run_cfg.replace(model_save_path=str(root / f"{index}-{number}")), log=lines.append)
-                threads[index] = next((line[len("Training... ("):-1] for line in lines
-                                       if line.startswith("Training... (")), "")
+                threads[index] = (f"{default_threads} CPU thread(s): torch's own count" if name == "old" else
+                                  next((line[len("Training... ("):-1] for line in lines
+                                        if line.startswith("Training... (")), ""))
                 rate, timed = window_pairs_per_s(result.history, run_cfg.batch_size, warmup)
                 rates[index].append(rate)
                 print(f"bench-train: round {number + 1}/{rounds}, {settings[index]}: {rate:.1f} pairs/s over "

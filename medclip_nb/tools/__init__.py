@@ -1,13 +1,13 @@
 """tools stage: benchmarks and the fuzzer.
 
-A lazy facade (PEP 562), as data and text have: `python -m medclip_nb.tools.gpu_check`, run many
-times by benchmarks/gpu_check.sh, need not import torch and every benchmark first.
+A lazy facade (`medclip_nb.lazy_exports`), as data and text have: `python -m
+medclip_nb.tools.gpu_check`, run many times by benchmarks/gpu_check.sh, need not import torch and
+every benchmark first.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from medclip_nb import lazy_exports
 
 # name -> the submodule that defines it, loaded on first use
 _PUBLIC = {
@@ -19,15 +19,4 @@ _PUBLIC = {
     "main_bench_train": "medclip_nb.tools.train_bench",
 }
 __all__ = sorted(_PUBLIC)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _PUBLIC:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC)

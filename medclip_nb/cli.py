@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Callable, Mapping
 
 from medclip_nb.config import CONFIG_KEYS
@@ -63,18 +62,12 @@ def _prepare_iu(args) -> int:
 
 
 def _data(args) -> int:
-    from medclip_nb.data import ensure_dataset
+    from medclip_nb.data import append_phase_times, ensure_dataset
 
     times: dict[str, float] = {}
-    path = ensure_dataset(config_from_args(args), times=times)
-    print(f"dataset ready: {path}")
-    if args.phase_times:  # make study: one "phase<TAB>seconds" line per phase run, for summary.md
-        from medclip_nb.files import write_text_atomic
-
-        target = Path(args.phase_times)
-        before = target.read_text(encoding="utf-8") if target.is_file() else ""
-        write_text_atomic(target, before + "".join(f"{phase}\t{seconds:.1f}\n" for phase, seconds in times.items()),
-                          what="--phase-times")
+    print(f"dataset ready: {ensure_dataset(config_from_args(args), times=times)}")
+    if args.phase_times:  # make study: summary.md's "Where the time went"
+        append_phase_times(args.phase_times, times)
     return 0
 
 
@@ -160,17 +153,16 @@ def _bench(args) -> int:
     cfg = config_from_args(args)
     from medclip_nb.tools import BenchOptions, run_bench
 
-    skip = tuple(name.strip() for name in args.skip.split(",") if name.strip())
-    run_bench(cfg, BenchOptions(phantom=args.phantom, phantom_size=args.phantom_height, steps=args.steps, skip=skip,
+    run_bench(cfg, BenchOptions(phantom=args.phantom, phantom_size=args.phantom_height, steps=args.steps,
+                                skip=tuple(filter(None, map(str.strip, args.skip.split(",")))),
                                 json_path=args.json, prepare_only=args.prepare_only))
     return 0
 
 
 def _bench_step(args) -> int:
-    cfg = config_from_args(args)
     from medclip_nb.tools import run_step_bench
 
-    run_step_bench(cfg, load_config(args.study), steps=args.steps, rounds=args.rounds, levers=not args.no_levers)
+    run_step_bench(config_from_args(args), load_config(args.study), steps=args.steps, rounds=args.rounds)
     return 0
 
 
@@ -178,8 +170,7 @@ def _bench_train(args) -> int:
     cfg = config_from_args(args)
     from medclip_nb.tools import main_bench_train
 
-    settings = [s for s in args.settings.split(";") if s.strip()]
-    main_bench_train(cfg, args.config or "the defaults", settings, args.steps, args.untimed, args.rounds)
+    main_bench_train(cfg, args.config or "the defaults", args.settings, args.steps, args.untimed, args.rounds)
     return 0
 
 
@@ -434,9 +425,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--phantom-height", "--phantom_height", dest="phantom_height", type=int, default=3056,
                    help="--phantom's image height in pixels (default: 3056, full MIMIC-CXR size)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default: 20)")
-    p.add_argument("--skip", default="", help="measurements to leave out, comma-separated (model_only, "
-                                             "store_end_to_end, store_data_only, jpeg_end_to_end, jpeg_data_only, "
-                                             "device_augment_only)")
+    p.add_argument("--skip", default="", help="measurements to leave out, comma-separated (see benchmarks/README.md)")
     p.add_argument("--json", default=None, metavar="FILE",
                    help="write the results here (default: benchmarks/results-<device>-<date>[-compiled].json)")
     p.add_argument("--prepare-only", "--prepare_only", dest="prepare_only", action="store_true",
@@ -445,14 +434,12 @@ def _add_bench(sub) -> None:
 
 
 def _add_bench_step(sub) -> None:
-    p = sub.add_parser("bench-step", help="our training step against open_clip's and the machine's fp32 GEMM rate "
-                                          "(make bench)")
+    p = sub.add_parser("bench-step", help="our training step against open_clip's and the GEMM rate (make bench)")
     add_config_arguments(p)
     p.add_argument("--study", default="params/debug.yaml",
                    help="config of the study model, timed on all cores and with each earlier choice put back")
     p.add_argument("--steps", type=_at_least_one, default=3, help="steps per row and round (default: 3)")
     p.add_argument("--rounds", type=_at_least_one, default=4, help="interleaved rounds (default: 4)")
-    p.add_argument("--no-levers", action="store_true", help="leave out the study model's rows with earlier choices")
     p.set_defaults(func=_bench_step)
 
 

@@ -87,6 +87,14 @@ def uses_channels_last(device: torch.device, enabled: bool) -> bool:
     return enabled and (device.type == "cuda" or CPU_CHOICES.channels_last)
 
 
+def place_model(model: torch.nn.Module, device: torch.device | str, channels_last: bool) -> torch.nn.Module:
+    """`model` on `device`, in channels_last where `uses_channels_last` says so: training, evaluation
+    and a reloaded checkpoint run the same convolution kernels (and so give the same numbers)."""
+    device = torch.device(device)
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if uses_channels_last(device, channels_last) else model
+
+
 def set_backend_flags(device: torch.device, *, deterministic_cpu: bool = False) -> None:
     """TF32 matmuls and cuDNN autotuning on the GPU; on the CPU, optionally, deterministic
     kernels ("same seed, same config on CPU: the same losses, to the last digit"), without the

@@ -92,7 +92,8 @@ def test_train_says_its_threads_and_puts_the_callers_settings_back(tiny_dataset,
             seen.update(threads=torch.get_num_threads(), fill=torch.utils.deterministic.fill_uninitialized_memory)
 
     train(cfg, log=look)
-    assert "Training... (1 CPU thread(s), config key cpu_threads)" in lines
+    assert any(line.startswith("Training... (2 steps: ") and line.endswith("; 1 CPU thread(s), config key cpu_threads)")
+               for line in lines), lines
     assert seen == {"threads": 1, "fill": runtime.CPU_CHOICES.nan_fill}
     assert torch.get_num_threads() == 2 and torch.utils.deterministic.fill_uninitialized_memory is True
     assert not torch.are_deterministic_algorithms_enabled()

@@ -257,7 +257,9 @@ def test_progress_totals_and_epoch_count_follow_max_steps(tiny_dataset, tmp_path
     train(cfg, log=lines.append)
     # Ten epochs asked for, max_steps ends the run one batch into the second: 2 epochs, the last of 1 batch.
     assert bars == [("Epoch 1/2", batches, 0), ("Epoch 2/2", 1, 0)]
-    assert f"Training... ({batches + 1} steps: 2 epoch(s) of up to {batches} batches)" in lines
+    # ... and the CPU threads it uses (OMP_NUM_THREADS=1 here, one_thread_no_bars)
+    assert f"Training... ({batches + 1} steps: 2 epoch(s) of up to {batches} batches; 1 CPU thread(s), " \
+           f"OMP_NUM_THREADS=1)" in lines
     bars.clear()
     train(cfg.replace(max_steps=batches + 2, resume_from="latest"), log=quiet)
     assert bars == [("Epoch 2/2", 2, 1)]  # resumed after its first batch, one more to go

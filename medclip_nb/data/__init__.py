@@ -56,6 +56,7 @@ _PUBLIC = {
     "read_box_table": "medclip_nb.data.regions",
     "read_regions_file": "medclip_nb.data.regions",
     "regions_document": "medclip_nb.data.regions",
+    "append_phase_times": "medclip_nb.data.prepare",
     "ensure_dataset": "medclip_nb.data.prepare",
     "describe_phantom": "medclip_nb.data.provenance",
     "foreign_file": "medclip_nb.data.provenance",

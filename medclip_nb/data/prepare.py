@@ -13,6 +13,7 @@ from medclip_nb.data.mimic import prepare_mimic
 from medclip_nb.data.provenance import PREPARE_REPORT, prepare_record, stale_reason
 from medclip_nb.data.store_build import build_store
 from medclip_nb.errors import ConfigError
+from medclip_nb.files import write_text_atomic
 from medclip_nb.paths import resolve
 from medclip_nb.phantom import generate_phantom, phantom_is_current
 
@@ -97,3 +98,12 @@ def _ensure_iu(cfg: Config, data_path: Path, log) -> None:
 def _took(times: dict[str, float] | None, phase: str, started: float) -> None:
     if times is not None:
         times[phase] = time.perf_counter() - started
+
+
+def append_phase_times(path: str | os.PathLike, times: dict[str, float]) -> Path:
+    """Add one 'phase<TAB>seconds' line per entry of `times` to the file at `path` (make study's
+    phase times, read by study.summary), rewritten atomically."""
+    target = Path(path)
+    before = target.read_text(encoding="utf-8") if target.is_file() else ""
+    lines = "".join(f"{phase}\t{seconds:.1f}\n" for phase, seconds in times.items())
+    return write_text_atomic(target, before + lines, what="--phase-times")

@@ -25,6 +25,7 @@ from medclip_nb.files import TEMP_INFIX, fsync_path, temp_path
 from medclip_nb.model.checkpoint_check import MODEL_PARTS, check_checkpoint
 from medclip_nb.model.encoders import build_model
 from medclip_nb.paths import resolve
+from medclip_nb.runtime import place_model
 from medclip_nb.text import tokenizer_from_json
 
 CHECKPOINT_SUFFIX = ".pth"
@@ -257,7 +258,7 @@ def model_from_state(state: dict, p: Path, device: str | torch.device = "cpu"):
         model.load_state_dict(state["model"])
     except RuntimeError as e:
         raise CheckpointError(f"{p}: weights do not fit the stored config ({_first_line(e)})") from None
-    model.to(device).eval()
+    model = place_model(model, device, cfg.channels_last).eval()  # the memory format training used
     return model, tokenizer, cfg
 
 

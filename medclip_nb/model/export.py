@@ -38,6 +38,7 @@ from medclip_nb.model.checkpoint_check import MODEL_PARTS, check_checkpoint
 from medclip_nb.model.encoders import build_model
 from medclip_nb.model.export_card import architecture, check_metrics_entry, model_card, training_record
 from medclip_nb.paths import resolve
+from medclip_nb.runtime import place_model
 from medclip_nb.text import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, tokenizer_files, tokenizer_from_json
 
 EXPORT_FORMAT = "medclip-nb-export"
@@ -206,4 +207,4 @@ def load_export(folder: str | os.PathLike, device: str | torch.device = "cpu"):
         model.load_state_dict(weights)
     except RuntimeError as e:
         raise CheckpointError(f"{weights_path}: weights do not fit {CONFIG_FILE} ({str(e).splitlines()[0]})") from None
-    return model.to(device).eval(), tokenizer, cfg
+    return place_model(model, device, cfg.channels_last).eval(), tokenizer, cfg

@@ -19,6 +19,7 @@ Settings are named; `name:key=value,...` adds config keys to a named one:
 
 from __future__ import annotations
 
+import re
 import shutil
 import statistics
 import tempfile
@@ -36,6 +37,7 @@ from medclip_nb.tools.step_bench import EARLIER_CHOICES
 from medclip_nb.train import train
 
 SETTING_NAMES = ("old", "threads", "new")
+THREAD_WORDS = re.compile(r"^Training\.\.\. \(.*?(\d+ CPU thread\(s\)[^;]*?)\)$")  # train()'s first line
 
 
 def parse_setting(text: str) -> tuple[str, dict[str, Any]]:
@@ -102,8 +104,7 @@ def time_settings(cfg: Config, settings: list[str], steps: int = 30, warmup: int
                 with cpu_choices(**EARLIER_CHOICES) if name == "old" else nullcontext():
                     result = train(run_cfg.replace(model_save_path=str(root / f"{index}-{number}")), log=lines.append)
                 threads[index] = (f"{default_threads} CPU thread(s): torch's own count" if name == "old" else
-                                  next((line[len("Training... ("):-1] for line in lines
-                                        if line.startswith("Training... (")), ""))
+                                  next((m.group(1) for m in map(THREAD_WORDS.search, lines) if m), ""))
                 rate, timed = window_pairs_per_s(result.history, run_cfg.batch_size, warmup)
                 rates[index].append(rate)
                 print(f"bench-train: round {number + 1}/{rounds}, {settings[index]}: {rate:.1f} pairs/s over "
@@ -131,10 +132,12 @@ def format_rows(rows: list[dict[str, Any]], cfg_name: str, steps: int, warmup: i
     return "\n".join(lines)
 
 
-def main_bench_train(cfg: Config, cfg_name: str, settings: list[str], steps: int, warmup: int,
+def main_bench_train(cfg: Config, cfg_name: str, settings: str, steps: int, warmup: int,
                      rounds: int) -> list[dict[str, Any]]:
+    """`bench-train`: `settings` separated by ';' (module docstring), timed and printed."""
+    settings = [s.strip() for s in settings.split(";") if s.strip()]
     if warmup >= steps:
         raise ConfigError(f"--untimed {warmup} leaves no timed step of --steps {steps}")
-    rows = time_settings(cfg, settings, steps, warmup, rounds)
+    rows = time_settings(cfg, list(settings), steps, warmup, rounds)
     print(format_rows(rows, cfg_name, steps, warmup))
     return rows

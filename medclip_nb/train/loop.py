@@ -30,11 +30,11 @@ from medclip_nb.progress import progress as progress_display
 from medclip_nb.runtime import (
     GlobalFlags,
     World,
+    place_model,
     set_backend_flags,
     set_cpu_threads,
     start_distributed,
     stop_distributed,
-    uses_channels_last,
 )
 from medclip_nb.text import tokenizer_from_json
 from medclip_nb.train.guard import NonfiniteStreak
@@ -318,12 +318,10 @@ def setup_run(cfg: Config, world: World, device: torch.device, say) -> Run:
     say("Creating model...")
     for seed in (torch.manual_seed, np.random.seed, random.seed):
         seed(cfg.seed)
-    raw_model = build_model(cfg, data.tokenizer).to(device)
+    raw_model = place_model(build_model(cfg, data.tokenizer), device, cfg.channels_last)
     if uses_precomputed_text(cfg):  # the features file is read with the model: check the indices now
         check_clip_index_rows(data.splits, raw_model.text_encoder, resolve(cfg.data_path))
     say(f"Model parameters: {count_parameters(raw_model):,}")
-    if uses_channels_last(device, cfg.channels_last):
-        raw_model = raw_model.to(memory_format=torch.channels_last)
     batches_per_epoch = len(data.train_loader)
     total_steps = batches_per_epoch * cfg.num_epochs
     total_steps = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps

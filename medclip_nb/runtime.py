@@ -48,7 +48,7 @@ class CpuChoices:
 
     `nan_fill`: deterministic mode fills every new tensor with NaN, so that a kernel reading
     memory it never wrote shows it; our kernels read only what they write (the same losses to
-    the last digit either way), and the fill cost 5-10 % of a CPU step. `adamw`: 'fused' (one
+    the last digit either way), and the fill cost 3-8 % of a CPU step. `adamw`: 'fused' (one
     kernel over all parameters), 'foreach' or 'for-loop' (torch's default on the CPU).
     `channels_last`: NHWC images and conv weights on the CPU too (config key channels_last),
     which oneDNN's convolutions prefer."""

@@ -59,10 +59,11 @@ def _empty_batch(max_length: int) -> dict[str, torch.Tensor]:
 
 def trim_padding(encoded: dict[str, torch.Tensor], tokenizer) -> dict[str, torch.Tensor]:
     """`encoded` (from `tokenizer.encode`) cut to its longest text: every row keeps its real
-    tokens and the columns that are padding in every row go. Reports average about two thirds
-    of the 64 tokens of params/debug.yaml, so the text tower's work shrinks by about a third;
-    the encoders' masked mean makes the embedding independent of the padded length. A
-    fixed-length tokenizer (the seed's characters: its model reads exactly 50) is left alone."""
+    tokens and the columns that are padding in every row go; the encoders' masked mean makes
+    the embedding independent of the padded length. With one sentence per report a batch of
+    params/debug.yaml is ~15 tokens wide instead of 64, and prompts a few; its whole reports keep
+    64 (a batch of 32 always holds one that fills it). A fixed-length tokenizer (the seed's
+    characters: its model reads exactly 50) is left alone."""
     if getattr(tokenizer, "fixed_length", False) or encoded["input_ids"].shape[0] == 0:
         return encoded
     width = max(int(encoded["attention_mask"].sum(dim=1).max()), 1)

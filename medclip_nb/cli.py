@@ -12,8 +12,9 @@ import sys
 from typing import Callable, Mapping
 
 from medclip_nb.config import CONFIG_KEYS
-from medclip_nb.config_load import add_config_arguments, config_from_args, load_config
+from medclip_nb.config_load import add_config_arguments, at_least_one, config_from_args, load_config
 from medclip_nb.errors import UserError, one_line
+from medclip_nb.tools import add_bench_parsers
 
 # A store row is size x size bytes: 100000 would ask for a 580 GB memory map.
 STORE_SIZES = range(8, 4097)
@@ -149,31 +150,6 @@ def _export(args) -> int:
     return 0
 
 
-def _bench(args) -> int:
-    cfg = config_from_args(args)
-    from medclip_nb.tools import BenchOptions, run_bench
-
-    run_bench(cfg, BenchOptions(phantom=args.phantom, phantom_size=args.phantom_height, steps=args.steps,
-                                skip=tuple(filter(None, map(str.strip, args.skip.split(",")))),
-                                json_path=args.json, prepare_only=args.prepare_only))
-    return 0
-
-
-def _bench_step(args) -> int:
-    from medclip_nb.tools import run_step_bench
-
-    run_step_bench(config_from_args(args), load_config(args.study), steps=args.steps, rounds=args.rounds)
-    return 0
-
-
-def _bench_train(args) -> int:
-    cfg = config_from_args(args)
-    from medclip_nb.tools import main_bench_train
-
-    main_bench_train(cfg, args.config or "the defaults", args.settings, args.steps, args.untimed, args.rounds)
-    return 0
-
-
 def _bench_ablation(args) -> int:
     cfg = config_from_args(args)
     from medclip_nb.tools import main_bench_ablation
@@ -191,16 +167,6 @@ def _workers_list(text: str) -> list[int]:
     if not values or min(values) < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of counts such as 0,2")
     return values
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
 
 
 def _paper(args) -> int:
@@ -389,7 +355,7 @@ def _add_retrieve(sub) -> None:
                    help="the report bank: a dataset file (.pkl, .jsonl, .csv) or a text file, one report per line")
     p.add_argument("--splits", default=None,
                    help="comma-separated splits of a dataset file to search (default: train,val,test)")
-    p.add_argument("-k", type=_at_least_one, default=5, help="reports per image (default: 5)")
+    p.add_argument("-k", type=at_least_one, default=5, help="reports per image (default: 5)")
     p.add_argument("--csv", default=None, metavar="FILE", help="also write the table (whole reports) as CSV")
     add_config_arguments(p, keys=("eval_batch_size", "num_workers", "gpu_id", "on_bad_image"))
     p.set_defaults(func=_retrieve)
@@ -417,52 +383,13 @@ def _add_export(sub) -> None:
     p.set_defaults(func=_export)
 
 
-def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="throughput benchmark: model-only vs end-to-end from the store and from JPEGs")
-    add_config_arguments(p)
-    p.add_argument("--phantom", type=int, default=None,
-                   help="build a phantom of N studies at full MIMIC-CXR size for the raw-JPEG path")
-    p.add_argument("--phantom-height", "--phantom_height", dest="phantom_height", type=int, default=3056,
-                   help="--phantom's image height in pixels (default: 3056, full MIMIC-CXR size)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default: 20)")
-    p.add_argument("--skip", default="", help="measurements to leave out, comma-separated (see benchmarks/README.md)")
-    p.add_argument("--json", default=None, metavar="FILE",
-                   help="write the results here (default: benchmarks/results-<device>-<date>[-compiled].json)")
-    p.add_argument("--prepare-only", "--prepare_only", dest="prepare_only", action="store_true",
-                   help="with --phantom: build the phantom, its dataset and image store, then stop")
-    p.set_defaults(func=_bench)
-
-
-def _add_bench_step(sub) -> None:
-    p = sub.add_parser("bench-step", help="our training step against open_clip's and the GEMM rate (make bench)")
-    add_config_arguments(p)
-    p.add_argument("--study", default="params/debug.yaml",
-                   help="config of the study model, timed on all cores and with each earlier choice put back")
-    p.add_argument("--steps", type=_at_least_one, default=3, help="steps per row and round (default: 3)")
-    p.add_argument("--rounds", type=_at_least_one, default=4, help="interleaved rounds (default: 4)")
-    p.set_defaults(func=_bench_step)
-
-
-def _add_bench_train(sub) -> None:
-    p = sub.add_parser("bench-train", help="training pairs/s under several settings (old, threads, new), side by "
-                                           "side in one run (make bench-train)")
-    add_config_arguments(p)
-    p.add_argument("--settings", default="old;new",
-                   help="settings separated by ';', each old, threads or new, optionally with config keys: "
-                        "'new:num_workers=1' (default: old;new)")
-    p.add_argument("--steps", type=_at_least_one, default=30, help="steps per run (default: 30)")
-    p.add_argument("--untimed", type=int, default=6, help="first steps of a run left out of its pairs/s (default: 6)")
-    p.add_argument("--rounds", type=_at_least_one, default=3, help="interleaved rounds (default: 3)")
-    p.set_defaults(func=_bench_train)
-
-
 def _add_bench_ablation(sub) -> None:
     p = sub.add_parser("bench-ablation", help="time one run of each kind in make ablation's plan (train + scoring), "
                                               "side by side, and what the plan's runs come to")
     add_config_arguments(p)
     p.add_argument("--workers", type=_workers_list, default=[0],
                    help="num_workers settings to compare, comma-separated (default: 0)")
-    p.add_argument("--rounds", type=_at_least_one, default=2,
+    p.add_argument("--rounds", type=at_least_one, default=2,
                    help="interleaved rounds; medians are printed (default: 2)")
     p.set_defaults(func=_bench_ablation)
 
@@ -472,6 +399,35 @@ def _add_paper(sub) -> None:
                                      "our numbers beside the paper's (make paper)")
     add_config_arguments(p)
     p.set_defaults(func=_paper)
+
+
+def _bench(args) -> int:
+    cfg = config_from_args(args)
+    from medclip_nb.tools import BenchOptions, run_bench
+
+    run_bench(cfg, BenchOptions(phantom=args.phantom, phantom_size=args.phantom_height, steps=args.steps,
+                                skip=tuple(filter(None, map(str.strip, args.skip.split(",")))),
+                                json_path=args.json, prepare_only=args.prepare_only))
+    return 0
+
+
+def _bench_step(args) -> int:
+    from medclip_nb.tools import run_step_bench
+
+    run_step_bench(config_from_args(args), load_config(args.study), steps=args.steps, rounds=args.rounds)
+    return 0
+
+
+def _bench_train(args) -> int:
+    cfg = config_from_args(args)
+    from medclip_nb.tools import main_bench_train
+
+    main_bench_train(cfg, args.config or "the defaults", args.settings, args.steps, args.untimed, args.rounds)
+    return 0
+
+
+def _add_bench_commands(sub) -> None:
+    add_bench_parsers(sub, {"bench": _bench, "bench-step": _bench_step, "bench-train": _bench_train})
 
 
 def _add_summary(sub) -> None:
@@ -518,13 +474,11 @@ _SUBCOMMANDS = (
     _add_retrieve,
     _add_embed,
     _add_export,
-    _add_bench,
+    _add_bench_commands,
     _add_summary,
     _add_paper,
     _add_bench_scale,
     _add_bench_ablation,
-    _add_bench_step,
-    _add_bench_train,
 )
 
 

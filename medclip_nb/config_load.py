@@ -92,3 +92,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, keys: tuple[str, ...] 
 def config_from_args(args: argparse.Namespace, keys: tuple[str, ...] = CONFIG_KEYS) -> Config:
     overrides = {k: getattr(args, k) for k in keys if hasattr(args, k)}
     return load_config(getattr(args, "config", None), overrides)
+
+
+def at_least_one(text: str) -> int:
+    """argparse type of a count flag: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value

@@ -1,0 +1,55 @@
+"""The flags of the CLI's benchmark subcommands `bench`, `bench-step` and `bench-train`
+(`add_bench_parsers`; cli.py gives each its handler). Argparse only: `--help` loads no torch."""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+from medclip_nb.config_load import add_config_arguments, at_least_one
+
+
+def add_bench(sub, func: Callable) -> None:
+    p = sub.add_parser("bench", help="throughput benchmark: model-only vs end-to-end from the store and from JPEGs")
+    add_config_arguments(p)
+    p.add_argument("--phantom", type=int, default=None,
+                   help="build a phantom of N studies at full MIMIC-CXR size for the raw-JPEG path")
+    p.add_argument("--phantom-height", "--phantom_height", dest="phantom_height", type=int, default=3056,
+                   help="--phantom's image height in pixels (default: 3056, full MIMIC-CXR size)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default: 20)")
+    p.add_argument("--skip", default="", help="measurements to leave out, comma-separated (see benchmarks/README.md)")
+    p.add_argument("--json", default=None, metavar="FILE",
+                   help="write the results here (default: benchmarks/results-<device>-<date>[-compiled].json)")
+    p.add_argument("--prepare-only", "--prepare_only", dest="prepare_only", action="store_true",
+                   help="with --phantom: build the phantom, its dataset and image store, then stop")
+    p.set_defaults(func=func)
+
+
+def add_bench_step(sub, func: Callable) -> None:
+    p = sub.add_parser("bench-step", help="our training step against open_clip's and the GEMM rate (make bench)")
+    add_config_arguments(p)
+    p.add_argument("--study", default="params/debug.yaml",
+                   help="config of the study model, timed on all cores and with each earlier choice put back")
+    p.add_argument("--steps", type=at_least_one, default=3, help="steps per row and round (default: 3)")
+    p.add_argument("--rounds", type=at_least_one, default=4, help="interleaved rounds (default: 4)")
+    p.set_defaults(func=func)
+
+
+def add_bench_train(sub, func: Callable) -> None:
+    p = sub.add_parser("bench-train", help="training pairs/s under several settings (old, threads, new), side by "
+                                           "side in one run (make bench-train)")
+    add_config_arguments(p)
+    p.add_argument("--settings", default="old;new",
+                   help="settings separated by ';', each old, threads or new, optionally with config keys: "
+                        "'new:num_workers=1' (default: old;new)")
+    p.add_argument("--steps", type=at_least_one, default=30, help="steps per run (default: 30)")
+    p.add_argument("--untimed", type=int, default=6, help="first steps of a run left out of its pairs/s (default: 6)")
+    p.add_argument("--rounds", type=at_least_one, default=3, help="interleaved rounds (default: 3)")
+    p.set_defaults(func=func)
+
+
+def add_bench_parsers(sub, handlers: Mapping[str, Callable]) -> None:
+    """Register bench, bench-step and bench-train on the CLI's subparsers, each running
+    `handlers[name]` (cli.py's, which load the benchmarks only when one runs)."""
+    add_bench(sub, handlers["bench"])
+    add_bench_step(sub, handlers["bench-step"])
+    add_bench_train(sub, handlers["bench-train"])

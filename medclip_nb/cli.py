@@ -158,17 +158,6 @@ def _bench_ablation(args) -> int:
     return 0
 
 
-def _workers_list(text: str) -> list[int]:
-    """--workers: comma-separated loader process counts, each 0 or more."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of counts such as 0,2")
-    return values
-
-
 def _paper(args) -> int:
     cfg = config_from_args(args)
     from medclip_nb.study import run_paper
@@ -383,17 +372,6 @@ def _add_export(sub) -> None:
     p.set_defaults(func=_export)
 
 
-def _add_bench_ablation(sub) -> None:
-    p = sub.add_parser("bench-ablation", help="time one run of each kind in make ablation's plan (train + scoring), "
-                                              "side by side, and what the plan's runs come to")
-    add_config_arguments(p)
-    p.add_argument("--workers", type=_workers_list, default=[0],
-                   help="num_workers settings to compare, comma-separated (default: 0)")
-    p.add_argument("--rounds", type=at_least_one, default=2,
-                   help="interleaved rounds; medians are printed (default: 2)")
-    p.set_defaults(func=_bench_ablation)
-
-
 def _add_paper(sub) -> None:
     p = sub.add_parser("paper", help="MedCLIP's protocol on CheXpert-5x200 and MIMIC-5x200 (yours or the phantom's), "
                                      "our numbers beside the paper's (make paper)")
@@ -427,7 +405,8 @@ def _bench_train(args) -> int:
 
 
 def _add_bench_commands(sub) -> None:
-    add_bench_parsers(sub, {"bench": _bench, "bench-step": _bench_step, "bench-train": _bench_train})
+    add_bench_parsers(sub, {"bench": _bench, "bench-step": _bench_step, "bench-train": _bench_train,
+                            "bench-scale": _bench_scale, "bench-ablation": _bench_ablation})
 
 
 def _add_summary(sub) -> None:
@@ -440,23 +419,6 @@ def _add_summary(sub) -> None:
     p.add_argument("--phase-times", "--phase_times", dest="phase_times", default=None, metavar="FILE",
                    help="'phase<TAB>seconds' lines (make study writes reports/phase_times.tsv), shown as a table")
     p.set_defaults(func=_summary)
-
-
-def _add_bench_scale(sub) -> None:
-    p = sub.add_parser("bench-scale", help="time every data step on synthetic MIMIC-CXR-size trees "
-                                           "(benchmarks/README.md)")
-    p.add_argument("--sizes", default="5000,60000,227827",
-                   help="studies per tree, comma-separated (full MIMIC: 227827)")
-    p.add_argument("--root", default="/tmp/medclip_scale", help="folder for the trees (removed afterwards unless "
-                                                                "--keep)")
-    p.add_argument("--store-size", "--store_size", dest="store_size", type=int, default=16,
-                   help="image store side in pixels (default: 16; the images are tiny)")
-    p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=2,
-                   help="loader and import worker processes (default: 2)")
-    p.add_argument("--no-compare", action="store_true", help="skip the second epoch with the old list-of-dicts records")
-    p.add_argument("--keep", action="store_true", help="keep the trees")
-    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    p.set_defaults(func=_bench_scale)
 
 
 # In the order `--help` lists them.
@@ -477,8 +439,6 @@ _SUBCOMMANDS = (
     _add_bench_commands,
     _add_summary,
     _add_paper,
-    _add_bench_scale,
-    _add_bench_ablation,
 )
 
 

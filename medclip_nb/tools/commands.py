@@ -1,11 +1,23 @@
-"""The flags of the CLI's benchmark subcommands `bench`, `bench-step` and `bench-train`
-(`add_bench_parsers`; cli.py gives each its handler). Argparse only: `--help` loads no torch."""
+"""The flags of the CLI's benchmark subcommands `bench`, `bench-step`, `bench-train`, `bench-scale`
+and `bench-ablation` (`add_bench_parsers`; cli.py gives each its handler). Argparse only: `--help` loads no torch."""
 
 from __future__ import annotations
 
+import argparse
 from typing import Callable, Mapping
 
 from medclip_nb.config_load import add_config_arguments, at_least_one
+
+
+def workers_list(text: str) -> list[int]:
+    """--workers: comma-separated loader process counts, each 0 or more."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of counts such as 0,2")
+    return values
 
 
 def add_bench(sub, func: Callable) -> None:
@@ -47,9 +59,39 @@ def add_bench_train(sub, func: Callable) -> None:
     p.set_defaults(func=func)
 
 
+def add_bench_scale(sub, func: Callable) -> None:
+    p = sub.add_parser("bench-scale", help="time every data step on synthetic MIMIC-CXR-size trees "
+                                           "(benchmarks/README.md)")
+    p.add_argument("--sizes", default="5000,60000,227827",
+                   help="studies per tree, comma-separated (full MIMIC: 227827)")
+    p.add_argument("--root", default="/tmp/medclip_scale", help="folder for the trees (removed afterwards unless "
+                                                                "--keep)")
+    p.add_argument("--store-size", "--store_size", dest="store_size", type=int, default=16,
+                   help="image store side in pixels (default: 16; the images are tiny)")
+    p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=2,
+                   help="loader and import worker processes (default: 2)")
+    p.add_argument("--no-compare", action="store_true", help="skip the second epoch with the old list-of-dicts records")
+    p.add_argument("--keep", action="store_true", help="keep the trees")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.set_defaults(func=func)
+
+
+def add_bench_ablation(sub, func: Callable) -> None:
+    p = sub.add_parser("bench-ablation", help="time one run of each kind in make ablation's plan (train + scoring), "
+                                              "side by side, and what the plan's runs come to")
+    add_config_arguments(p)
+    p.add_argument("--workers", type=workers_list, default=[0],
+                   help="num_workers settings to compare, comma-separated (default: 0)")
+    p.add_argument("--rounds", type=at_least_one, default=2,
+                   help="interleaved rounds; medians are printed (default: 2)")
+    p.set_defaults(func=func)
+
+
 def add_bench_parsers(sub, handlers: Mapping[str, Callable]) -> None:
-    """Register bench, bench-step and bench-train on the CLI's subparsers, each running
+    """Register bench, bench-step, bench-train, bench-scale and bench-ablation on the CLI's subparsers, each running
     `handlers[name]` (cli.py's, which load the benchmarks only when one runs)."""
     add_bench(sub, handlers["bench"])
     add_bench_step(sub, handlers["bench-step"])
     add_bench_train(sub, handlers["bench-train"])
+    add_bench_scale(sub, handlers["bench-scale"])
+    add_bench_ablation(sub, handlers["bench-ablation"])

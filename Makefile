@@ -10,7 +10,9 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PARAMS ?= params/debug.yaml
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
-export TQDM_MININTERVAL := 5
+# Seconds between plain progress lines in logs (make study: at least one line per 20 s of work).
+TQDM_MININTERVAL ?= 20
+export TQDM_MININTERVAL
 
 .PHONY: study test lab unit nbval ablation bench clean-study help
 help:
@@ -31,9 +33,17 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Headless runs turn progress bars off from outside the notebooks (TQDM_DISABLE), so stored and
-# executed outputs hold no bar; interactive runs (make lab, a terminal) keep them.
+# executed outputs hold no bar; long steps still print a plain line every TQDM_MININTERVAL seconds
+# (medclip_nb/progress.py). Interactive runs (make lab, a terminal) keep the bars. nbval compares
+# stored outputs, so its runs print no progress line at all (TQDM_MININTERVAL=inf).
 HEADLESS := TQDM_DISABLE=1
-NBVAL := $(PY) -m pytest --nbval --nbval-current-env notebooks -q -p no:cacheprovider
+NBVAL := TQDM_MININTERVAL=inf $(PY) -m pytest --nbval --nbval-current-env notebooks -q -p no:cacheprovider
+# Two messages every run would print are filtered out of the log, nothing else: the papermill
+# kernel's "running over TCP without encryption" (it listens on 127.0.0.1 only, for one notebook)
+# and nbconvert's "alternative text is missing" (its HTML template has no place for an image's alt
+# text; each figure's caption is the text beside it in the notebook).
+QUIET := 2> >(grep -v --line-buffered -e 'Kernel is running over TCP without encryption' \
+                                      -e 'Alternative text is missing' >&2)
 
 # Results go to the reports_dir of $(PARAMS) (reports/ for params/debug.yaml, reports/iu/ for params/iu.yaml).
 study: $(STAMP)
@@ -43,9 +53,9 @@ study: $(STAMP)
 	mkdir -p $$rd/figures; \
 	for nb in $(NOTEBOOKS); do \
 	  echo "== papermill $$nb -f $(PARAMS) -> $$rd"; \
-	  $(HEADLESS) $(VENV)/bin/papermill $$nb $$rd/$$(basename $$nb) -f $(PARAMS) --cwd . -k python3 --log-output --no-progress-bar; \
+	  $(HEADLESS) $(VENV)/bin/papermill $$nb $$rd/$$(basename $$nb) -f $(PARAMS) --cwd . -k python3 --log-output --no-progress-bar $(QUIET); \
 	done; \
-	$(VENV)/bin/jupyter nbconvert --to html --output-dir $$rd $$rd/0*.ipynb; \
+	$(VENV)/bin/jupyter nbconvert --to html --output-dir $$rd $$rd/0*.ipynb $(QUIET); \
 	$(PY) -m medclip_nb summary --metrics $$rd/metrics.json --out $$rd/summary.md \
 	  --params $(PARAMS) --wall-seconds $$(( $$(date +%s) - $$(cat .study-start) )); \
 	rm -f .study-start; \
@@ -84,7 +94,7 @@ ablation: $(STAMP)
 	mkdir -p reports
 	set -e; for nb in notebooks/03_pretrain.ipynb notebooks/04_analysis.ipynb; do \
 	  echo "== papermill $$nb -f params/ablation.yaml"; \
-	  $(HEADLESS) $(VENV)/bin/papermill $$nb reports/ablation_$$(basename $$nb) -f params/ablation.yaml --cwd . -k python3 --log-output --no-progress-bar; \
+	  $(HEADLESS) $(VENV)/bin/papermill $$nb reports/ablation_$$(basename $$nb) -f params/ablation.yaml --cwd . -k python3 --log-output --no-progress-bar $(QUIET); \
 	done
 	set -e; for key in ablation data_efficiency; do \
 	  $(PY) -c "from medclip_nb.study import copy_metrics_entry as c; c('reports/ablation/metrics.json', 'reports/metrics.json', '$$key')"; \

@@ -1,25 +1,37 @@
 """One progress display for every long step: training epochs, import, tokenizer, phantom,
-store build, embedding.
+store build, embedding, evaluation.
 
 In a Jupyter kernel: tqdm's notebook widget. On a terminal: a tqdm bar. Otherwise (a log file,
 a batch job, papermill): a plain line on stderr at most every ``TQDM_MININTERVAL`` seconds
 (default 10) and one when the step ends, so a log shows that a step is alive without
-carriage-return noise. ``TQDM_DISABLE=1`` turns both off; it is read at each call (tqdm itself
-reads it only once, at import), so a notebook or a test can set it at any time. Headless runs
-(`make study`, `make test`) set it from outside; no notebook sets it itself.
+carriage-return noise. ``TQDM_DISABLE=1`` (headless runs: `make study`, `make test`) turns the
+bars off but keeps the plain lines of long steps: a step prints a line every
+``TQDM_MININTERVAL`` seconds of work and its closing line only when it printed one, so a short
+step prints nothing (stored notebook outputs stay free of timings) and a long one shows it is
+alive. ``TQDM_MININTERVAL=inf`` silences even those. Both are read at each call (tqdm reads
+them only once, at import), so a notebook or a test can set them at any time; no notebook sets
+them itself.
+
+`working(desc)` covers a step no bar can count (a model fit, t-SNE): while it runs, a line
+every interval in which nothing else printed one.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
 _OFF = ("1", "true", "yes")
+_last_line = [0.0]  # time.monotonic() of the latest line any display printed
 
 
 def progress_disabled() -> bool:
+    """Whether the environment turns the bars off (TQDM_DISABLE)."""
     return os.environ.get("TQDM_DISABLE", "").strip().lower() in _OFF
 
 
@@ -30,19 +42,38 @@ def _interval() -> float:
         return 10.0
 
 
+def duration(seconds: float) -> str:
+    """'45 s', '12 min', '2.5 h'."""
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds < 100:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 6000 else f"{seconds / 3600:.1f} h"
+
+
+def say_progress(text: str, stream=None) -> None:
+    """Print one progress line on stderr (and note when, for `working`)."""
+    _last_line[0] = time.monotonic()
+    print(text, file=stream or sys.stderr, flush=True)
+
+
 class PlainProgress:
-    """tqdm's small interface (``update``, ``close``, iteration, ``n``) as periodic lines."""
+    """tqdm's small interface (``update``, ``close``, iteration, ``n``) as periodic lines.
+
+    `silent`: no line at all; `quiet_when_short`: the closing line only after a periodic one."""
 
     def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
-                 unit: str = "it", initial: int = 0, silent: bool = False, stream=None):
+                 unit: str = "it", initial: int = 0, silent: bool = False, stream=None,
+                 quiet_when_short: bool = False):
         self.iterable, self.desc, self.unit, self.silent = iterable, desc, unit, silent
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.total, self.n, self._initial = total, int(initial), int(initial)
-        self._stream = stream or sys.stderr
+        self._stream = stream
         self._start = self._last = time.monotonic()
         self._interval = _interval()
         self._closed = False
+        self._quiet_when_short, self._printed = quiet_when_short, False
         self.postfix = ""
 
     def _line(self, final: bool) -> None:
@@ -50,9 +81,16 @@ class PlainProgress:
         done = f"{self.n}/{self.total}" if self.total is not None else f"{self.n}"
         share = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
         rate = (self.n - self._initial) / elapsed if elapsed > 0 else 0.0
-        tail = f"done in {elapsed:.1f} s" if final else f"{elapsed:.0f} s, {rate:.0f} {self.unit}/s"
+        if final:
+            tail = f"done in {elapsed:.1f} s"
+        else:
+            tail = f"{elapsed:.0f} s, {rate:.0f} {self.unit}/s" if rate >= 10 else \
+                f"{elapsed:.0f} s, {rate:.2g} {self.unit}/s"
+            if self.total and rate > 0:
+                tail += f", ETA {duration((self.total - self.n) / rate)}"
         extra = f", {self.postfix}" if self.postfix else ""
-        print(f"{self.desc}: {done} {self.unit}{share}, {tail}{extra}", file=self._stream, flush=True)
+        self._printed = True
+        say_progress(f"{self.desc}: {done} {self.unit}{share}, {tail}{extra}", self._stream)
 
     def set_postfix(self, ordered_dict=None, refresh: bool = True, **values) -> None:
         """tqdm's set_postfix: the values are shown at the end of the next line."""
@@ -69,7 +107,7 @@ class PlainProgress:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if not self.silent:
+            if not self.silent and (self._printed or not self._quiet_when_short):
                 self._line(final=True)
 
     def __iter__(self) -> Iterator:
@@ -87,6 +125,31 @@ class PlainProgress:
         self.close()
 
 
+@contextmanager
+def working(desc: str, *, disable: bool = False):
+    """A line every `TQDM_MININTERVAL` seconds in which no other line was printed, while the
+    body runs: '<desc>: working, 40 s'. For steps no bar can count; nothing when it is short."""
+    interval = _interval()
+    if disable or not math.isfinite(interval):
+        yield
+        return
+    stop, start = threading.Event(), time.monotonic()
+
+    def beat() -> None:
+        while not stop.wait(min(interval, 1.0)):
+            now = time.monotonic()
+            if now - start >= interval and now - _last_line[0] >= interval:
+                say_progress(f"{desc}: working, {duration(now - start)}")
+
+    thread = threading.Thread(target=beat, name=f"progress: {desc}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _in_notebook() -> bool:
     try:
         from IPython import get_ipython
@@ -98,11 +161,12 @@ def _in_notebook() -> bool:
 
 def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
              initial: int = 0, disable: bool = False, leave: bool = True) -> Any:
-    """A notebook widget in Jupyter, a tqdm bar on a terminal, else a ``PlainProgress``; silent
-    with ``disable`` or ``TQDM_DISABLE``. Use it like tqdm: wrap an iterable, or call
-    ``update(n)``, ``set_postfix(...)`` and ``close()``."""
+    """A notebook widget in Jupyter, a tqdm bar on a terminal, else a ``PlainProgress``; with
+    ``TQDM_DISABLE`` plain lines of long steps only; silent with ``disable``. Use it like tqdm:
+    wrap an iterable, or call ``update(n)``, ``set_postfix(...)`` and ``close()``."""
     if disable or progress_disabled():
-        return PlainProgress(iterable, total=total, desc=desc, unit=unit, initial=initial, silent=True)
+        return PlainProgress(iterable, total=total, desc=desc, unit=unit, initial=initial, silent=disable,
+                             quiet_when_short=True)
     if _in_notebook() or sys.stderr.isatty():
         from tqdm.auto import tqdm
 

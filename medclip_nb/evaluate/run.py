@@ -29,7 +29,7 @@ from medclip_nb.evaluate.evaluation import Evaluation
 from medclip_nb.evaluate.report import confusion_figure, summary_lines
 from medclip_nb.files import write_json_atomic
 from medclip_nb.model import load_model
-from medclip_nb.paths import resolve
+from medclip_nb.paths import resolve, shown
 from medclip_nb.runtime import pick_device
 
 
@@ -146,8 +146,8 @@ def evaluate_checkpoint(
     if any(cm is not None for cm in confusions.values()):
         figure_path.parent.mkdir(parents=True, exist_ok=True)
         confusion_figure(confusions).savefig(figure_path, dpi=110, bbox_inches="tight", metadata={"Software": None})
-        log(f"Saved figure: {figure_path}")
+        log(f"Saved figure: {shown(figure_path)}")
     for line in summary_lines(metrics):
         log(line)
-    log(f"Saved metrics: {metrics_path} (key '{name}')")
+    log(f"Saved metrics: {shown(metrics_path)} (key '{name}')")
     return entry

@@ -16,6 +16,7 @@ from medclip_nb.config import Config
 from medclip_nb.data import load_grayscale
 from medclip_nb.labels import CHEXPERT_LABELS
 from medclip_nb.paths import resolve
+from medclip_nb.progress import working
 from medclip_nb.study.readings import METRIC_NAMES
 from medclip_nb.study.seed_stats import by_seed, fraction_key
 
@@ -127,7 +128,8 @@ def embedding_figure(arrays, *, seed: int = 0):
     both = np.concatenate([image, text])
     pca = PCA(n_components=2, random_state=seed).fit_transform(both)
     perplexity = max(2.0, min(30.0, (len(both) - 1) / 3))
-    tsne = TSNE(n_components=2, random_state=seed, perplexity=perplexity, init="pca").fit_transform(both)
+    with working(f"t-SNE of {len(both)} embeddings"):
+        tsne = TSNE(n_components=2, random_state=seed, perplexity=perplexity, init="pca").fit_transform(both)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     n = len(rows)
     for ax, points, title in zip(axes, (pca, tsne), ("PCA", "t-SNE")):

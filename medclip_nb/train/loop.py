@@ -25,7 +25,8 @@ from medclip_nb.config import Config
 from medclip_nb.data import check_clip_index_rows, uses_precomputed_text
 from medclip_nb.errors import TrainingError
 from medclip_nb.model import build_model, count_parameters, restore_rng_state
-from medclip_nb.paths import resolve
+from medclip_nb.paths import resolve, shown
+from medclip_nb.progress import duration
 from medclip_nb.progress import progress as progress_display
 from medclip_nb.runtime import World, set_backend_flags, start_distributed, stop_distributed
 from medclip_nb.text import tokenizer_from_json
@@ -140,7 +141,7 @@ def train_one_epoch(run: Run) -> None:
         run.resume_rng = None
     run.step.model.train()
     bar = progress_display(total=run.batches_this_epoch(), initial=progress.batch_in_epoch,
-                           desc=f"Epoch {number}/{run.planned_epochs(number)}", disable=not world.is_main)
+                           desc=f"Epoch {number}/{run.planned_epochs(number)}", unit="batch", disable=not world.is_main)
     window_loss, window_steps, window_skipped = torch.zeros((), device=run.device), 0, 0  # since the last row
     window_start, batches_seen, usable_batches = time.perf_counter(), 0, 0
     try:
@@ -178,8 +179,9 @@ def train_one_epoch(run: Run) -> None:
                 run.metrics.write({"step": step, "epoch": number, "split": "train", "loss": mean_loss, "lr": done.lr,
                                    "temperature": 1 / scale, "logit_scale": scale, "pairs_per_s": pairs_per_s,
                                    "time": run.checkpoints.elapsed(), **guard.row_fields()})
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{done.lr:.2e}", pairs_s=f"{pairs_per_s:.0f}",
-                                refresh=False)
+                eta = duration((run.total_steps - step) * run.checkpoints.elapsed() / step)
+                bar.set_postfix(step=f"{step}/{run.total_steps}", loss=f"{mean_loss:.4f}", lr=f"{done.lr:.2e}",
+                                pairs_s=f"{pairs_per_s:.0f}", run_eta=eta, refresh=False)
                 window_loss.zero_()
                 window_steps, window_skipped, window_start = 0, 0, now
             if step % cfg.eval_steps == 0:  # ---- validate (best.pth on a new best)
@@ -265,10 +267,10 @@ def end_epoch(run: Run, number: int, batches_seen: int, usable_batches: int) -> 
         progress.epoch += 1
         progress.batch_in_epoch = 0
         if run.cfg.epoch_checkpoints:
-            run.say(f"Saved checkpoint: {run.save(f'checkpoint_epoch_{number}.pth')}")
+            run.say(f"Saved checkpoint: {shown(run.save(f'checkpoint_epoch_{number}.pth'))}")
     run.result.last_checkpoint = run.save("last.pth")
     if progress.batch_in_epoch:  # stopped mid-epoch (max_steps): say where the state went
-        run.say(f"Saved checkpoint: {run.result.last_checkpoint}")
+        run.say(f"Saved checkpoint: {shown(run.result.last_checkpoint)}")
     if run.result.stopped_early:
         run.say(f"Early stopping: no lower val loss in {progress.patience_counter} validations")
 
@@ -302,7 +304,7 @@ def setup_run(cfg: Config, world: World, device: torch.device, say) -> Run:
     out_dir = output_dir(cfg, world, say)
     resume_path, resumed = open_resume_point(cfg, say)
     if resumed is None and any(out_dir.glob("*.pth")):
-        say(f"Warning: {out_dir} holds checkpoints of an earlier run; this run overwrites them as it "
+        say(f"Warning: {shown(out_dir)} holds checkpoints of an earlier run; this run overwrites them as it "
             f"goes (resume_from: latest continues that run instead)")
     # A resumed run keeps its vocabulary; a new one learns it from the training reports.
     data = prepare_data(cfg, world, device, tokenizer_from_json(resumed["tokenizer"]) if resumed else None, say)

@@ -142,7 +142,7 @@ def train_one_epoch(run: Run) -> None:
     run.step.model.train()
     bar = progress_display(total=run.batches_this_epoch(), initial=progress.batch_in_epoch,
                            desc=f"Epoch {number}/{run.planned_epochs(number)}", unit="batch", disable=not world.is_main)
-    window_loss, window_steps, window_skipped = torch.zeros((), device=run.device), 0, 0  # since the last row
+    window_loss, window_steps, window_skipped, window_chance = torch.zeros((), device=run.device), 0, 0, 0.0
     window_start, batches_seen, usable_batches = time.perf_counter(), 0, 0
     try:
         for batch in batches:  # ---- fetch
@@ -167,6 +167,7 @@ def train_one_epoch(run: Run) -> None:
             step = progress.step = progress.step + 1
             window_loss += done.loss
             window_steps += 1
+            window_chance += done.chance or 0.0
             if any(step % every == 0 for every in (cfg.log_every, cfg.eval_steps, cfg.save_steps)):
                 window_skipped += guard.settle()  # ---- guard: device counts read where the loop syncs anyway
             if step % cfg.log_every == 0:  # ---- log: the mean loss of the window's good steps
@@ -178,12 +179,13 @@ def train_one_epoch(run: Run) -> None:
                 pairs_per_s = window_steps * cfg.batch_size * world.world_size / max(now - window_start, 1e-9)
                 run.metrics.write({"step": step, "epoch": number, "split": "train", "loss": mean_loss, "lr": done.lr,
                                    "temperature": 1 / scale, "logit_scale": scale, "pairs_per_s": pairs_per_s,
-                                   "time": run.checkpoints.elapsed(), **guard.row_fields()})
+                                   "time": run.checkpoints.elapsed(), **guard.row_fields(),
+                                   "chance": window_chance / window_steps if done.chance is not None else None})
                 eta = duration((run.total_steps - step) * run.checkpoints.elapsed() / step)
                 bar.set_postfix(step=f"{step}/{run.total_steps}", loss=f"{mean_loss:.4f}", lr=f"{done.lr:.2e}",
                                 pairs_s=f"{pairs_per_s:.0f}", run_eta=eta, refresh=False)
                 window_loss.zero_()
-                window_steps, window_skipped, window_start = 0, 0, now
+                window_steps, window_skipped, window_start, window_chance = 0, 0, now, 0.0
             if step % cfg.eval_steps == 0:  # ---- validate (best.pth on a new best)
                 validate(run, number)
             if step % cfg.save_steps == 0:  # ---- save
@@ -223,7 +225,7 @@ def validate(run: Run, epoch_number: int) -> None:
     if data.val_loader is None:
         return
     started = time.perf_counter()
-    val_loss, scale, scored = run.step.validation_loss(data.val_loader, run.device)
+    val_loss, scale, scored, chance = run.step.validation_loss(data.val_loader, run.device)
     if not scored:
         run.say(f"Warning: validation at step {progress.step} had no usable batch (each needs 2 readable pairs; "
                 f"eval_batch_size {cfg.eval_batch_size}); its loss is not a number and best.pth is not updated")
@@ -235,7 +237,7 @@ def validate(run: Run, epoch_number: int) -> None:
     run.metrics.write({"step": progress.step, "epoch": epoch_number, "split": "val", "loss": val_loss,
                        "lr": run.step.optimizer.param_groups[0]["lr"], "temperature": 1 / scale if scale else None,
                        "logit_scale": scale, "pairs_per_s": len(data.splits["val"]) / seconds,
-                       "time": run.checkpoints.elapsed(), **extra})
+                       "time": run.checkpoints.elapsed(), "chance": chance, **extra})
     if val_loss < progress.best_val_loss:
         progress.best_val_loss = val_loss
         progress.patience_counter = 0

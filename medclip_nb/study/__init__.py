@@ -30,7 +30,11 @@ from medclip_nb.study.ablation_tables import print_ablation, show_ablation, show
 from medclip_nb.study.fidelity import write_fidelity
 from medclip_nb.study.figures import (
     embedding_figure,
+    label_prevalence_figure,
+    overfit_figure,
+    per_label_auroc_figure,
     probe_fraction_figure,
+    report_length_figure,
     sample_grid_figure,
     show_figure,
     similarity_heatmap_figure,
@@ -47,13 +51,22 @@ from medclip_nb.study.open_i import (
 )
 from medclip_nb.study.paper import run_paper
 from medclip_nb.study.readings import reading
-from medclip_nb.study.runs import copy_metrics_entry, evaluate_run, record_models, train_and_evaluate, update_metrics
+from medclip_nb.study.runs import (
+    copy_metrics_entry,
+    evaluate_run,
+    record_comparisons,
+    record_models,
+    train_and_evaluate,
+    update_metrics,
+)
 from medclip_nb.study.setup import ensure_dataset, notebook_config
 from medclip_nb.study.summary import write_summary
 from medclip_nb.study.tables import (
+    comparison_table,
     epoch_table,
     label_prevalence,
     language_table,
+    paired_comparison_entries,
     paired_comparisons,
     probe_fraction_table,
     read_metrics_log,
@@ -68,6 +81,7 @@ __all__ = [
     "DATA_EFFICIENCY_ARMS",
     "ablation",
     "ablation_entry",
+    "comparison_table",
     "copy_metrics_entry",
     "data_efficiency_entry",
     "dataset_description",
@@ -81,8 +95,12 @@ __all__ = [
     "language_table",
     "mapped_share",
     "mesh_table",
+    "label_prevalence_figure",
     "notebook_config",
+    "overfit_figure",
+    "paired_comparison_entries",
     "paired_comparisons",
+    "per_label_auroc_figure",
     "planned_runs",
     "print_ablation",
     "probe_fraction_figure",
@@ -90,8 +108,10 @@ __all__ = [
     "prompt_gap",
     "read_metrics_log",
     "reading",
+    "record_comparisons",
     "run_paper",
     "record_models",
+    "report_length_figure",
     "report_lengths",
     "results_table",
     "results_table_with_intervals",

@@ -60,11 +60,13 @@ def say_progress(text: str, stream=None) -> None:
 class PlainProgress:
     """tqdm's small interface (``update``, ``close``, iteration, ``n``) as periodic lines.
 
-    `silent`: no line at all; `quiet_when_short`: the closing line only after a periodic one."""
+    `silent`: no line at all; `quiet_when_short`: the closing line only after a periodic one;
+    `heartbeat`: also a line when an interval passes without an update (a slow batch), from a
+    thread that `close()` stops, so the caller must close it (try/finally or `with`)."""
 
     def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
                  unit: str = "it", initial: int = 0, silent: bool = False, stream=None,
-                 quiet_when_short: bool = False):
+                 quiet_when_short: bool = False, heartbeat: bool = False):
         self.iterable, self.desc, self.unit, self.silent = iterable, desc, unit, silent
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
@@ -75,6 +77,16 @@ class PlainProgress:
         self._closed = False
         self._quiet_when_short, self._printed = quiet_when_short, False
         self.postfix = ""
+        self._stop = threading.Event()
+        if heartbeat and not silent and math.isfinite(self._interval):
+            threading.Thread(target=self._beat, name=f"progress: {desc}", daemon=True).start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(self._interval, 1.0)):
+            now = time.monotonic()
+            if now - self._last >= self._interval and now - _last_line[0] >= self._interval:
+                self._last = now
+                self._line(final=False)
 
     def _line(self, final: bool) -> None:
         elapsed = time.monotonic() - self._start
@@ -105,6 +117,7 @@ class PlainProgress:
             self._line(final=False)
 
     def close(self) -> None:
+        self._stop.set()
         if not self._closed:
             self._closed = True
             if not self.silent and (self._printed or not self._quiet_when_short):
@@ -160,16 +173,17 @@ def _in_notebook() -> bool:
 
 
 def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
-             initial: int = 0, disable: bool = False, leave: bool = True) -> Any:
+             initial: int = 0, disable: bool = False, leave: bool = True, heartbeat: bool = False) -> Any:
     """A notebook widget in Jupyter, a tqdm bar on a terminal, else a ``PlainProgress``; with
     ``TQDM_DISABLE`` plain lines of long steps only; silent with ``disable``. Use it like tqdm:
-    wrap an iterable, or call ``update(n)``, ``set_postfix(...)`` and ``close()``."""
+    wrap an iterable, or call ``update(n)``, ``set_postfix(...)`` and ``close()``. `heartbeat`
+    (plain lines only): a line per interval even while one update takes longer; close it."""
     if disable or progress_disabled():
         return PlainProgress(iterable, total=total, desc=desc, unit=unit, initial=initial, silent=disable,
-                             quiet_when_short=True)
+                             quiet_when_short=True, heartbeat=heartbeat)
     if _in_notebook() or sys.stderr.isatty():
         from tqdm.auto import tqdm
 
         return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, mininterval=0.5,
                     dynamic_ncols=True, leave=leave, disable=False)
-    return PlainProgress(iterable, total=total, desc=desc, unit=unit, initial=initial)
+    return PlainProgress(iterable, total=total, desc=desc, unit=unit, initial=initial, heartbeat=heartbeat)

@@ -106,3 +106,18 @@ def test_headless_training_lines_carry_step_loss_pairs_and_eta(tiny_dataset, tmp
     pattern = (r"Epoch 1/1: \d+/\d+ batch \(\d+%\), \d+ s, [\d.e+-]+ batch/s, ETA [\d.]+ (s|min|h), "
                r"step=\d+/\d+, loss=[\d.]+, lr=[\d.e+-]+, pairs_s=\d+, run_eta=[\d.]+ (s|min|h)")
     assert any(re.fullmatch(pattern, line) for line in lines), lines
+
+
+def test_heartbeat_prints_while_one_update_takes_long_and_stops_on_close(monkeypatch, capsys):
+    """A slow batch (longer than the interval) still leaves a line per interval in a log."""
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("TQDM_MININTERVAL", "0.1")
+    bar = progress(total=3, desc="Epoch 1/1", unit="batch", heartbeat=True)
+    time.sleep(0.45)  # the first batch is slow: no update yet
+    bar.update(1)
+    bar.close()
+    lines = capsys.readouterr().err.splitlines()
+    assert sum(line.startswith("Epoch 1/1: 0/3 batch") for line in lines) >= 2, lines
+    assert lines[-1].startswith("Epoch 1/1: 1/3 batch (33%), done in")
+    time.sleep(0.3)
+    assert capsys.readouterr().err == ""  # closed: the thread has stopped

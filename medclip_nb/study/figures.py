@@ -195,8 +195,9 @@ def label_prevalence_figure(prevalence):
 def per_label_auroc_figure(per_label):
     """Per-label AUROC (rows: labels, columns: methods such as zero-shot and the linear probe), chance at 0.5."""
     table = per_label.dropna(how="all")
+    means = ", ".join(f"{column} {table[column].mean():.2f}" for column in table.columns)
     ax = table.plot.barh(figsize=(7.5, 0.32 * len(table) + 1.8), xlim=(0, 1),
-                         title="Per-label AUROC on the test split")
+                         title=f"Per-label AUROC on the test split (mean: {means})")
     ax.axvline(0.5, color="gray", lw=0.8, ls="--", label="chance (0.5)")
     ax.set(xlabel="AUROC (0.5 = chance, 1 = perfect)", ylabel="CheXpert label")
     ax.invert_yaxis()
@@ -220,10 +221,24 @@ def probe_fraction_figure(by_model: Mapping[str, Mapping[str, Any]]):
         ax.errorbar(x, y, yerr=[y - ci[:, 0], ci[:, 1] - y], marker="o", capsize=3, label=name)
     ax.axhline(0.5, color="gray", lw=0.8, ls="--", label="chance (AUROC 0.5)")
     ax.set(xscale="log", xlabel="fraction of training labels", ylabel="mean AUROC over labels (test)",
-           title="Linear probe with few labels (95 % CI)")
+           title="Linear probe with few labels (95 % CI)" + _probe_finding(by_model))
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _probe_finding(by_model: Mapping[str, Mapping[str, Any]]) -> str:
+    """'\nat 1 % of the labels: default 0.84, random init 0.67' (the smallest fraction every model has)."""
+    smallest = {}
+    for name, m in by_model.items():
+        entries = sorted((e for e in (m.get("linear_probe_fractions") or {}).values() if e["auroc_mean"] is not None),
+                         key=lambda e: e["fraction"])
+        if entries:
+            smallest[name] = entries[0]
+    if not smallest or len({e["fraction"] for e in smallest.values()}) != 1:
+        return ""
+    fraction = next(iter(smallest.values()))["fraction"]
+    return f"\nat {fraction:.0%} of the labels: " + ", ".join(f"{n} {e['auroc_mean']:.2f}" for n, e in smallest.items())
 
 
 def embedding_figure(arrays, *, seed: int = 0):

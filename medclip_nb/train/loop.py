@@ -141,7 +141,8 @@ def train_one_epoch(run: Run) -> None:
         run.resume_rng = None
     run.step.model.train()
     bar = progress_display(total=run.batches_this_epoch(), initial=progress.batch_in_epoch,
-                           desc=f"Epoch {number}/{run.planned_epochs(number)}", unit="batch", disable=not world.is_main)
+                           desc=f"Epoch {number}/{run.planned_epochs(number)}", unit="batch", disable=not world.is_main,
+                           heartbeat=True)  # logs: a line per interval even while a batch is slow; closed below
     window_loss, window_steps, window_skipped, window_chance = torch.zeros((), device=run.device), 0, 0, 0.0
     window_start, batches_seen, usable_batches = time.perf_counter(), 0, 0
     try:
@@ -166,8 +167,7 @@ def train_one_epoch(run: Run) -> None:
                 continue
             step = progress.step = progress.step + 1
             window_loss += done.loss
-            window_steps += 1
-            window_chance += done.chance or 0.0
+            window_steps, window_chance = window_steps + 1, window_chance + (done.chance or 0.0)
             if any(step % every == 0 for every in (cfg.log_every, cfg.eval_steps, cfg.save_steps)):
                 window_skipped += guard.settle()  # ---- guard: device counts read where the loop syncs anyway
             if step % cfg.log_every == 0:  # ---- log: the mean loss of the window's good steps
@@ -194,14 +194,14 @@ def train_one_epoch(run: Run) -> None:
                 run.result.step_checkpoints[step] = run.save(f"step_{step}.pth")
             if run.result.stopped_early or step >= run.total_steps:
                 break
-        bar.close()
         guard.settle()
     except NonfiniteStreak as streak:
-        bar.close()
         run.metrics.close()
         good_path = run.save("last_good.pth", **(streak.position or {}))
         raise TrainingError(f"{streak}; the last good state is in {good_path} ({streak.note}try a lower lr or "
                             f"check the data)") from None
+    finally:
+        bar.close()
     end_epoch(run, number, batches_seen, usable_batches)
 
 

@@ -19,6 +19,7 @@ import torch
 from medclip_nb.config import Config
 from medclip_nb.data import build_datasets, make_collate
 from medclip_nb.model import build_model
+from medclip_nb.progress import working
 from medclip_nb.runtime import pick_device, set_backend_flags
 from medclip_nb.text import build_tokenizer
 from medclip_nb.train.step import batch_to_device, build_train_step
@@ -46,7 +47,8 @@ def overfit_one_batch(cfg: Config, steps: int = 30, device: str | torch.device |
     deterministic_before = torch.are_deterministic_algorithms_enabled()
     set_backend_flags(device, deterministic_cpu=True)
     try:
-        return _overfit(cfg, steps, device)
+        with working(f"one batch, repeated {steps} times"):
+            return _overfit(cfg, steps, device)
     finally:
         torch.use_deterministic_algorithms(deterministic_before)
 

@@ -26,7 +26,7 @@ from medclip_nb.data import check_clip_index_rows, uses_precomputed_text
 from medclip_nb.errors import TrainingError
 from medclip_nb.model import build_model, count_parameters, restore_rng_state
 from medclip_nb.paths import resolve, shown
-from medclip_nb.progress import duration
+from medclip_nb.progress import duration, working
 from medclip_nb.progress import progress as progress_display
 from medclip_nb.runtime import World, set_backend_flags, start_distributed, stop_distributed
 from medclip_nb.text import tokenizer_from_json
@@ -225,13 +225,14 @@ def validate(run: Run, epoch_number: int) -> None:
     if data.val_loader is None:
         return
     started = time.perf_counter()
-    val_loss, scale, scored, chance = run.step.validation_loss(data.val_loader, run.device)
+    with working(f"validation at step {progress.step}", disable=not run.world.is_main):  # logs: a line per interval
+        val_loss, scale, scored, chance = run.step.validation_loss(data.val_loader, run.device)
+        seconds = max(time.perf_counter() - started, 1e-9)
+        extra = run.val_metrics(run.step.raw_model, run.device) if run.val_metrics is not None else {}
     if not scored:
         run.say(f"Warning: validation at step {progress.step} had no usable batch (each needs 2 readable pairs; "
                 f"eval_batch_size {cfg.eval_batch_size}); its loss is not a number and best.pth is not updated")
-    seconds = max(time.perf_counter() - started, 1e-9)
     run.last_val = (progress.step, val_loss)
-    extra = run.val_metrics(run.step.raw_model, run.device) if run.val_metrics is not None else {}
     if extra:
         run.say(f"Validation at step {progress.step}: loss {val_loss:.4f} | {describe(extra)}")
     run.metrics.write({"step": progress.step, "epoch": epoch_number, "split": "val", "loss": val_loss,

@@ -13,7 +13,8 @@ them only once, at import), so a notebook or a test can set them at any time; no
 them itself.
 
 `working(desc)` covers a step no bar can count (a model fit, t-SNE): while it runs, a line
-every interval in which nothing else printed one.
+every interval in which nothing else printed one. Intervals count from the latest line of any
+display, so one step ending quietly just before the next begins leaves no longer silence.
 """
 
 from __future__ import annotations
@@ -72,7 +73,8 @@ class PlainProgress:
             total = len(iterable)
         self.total, self.n, self._initial = total, int(initial), int(initial)
         self._stream = stream
-        self._start = self._last = time.monotonic()
+        self._start = time.monotonic()
+        self._last = _last_line[0] or self._start  # intervals count from the latest line of any display
         self._interval = _interval()
         self._closed = False
         self._quiet_when_short, self._printed = quiet_when_short, False
@@ -82,9 +84,9 @@ class PlainProgress:
             threading.Thread(target=self._beat, name=f"progress: {desc}", daemon=True).start()
 
     def _beat(self) -> None:
-        while not self._stop.wait(min(self._interval, 1.0)):
+        while not self._stop.wait(min(self._interval / 4, 1.0)):
             now = time.monotonic()
-            if now - self._last >= self._interval and now - _last_line[0] >= self._interval:
+            if now - max(self._last, _last_line[0]) >= self._interval:
                 self._last = now
                 self._line(final=False)
 
@@ -112,7 +114,7 @@ class PlainProgress:
     def update(self, n: int = 1) -> None:
         self.n += n
         now = time.monotonic()
-        if not self.silent and now - self._last >= self._interval:
+        if not self.silent and now - max(self._last, _last_line[0]) >= self._interval:
             self._last = now
             self._line(final=False)
 
@@ -140,18 +142,19 @@ class PlainProgress:
 
 @contextmanager
 def working(desc: str, *, disable: bool = False):
-    """A line every `TQDM_MININTERVAL` seconds in which no other line was printed, while the
+    """A line whenever `TQDM_MININTERVAL` seconds pass without a line of any display, while the
     body runs: '<desc>: working, 40 s'. For steps no bar can count; nothing when it is short."""
     interval = _interval()
     if disable or not math.isfinite(interval):
         yield
         return
     stop, start = threading.Event(), time.monotonic()
+    since = _last_line[0] or start  # intervals count from the latest line of any display
 
     def beat() -> None:
-        while not stop.wait(min(interval, 1.0)):
+        while not stop.wait(min(interval / 4, 1.0)):
             now = time.monotonic()
-            if now - start >= interval and now - _last_line[0] >= interval:
+            if now - max(since, _last_line[0]) >= interval:
                 say_progress(f"{desc}: working, {duration(now - start)}")
 
     thread = threading.Thread(target=beat, name=f"progress: {desc}", daemon=True)

@@ -5,8 +5,16 @@ runs) no bar, no line for a short step and a line every TQDM_MININTERVAL seconds
 import re
 import time
 
+import pytest
+
 from medclip_nb.config import from_dict
 from medclip_nb.progress import PlainProgress, duration, progress, working
+
+
+@pytest.fixture(autouse=True)
+def no_line_yet(monkeypatch):
+    """Each test starts as a process that has printed no progress line (intervals count from the last one)."""
+    monkeypatch.setattr("medclip_nb.progress._last_line", [0.0])
 
 
 def fake_clock(monkeypatch, step: float = 1.0):
@@ -121,3 +129,21 @@ def test_heartbeat_prints_while_one_update_takes_long_and_stops_on_close(monkeyp
     assert lines[-1].startswith("Epoch 1/1: 1/3 batch (33%), done in")
     time.sleep(0.3)
     assert capsys.readouterr().err == ""  # closed: the thread has stopped
+
+
+def test_intervals_count_from_the_latest_line_of_any_display(monkeypatch, capsys):
+    """A line, then a step that ends quietly within the interval, then an opaque one: the opaque
+    step's line comes one interval after that last line, not one interval after it began."""
+    from medclip_nb.progress import say_progress
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setenv("TQDM_MININTERVAL", "1.0")
+    say_progress("phase one: done")
+    bar = progress(total=2, desc="quiet")
+    time.sleep(0.6)  # shorter than the interval: this step prints nothing
+    bar.update(2)
+    bar.close()
+    with working("next step"):
+        time.sleep(0.9)  # the line is due 0.4 s in; counted from its own start it would come at 1.0 s
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "phase one: done" and any(line.startswith("next step: working") for line in lines), lines

@@ -132,7 +132,10 @@ def test_quick_start_works_line_by_line(tmp_path):
                 assert (copy / "reports" / f"{name}.ipynb").is_file() and (copy / "reports" / f"{name}.html").is_file()
             continue
         done = run(on_tiny(command), copy, env)
-        if " predict " in command:
-            assert "prediction" in done.stdout.splitlines()[0], done.stdout[:500]
+        if " predict " in command:  # the table's header: 5-way ends in its prediction, multi-label in the positives
+            column = "positive" if "--multi-label" in command else "prediction"
+            assert done.stdout.splitlines()[0].split()[-1] == column, done.stdout[:500]
+        if " retrieve " in command:
+            assert re.search(r"^\s+1\s+-?\d\.\d{4}\s", done.stdout, flags=re.M), done.stdout[:500]
     done = run(f"{sys.executable} - <<'EOF'\n{on_tiny(python[0])}\nEOF", copy, env)
     assert "(4, " in done.stdout, done.stdout

@@ -20,7 +20,7 @@ help:
 	@echo "make study PARAMS=params/iu.yaml - the study on the Open-i reports (extra [iu]): reports/iu/"
 	@echo "make test    - unit tests + nbval on notebooks/"
 	@echo "make lab     - JupyterLab from .venv"
-	@echo "make ablation, make bench - see README"
+	@echo "make ablation, make bench - see README.md and docs/"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -130,7 +130,7 @@ bench-scale: $(STAMP)
 	$(PY) -m medclip_nb bench-scale --sizes $(BENCH_SCALE_SIZES)
 
 # One run of each kind in `make ablation`'s plan (train + scoring), side by side, and the plan's total
-# (README, make ablation); time the whole of it from an empty data/ with `make ablation-timed`.
+# (docs/data_efficiency.md); time the whole of it from an empty data/ with `make ablation-timed`.
 .PHONY: bench-ablation ablation-timed
 bench-ablation: $(STAMP)
 	$(PY) -m medclip_nb data --config params/ablation.yaml

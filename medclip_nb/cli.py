@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None, *, work: Mapping[str, Callable] | None =
         print(f"error: {one_line(e, 1000)}", file=sys.stderr)
         return 2
     except MemoryError:
-        print("error: out of memory (an input asks for more than this machine has; see the limits in README)",
+        print("error: out of memory (an input asks for more than this machine has; see the limits in docs/failures.md)",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,7 +1,7 @@
 """`reports/summary.md`: the study's results tables, written from `reports/metrics.json` by the run.
 
 Numbers are never typed by hand into prose: `make study` calls `write_summary` at its end, with
-the wall time it measured, and the README links to the file it writes.
+the wall time it measured, and the README and docs/results.md point to the file it writes.
 """
 
 from __future__ import annotations

@@ -140,9 +140,7 @@ def train_one_epoch(run: Run) -> None:
         restore_rng_state(run.resume_rng)
         run.resume_rng = None
     run.step.model.train()
-    bar = progress_display(total=run.batches_this_epoch(), initial=progress.batch_in_epoch,
-                           desc=f"Epoch {number}/{run.planned_epochs(number)}", unit="batch", disable=not world.is_main,
-                           heartbeat=True)  # logs: a line per interval even while a batch is slow; closed below
+    bar = epoch_bar(run, number)  # closed in the finally below
     window_loss, window_steps, window_skipped, window_chance = torch.zeros((), device=run.device), 0, 0, 0.0
     window_start, batches_seen, usable_batches = time.perf_counter(), 0, 0
     try:
@@ -203,6 +201,14 @@ def train_one_epoch(run: Run) -> None:
     finally:
         bar.close()
     end_epoch(run, number, batches_seen, usable_batches)
+
+
+def epoch_bar(run: Run, number: int):
+    """The epoch's progress display. In a log it prints a line per interval even while one batch is
+    slow (a heartbeat thread), so the caller must close it."""
+    return progress_display(total=run.batches_this_epoch(), initial=run.progress.batch_in_epoch,
+                            desc=f"Epoch {number}/{run.planned_epochs(number)}", unit="batch",
+                            disable=not run.world.is_main, heartbeat=True)
 
 
 def usable(run: Run, size: int, epoch_number: int) -> bool:

@@ -215,7 +215,7 @@ def paired_comparison_entries(arrays_by_model: Mapping[str, Any], reference: str
         if name == reference:
             continue
         if not np.array_equal(arrays.five_x_200_rows, ref.five_x_200_rows):
-            raise ValueError(f"paired_comparisons: {name} was evaluated on other 5x200 images than {reference}")
+            raise ValueError(f"paired_comparison_entries: {name} was evaluated on other 5x200 images than {reference}")
         for mode in modes:
             groups = None if ref.test_groups is None else ref.test_groups[ref.five_x_200_rows]
             d = paired_difference(zero_shot_hits(ref, mode), zero_shot_hits(arrays, mode), groups=groups)
@@ -229,12 +229,6 @@ def paired_comparison_entries(arrays_by_model: Mapping[str, Any], reference: str
                     "holm_p": None if p_holm is None else round(float(p_holm), 4),
                     "resolved": None if p_holm is None else bool(p_holm < ALPHA)})
     return rows
-
-
-def paired_comparisons(arrays_by_model: Mapping[str, Any], reference: str = "default",
-                       modes=("mean", "max")) -> "pd.DataFrame":
-    """`paired_comparison_entries` as a table (`comparison_table`)."""
-    return comparison_table(paired_comparison_entries(arrays_by_model, reference, modes))
 
 
 def comparison_table(entries: list[Mapping[str, Any]]) -> "pd.DataFrame":

@@ -129,7 +129,8 @@ def test_quick_start_works_line_by_line(tmp_path):
             assert "Passed unknown parameter:" not in log and "without encryption. All" not in log, log[-3000:]
             assert "summary written: reports/tiny/summary.md" in done.stdout, done.stdout[-2000:]
             for name in ("01_data_inspection", "04_analysis"):
-                assert (copy / "reports" / f"{name}.ipynb").is_file() and (copy / "reports" / f"{name}.html").is_file()
+                assert (copy / "reports" / "tiny" / f"{name}.ipynb").is_file()  # the reports_dir of params/tiny.yaml
+                assert (copy / "reports" / "tiny" / f"{name}.html").is_file()
             continue
         done = run(on_tiny(command), copy, env)
         if " predict " in command:  # the table's header: 5-way ends in its prediction, multi-label in the positives

@@ -144,7 +144,7 @@ def test_summary_gives_chance_both_protocols_probe_fractions_comparisons_and_pro
     assert "5 seeded draws" in text and "GLoRIA's rule: 400 images" in text and "Chance is 0.200 for all" in text
     assert "| default | 0.800 [0.780, 0.820] | 0.950 |" in text and "1% labels (n=27)" in text
     assert ("| default minus random init, zero-shot accuracy (prompt mean) | 0.600 [0.550, 0.650] | "
-            "resolved: default higher | 400 |") in text
+            "– | resolved: default higher | 400 |") in text  # no Holm p in this entry: shown as –
     assert "git commit 0123456789ab with uncommitted changes" in text
     assert "| provenance |" not in text and "| paired_comparisons |" not in text
 

@@ -195,7 +195,8 @@ def _protocols_section(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
             f"Ours: our 5x200 rule, every prompt of MedCLIP's vocabulary, similarity to the mean prompt embedding. "
             f"MedCLIP's procedure: {procedure.get('prompts_per_class', 10)} random prompts per class, the mean "
             f"(or max) of the prompt logits, {draws} seeded draws (mean ± std over draws), on the 5x200 each "
-            f"published rule selects ({'; '.join(sizes)}). Chance is 0.200 for all.", "", markdown_table(rows, columns, "model")]
+            f"published rule selects ({'; '.join(sizes)}). Chance is 0.200 for all.", "",
+            markdown_table(rows, columns, "model")]
 
 
 def _probe_section(models: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -116,7 +116,8 @@ def _predict(args) -> int:
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     predict_command(args.checkpoint, args.paths, classes=classes, prompts_file=args.prompts, mode=args.mode,
-                    csv=args.csv, multi_label=args.multi_label, overrides=_overrides(args))
+                    csv=args.csv, multi_label=args.multi_label, heatmap=args.heatmap,
+                    heatmap_method=args.heatmap_method, force=args.force, overrides=_overrides(args))
     return 0
 
 
@@ -302,7 +303,8 @@ def _add_evaluate(sub) -> None:
                    help="folder for metrics.json and figures (default: reports)")
     add_config_arguments(p, keys=("data_path", "image_root", "image_store", "eval_batch_size",
                                   "zeroshot_per_class", "zeroshot_protocols", "zeroshot_prompts_n",
-                                  "zeroshot_prompt_draws", "num_workers", "gpu_id", "seed"))
+                                  "zeroshot_prompt_draws", "localisation_images", "localisation_maps",
+                                  "localisation_boxes", "num_workers", "gpu_id", "seed"))
     p.set_defaults(func=_evaluate)
 
 
@@ -324,6 +326,13 @@ def _add_predict(sub) -> None:
     p.add_argument("--mode", default="mean", choices=["mean", "max"],
                    help="prompt ensemble: mean embedding or best prompt (default: mean)")
     p.add_argument("--csv", default=None, metavar="FILE", type=from_cwd, help="also write the table as CSV")
+    p.add_argument("--heatmap", default=None, metavar="DIR", type=from_cwd,
+                   help="also write one PNG per image into DIR: the map of each class's text over the model's input "
+                        "(docs/localisation.md)")
+    p.add_argument("--heatmap-method", "--heatmap_method", dest="heatmap_method", default="similarity",
+                   choices=["similarity", "gradcam"],
+                   help="with --heatmap: the image-text similarity of each location, or Grad-CAM of the similarity")
+    p.add_argument("--force", action="store_true", help="with --heatmap: replace overlay files already in DIR")
     add_config_arguments(p, keys=("eval_batch_size", "num_workers", "gpu_id", "on_bad_image"))
     p.set_defaults(func=_predict)
 

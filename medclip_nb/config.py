@@ -284,6 +284,19 @@ class Config:
     zeroshot_prompt_draws: int = _opt(5, "zeroshot_protocols gloria / medclip: consecutive prompt draws "
                                          "after one seed (MedCLIP: 5); accuracy as mean and std",
                                       check=between(1, 10_000))
+    localisation_images: int = _opt(
+        200, "localisation: test images whose finding regions are scored, a seeded subset of those with regions "
+        "(0 turns it off; docs/localisation.md)", check=between(0, 10**9),
+    )
+    localisation_maps: list = _opt(
+        ["similarity", "gradcam"], "localisation: the maps scored, similarity (each image location's embedding "
+        "against the text's) and/or gradcam (Grad-CAM of the image-text similarity)",
+        check=lambda v: bool(v) and len(set(v)) == len(v) and set(v) <= {"similarity", "gradcam"}, items="str",
+    )
+    localisation_boxes: str | None = _opt(
+        None, "localisation: CSV of finding boxes of the test images (MS-CXR's table reads as it is; docs/"
+        "localisation.md); null: the regions the phantom drew (each record's `regions` file)"
+    )
     baselines: list = _opt(["random_init", "simple"], "notebook 04's baselines: random_init (the same architecture, "
                            "untrained), simple (the seed's model, trained with the same settings)",
                            check=lambda v: set(v) <= {"random_init", "simple"})

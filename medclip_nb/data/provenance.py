@@ -24,11 +24,11 @@ from medclip_nb.errors import DataError
 
 PHANTOM_MANIFEST = "phantom.json"
 PREPARE_REPORT = "prepare_report.json"
-PHANTOM_PARAMS = ("generator", "version", "studies", "size", "seed", "test_studies")
+PHANTOM_PARAMS = ("generator", "version", "finding_regions", "studies", "size", "seed", "test_studies")
 # What the user chose: a phantom that differs only by generator version is ours to rewrite.
 USER_PHANTOM_PARAMS = ("studies", "size", "seed", "test_studies")
-# files/pXX/pSUBJECT/sSTUDY.txt and files/pXX/pSUBJECT/sSTUDY/<dicom_id>.jpg
-_PHANTOM_FILE = re.compile(r"p\d\d/p\d+/s\d+(\.txt|/[0-9a-f]{8}(-[0-9a-f]{8}){4}\.jpg)")
+# files/pXX/pSUBJECT/sSTUDY.txt, files/pXX/pSUBJECT/sSTUDY/<dicom_id>.jpg and <dicom_id>.regions.json
+_PHANTOM_FILE = re.compile(r"p\d\d/p\d+/s\d+(\.txt|/[0-9a-f]{8}(-[0-9a-f]{8}){4}(\.jpg|\.regions\.json))")
 
 
 def _read_json(path: Path) -> Any:

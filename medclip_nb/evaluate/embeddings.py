@@ -131,6 +131,7 @@ class EvaluationArrays:
     prompts: dict[str, list[str]] = field(default_factory=dict)
     class_names: tuple[str, ...] = COMPETITION_TASKS
     test_groups: np.ndarray | None = None  # patient id of each test row (the bootstrap's unit); None: unknown
+    localisation: dict[str, Any] | None = None  # localisation.py: pairs, per-pair scores, patients, example maps
 
 
 

@@ -1,7 +1,7 @@
 """The evaluation of one model as one object: `Evaluation(model, tokenizer, cfg, device)`.
 
-`run(splits)` embeds the test split, then `zero_shot`, `retrieval` and `probe` each return
-their metrics.json entries (plain JSON data once `run` rounds them); the arrays behind them
+`run(splits)` embeds the test split, then `zero_shot`, `retrieval`, `localisation` and `probe` each
+return their metrics.json entries (plain JSON data once `run` rounds them); the arrays behind them
 (embeddings, scores, the 5x200 rows) collect in `arrays` for the figures.
 
     metrics, arrays = Evaluation(model, tokenizer, cfg, device, seed=0).run(splits)
@@ -26,6 +26,7 @@ from medclip_nb.evaluate.embeddings import (
     model_logit_scale,
 )
 from medclip_nb.evaluate.intervals import INTERVAL_METHOD, macro_f1_interval, mean_interval, patient_codes
+from medclip_nb.evaluate.localisation import localisation_entry, localisation_pairs, pair_groups, score_pairs
 from medclip_nb.evaluate.metrics import (
     accuracy,
     confusion,
@@ -48,7 +49,7 @@ ROUND_DIGITS = 4
 
 @dataclass
 class Evaluation:
-    """Zero-shot (CheXpert-5x200 and per label), retrieval and the linear probe of one model.
+    """Zero-shot (CheXpert-5x200 and per label), retrieval, localisation and the linear probe of one model.
 
     `seed` draws the 5x200 subset and the bootstrap resamples: keep it fixed to compare
     checkpoints on the same images. `log` receives progress lines."""
@@ -85,6 +86,8 @@ class Evaluation:
             metrics.update(self.zero_shot(splits["test"], test, rows, classes))
         with working("evaluate: retrieval"):
             metrics["retrieval"] = self.retrieval(test, rows, classes)
+        with working("evaluate: localisation"):
+            metrics["localisation"] = self.localisation(splits["test"])
         if splits.get("train") is not None:
             with working("evaluate: linear probe"):
                 metrics.update(self.probe(splits, test, metrics))
@@ -163,6 +166,26 @@ class Evaluation:
     def groups(self, rows: np.ndarray) -> np.ndarray | None:
         """Patient ids of some test rows (None: the test split names no patients)."""
         return None if self.arrays.test_groups is None else self.arrays.test_groups[rows]
+
+    # ---- localisation ----------------------------------------------------------------------------
+    def localisation(self, test_split) -> dict[str, Any]:
+        """Where the maps of a finding's text fall against the finding's region (localisation.py):
+        pointing game, CNR and IoU per map method and finding, with patient-level intervals; the
+        per-pair scores and a few maps go to `arrays.localisation`."""
+        if self.cfg.localisation_images == 0:
+            return {"skipped": "localisation_images is 0"}
+        if self.cfg.model != "simple" and self.cfg.text_encoder == "precomputed":
+            return {"skipped": "text_encoder 'precomputed' cannot encode a finding's text"}
+        pairs = localisation_pairs(test_split, self.cfg, self.seed)
+        if isinstance(pairs, str):
+            return {"skipped": pairs}
+        self.log(f"Localisation: {len(pairs)} finding regions on {pairs.images} test images "
+                 f"({', '.join(self.cfg.localisation_maps)} maps)...")
+        scores, readable, examples = score_pairs(self.model, self.tokenizer, test_split, pairs, self.cfg, self.device)
+        groups = pair_groups(test_split, pairs)
+        self.arrays.localisation = {"pairs": pairs, "scores": scores, "readable": readable, "groups": groups,
+                                    "examples": examples}
+        return localisation_entry(scores, readable, pairs, groups, self.seed)
 
     # ---- retrieval and the linear probe ----------------------------------------------------------
     def retrieval(self, test: dict, rows: np.ndarray, classes: np.ndarray) -> dict[str, Any]:

@@ -61,6 +61,13 @@ def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
     for direction in ("image_to_text", "text_to_image"):
         for k, v in test_retrieval[direction].items():
             rows.append((f"retrieval {direction} {k} (n={test_retrieval['n']})", v))
+    localisation = metrics.get("localisation") or {}
+    for method in ("similarity", "gradcam"):
+        if method in localisation:
+            every = localisation[method]["all"]
+            rows.append((f"localisation {method}: pointing game (n={every['n']}, chance "
+                         f"{every['chance_pointing_game']:.3f})", every["pointing_game"]))
+            rows.append((f"localisation {method}: CNR", every["cnr"]))
     probe = metrics.get("linear_probe")
     rows.append(("linear probe AUROC (mean)", probe["auroc_mean"] if probe else None))
     width = max([46] + [len(label) for label, _ in rows])

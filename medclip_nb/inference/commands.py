@@ -24,6 +24,7 @@ from medclip_nb.data import (
 from medclip_nb.errors import DataError, UserError
 from medclip_nb.evaluate import compute_embeddings, eval_datasets, read_metrics
 from medclip_nb.files import write_atomic
+from medclip_nb.inference.heatmaps import heatmap_targets, write_heatmaps
 from medclip_nb.inference.images import image_files
 from medclip_nb.inference.pretrained import Pretrained, load_pretrained, read_prompts_file
 from medclip_nb.inference.retrieval import load_report_bank
@@ -116,15 +117,19 @@ def _embed_options(pretrained: Pretrained, overrides: Mapping[str, Any]) -> dict
 
 
 def predict_command(checkpoint, paths, *, classes=None, prompts_file=None, mode="mean", csv=None,
-                    multi_label: bool = False, overrides: Mapping[str, Any] | None = None) -> "Any":
+                    multi_label: bool = False, heatmap=None, heatmap_method: str = "similarity", force: bool = False,
+                    overrides: Mapping[str, Any] | None = None) -> "Any":
     """`python -m medclip_nb predict`: the probability table on stdout, notes on stderr, the table
     also as CSV with `csv`. 5-way (default): one softmax over the classes, with the predicted
     class. `multi_label`: each finding on its own (positive vs negative prompt), with the findings
-    over 0.5. Returns the DataFrame."""
+    over 0.5. `heatmap`: a folder for one overlay PNG per image, the map of each class's text
+    (heatmaps.py; `heatmap_method` similarity or gradcam; files there replaced only with `force`).
+    Returns the DataFrame."""
     overrides = dict(overrides or {})
     if mode not in ("mean", "max"):
         raise UserError(f"--mode: {mode!r} is not one of mean, max")
     files = image_files(paths)  # a typo in a path fails before the model is loaded
+    targets = heatmap_targets(heatmap, heatmap_method, files, force) if heatmap else None
     prompts = read_prompts_file(prompts_file, pairs=multi_label) if prompts_file else None
     pretrained = load_pretrained(checkpoint, overrides.get("gpu_id"))
     classify = pretrained.classify_multilabel if multi_label else pretrained.classify
@@ -142,6 +147,11 @@ def predict_command(checkpoint, paths, *, classes=None, prompts_file=None, mode=
     print(shown.to_string(float_format=lambda v: f"{v:.4f}"))
     if csv:
         _note(f"Saved CSV: {shown_path(write_atomic(csv, shown.to_csv, what='--csv'))}")
+    if targets is not None:
+        texts = {name: list(p["positive"]) if multi_label else list(p) for name, p in table.attrs["prompts"].items()}
+        written = write_heatmaps(pretrained, table, texts, targets, heatmap_method)
+        _note(f"Saved {len(written)} {heatmap_method} overlay{'s' if len(written) != 1 else ''} in "
+              f"{shown_path(Path(heatmap).expanduser())}/")
     n = len(table)
     how = (f"for {len(table.columns)} findings, each positive vs negative prompt (positive: p > 0.5)" if multi_label
            else f"into {len(table.columns)} classes")

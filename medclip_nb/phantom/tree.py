@@ -23,11 +23,13 @@ from medclip_nb.data import (
     METADATA_COLUMNS,
     METADATA_TABLE,
     NEGBIO_TABLE,
+    REGIONS_SUFFIX,
     SPLIT_TABLE,
     describe_phantom,
     foreign_file,
     phantom_params,
     phantom_record,
+    regions_document,
     remove_derived_datasets,
     report_text,
     user_params,
@@ -37,6 +39,7 @@ from medclip_nb.labels import CHEXPERT_LABELS
 from medclip_nb.paths import resolve
 from medclip_nb.phantom.anatomy import Anatomy, sample_anatomy, study_anatomy
 from medclip_nb.phantom.plan import RNG_STUDY, RNG_SUBJECT, PlannedImage, PlannedStudy, plan_studies
+from medclip_nb.phantom.regions import MASK_RULE, render_with_regions
 from medclip_nb.phantom.render import MAX_SIZE, MIN_SIZE, image_width, render_chest
 from medclip_nb.phantom.reports import LABEL_NOISE, PhantomReport, write_report
 from medclip_nb.progress import progress
@@ -48,6 +51,11 @@ SENTENCE_TABLE = "sentence-label.csv.gz"  # MedCLIP's sentence-label table, ever
 # 2: writes the sentence-label table; 3: Lung Opacity from opacity words only; 4: open report language, labeler-like
 # label noise, graded findings down to the noise level (docs/phantom.md)
 PHANTOM_VERSION = 4
+# Bump when the finding-region files change (the images' and reports' bytes do not depend on them): a tree
+# written without them, or with older ones, is rewritten (same images, same reports) and re-prepared.
+# 1: <dicom_id>.regions.json beside each frontal image (phantom/regions.py)
+FINDING_REGIONS_VERSION = 1
+FRONTAL_VIEWS = ("PA", "AP")
 PHANTOM_MANIFEST = "phantom.json"
 JPEG_QUALITY = 90
 _CHUNK_STUDIES = 50  # studies per worker task: an even load over the cores and a live progress line
@@ -75,7 +83,7 @@ def _check_args(studies: int, size: int, seed: int, test_studies: int = 0) -> No
 
 
 def _manifest(studies: int, size: int, seed: int, test_studies: int = 0) -> dict:
-    return {"generator": "medclip_nb.phantom", "version": PHANTOM_VERSION,
+    return {"generator": "medclip_nb.phantom", "version": PHANTOM_VERSION, "finding_regions": FINDING_REGIONS_VERSION,
             "studies": int(studies), "size": int(size), "seed": int(seed), "test_studies": int(test_studies)}
 
 
@@ -189,8 +197,8 @@ class _Tables:
 
 
 def _write_study(out: Path, s: PlannedStudy, patient: Anatomy, size: int, seed: int, tables: _Tables) -> None:
-    """Write the study's report and JPEGs and add its rows. The report, then each image
-    (sorted by dicom_id), draw from one random stream of the study, in this order."""
+    """Write the study's report and JPEGs (beside each frontal one its finding regions) and add its rows.
+    The report, then each image (sorted by dicom_id), draw from one random stream of the study, in this order."""
     rng = np.random.default_rng([seed, RNG_STUDY, s.index, 1])
     views = [im.view for im in s.images]
     report = write_report(s.findings, views, s.style, rng)
@@ -202,7 +210,12 @@ def _write_study(out: Path, s: PlannedStudy, patient: Anatomy, size: int, seed: 
     frontal = next(v for v in views if v in ("PA", "AP"))
     for im in s.images:  # sorted by dicom_id
         anatomy = study_anatomy(patient, rng, im.view)
-        image = render_chest(size, anatomy, s.findings, im.view, rng)
+        if im.view in FRONTAL_VIEWS:  # the same image render_chest draws, and where each finding is
+            image, regions = render_with_regions(size, anatomy, s.findings, rng)
+            document = regions_document(image.width, image.height, regions, MASK_RULE)
+            (study_dir / f"{im.dicom_id}{REGIONS_SUFFIX}").write_text(json.dumps(document, separators=(",", ":")))
+        else:
+            image = render_chest(size, anatomy, s.findings, im.view, rng)
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
         (study_dir / f"{im.dicom_id}.jpg").write_bytes(buffer.getvalue())

@@ -12,6 +12,7 @@ Notebook-facing helpers, presentation only (the numbers come from train and eval
 - seed_stats.py: means with t intervals over seeds, differences paired by seed, Holm per table;
 - ablation_tables.py: the ablation's tables (notebook, summary.md, the end of `make ablation`);
 - readings.py: the written readings, generated from the numbers;
+- localisation.py: where the models look: localisation scores, paired differences, the grid of maps;
 - open_i.py: which data a run used, Open-i's MeSH table, report language beside the phantom's, the prompt gap.
 
 The notebooks use `from medclip_nb import study` and `study.<name>`: every name is re-exported here.
@@ -39,6 +40,12 @@ from medclip_nb.study.figures import (
     show_figure,
     similarity_heatmap_figure,
     training_curves_figure,
+)
+from medclip_nb.study.localisation import (
+    localisation_comparison,
+    localisation_comparison_table,
+    localisation_figure,
+    localisation_table,
 )
 from medclip_nb.study.open_i import (
     dataset_description,
@@ -92,6 +99,10 @@ __all__ = [
     "label_prevalence",
     "language_corpora",
     "language_table",
+    "localisation_comparison",
+    "localisation_comparison_table",
+    "localisation_figure",
+    "localisation_table",
     "mapped_share",
     "mesh_table",
     "label_prevalence_figure",

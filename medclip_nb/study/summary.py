@@ -19,6 +19,7 @@ from medclip_nb.evaluate import format_with_interval
 from medclip_nb.files import write_text_atomic
 from medclip_nb.paths import resolve
 from medclip_nb.study.ablation_tables import ablation_report
+from medclip_nb.study.localisation import METHOD_NAMES, SCORE_NAMES, localisation_rows
 from medclip_nb.study.tables import (
     HEADLINE_NAMES,
     LANGUAGE_ROWS,
@@ -62,8 +63,8 @@ def markdown_table(rows: Mapping[str, Mapping[str, Any]], columns: Mapping[str, 
 
 
 # Entries of metrics.json that are not a model's metrics.
-STUDY_ENTRIES = ("ablation", "data_efficiency", "dataset", "language", "prompt_gap", "paired_comparisons",
-                 "provenance")
+STUDY_ENTRIES = ("ablation", "data_efficiency", "dataset", "language", "localisation_comparison", "paired_comparisons",
+                 "prompt_gap", "provenance")
 
 
 def _data_section(metrics: Mapping[str, Any]) -> list[str]:
@@ -85,6 +86,36 @@ def _data_section(metrics: Mapping[str, Any]) -> list[str]:
     if isinstance(gap, Mapping) and gap:
         lines += ["", "## Prompt gap: MedCLIP's 5x200 prompts found word for word in a training sentence", "",
                   markdown_table(gap, {"prompts": "prompts", "found": "found", "share": "share"}, "class")]
+    return lines
+
+
+def _localisation_section(metrics: Mapping[str, Any]) -> list[str]:
+    """Each model's localisation scores (one table per map method) and the paired differences between
+    models on the same regions (notebook 04's `localisation_comparison`), when the run has them."""
+    models = {name: m for name, m in metrics.items() if name not in STUDY_ENTRIES and isinstance(m, Mapping)}
+    rows = localisation_rows(models)
+    if not rows:
+        return []
+    first = next(m["localisation"] for m in models.values() if "pairs" in (m.get("localisation") or {}))
+    lines = ["", "## Localisation: do the maps of a finding's text fall on the finding? (docs/localisation.md)", "",
+             f"{first['pairs']} finding regions on {first['images']} test images ({first['source']}); each score "
+             "with its 95 % bootstrap interval over patients; chance: a map that knows nothing of the image."]
+    columns = {"pairs": "pairs", "pointing game": "pointing game", "CNR": "CNR", "IoU": "IoU",
+               "chance: pointing game": "chance: pointing game", "chance: IoU": "chance: IoU"}
+    for method in dict.fromkeys(row["map"] for row in rows):
+        table = {f"{row['model']} · {row['finding']}": row for row in rows if row["map"] == method}
+        lines += ["", f"### {method}", "", markdown_table(table, columns, "model · finding")]
+    comparison = metrics.get("localisation_comparison")
+    if isinstance(comparison, Mapping) and comparison:
+        table = {}
+        for model, methods in comparison.items():
+            for method, groups in methods.items():
+                for finding, scores in groups.items():
+                    table[f"default - {model} · {METHOD_NAMES.get(method, method)} · {finding}"] = {
+                        label: format_with_interval(scores[score]["difference"], scores[score]["ci"])
+                        for score, label in SCORE_NAMES.items()}
+        lines += ["", "### Paired differences on the same regions (interval over patients)", "",
+                  markdown_table(table, {label: label for label in SCORE_NAMES.values()}, "difference · map · finding")]
     return lines
 
 
@@ -121,6 +152,7 @@ def summary_markdown(metrics: Mapping[str, Any], *, wall_seconds: float | None =
         lines += _protocols_section(models)
         lines += _probe_section(models)
     lines += _comparisons_section(metrics.get("paired_comparisons") or [])
+    lines += _localisation_section(metrics)
     lines += _ablation_section(metrics)
     return "\n".join(lines) + "\n"
 

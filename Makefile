@@ -10,7 +10,9 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PARAMS ?= params/debug.yaml
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
-export TQDM_MININTERVAL := 5
+# Seconds between plain progress lines in logs (make study: at least one line per 20 s of work).
+TQDM_MININTERVAL ?= 20
+export TQDM_MININTERVAL
 
 .PHONY: study test lab unit nbval ablation bench bench-train bench-data gpu-check-dry clean-study help
 help:
@@ -19,7 +21,7 @@ help:
 	@echo "make test    - unit tests + nbval on notebooks/"
 	@echo "make lab     - JupyterLab from .venv"
 	@echo "make bench   - our step vs open_clip's and vs this machine's GEMM rate (make bench-train, bench-data too)"
-	@echo "make ablation - see README"
+	@echo "make ablation - see README.md and docs/"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,9 +34,17 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Headless runs turn progress bars off from outside the notebooks (TQDM_DISABLE), so stored and
-# executed outputs hold no bar; interactive runs (make lab, a terminal) keep them.
+# executed outputs hold no bar; long steps still print a plain line every TQDM_MININTERVAL seconds
+# (medclip_nb/progress.py). Interactive runs (make lab, a terminal) keep the bars. nbval compares
+# stored outputs, so its runs print no progress line at all (TQDM_MININTERVAL=inf).
 HEADLESS := TQDM_DISABLE=1
-NBVAL := $(PY) -m pytest --nbval --nbval-current-env notebooks -q -p no:cacheprovider
+NBVAL := TQDM_MININTERVAL=inf $(PY) -m pytest --nbval --nbval-current-env notebooks -q -p no:cacheprovider
+# Two messages every run would print are filtered out of the log, nothing else: the papermill
+# kernel's "running over TCP without encryption" (it listens on 127.0.0.1 only, for one notebook)
+# and nbconvert's "alternative text is missing" (its HTML template has no place for an image's alt
+# text; each figure's caption is the text beside it in the notebook).
+QUIET := 2> >(grep -v --line-buffered -e 'Kernel is running over TCP without encryption' \
+                                      -e 'Alternative text is missing' >&2)
 
 # Results go to the reports_dir of $(PARAMS) (reports/ for params/debug.yaml, reports/iu/ for params/iu.yaml).
 # Phase times (phantom, prepare, image store, each notebook) go to <reports_dir>/phase_times.tsv and into
@@ -46,11 +56,11 @@ study: $(STAMP)
 	$(PY) -m medclip_nb data --config $(PARAMS) --phase-times $$rd/phase_times.tsv; \
 	for nb in $(NOTEBOOKS); do \
 	  echo "== papermill $$nb -f $(PARAMS) -> $$rd"; start=$$(date +%s.%N); \
-	  $(HEADLESS) $(VENV)/bin/papermill $$nb $$rd/$$(basename $$nb) -f $(PARAMS) --cwd . -k python3 --log-output --no-progress-bar; \
+	  $(HEADLESS) $(VENV)/bin/papermill $$nb $$rd/$$(basename $$nb) -f $(PARAMS) --cwd . -k python3 --log-output --no-progress-bar $(QUIET); \
 	  awk -v name=$$(basename $$nb .ipynb) -v a=$$(date +%s.%N) -v b=$$start 'BEGIN {printf "%s\t%.1f\n", name, a - b}' \
 	    >> $$rd/phase_times.tsv; \
 	done; \
-	$(VENV)/bin/jupyter nbconvert --to html --output-dir $$rd $$rd/0*.ipynb; \
+	$(VENV)/bin/jupyter nbconvert --to html --output-dir $$rd $$rd/0*.ipynb $(QUIET); \
 	$(PY) -m medclip_nb summary --metrics $$rd/metrics.json --out $$rd/summary.md \
 	  --params $(PARAMS) --wall-seconds $$(( $$(date +%s) - $$(cat .study-start) )) --phase-times $$rd/phase_times.tsv; \
 	rm -f .study-start; \
@@ -98,7 +108,7 @@ ablation: $(STAMP)
 	mkdir -p reports
 	set -e; for nb in notebooks/03_pretrain.ipynb notebooks/04_analysis.ipynb; do \
 	  echo "== papermill $$nb -f params/ablation.yaml"; \
-	  $(HEADLESS) $(VENV)/bin/papermill $$nb reports/ablation_$$(basename $$nb) -f params/ablation.yaml --cwd . -k python3 --log-output --no-progress-bar; \
+	  $(HEADLESS) $(VENV)/bin/papermill $$nb reports/ablation_$$(basename $$nb) -f params/ablation.yaml --cwd . -k python3 --log-output --no-progress-bar $(QUIET); \
 	done
 	set -e; for key in ablation data_efficiency; do \
 	  $(PY) -c "from medclip_nb.study import copy_metrics_entry as c; c('reports/ablation/metrics.json', 'reports/metrics.json', '$$key')"; \
@@ -151,7 +161,7 @@ bench-scale: $(STAMP)
 	$(PY) -m medclip_nb bench-scale --sizes $(BENCH_SCALE_SIZES)
 
 # One run of each kind in `make ablation`'s plan (train + scoring), side by side, and the plan's total
-# (README, make ablation); time the whole of it from an empty data/ with `make ablation-timed`.
+# (docs/data_efficiency.md); time the whole of it from an empty data/ with `make ablation-timed`.
 .PHONY: bench-ablation ablation-timed
 bench-ablation: $(STAMP)
 	$(PY) -m medclip_nb data --config params/ablation.yaml

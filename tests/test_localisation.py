@@ -101,7 +101,7 @@ def test_gradcam_on_a_tiny_model_returns_a_map_of_input_size():
 
 
 def test_comparison_pairs_models_on_the_same_regions_and_holm_corrects_each_table():
-    from medclip_nb.study.localisation import comparison_table, localisation_comparison
+    from medclip_nb.study.localisation import localisation_comparison, localisation_comparison_table
 
     rng = np.random.default_rng(1)
     n = 60
@@ -122,4 +122,4 @@ def test_comparison_pairs_models_on_the_same_regions_and_holm_corrects_each_tabl
     ps = [d["p"] for scores in table.values() for d in scores.values() if d["p"] is not None]
     holms = [d["p_holm"] for scores in table.values() for d in scores.values() if d["p_holm"] is not None]
     assert len(holms) == len(ps) and all(h >= p for h, p in zip(holms, ps))  # Holm never lowers a p-value
-    assert "resolved (Holm)" in comparison_table(out).to_string()
+    assert "resolved (Holm)" in localisation_comparison_table(out).to_string()

@@ -50,7 +50,7 @@ from medclip_nb.data.regions import attach_regions
 from medclip_nb.errors import ConfigError, DataError
 from medclip_nb.files import write_bytes_atomic, write_json_atomic
 from medclip_nb.labels import CHEXPERT_LABELS
-from medclip_nb.paths import resolve
+from medclip_nb.paths import resolve, shown
 from medclip_nb.progress import progress
 from medclip_nb.text import (
     PREPARED_NAME,
@@ -475,7 +475,7 @@ def _import_report(source: _Source, table, reason, chexpert, split: _Split, data
 def _print_report(report: dict, source: _Source, split: _Split) -> None:
     kept_line = ", ".join(f"{k} {v}" for k, v in report["kept"].items())
     dropped_line = ", ".join(f"{k} {v}" for k, v in report["dropped"].items())
-    print(f"prepared {report['kept_total']} images from {source.root} -> {source.out / 'datasets.pkl'}")
+    print(f"prepared {report['kept_total']} images from {shown(source.root)} -> {shown(source.out / 'datasets.pkl')}")
     print(f"  kept: {kept_line}")
     print(f"  dropped: {dropped_line}")
     unpaired = report["unpaired"]
@@ -484,7 +484,7 @@ def _print_report(report: dict, source: _Source, split: _Split) -> None:
               f"(sentences of {len(split.to_texts)} studies)")
     sentence_labels = report["sentence_labels"]
     if sentence_labels:
-        print(f"  sentence labels: {sentence_labels['sentences']} sentences -> {sentence_labels['path']}")
+        print(f"  sentence labels: {sentence_labels['sentences']} sentences -> {shown(sentence_labels['path'])}")
     if report["studies_with_last_paragraph_text"]:
         print(f"  studies without FINDINGS/IMPRESSION, text from their last paragraph: "
               f"{report['studies_with_last_paragraph_text']}")

@@ -14,7 +14,7 @@ from medclip_nb.data.provenance import PREPARE_REPORT, prepare_record, stale_rea
 from medclip_nb.data.store_build import build_store
 from medclip_nb.errors import ConfigError
 from medclip_nb.files import write_text_atomic
-from medclip_nb.paths import resolve
+from medclip_nb.paths import resolve, shown
 from medclip_nb.phantom import generate_phantom, phantom_is_current
 
 
@@ -38,7 +38,7 @@ def ensure_dataset(cfg: Config, *, log=print, times: dict[str, float] | None = N
     data_path = resolve(cfg.data_path)
     ours = prepare_record(data_path) is not None
     if data_path.exists() and not ours:
-        log(f"Using {data_path} as it is (not written by prepare)")
+        log(f"Using {shown(data_path)} as it is (not written by prepare)")
     elif cfg.iu_reports:
         started = time.perf_counter()
         _ensure_iu(cfg, data_path, log)
@@ -50,24 +50,24 @@ def ensure_dataset(cfg: Config, *, log=print, times: dict[str, float] | None = N
         shape = dict(studies=cfg.phantom_studies, size=cfg.phantom_size, seed=cfg.phantom_seed,
                      test_studies=cfg.phantom_test_studies)
         if not phantom_is_current(source, **shape):
-            log(f"Generating phantom MIMIC-CXR-JPG in {source} ({cfg.phantom_studies} studies"
+            log(f"Generating phantom MIMIC-CXR-JPG in {shown(source)} ({cfg.phantom_studies} studies"
                 + (f" + {cfg.phantom_test_studies} test studies" if cfg.phantom_test_studies else "")
                 + f", {cfg.phantom_size} px, seed {cfg.phantom_seed})")
             started = time.perf_counter()
             generate_phantom(source, **shape, force=cfg.force)
             _took(times, "phantom", started)
         if data_path.exists() and stale_reason(data_path):
-            log(f"Removing {data_path}: prepared from an earlier phantom")
+            log(f"Removing {shown(data_path)}: prepared from an earlier phantom")
             data_path.unlink()  # ours: prepare_report.json beside it says so
             (data_path.parent / PREPARE_REPORT).unlink(missing_ok=True)
     record = prepare_record(data_path) if data_path.exists() and ours and not cfg.iu_reports else None
     if record is not None and record.get("label_table", "chexpert") != cfg.mimic_labels:
-        log(f"Removing {data_path}: prepared with the {record.get('label_table', 'chexpert')} labels, "
+        log(f"Removing {shown(data_path)}: prepared with the {record.get('label_table', 'chexpert')} labels, "
             f"mimic_labels is {cfg.mimic_labels}")
         data_path.unlink()
         (data_path.parent / PREPARE_REPORT).unlink(missing_ok=True)
     if not data_path.exists() and not cfg.iu_reports:
-        log(f"Preparing {source} -> {data_path.parent}")
+        log(f"Preparing {shown(source)} -> {shown(data_path.parent)}")
         started = time.perf_counter()
         prepare_mimic(source, data_path.parent, frontal_views=tuple(cfg.frontal_views), labels=cfg.mimic_labels)
         if data_path.name != "datasets.pkl":
@@ -89,9 +89,9 @@ def _ensure_iu(cfg: Config, data_path: Path, log) -> None:
     if data_path.name != "datasets.pkl":
         raise ConfigError(f"config key 'data_path': Open-i is prepared as datasets.pkl, got {data_path.name}")
     if is_current(data_path, reports, cfg.iu_images, cfg.phantom_size, cfg.phantom_seed):
-        log(f"Using {data_path} (Open-i, {cfg.iu_images} images, prepared with these values)")
+        log(f"Using {shown(data_path)} (Open-i, {cfg.iu_images} images, prepared with these values)")
         return
-    log(f"Preparing Open-i ({cfg.iu_reports} reports, {cfg.iu_images} images) -> {data_path.parent}")
+    log(f"Preparing Open-i ({cfg.iu_reports} reports, {cfg.iu_images} images) -> {shown(data_path.parent)}")
     prepare_iu(data_path.parent, reports, cfg.iu_images, size=cfg.phantom_size, seed=cfg.phantom_seed, log=log)
 
 

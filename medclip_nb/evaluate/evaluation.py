@@ -41,6 +41,7 @@ from medclip_nb.evaluate.metrics import (
 )
 from medclip_nb.evaluate.zeroshot_medclip import zero_shot_5x200_medclip
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS
+from medclip_nb.progress import working
 from medclip_nb.prompts import class_prompts, label_prompt_pairs
 from medclip_nb.runtime import set_cpu_threads
 
@@ -90,11 +91,15 @@ class Evaluation:
         rows, classes = select_5x200(test["labels"], self.cfg.zeroshot_per_class, self.seed)
         self.arrays.five_x_200_rows, self.arrays.five_x_200_classes = rows, classes
         metrics["n"]["test_5x200"] = len(rows)
-        metrics.update(self.zero_shot(splits["test"], test, rows, classes))
-        metrics["retrieval"] = self.retrieval(test, rows, classes)
-        metrics["localisation"] = self.localisation(splits["test"])
+        with working("evaluate: zero-shot"):
+            metrics.update(self.zero_shot(splits["test"], test, rows, classes))
+        with working("evaluate: retrieval"):
+            metrics["retrieval"] = self.retrieval(test, rows, classes)
+        with working("evaluate: localisation"):
+            metrics["localisation"] = self.localisation(splits["test"])
         if splits.get("train") is not None:
-            metrics.update(self.probe(splits, test, metrics))
+            with working("evaluate: linear probe"):
+                metrics.update(self.probe(splits, test, metrics))
         else:
             metrics["linear_probe"] = metrics["linear_probe_fractions"] = None
         return json_ready(metrics), self.arrays
@@ -102,7 +107,7 @@ class Evaluation:
     def embed(self, split, name: str, with_text: bool = True) -> dict[str, Any]:
         self.log(f"Embedding the {name} split" + ("..." if with_text else " for the linear probe..."))
         embedded = compute_embeddings(self.model, loader_for(split, self.cfg, self.tokenizer), self.device,
-                                      with_text=with_text, amp=self.amp)
+                                      with_text=with_text, amp=self.amp, progress_desc=f"evaluate: {name} split")
         self.arrays.embeddings[name] = embedded
         return embedded
 

@@ -10,9 +10,11 @@ import numpy as np
 from medclip_nb.labels import COMPETITION_TASKS
 
 
-def confusion_figure(confusions: Mapping[str, Any], class_names: Sequence[str] = COMPETITION_TASKS):
-    """A matplotlib Figure with one confusion matrix per zero-shot mode. Built on the Agg
-    canvas directly, so it never changes the notebook's pyplot backend."""
+def confusion_figure(confusions: Mapping[str, Any], class_names: Sequence[str] = COMPETITION_TASKS,
+                     per_class: int = 200):
+    """A matplotlib Figure with one confusion matrix per zero-shot mode, titled with the number of
+    images it holds: 'CheXpert 5x200' only when every class has its `per_class` images. Built on
+    the Agg canvas directly, so it never changes the notebook's pyplot backend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from sklearn.metrics import ConfusionMatrixDisplay
@@ -24,7 +26,11 @@ def confusion_figure(confusions: Mapping[str, Any], class_names: Sequence[str] =
         ax = fig.add_subplot(1, len(modes), i + 1)
         display = ConfusionMatrixDisplay(np.asarray(confusions[mode]), display_labels=list(class_names))
         display.plot(ax=ax, colorbar=False, xticks_rotation=30, values_format="d")
-        ax.set_title(f"zero-shot 5x200 ({mode} over prompts)")
+        counts = np.asarray(confusions[mode]).sum(axis=1)
+        name = (f"CheXpert 5x{per_class}" if len(counts) and (counts == per_class).all()
+                else f"{int(counts.sum())} test images ({', '.join(str(int(c)) for c in counts)} per class)")
+        ax.set_title(f"zero-shot, {name}\nprompt {mode}; diagonal = correct", fontsize=10)
+        ax.set(xlabel="predicted class", ylabel="true class")
     fig.tight_layout()
     return fig
 

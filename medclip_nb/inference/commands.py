@@ -30,6 +30,7 @@ from medclip_nb.inference.pretrained import Pretrained, load_pretrained, read_pr
 from medclip_nb.inference.retrieval import load_report_bank
 from medclip_nb.model import EXPORT_FILES, export_checkpoint
 from medclip_nb.paths import resolve
+from medclip_nb.paths import shown as shown_path
 
 
 # ---- a whole dataset ----------------------------------------------------------------------------------
@@ -145,12 +146,12 @@ def predict_command(checkpoint, paths, *, classes=None, prompts_file=None, mode=
         shown = table.assign(prediction=table.idxmax(axis=1))
     print(shown.to_string(float_format=lambda v: f"{v:.4f}"))
     if csv:
-        _note(f"Saved CSV: {write_atomic(csv, shown.to_csv, what='--csv')}")
+        _note(f"Saved CSV: {shown_path(write_atomic(csv, shown.to_csv, what='--csv'))}")
     if targets is not None:
         texts = {name: list(p["positive"]) if multi_label else list(p) for name, p in table.attrs["prompts"].items()}
         written = write_heatmaps(pretrained, table, texts, targets, heatmap_method)
         _note(f"Saved {len(written)} {heatmap_method} overlay{'s' if len(written) != 1 else ''} in "
-              f"{Path(heatmap).expanduser()}/")
+              f"{shown_path(Path(heatmap).expanduser())}/")
     n = len(table)
     how = (f"for {len(table.columns)} findings, each positive vs negative prompt (positive: p > 0.5)" if multi_label
            else f"into {len(table.columns)} classes")
@@ -175,7 +176,7 @@ def retrieve_command(checkpoint, paths, reports, *, k: int = 5, splits=None, csv
     bank = load_report_bank(reports, splits)  # both before the model is loaded
     pretrained = load_pretrained(checkpoint, overrides.get("gpu_id"))
     pretrained.check_text_input()
-    _note(f"Embedding {len(bank)} distinct reports of {reports} ...")
+    _note(f"Embedding {len(bank)} distinct reports of {shown_path(reports)} ...")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BadImageWarning)  # named below, once each
         table = pretrained.retrieve(files, bank, k, **_embed_options(pretrained, overrides))
@@ -187,7 +188,7 @@ def retrieve_command(checkpoint, paths, reports, *, k: int = 5, splits=None, csv
         for row in rows.itertuples():
             print(f"  {row.rank:>3}  {row.similarity:.4f}  {row.source:<14} {_short(row.report)}")
     if csv:
-        _note(f"Saved CSV: {write_atomic(csv, lambda p: table.to_csv(p, index=False), what='--csv')}")
+        _note(f"Saved CSV: {shown_path(write_atomic(csv, lambda p: table.to_csv(p, index=False), what='--csv'))}")
     shown = min(k, len(bank))
     _note(f"The {shown} nearest of {len(bank)} distinct reports (cosine similarity) for "
           f"{table['image'].nunique()} image(s) on {pretrained.device}")
@@ -213,7 +214,7 @@ def export_command(checkpoint, out, *, metrics_file=None, metrics_key=None) -> P
         entry, source = data[key], f"{path.name}: {key}"
     folder = export_checkpoint(checkpoint, out, metrics=entry, metrics_source=source)
     written = [name for name in EXPORT_FILES if (folder / name).is_file()]
-    print(f"Exported {checkpoint} to {folder}/ ({', '.join(written)})")
+    print(f"Exported {shown_path(checkpoint)} to {shown_path(folder)}/ ({', '.join(written)})")
     return folder
 
 

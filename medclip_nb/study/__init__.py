@@ -31,15 +31,19 @@ from medclip_nb.study.ablation_tables import print_ablation, show_ablation, show
 from medclip_nb.study.fidelity import write_fidelity
 from medclip_nb.study.figures import (
     embedding_figure,
+    label_prevalence_figure,
+    overfit_figure,
+    per_label_auroc_figure,
     probe_fraction_figure,
+    report_length_figure,
     sample_grid_figure,
     show_figure,
     similarity_heatmap_figure,
     training_curves_figure,
 )
 from medclip_nb.study.localisation import (
-    comparison_table,
     localisation_comparison,
+    localisation_comparison_table,
     localisation_figure,
     localisation_table,
 )
@@ -54,14 +58,22 @@ from medclip_nb.study.open_i import (
 )
 from medclip_nb.study.paper import run_paper
 from medclip_nb.study.readings import reading
-from medclip_nb.study.runs import copy_metrics_entry, evaluate_run, record_models, train_and_evaluate, update_metrics
+from medclip_nb.study.runs import (
+    copy_metrics_entry,
+    evaluate_run,
+    record_comparisons,
+    record_models,
+    train_and_evaluate,
+    update_metrics,
+)
 from medclip_nb.study.setup import ensure_dataset, notebook_config
 from medclip_nb.study.summary import write_summary
 from medclip_nb.study.tables import (
+    comparison_table,
     epoch_table,
     label_prevalence,
     language_table,
-    paired_comparisons,
+    paired_comparison_entries,
     probe_fraction_table,
     read_metrics_log,
     report_lengths,
@@ -88,12 +100,16 @@ __all__ = [
     "language_corpora",
     "language_table",
     "localisation_comparison",
+    "localisation_comparison_table",
     "localisation_figure",
     "localisation_table",
     "mapped_share",
     "mesh_table",
+    "label_prevalence_figure",
     "notebook_config",
-    "paired_comparisons",
+    "overfit_figure",
+    "paired_comparison_entries",
+    "per_label_auroc_figure",
     "planned_runs",
     "print_ablation",
     "probe_fraction_figure",
@@ -101,8 +117,10 @@ __all__ = [
     "prompt_gap",
     "read_metrics_log",
     "reading",
+    "record_comparisons",
     "run_paper",
     "record_models",
+    "report_length_figure",
     "report_lengths",
     "results_table",
     "results_table_with_intervals",

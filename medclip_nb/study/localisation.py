@@ -97,7 +97,7 @@ def _difference(a: np.ndarray, b: np.ndarray, rows: np.ndarray, groups: np.ndarr
         "difference": None, "ci": None, "resolved": None, "p": None}
 
 
-def comparison_table(comparison: Mapping[str, Any], reference: str = "default") -> "pd.DataFrame":
+def localisation_comparison_table(comparison: Mapping[str, Any], reference: str = "default") -> "pd.DataFrame":
     """The paired differences as a table: rows (reference minus model, map, finding), one column per score."""
     import pandas as pd
 

@@ -13,7 +13,6 @@ from medclip_nb import lazy_exports
 _PUBLIC = {
     "main_bench_ablation": "medclip_nb.tools.ablation_bench",
     "BenchOptions": "medclip_nb.tools.bench",
-    "add_bench_parsers": "medclip_nb.tools.commands",
     "run_bench": "medclip_nb.tools.bench",
     "main_scale": "medclip_nb.tools.scale_bench",
     "run_step_bench": "medclip_nb.tools.step_bench",

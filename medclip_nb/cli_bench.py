@@ -1,12 +1,56 @@
-"""The flags of the CLI's benchmark subcommands `bench`, `bench-step`, `bench-train`, `bench-scale`
-and `bench-ablation` (`add_bench_parsers`; cli.py gives each its handler). Argparse only: `--help` loads no torch."""
+"""The benchmark subcommands of `python -m medclip_nb` (bench, bench-step, bench-train, bench-scale,
+bench-ablation): their flags and handlers, which load the benchmarks (tools/) only when one runs, so
+`--help` loads no torch. cli.py registers them with `add_bench_parsers`."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Callable, Mapping
+from typing import Callable
 
-from medclip_nb.config_load import add_config_arguments, at_least_one
+from medclip_nb.config_load import add_config_arguments, at_least_one, config_from_args, load_config
+from medclip_nb.paths import from_cwd
+
+
+def _bench(args) -> int:
+    cfg = config_from_args(args)
+    from medclip_nb.tools import BenchOptions, run_bench
+
+    run_bench(cfg, BenchOptions(phantom=args.phantom, phantom_size=args.phantom_height, steps=args.steps,
+                                skip=tuple(filter(None, map(str.strip, args.skip.split(",")))),
+                                json_path=args.json, prepare_only=args.prepare_only))
+    return 0
+
+
+def _bench_step(args) -> int:
+    from medclip_nb.tools import run_step_bench
+
+    run_step_bench(config_from_args(args), load_config(args.study), steps=args.steps, rounds=args.rounds)
+    return 0
+
+
+def _bench_train(args) -> int:
+    cfg = config_from_args(args)
+    from medclip_nb.tools import main_bench_train
+
+    main_bench_train(cfg, args.config or "the defaults", args.settings, args.steps, args.untimed, args.rounds)
+    return 0
+
+
+def _bench_scale(args) -> int:
+    from medclip_nb.tools import main_scale
+
+    sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
+    main_scale(sizes, args.root, store_size=args.store_size, num_workers=args.num_workers,
+               compare_old=not args.no_compare, keep=args.keep, out_json=args.json)
+    return 0
+
+
+def _bench_ablation(args) -> int:
+    cfg = config_from_args(args)
+    from medclip_nb.tools import main_bench_ablation
+
+    main_bench_ablation(cfg, args.workers, args.rounds)
+    return 0
 
 
 def workers_list(text: str) -> list[int]:
@@ -29,7 +73,7 @@ def add_bench(sub, func: Callable) -> None:
                    help="--phantom's image height in pixels (default: 3056, full MIMIC-CXR size)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default: 20)")
     p.add_argument("--skip", default="", help="measurements to leave out, comma-separated (see benchmarks/README.md)")
-    p.add_argument("--json", default=None, metavar="FILE",
+    p.add_argument("--json", default=None, metavar="FILE", type=from_cwd,
                    help="write the results here (default: benchmarks/results-<device>-<date>[-compiled].json)")
     p.add_argument("--prepare-only", "--prepare_only", dest="prepare_only", action="store_true",
                    help="with --phantom: build the phantom, its dataset and image store, then stop")
@@ -64,15 +108,15 @@ def add_bench_scale(sub, func: Callable) -> None:
                                            "(benchmarks/README.md)")
     p.add_argument("--sizes", default="5000,60000,227827",
                    help="studies per tree, comma-separated (full MIMIC: 227827)")
-    p.add_argument("--root", default="/tmp/medclip_scale", help="folder for the trees (removed afterwards unless "
-                                                                "--keep)")
+    p.add_argument("--root", default="/tmp/medclip_scale", type=from_cwd,
+                   help="folder for the trees (removed afterwards unless --keep)")
     p.add_argument("--store-size", "--store_size", dest="store_size", type=int, default=16,
                    help="image store side in pixels (default: 16; the images are tiny)")
     p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=2,
                    help="loader and import worker processes (default: 2)")
     p.add_argument("--no-compare", action="store_true", help="skip the second epoch with the old list-of-dicts records")
     p.add_argument("--keep", action="store_true", help="keep the trees")
-    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    p.add_argument("--json", default=None, type=from_cwd, help="also write the figures to this JSON file")
     p.set_defaults(func=func)
 
 
@@ -87,11 +131,10 @@ def add_bench_ablation(sub, func: Callable) -> None:
     p.set_defaults(func=func)
 
 
-def add_bench_parsers(sub, handlers: Mapping[str, Callable]) -> None:
-    """Register bench, bench-step, bench-train, bench-scale and bench-ablation on the CLI's subparsers, each running
-    `handlers[name]` (cli.py's, which load the benchmarks only when one runs)."""
-    add_bench(sub, handlers["bench"])
-    add_bench_step(sub, handlers["bench-step"])
-    add_bench_train(sub, handlers["bench-train"])
-    add_bench_scale(sub, handlers["bench-scale"])
-    add_bench_ablation(sub, handlers["bench-ablation"])
+def add_bench_parsers(sub) -> None:
+    """Register bench, bench-step, bench-train, bench-scale and bench-ablation on the CLI's subparsers."""
+    add_bench(sub, _bench)
+    add_bench_step(sub, _bench_step)
+    add_bench_train(sub, _bench_train)
+    add_bench_scale(sub, _bench_scale)
+    add_bench_ablation(sub, _bench_ablation)

@@ -10,15 +10,18 @@ STAMP := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 PARAMS ?= params/debug.yaml
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
-export TQDM_MININTERVAL := 5
+# Seconds between plain progress lines in logs (make study: at least one line per 20 s of work).
+TQDM_MININTERVAL ?= 20
+export TQDM_MININTERVAL
 
-.PHONY: study test lab unit nbval ablation bench clean-study help
+.PHONY: study test lab unit nbval ablation bench bench-train bench-data gpu-check-dry clean-study help
 help:
 	@echo "make study   - the whole study on the phantom data, headless (CPU): reports/"
 	@echo "make study PARAMS=params/iu.yaml - the study on the Open-i reports (extra [iu]): reports/iu/"
 	@echo "make test    - unit tests + nbval on notebooks/"
 	@echo "make lab     - JupyterLab from .venv"
-	@echo "make ablation, make bench - see README"
+	@echo "make bench   - our step vs open_clip's and vs this machine's GEMM rate (make bench-train, bench-data too)"
+	@echo "make ablation - see README.md and docs/"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,27 +34,41 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 # Headless runs turn progress bars off from outside the notebooks (TQDM_DISABLE), so stored and
-# executed outputs hold no bar; interactive runs (make lab, a terminal) keep them.
+# executed outputs hold no bar; long steps still print a plain line every TQDM_MININTERVAL seconds
+# (medclip_nb/progress.py). Interactive runs (make lab, a terminal) keep the bars. nbval compares
+# stored outputs, so its runs print no progress line at all (TQDM_MININTERVAL=inf).
 HEADLESS := TQDM_DISABLE=1
-NBVAL := $(PY) -m pytest --nbval --nbval-current-env notebooks -q -p no:cacheprovider
+NBVAL := TQDM_MININTERVAL=inf $(PY) -m pytest --nbval --nbval-current-env notebooks -q -p no:cacheprovider
+# Two messages every run would print are filtered out of the log, nothing else: the papermill
+# kernel's "running over TCP without encryption" (it listens on 127.0.0.1 only, for one notebook)
+# and nbconvert's "alternative text is missing" (its HTML template has no place for an image's alt
+# text; each figure's caption is the text beside it in the notebook).
+QUIET := 2> >(grep -v --line-buffered -e 'Kernel is running over TCP without encryption' \
+                                      -e 'Alternative text is missing' >&2)
 
 # Results go to the reports_dir of $(PARAMS) (reports/ for params/debug.yaml, reports/iu/ for params/iu.yaml).
+# Phase times (phantom, prepare, image store, each notebook) go to <reports_dir>/phase_times.tsv and into
+# summary.md's "Where the time went".
 study: $(STAMP)
 	@date +%s > .study-start
-	$(PY) -m medclip_nb data --config $(PARAMS)
 	set -e; rd=$$($(PY) -c "from medclip_nb.config_load import load_config; print(load_config('$(PARAMS)').reports_dir)"); \
-	mkdir -p $$rd/figures; \
+	mkdir -p $$rd/figures; rm -f $$rd/phase_times.tsv; \
+	$(PY) -m medclip_nb data --config $(PARAMS) --phase-times $$rd/phase_times.tsv; \
 	for nb in $(NOTEBOOKS); do \
-	  echo "== papermill $$nb -f $(PARAMS) -> $$rd"; \
-	  $(HEADLESS) $(VENV)/bin/papermill $$nb $$rd/$$(basename $$nb) -f $(PARAMS) --cwd . -k python3 --log-output --no-progress-bar; \
+	  echo "== papermill $$nb -f $(PARAMS) -> $$rd"; start=$$(date +%s.%N); \
+	  $(HEADLESS) $(VENV)/bin/papermill $$nb $$rd/$$(basename $$nb) -f $(PARAMS) --cwd . -k python3 --log-output --no-progress-bar $(QUIET); \
+	  awk -v name=$$(basename $$nb .ipynb) -v a=$$(date +%s.%N) -v b=$$start 'BEGIN {printf "%s\t%.1f\n", name, a - b}' \
+	    >> $$rd/phase_times.tsv; \
 	done; \
-	$(VENV)/bin/jupyter nbconvert --to html --output-dir $$rd $$rd/0*.ipynb; \
+	$(VENV)/bin/jupyter nbconvert --to html --output-dir $$rd $$rd/0*.ipynb $(QUIET); \
 	$(PY) -m medclip_nb summary --metrics $$rd/metrics.json --out $$rd/summary.md \
-	  --params $(PARAMS) --wall-seconds $$(( $$(date +%s) - $$(cat .study-start) )); \
+	  --params $(PARAMS) --wall-seconds $$(( $$(date +%s) - $$(cat .study-start) )) --phase-times $$rd/phase_times.tsv; \
 	rm -f .study-start; \
 	echo; \
+	echo "Where the time went (seconds):"; cat $$rd/phase_times.tsv; \
+	echo; \
 	echo "Study finished. Results:"; \
-	echo "  summary:            $$rd/summary.md (tables from metrics.json, machine, wall time)"; \
+	echo "  summary:            $$rd/summary.md (tables from metrics.json, machine, wall time, phase times)"; \
 	echo "  executed notebooks: $$rd/0*.ipynb (HTML copies: $$rd/0*.html)"; \
 	echo "  figures:            $$rd/figures/"; \
 	echo "  numbers:            $$rd/metrics.json"
@@ -65,10 +82,17 @@ nbval: $(STAMP)
 	$(HEADLESS) $(NBVAL)
 	$(HEADLESS) ATEN_CPU_CAPABILITY=default $(NBVAL)
 
+# The GPU check's every step at tiny sizes on the CPU, Jupyter's packages hidden as on a GPU machine
+# (benchmarks/README.md): the script cannot rot before a GPU is lent.
+GPU_CHECK_DRY := $${TMPDIR:-/tmp}/medclip_nb_gpu_check_dry
 test: $(STAMP)
 	$(HEADLESS) $(PY) -m pytest tests -q
 	$(HEADLESS) $(NBVAL)
 	$(HEADLESS) ATEN_CPU_CAPABILITY=default $(NBVAL)
+	PYTHON=$(PY) bash benchmarks/gpu_check.sh --cpu-dry-run --out $(GPU_CHECK_DRY)
+
+gpu-check-dry: $(STAMP)
+	PYTHON=$(PY) bash benchmarks/gpu_check.sh --cpu-dry-run --out $(GPU_CHECK_DRY)
 
 # JupyterLab refuses to start as root without --allow-root (containers, these machines).
 lab: $(STAMP)
@@ -84,7 +108,7 @@ ablation: $(STAMP)
 	mkdir -p reports
 	set -e; for nb in notebooks/03_pretrain.ipynb notebooks/04_analysis.ipynb; do \
 	  echo "== papermill $$nb -f params/ablation.yaml"; \
-	  $(HEADLESS) $(VENV)/bin/papermill $$nb reports/ablation_$$(basename $$nb) -f params/ablation.yaml --cwd . -k python3 --log-output --no-progress-bar; \
+	  $(HEADLESS) $(VENV)/bin/papermill $$nb reports/ablation_$$(basename $$nb) -f params/ablation.yaml --cwd . -k python3 --log-output --no-progress-bar $(QUIET); \
 	done
 	set -e; for key in ablation data_efficiency; do \
 	  $(PY) -c "from medclip_nb.study import copy_metrics_entry as c; c('reports/ablation/metrics.json', 'reports/metrics.json', '$$key')"; \
@@ -107,11 +131,28 @@ paper: $(STAMP)
 fidelity: $(STAMP)
 	$(PY) -c "from medclip_nb.study import write_fidelity; write_fidelity()"
 
-bench: $(STAMP)
+# Our training step against open_clip's on the same network (one thread) and against this machine's
+# fp32 GEMM rate (benchmarks/README.md); open_clip comes with the optional `bench` extra.
+BENCH_STAMP := $(VENV)/.bench-installed
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install -e '.[bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(PY) -m medclip_nb bench-step --config params/bench_step.yaml --study $(PARAMS)
+
+# Training pairs/s of $(PARAMS) before issue 29 (old) and now (new), interleaved in one run.
+BENCH_TRAIN_SETTINGS ?= old;new;new:num_workers=0
+bench-train: $(STAMP)
+	$(PY) -m medclip_nb data --config $(PARAMS)
+	$(HEADLESS) $(PY) -m medclip_nb bench-train --config $(PARAMS) --settings "$(BENCH_TRAIN_SETTINGS)"
+
+# The data pipeline: model-only vs end to end from the image store and from full-size JPEGs.
+bench-data: $(STAMP)
 	$(PY) -m medclip_nb bench --config params/bench_cpu.yaml --phantom 48
 
 clean-study:
-	rm -rf data/phantom checkpoints/debug reports/*.ipynb reports/*.html reports/figures/*.png reports/metrics.json
+	rm -rf data/phantom checkpoints/debug reports/*.ipynb reports/*.html reports/figures/*.png reports/metrics.json reports/phase_times.tsv
 
 # Data steps at MIMIC-CXR scale on synthetic trees (benchmarks/README.md); BENCH_SCALE_SIZES to change.
 BENCH_SCALE_SIZES ?= 5000,60000,227827
@@ -120,7 +161,7 @@ bench-scale: $(STAMP)
 	$(PY) -m medclip_nb bench-scale --sizes $(BENCH_SCALE_SIZES)
 
 # One run of each kind in `make ablation`'s plan (train + scoring), side by side, and the plan's total
-# (README, make ablation); time the whole of it from an empty data/ with `make ablation-timed`.
+# (docs/data_efficiency.md); time the whole of it from an empty data/ with `make ablation-timed`.
 .PHONY: bench-ablation ablation-timed
 bench-ablation: $(STAMP)
 	$(PY) -m medclip_nb data --config params/ablation.yaml

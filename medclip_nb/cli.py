@@ -1,5 +1,5 @@
 """`python -m medclip_nb SUBCOMMAND`: phantom, prepare, prepare-iu, prepare-chexpert, data, convert, cache, train,
-evaluate, bench, bench-scale, bench-ablation, summary, paper, predict, retrieve, embed, export.
+evaluate, bench, bench-scale, bench-ablation, bench-step, bench-train, summary, paper, predict, retrieve, embed, export.
 
 Errors that come from the user's input (a missing file, a bad key, a malformed dataset) end
 the command with one line on stderr and exit status 2, never a traceback.
@@ -11,9 +11,11 @@ import argparse
 import sys
 from typing import Callable, Mapping
 
-from medclip_nb.config import CONFIG_KEYS
-from medclip_nb.config_load import add_config_arguments, config_from_args
+from medclip_nb.cli_bench import add_bench_parsers
+from medclip_nb.config import CONFIG_KEYS, did_you_mean
+from medclip_nb.config_load import add_config_arguments, at_least_one, config_from_args
 from medclip_nb.errors import UserError, one_line
+from medclip_nb.paths import from_cwd, shown
 
 # A store row is size x size bytes: 100000 would ask for a 580 GB memory map.
 STORE_SIZES = range(8, 4097)
@@ -62,10 +64,13 @@ def _prepare_iu(args) -> int:
 
 
 def _data(args) -> int:
-    from medclip_nb.data import ensure_dataset
+    from medclip_nb.data import append_phase_times, ensure_dataset
 
-    path = ensure_dataset(config_from_args(args))
-    print(f"dataset ready: {path}")
+    times: dict[str, float] = {}
+    path = ensure_dataset(config_from_args(args), times=times)
+    print(f"dataset ready: {shown(path)}")
+    if args.phase_times:  # make study: summary.md's "Where the time went"
+        append_phase_times(args.phase_times, times)
     return 0
 
 
@@ -84,7 +89,7 @@ def _cache(args) -> int:
     folder = build_store(args.data_path, args.out, size=args.size, num_workers=args.num_workers, rebuild=args.rebuild)
     if args.verify:
         ImageStore.open(folder, expected_source=args.data_path, expected_size=args.size).verify()
-        print(f"image store {folder}: every row matches its recorded hash")
+        print(f"image store {shown(folder)}: every row matches its recorded hash")
     return 0
 
 
@@ -117,7 +122,8 @@ def _predict(args) -> int:
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     predict_command(args.checkpoint, args.paths, classes=classes, prompts_file=args.prompts, mode=args.mode,
-                    csv=args.csv, multi_label=args.multi_label, overrides=_overrides(args), force=args.force_output)
+                    csv=args.csv, multi_label=args.multi_label, heatmap=args.heatmap,
+                    heatmap_method=args.heatmap_method, force=args.force_output, overrides=_overrides(args))
     return 0
 
 
@@ -150,43 +156,6 @@ def _export(args) -> int:
     return 0
 
 
-def _bench(args) -> int:
-    cfg = config_from_args(args)
-    from medclip_nb.tools import run_bench
-
-    run_bench(cfg, phantom=args.phantom, steps=args.steps)
-    return 0
-
-
-def _bench_ablation(args) -> int:
-    cfg = config_from_args(args)
-    from medclip_nb.tools import main_bench_ablation
-
-    main_bench_ablation(cfg, args.workers, args.rounds)
-    return 0
-
-
-def _workers_list(text: str) -> list[int]:
-    """--workers: comma-separated loader process counts, each 0 or more."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of counts such as 0,2")
-    return values
-
-
-def _at_least_one(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
-
-
 def _paper(args) -> int:
     cfg = config_from_args(args)
     from medclip_nb.study import run_paper
@@ -196,20 +165,17 @@ def _paper(args) -> int:
 
 
 def _summary(args) -> int:
+    from medclip_nb.config_load import load_config
     from medclip_nb.study import write_summary
 
-    path = write_summary(args.metrics, args.out, wall_seconds=args.wall_seconds, params=args.params,
-                         force=args.force_output)
-    print(f"summary written: {path}")
-    return 0
-
-
-def _bench_scale(args) -> int:
-    from medclip_nb.tools import main_scale
-
-    sizes = [int(v) for v in args.sizes.split(",") if v.strip()]
-    main_scale(sizes, args.root, store_size=args.store_size, num_workers=args.num_workers,
-               compare_old=not args.no_compare, keep=args.keep, out_json=args.json)
+    reports = load_config(args.config).path("reports_dir") if args.config else None
+    metrics = args.metrics or (reports / "metrics.json" if reports else from_cwd("reports/metrics.json"))
+    out = args.out or (reports / "summary.md" if reports else from_cwd("reports/summary.md"))
+    path = write_summary(metrics, out, wall_seconds=args.wall_seconds, params=args.params or args.config,
+                         phase_times=args.phase_times, force=args.force_output)
+    print(f"summary written: {shown(path)}")
+    if reports:
+        print(f"  numbers: {shown(reports / 'metrics.json')}, figures: {shown(reports / 'figures')}/")
     return 0
 
 
@@ -221,12 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     for add in _SUBCOMMANDS:
         add(sub)
+    parser.set_defaults(subcommands=sub.choices)
     return parser
+
+
+def unknown_flag_message(args: argparse.Namespace, extra: list[str]) -> str:
+    """The one line for arguments no flag of the subcommand takes, with the closest flag."""
+    flag = next((a for a in extra if a.startswith("-")), extra[0]).split("=", 1)[0]
+    if not flag.startswith("-"):
+        return f"{args.command}: unexpected argument {flag!r}"
+    options = [o for action in args.subcommands[args.command]._actions for o in action.option_strings]
+    return f"{args.command}: unknown flag {flag!r}{did_you_mean(flag, options, prefix='--')}"
 
 
 def _add_phantom(sub) -> None:
     p = sub.add_parser("phantom", help="write a deterministic phantom MIMIC-CXR-JPG dataset")
-    p.add_argument("--out", required=True, help="output folder (the MIMIC-CXR-JPG root)")
+    p.add_argument("--out", required=True, type=from_cwd, help="output folder (the MIMIC-CXR-JPG root)")
     p.add_argument("--studies", type=int, default=300, help="number of studies (default: 300)")
     p.add_argument("--size", type=int, default=256, help="image side in pixels (default: 256)")
     p.add_argument("--seed", type=int, default=0, help="seed; same seed, same bytes (default: 0)")
@@ -242,9 +218,9 @@ def _add_phantom(sub) -> None:
 
 def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="import a MIMIC-CXR-JPG tree into datasets.pkl")
-    p.add_argument("--mimic-root", "--mimic_root", dest="mimic_root", required=True,
+    p.add_argument("--mimic-root", "--mimic_root", dest="mimic_root", required=True, type=from_cwd,
                    help="MIMIC-CXR-JPG root: files/ and the mimic-cxr-2.0.0-*.csv.gz tables")
-    p.add_argument("--out", required=True, help="output folder for datasets.pkl and prepare_report.json")
+    p.add_argument("--out", required=True, type=from_cwd, help="output folder for datasets.pkl and prepare_report.json")
     p.add_argument("--views", default="PA,AP", help="ViewPosition values kept (default: PA,AP)")
     p.add_argument("--labels", choices=["chexpert", "negbio"], default="chexpert",
                    help="label table: mimic-cxr-2.0.0-chexpert.csv.gz (default) or -negbio.csv.gz (MedCLIP's)")
@@ -294,21 +270,26 @@ def _add_data(sub) -> None:
     add_config_arguments(p, keys=("data_path", "mimic_root", "iu_reports", "iu_images", "frontal_views", "mimic_labels",
                                   "phantom_dir", "phantom_studies", "phantom_size", "phantom_seed",
                                   "phantom_test_studies", "image_store", "resize_size", "force"))
+    p.add_argument("--phase-times", "--phase_times", dest="phase_times", default=None, metavar="FILE",
+                   help="append 'phase<TAB>seconds' lines (phantom, prepare, image store) to FILE (make study)")
     p.set_defaults(func=_data)
 
 
 def _add_convert(sub) -> None:
     p = sub.add_parser("convert", help="write a dataset pickle once as a JSON Lines manifest (safe and fast to load)")
-    p.add_argument("--data_path", "--data-path", dest="data_path", required=True, help="datasets.pkl to convert")
-    p.add_argument("--out", default=None, help="manifest to write (default: the pickle's name with .jsonl); never "
-                                               "replaced")
+    p.add_argument("--data_path", "--data-path", dest="data_path", required=True, type=from_cwd,
+                   help="datasets.pkl to convert")
+    p.add_argument("--out", default=None, type=from_cwd,
+                   help="manifest to write (default: the pickle's name with .jsonl); never replaced")
     p.set_defaults(func=_convert)
 
 
 def _add_cache(sub) -> None:
     p = sub.add_parser("cache", help="decode every image of a dataset once into a uint8 store")
-    p.add_argument("--data_path", "--data-path", dest="data_path", required=True, help="datasets.pkl or manifest")
-    p.add_argument("--out", default=None, help="store folder (default: image_store_<size>/ beside the dataset file)")
+    p.add_argument("--data_path", "--data-path", dest="data_path", required=True, type=from_cwd,
+                   help="datasets.pkl or manifest")
+    p.add_argument("--out", default=None, type=from_cwd,
+                   help="store folder (default: image_store_<size>/ beside the dataset file)")
     p.add_argument("--size", type=int, default=256, help="stored image side (default: 256)")
     p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=None,
                    help="decoding processes (default: all cores)")
@@ -327,45 +308,59 @@ def _add_train(sub) -> None:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="zero-shot, retrieval and linear-probe evaluation of a checkpoint")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, last.pth, ...)")
-    p.add_argument("--out", default="reports", help="folder for metrics.json and figures (default: reports)")
+    p.add_argument("--checkpoint", required=True, type=from_cwd, help="checkpoint file (best.pth, last.pth, ...)")
+    p.add_argument("--out", default="reports", type=from_cwd,
+                   help="folder for metrics.json and figures (default: reports)")
     add_config_arguments(p, keys=("data_path", "image_root", "image_store", "eval_batch_size",
                                   "zeroshot_per_class", "zeroshot_protocols", "zeroshot_prompts_n",
-                                  "zeroshot_prompt_draws", "num_workers", "gpu_id", "seed"))
+                                  "zeroshot_prompt_draws", "localisation_images", "localisation_maps",
+                                  "localisation_boxes", "num_workers", "gpu_id", "seed"))
     p.set_defaults(func=_evaluate)
 
 
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="zero-shot classify images or folders of images with a checkpoint or export")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, ...) or export folder")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
+    p.add_argument("--checkpoint", required=True, type=from_cwd,
+                   help="checkpoint file (best.pth, ...) or export folder")
+    p.add_argument("paths", nargs="+", metavar="PATH", type=from_cwd,
+                   help="image files and/or folders (searched recursively)")
     p.add_argument("--multi-label", "--multi_label", dest="multi_label", action="store_true",
                    help="each finding on its own: softmax over its positive and negative prompt, as evaluate's "
                         "per-label zero-shot (default: one softmax over the classes)")
     p.add_argument("--classes", default=None,
                    help="comma-separated class names (default: the prompts file's classes, else the five "
                         "CheXpert competition classes; with --multi-label the 14 CheXpert labels)")
-    p.add_argument("--prompts", default=None, metavar="FILE",
+    p.add_argument("--prompts", default=None, metavar="FILE", type=from_cwd,
                    help="YAML/JSON file mapping class names to lists of prompts (default: MedCLIP's vocabulary); "
                         "with --multi-label each finding to {positive: [...], negative: [...]}")
     p.add_argument("--mode", default="mean", choices=["mean", "max"],
                    help="prompt ensemble: mean embedding or best prompt (default: mean)")
-    p.add_argument("--csv", default=None, metavar="FILE", help="also write the table as CSV")
-    p.add_argument("--force", dest="force_output", action="store_true", help="let --csv replace an existing file")
+    p.add_argument("--csv", default=None, metavar="FILE", type=from_cwd, help="also write the table as CSV")
+    p.add_argument("--heatmap", default=None, metavar="DIR", type=from_cwd,
+                   help="also write one PNG per image into DIR: the map of each class's text over the model's input "
+                        "(docs/localisation.md)")
+    p.add_argument("--heatmap-method", "--heatmap_method", dest="heatmap_method", default="similarity",
+                   choices=["similarity", "gradcam"],
+                   help="with --heatmap: the image-text similarity of each location, or Grad-CAM of the similarity")
+    p.add_argument("--force", dest="force_output", action="store_true",
+                   help="let --csv replace an existing file and --heatmap replace overlay files in DIR")
     add_config_arguments(p, keys=("eval_batch_size", "num_workers", "gpu_id", "on_bad_image"))
     p.set_defaults(func=_predict)
 
 
 def _add_retrieve(sub) -> None:
     p = sub.add_parser("retrieve", help="the nearest reports of a report bank for images, with a checkpoint or export")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, ...) or export folder")
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders (searched recursively)")
-    p.add_argument("--reports", required=True, metavar="FILE",
+    p.add_argument("--checkpoint", required=True, type=from_cwd,
+                   help="checkpoint file (best.pth, ...) or export folder")
+    p.add_argument("paths", nargs="+", metavar="PATH", type=from_cwd,
+                   help="image files and/or folders (searched recursively)")
+    p.add_argument("--reports", required=True, metavar="FILE", type=from_cwd,
                    help="the report bank: a dataset file (.pkl, .jsonl, .csv) or a text file, one report per line")
     p.add_argument("--splits", default=None,
                    help="comma-separated splits of a dataset file to search (default: train,val,test)")
-    p.add_argument("-k", type=_at_least_one, default=5, help="reports per image (default: 5)")
-    p.add_argument("--csv", default=None, metavar="FILE", help="also write the table (whole reports) as CSV")
+    p.add_argument("-k", type=at_least_one, default=5, help="reports per image (default: 5)")
+    p.add_argument("--csv", default=None, metavar="FILE", type=from_cwd,
+                   help="also write the table (whole reports) as CSV")
     p.add_argument("--force", dest="force_output", action="store_true", help="let --csv replace an existing file")
     add_config_arguments(p, keys=("eval_batch_size", "num_workers", "gpu_id", "on_bad_image"))
     p.set_defaults(func=_retrieve)
@@ -373,8 +368,9 @@ def _add_retrieve(sub) -> None:
 
 def _add_embed(sub) -> None:
     p = sub.add_parser("embed", help="image and report embeddings of a dataset file, with their ids, to .npz")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, ...) or export folder")
-    p.add_argument("--out", required=True, metavar="FILE", help="output .npz file")
+    p.add_argument("--checkpoint", required=True, type=from_cwd,
+                   help="checkpoint file (best.pth, ...) or export folder")
+    p.add_argument("--out", required=True, metavar="FILE", type=from_cwd, help="output .npz file")
     p.add_argument("--force", dest="force_output", action="store_true", help="let --out replace an existing file")
     p.add_argument("--splits", default="train,val,test", help="comma-separated splits (default: train,val,test)")
     add_config_arguments(p, keys=("data_path", "image_root", "image_store", "eval_batch_size", "num_workers",
@@ -385,34 +381,15 @@ def _add_embed(sub) -> None:
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="a model folder others can load: safetensors weights, config, tokenizer, "
                                       "preprocessing config and a model card (docs/using-a-model.md)")
-    p.add_argument("--checkpoint", required=True, help="checkpoint file (best.pth, last.pth, ...)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder (new or empty, or an earlier export)")
+    p.add_argument("--checkpoint", required=True, type=from_cwd, help="checkpoint file (best.pth, last.pth, ...)")
+    p.add_argument("--out", required=True, metavar="DIR", type=from_cwd,
+                   help="output folder (new or empty, or an earlier export)")
     p.add_argument("--force", dest="force_output", action="store_true", help="--out may be a user's folder")
-    p.add_argument("--metrics", default=None, metavar="FILE",
+    p.add_argument("--metrics", default=None, metavar="FILE", type=from_cwd,
                    help="a metrics.json whose entry goes into the model card, with its intervals")
     p.add_argument("--metrics-key", "--metrics_key", dest="metrics_key", default=None, metavar="KEY",
                    help="the entry of --metrics (default: the checkpoint's key, '<run folder>/<file stem>')")
     p.set_defaults(func=_export)
-
-
-def _add_bench(sub) -> None:
-    p = sub.add_parser("bench", help="throughput benchmark: model-only vs end-to-end from the store and from JPEGs")
-    add_config_arguments(p)
-    p.add_argument("--phantom", type=int, default=None,
-                   help="build a phantom of N studies at full MIMIC-CXR size for the raw-JPEG path")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default: 20)")
-    p.set_defaults(func=_bench)
-
-
-def _add_bench_ablation(sub) -> None:
-    p = sub.add_parser("bench-ablation", help="time one run of each kind in make ablation's plan (train + scoring), "
-                                              "side by side, and what the plan's runs come to")
-    add_config_arguments(p)
-    p.add_argument("--workers", type=_workers_list, default=[0],
-                   help="num_workers settings to compare, comma-separated (default: 0)")
-    p.add_argument("--rounds", type=_at_least_one, default=2,
-                   help="interleaved rounds; medians are printed (default: 2)")
-    p.set_defaults(func=_bench_ablation)
 
 
 def _add_paper(sub) -> None:
@@ -422,32 +399,25 @@ def _add_paper(sub) -> None:
     p.set_defaults(func=_paper)
 
 
+def _add_bench_commands(sub) -> None:
+    add_bench_parsers(sub)
+
+
 def _add_summary(sub) -> None:
     p = sub.add_parser("summary", help="write the results tables of metrics.json as summary.md (make study does)")
-    p.add_argument("--metrics", default="reports/metrics.json", help="metrics.json (default: reports/metrics.json)")
-    p.add_argument("--out", default="reports/summary.md", help="output file (default: reports/summary.md)")
+    p.add_argument("--config", default=None, type=from_cwd,
+                   help="the parameter file the study ran with: metrics.json and summary.md in its reports_dir")
+    p.add_argument("--metrics", default=None, type=from_cwd,
+                   help="metrics.json (default: <reports_dir>/metrics.json with --config, else reports/metrics.json)")
+    p.add_argument("--out", default=None, type=from_cwd,
+                   help="output file (default: <reports_dir>/summary.md with --config, else reports/summary.md)")
     p.add_argument("--force", dest="force_output", action="store_true", help="--out may replace a user's file")
     p.add_argument("--wall-seconds", "--wall_seconds", dest="wall_seconds", type=float, default=None,
                    help="the study's wall time, shown in the summary")
-    p.add_argument("--params", default=None, help="the parameter file the study ran with, shown in the summary")
+    p.add_argument("--params", default=None, help="how the study ran, shown in the summary (default: --config)")
+    p.add_argument("--phase-times", "--phase_times", dest="phase_times", default=None, metavar="FILE",
+                   help="'phase<TAB>seconds' lines (make study writes reports/phase_times.tsv), shown as a table")
     p.set_defaults(func=_summary)
-
-
-def _add_bench_scale(sub) -> None:
-    p = sub.add_parser("bench-scale", help="time every data step on synthetic MIMIC-CXR-size trees "
-                                           "(benchmarks/README.md)")
-    p.add_argument("--sizes", default="5000,60000,227827",
-                   help="studies per tree, comma-separated (full MIMIC: 227827)")
-    p.add_argument("--root", default="/tmp/medclip_scale", help="folder for the trees (removed afterwards unless "
-                                                                "--keep)")
-    p.add_argument("--store-size", "--store_size", dest="store_size", type=int, default=16,
-                   help="image store side in pixels (default: 16; the images are tiny)")
-    p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=2,
-                   help="loader and import worker processes (default: 2)")
-    p.add_argument("--no-compare", action="store_true", help="skip the second epoch with the old list-of-dicts records")
-    p.add_argument("--keep", action="store_true", help="keep the trees")
-    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    p.set_defaults(func=_bench_scale)
 
 
 # In the order `--help` lists them.
@@ -465,11 +435,9 @@ _SUBCOMMANDS = (
     _add_retrieve,
     _add_embed,
     _add_export,
-    _add_bench,
+    _add_bench_commands,
     _add_summary,
     _add_paper,
-    _add_bench_scale,
-    _add_bench_ablation,
 )
 
 
@@ -480,7 +448,10 @@ def main(argv: list[str] | None = None, *, work: Mapping[str, Callable] | None =
     calls f(cfg) instead of training, `{"evaluate": f}` calls f(checkpoint, out_dir=,
     overrides=) instead of evaluate_checkpoint (the fuzzer's stubs; tools/fuzz.py)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        print(f"error: {unknown_flag_message(args, extra)}", file=sys.stderr)
+        return 2
     args.work = dict(work or {})
     try:
         return args.func(args)
@@ -488,7 +459,7 @@ def main(argv: list[str] | None = None, *, work: Mapping[str, Callable] | None =
         print(f"error: {one_line(e, 1000)}", file=sys.stderr)
         return 2
     except MemoryError:
-        print("error: out of memory (an input asks for more than this machine has; see the limits in README)",
+        print("error: out of memory (an input asks for more than this machine has; see the limits in docs/failures.md)",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:

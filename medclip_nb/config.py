@@ -29,9 +29,10 @@ from medclip_nb.errors import ConfigError, quote
 from medclip_nb.paths import resolve
 
 
-def _opt(default, help: str, choices=None, check=None, items=None):
-    """A key: its default, help, allowed `choices`, `check` and, for a list, its `items` type."""
-    meta = {"help": help, "choices": choices, "check": check, "items": items}
+def _opt(default, help: str, choices=None, check=None, items=None, path=False):
+    """A key: its default, help, allowed `choices`, `check`, for a list its `items` type, and
+    whether it is a `path` (a flag's value is then taken from the current folder, paths.from_cwd)."""
+    meta = {"help": help, "choices": choices, "check": check, "items": items, "path": path}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -50,35 +51,35 @@ class Config:
     # ---- data -----------------------------------------------------------------------------
     data_path: str = _opt(
         "/root/autodl-tmp/mimic_cxr/datasets.pkl",
-        "dataset file: datasets.pkl (train/val/test lists of dicts), or a .jsonl/.csv manifest",
+        "dataset file: datasets.pkl (train/val/test lists of dicts), or a .jsonl/.csv manifest", path=True,
     )
     image_root: str | None = _opt(
-        None, "folder that relative image_path values are taken from (default: the dataset file's folder)"
+        None, "folder that relative image_path values are taken from (default: the dataset file's folder)", path=True
     )
     image_store: str | None = _opt(
         None, "prepared uint8 image store (from `prepare --store`/`cache`); 'auto' uses one beside the dataset file if "
-              "present"
+              "present", path=True
     )
-    mimic_root: str | None = _opt(None, "MIMIC-CXR-JPG root read by `prepare` (files/, *.csv.gz)")
+    mimic_root: str | None = _opt(None, "MIMIC-CXR-JPG root read by `prepare` (files/, *.csv.gz)", path=True)
     frontal_views: list = _opt(["PA", "AP"], "ViewPosition values kept by `prepare`")
     iu_reports: str | None = _opt(
         None, "Open-i (Indiana University) reports read by `data` / `prepare-iu`: 'installed' (the copy in the "
         "installed torchxrayvision, extra [iu]), an XML folder, NLMCXR_reports.tgz or a torchxrayvision wheel; "
-        "null: not Open-i (docs/datasets.md)"
+        "null: not Open-i (docs/datasets.md)", path=True,
     )
     iu_images: str | None = _opt(
         None, "Open-i images with iu_reports: a folder of the Open-i PNGs, or 'phantom' (one phantom radiograph per "
-        "report drawn from its MeSH codes, phantom_size px, phantom_seed)"
+        "report drawn from its MeSH codes, phantom_size px, phantom_seed)", path=True,
     )
     mimic_labels: str = _opt(
         "chexpert", "label table `prepare` reads: chexpert (mimic-cxr-2.0.0-chexpert.csv.gz) or negbio "
         "(mimic-cxr-2.0.0-negbio.csv.gz, MedCLIP's process_mimic_cxr.py)", choices=["chexpert", "negbio"],
     )
     chexpert_root: str | None = _opt(None, "CheXpert-v1.0(-small) folder holding train.csv, read by `prepare-chexpert` "
-                                           "and `make paper`")
+                                           "and `make paper`", path=True)
     chexpert_phantom_dir: str = _opt("data/phantom_chexpert", "`make paper` without chexpert_root: where the phantom "
-                                     "CheXpert tree is written")
-    phantom_dir: str = _opt("data/phantom", "where the phantom MIMIC-CXR-JPG tree is written")
+                                     "CheXpert tree is written", path=True)
+    phantom_dir: str = _opt("data/phantom", "where the phantom MIMIC-CXR-JPG tree is written", path=True)
     phantom_studies: int = _opt(300, "number of phantom studies", check=between(1, 1_000_000))
     phantom_size: int = _opt(256, "phantom image side in pixels (MIMIC-CXR is about 2544 x 3056)",
                              check=between(*PHANTOM_SIZES))
@@ -110,7 +111,7 @@ class Config:
     sentence_labels: str | None = _opt(
         None, "report_sampling sentence with a medclip loss: a sentence-label table (MedCLIP's sentence-label.csv "
         "format) so a sentence has its own labels; 'auto' uses sentence_labels.csv.gz beside the dataset file "
-        "when prepare wrote one; null: a sentence has its study's labels",
+        "when prepare wrote one; null: a sentence has its study's labels", path=True,
     )
     text_eda: float = _opt(
         0.0, "report_sampling sentence: EDA fraction alpha (random swap / deletion / insertion of in-report "
@@ -123,6 +124,11 @@ class Config:
     )
     max_text_tokens: int = _opt(128, "text length in tokens (the simple model always uses 50 characters)",
                                 check=between(1, 8192))
+    text_padding: str = _opt(
+        "auto", "text batches padded to the longest text in the batch (at most max_text_tokens), or always to "
+        "max_text_tokens (fixed shapes); auto: longest, but max_length with compile (no recompiles)",
+        choices=["auto", "longest", "max_length"],
+    )
     vocab_size: int = _opt(4000, "subword vocabulary size learned from the training reports",
                            check=between(1, 1_000_000))
     train_fraction: float = _opt(
@@ -145,8 +151,9 @@ class Config:
     text_layers: int = _opt(4, "transformer text encoder layers", check=between(1, 128))
     text_width: int = _opt(256, "transformer text encoder width", check=between(1, 16384))
     text_heads: int = _opt(4, "transformer text encoder attention heads", check=between(1, 1024))
-    bert_path: str | None = _opt(None, "local Hugging Face folder of a BERT-family model (text_encoder: bert)")
-    text_features_path: str | None = _opt(None, "clip_text_features.json for text_encoder: precomputed")
+    bert_path: str | None = _opt(None, "local Hugging Face folder of a BERT-family model (text_encoder: bert)",
+                                 path=True)
+    text_features_path: str | None = _opt(None, "clip_text_features.json for text_encoder: precomputed", path=True)
     embed_dim: int = _opt(512, "shared embedding size", check=between(1, 16384))
     loss: str = _opt(
         "clip", "contrastive loss: clip; medclip (MedCLIP's published soft targets); medclip_cosine (ours: "
@@ -238,12 +245,22 @@ class Config:
         "reads them (short epochs of small train_fraction runs); last.pth is always written"
     )
     num_workers: int = _opt(4, "data loader worker processes", check=between(0, 256))
+    cpu_threads: int | None = _opt(
+        None, "intra-op threads of a training or evaluation process on the CPU; null: the cores (shared by the "
+        "processes torchrun starts here) minus num_workers, at least 1, unless OMP_NUM_THREADS is set",
+        check=between(1, 4096),
+    )
+    dist_backend: str = _opt(
+        "auto", "torchrun's process group: auto (nccl on GPUs, gloo on the CPU), nccl, or gloo (gloo also lets "
+        "processes share a GPU, which NCCL refuses)", choices=["auto", "nccl", "gloo"],
+    )
     gpu_id: str = _opt("0", "CUDA device index to use (or cpu); falls back to CPU with one message when CUDA is absent",
                        check=device_name)
     seed: int = _opt(42, "random seed for weights, data order and augmentation", check=between(0, 2**32 - 1))
-    model_save_path: str = _opt("./checkpoints/mimic_cxr_pretrain", "folder for checkpoints and the metrics log")
+    model_save_path: str = _opt("./checkpoints/mimic_cxr_pretrain", "folder for checkpoints and the metrics log",
+                                path=True)
     resume_from: str | None = _opt(None, "checkpoint to resume from, or 'latest' for the newest complete one in "
-                                         "model_save_path")
+                                         "model_save_path", path=True)
     allow_complete: bool = _opt(False, "resume_from a checkpoint of a run that is already complete: end with a note "
                                        "(exit 0) instead of an error")
     use_amp: bool = _opt(True, "mixed precision on GPU (bf16 where supported, else fp16 with a grad scaler); CPU runs "
@@ -264,7 +281,13 @@ class Config:
         "pip install -e .[tensorboard])"
     )
     compile: bool = _opt(False, "torch.compile the model (GPU)")
-    channels_last: bool = _opt(True, "channels_last memory format for the image backbone on GPU")
+    compile_backend: str = _opt(
+        "inductor", "torch.compile's backend: inductor (generated kernels); aot_eager or eager only capture the graphs "
+        "(tells a compiler problem from a model one; benchmarks/gpu_check.sh --cpu-dry-run)",
+        choices=["inductor", "aot_eager", "eager"],
+    )
+    channels_last: bool = _opt(True, "channels_last (NHWC) memory format for the image backbone, on GPUs and CPUs "
+                                     "(oneDNN's CPU convolutions prefer it too)")
     gpu_augment: bool = _opt(True, "with an image store on GPU: move uint8 batches and augment on the GPU")
     # ---- evaluation ------------------------------------------------------------------------
     zeroshot_per_class: int = _opt(200, "CheXpert-5x200: images per class (up to)", check=between(1, 10**9))
@@ -283,6 +306,19 @@ class Config:
     zeroshot_prompt_draws: int = _opt(5, "zeroshot_protocols gloria / medclip: consecutive prompt draws "
                                          "after one seed (MedCLIP: 5); accuracy as mean and std",
                                       check=between(1, 10_000))
+    localisation_images: int = _opt(
+        200, "localisation: test images whose finding regions are scored, a seeded subset of those with regions "
+        "(0 turns it off; docs/localisation.md)", check=between(0, 10**9),
+    )
+    localisation_maps: list = _opt(
+        ["similarity", "gradcam"], "localisation: the maps scored, similarity (each image location's embedding "
+        "against the text's) and/or gradcam (Grad-CAM of the image-text similarity)",
+        check=lambda v: bool(v) and len(set(v)) == len(v) and set(v) <= {"similarity", "gradcam"}, items="str",
+    )
+    localisation_boxes: str | None = _opt(
+        None, "localisation: CSV of finding boxes of the test images (MS-CXR's table reads as it is; docs/"
+        "localisation.md); null: the regions the phantom drew (each record's `regions` file)"
+    )
     baselines: list = _opt(["random_init", "simple"], "notebook 04's baselines: random_init (the same architecture, "
                            "untrained), simple (the seed's model, trained with the same settings)",
                            check=lambda v: set(v) <= {"random_init", "simple"})
@@ -306,7 +342,8 @@ class Config:
         None, "notebook 04 with ablation_seeds: the zero-shot accuracy whose steps-to-reach each arm's table gives; "
         "null: 0.9 x clip's end point on all the pairs", check=lambda v: 0 < v < 1,
     )
-    reports_dir: str = _opt("reports", "folder for metrics.json, executed notebooks and figures/ of the study")
+    reports_dir: str = _opt("reports", "folder for metrics.json, executed notebooks and figures/ of the study",
+                            path=True)
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self):
@@ -335,14 +372,28 @@ def unknown_keys(values: Mapping[Any, Any], source: str) -> list[str]:
     return sorted(set(values) - set(CONFIG_KEYS))
 
 
+def did_you_mean(word: str, choices, prefix: str = "") -> str:
+    """' (did you mean 'batch_size'?)' for the closest of `choices` (difflib), else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(word.lstrip("-"), [c.lstrip("-") for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {quote(prefix + close[0])}?)" if close else ""
+
+
+def unknown_key_error(key: str, source: str) -> ConfigError:
+    """The one line for a key that is no config key: a renamed key names its new one, any other the
+    closest key when one is close."""
+    retired = retired_key_message(key, source)  # a renamed key names its new one
+    if retired:
+        return ConfigError(retired)
+    hint = did_you_mean(key, CONFIG_KEYS) or " (see `python -m medclip_nb train --help` for the keys)"
+    return ConfigError(f"{source}: unknown config key {quote(key)}{hint}")
+
+
 def from_dict(values: Mapping[str, Any], source: str = "config") -> Config:
     if not isinstance(values, Mapping):
         raise ConfigError(f"{source}: config must be a mapping of keys, got {type(values).__name__}")
     unknown = unknown_keys(values, source)
     if unknown:
-        raise ConfigError(retired_key_message(unknown[0], source) or
-                          f"{source}: unknown config key {quote(unknown[0])} (see `python -m medclip_nb train --help` "
-                          f"for the keys)")
+        raise unknown_key_error(unknown[0], source)
     return Config(**dict(values))
-
-

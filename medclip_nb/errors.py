@@ -7,6 +7,11 @@ import re
 class UserError(Exception):
     """Base class: bad input from the user (a file, a key, a flag)."""
 
+    def _render_traceback_(self) -> list[str]:
+        """What IPython shows instead of a traceback: in a notebook cell (and in papermill's
+        error), the same one line as the CLI's."""
+        return [f"error: {one_line(self, 1000)}"]
+
 
 class DataError(UserError):
     """A dataset file, manifest, image or MIMIC-CXR table that cannot be used."""

@@ -11,16 +11,19 @@ import torch
 def one_thread_no_bars():
     """One torch thread and no progress bars for a module of training runs: tiny models gain
     nothing from a second thread, and other processes (loader workers, a parallel test) keep
-    their core."""
-    threads, bars = torch.get_num_threads(), os.environ.get("TQDM_DISABLE")
+    their core. OMP_NUM_THREADS=1 too, which train() and evaluation honour (as the subprocesses
+    these tests start do), rather than their cores - num_workers rule."""
+    threads = torch.get_num_threads()
+    saved = {key: os.environ.get(key) for key in ("TQDM_DISABLE", "OMP_NUM_THREADS")}
     torch.set_num_threads(1)
-    os.environ["TQDM_DISABLE"] = "1"
+    os.environ.update(TQDM_DISABLE="1", OMP_NUM_THREADS="1")
     yield
     torch.set_num_threads(threads)
-    if bars is None:
-        del os.environ["TQDM_DISABLE"]
-    else:
-        os.environ["TQDM_DISABLE"] = bars
+    for key, value in saved.items():
+        if value is None:
+            del os.environ[key]
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")

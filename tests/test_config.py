@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from medclip_nb.cli import build_parser, main
-from medclip_nb.config import Config
+from medclip_nb.config import Config, from_dict
 from medclip_nb.config_load import config_from_args, load_config
 from medclip_nb.errors import ConfigError
 
@@ -109,3 +109,103 @@ def test_params_files_are_valid():
     assert files, "params/*.yaml missing"
     for path in files:
         load_config(path)
+
+
+# ---- typos: one line with the closest key, on the CLI, in a YAML file and in a notebook ----------
+def test_mistyped_key_in_yaml_suggests_the_closest(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("batch_sise: 8\n")
+    with pytest.raises(ConfigError,
+                       match=r"typo\.yaml: unknown config key 'batch_sise' \(did you mean 'batch_size'\?\)"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"unknown config key 'zzzz' \(see `python -m medclip_nb train --help`"):
+        from_dict({"zzzz": 1})
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--batch_sise", "8"], "error: train: unknown flag '--batch_sise' (did you mean '--batch_size'?)"),
+    (["predict", "--checkpoint", "c.pth", "--mdoe", "max", "x.jpg"],
+     "error: predict: unknown flag '--mdoe' (did you mean '--mode'?)"),
+    (["evaluate", "--checkpoint", "c.pth", "--qqqq", "1"], "error: evaluate: unknown flag '--qqqq'"),
+])
+def test_unknown_flag_is_one_line_exit_2_with_the_closest_flag(argv, message, capsys):
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == message
+
+
+def notebook_namespace(*cells: str) -> dict:
+    """What a notebook kernel holds after running `cells` in order: their names and IPython's `In`."""
+    namespace: dict = {}
+    for cell in cells:
+        exec(cell, namespace)
+    namespace.pop("__builtins__", None)
+    namespace["In"] = ["", *cells]
+    return namespace
+
+
+PARAMETERS = "# Config keys: defaults\nbatch_size = 4\nlr = ...\ndata_path = 'd.pkl'\n"
+
+
+def test_notebook_parameters_apply_and_ellipsis_keeps_the_default():
+    from medclip_nb.config_load import config_from_namespace
+
+    cfg = config_from_namespace(notebook_namespace(PARAMETERS, "# Parameters\nlr = 0.5\n"))
+    assert (cfg.batch_size, cfg.lr, cfg.data_path) == (4, 0.5, "d.pkl")
+    assert config_from_namespace(notebook_namespace(PARAMETERS)).lr == Config().lr
+
+
+@pytest.mark.parametrize("injected", ["# Parameters\nbatch_sise = 8\n", "# Parameters\nlr = 0.1\nbatch_sise = 8\n"])
+def test_notebook_parameter_typo_is_refused_with_the_closest_key(injected):
+    from medclip_nb.config_load import config_from_namespace
+
+    namespace = notebook_namespace(PARAMETERS, injected, "x = 1\nlog = []\n")  # other cells' names are fine
+    with pytest.raises(ConfigError, match=r"^notebook parameter: unknown config key 'batch_sise' "
+                                          r"\(did you mean 'batch_size'\?\)$"):
+        config_from_namespace(namespace)
+
+
+def test_notebook_parameters_cell_edited_with_a_typo_is_refused():
+    from medclip_nb.config_load import config_from_namespace
+
+    with pytest.raises(ConfigError, match="did you mean 'num_epochs'"):
+        config_from_namespace(notebook_namespace(PARAMETERS + "num_epoch = 2\n"))
+
+
+def test_user_errors_show_as_one_line_in_ipython():
+    """IPython shows `_render_traceback_` instead of a traceback: the CLI's line, in the cell and in papermill."""
+    assert ConfigError("x.yaml: bad")._render_traceback_() == ["error: x.yaml: bad"]
+
+
+# ---- paths: flags from the current folder, YAML and notebooks from the repository root -----------
+def test_path_flags_are_taken_from_the_current_folder(tmp_path, monkeypatch):
+    from medclip_nb.paths import repo_root
+
+    monkeypatch.chdir(tmp_path)
+    args = build_parser().parse_args(["train", "--data_path", "d/x.pkl", "--image_store", "auto",
+                                      "--resume_from", "latest", "--model_save_path", "/abs/out"])
+    cfg = config_from_args(args)
+    assert cfg.path("data_path") == tmp_path / "d" / "x.pkl"
+    assert (cfg.image_store, cfg.resume_from, cfg.model_save_path) == ("auto", "latest", "/abs/out")
+    predict = build_parser().parse_args(["predict", "--checkpoint", "c.pth", "img.jpg"])
+    assert (predict.checkpoint, predict.paths) == (str(tmp_path / "c.pth"), [str(tmp_path / "img.jpg")])
+    yaml_file = tmp_path / "p.yaml"
+    yaml_file.write_text("data_path: data/phantom/datasets.pkl\n")
+    from_yaml = config_from_args(build_parser().parse_args(["train", "--config", "p.yaml"]))
+    assert from_yaml.path("data_path") == repo_root() / "data/phantom/datasets.pkl"  # YAML: the repository root
+    monkeypatch.chdir(repo_root())  # from the root a flag stays as typed (the same place either way)
+    assert config_from_args(build_parser().parse_args(["train", "--data_path", "d/x.pkl"])).data_path == "d/x.pkl"
+
+
+def test_cli_reads_a_relative_path_from_the_current_folder(tmp_path):
+    """`convert --data_path x.pkl` in another folder reads that folder's x.pkl (and names it in errors)."""
+    (tmp_path / "x.pkl").write_bytes(b"not a pickle")
+    run = subprocess.run([sys.executable, "-m", "medclip_nb", "convert", "--data_path", "x.pkl"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and str(tmp_path / "x.pkl") in run.stderr, run.stderr
+
+
+def test_messages_show_repository_paths_relative_to_the_root(tmp_path):
+    from medclip_nb.paths import repo_root, shown
+
+    assert shown(repo_root() / "checkpoints" / "debug" / "best.pth") == "checkpoints/debug/best.pth"
+    assert shown(tmp_path / "x") == str(tmp_path / "x") and shown("rel/x") == "rel/x"

@@ -198,3 +198,68 @@ def test_tensorboard_without_the_package_is_one_line(tiny_dataset, tmp_path, mon
     with pytest.raises(UserError, match=r"config key 'tensorboard'.*pip install") as info:
         train(cfg, log=lambda *_a, **_k: None)
     assert "\n" not in str(info.value) and not (tmp_path / "run").exists()
+
+
+def test_evaluation_scores_localisation_of_the_phantoms_regions(run_dir):
+    from medclip_nb.evaluate import eval_datasets, evaluate_model
+    from medclip_nb.model import load_model
+
+    model, tokenizer, cfg = load_model(run_dir / "best.pth")
+    splits, _ = eval_datasets(cfg.replace(localisation_images=6), tokenizer)
+    metrics, arrays = evaluate_model(model, tokenizer, splits, cfg.replace(localisation_images=6), "cpu", seed=0,
+                                     log=lambda *_a, **_k: None)
+    entry = metrics["localisation"]
+    assert 0 < entry["images"] <= 6 and entry["pairs"] >= entry["images"]
+    for method in ("similarity", "gradcam"):
+        every = entry[method]["all"]
+        assert every["n"] == entry["pairs"] and 0 <= every["pointing_game"] <= 1 and 0 <= every["iou"] <= 1
+        assert 0 < every["chance_pointing_game"] < 1 and len(every["pointing_game_ci"]) == 2
+        assert sum(f["n"] for f in entry[method]["per_finding"].values()) == every["n"]
+    scored = arrays.localisation
+    assert len(scored["pairs"]) == entry["pairs"] and scored["examples"]
+    example = scored["examples"][0]
+    assert example["mask"].shape == example["maps"]["gradcam"].shape == (cfg.image_size, cfg.image_size)
+
+
+def test_predict_heatmap_writes_one_overlay_per_image_and_never_replaces_one(run_dir, test_images, tmp_path, capsys):
+    out = tmp_path / "maps"
+    argv = ["predict", "--checkpoint", str(run_dir / "best.pth"), *map(str, test_images[:2]), "--heatmap", str(out),
+            "--num_workers", "0"]
+    assert main([*argv, "--heatmap-method", "gradcam"]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(f"{p.stem}.png" for p in test_images[:2])
+    with Image.open(out / written[0]) as png:
+        assert png.format == "PNG" and png.width > 200
+    before = (out / written[0]).read_bytes()
+    capsys.readouterr()
+    assert main(argv) == 2  # files there: refused, untouched
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --heatmap") and "--force" in err[0]
+    assert (out / written[0]).read_bytes() == before
+    assert main([*argv, "--force"]) == 0
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    assert main([*argv[:-4], "--heatmap", str(a_file)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --heatmap")
+    pretrained = load_pretrained(run_dir / "best.pth")
+    maps = pretrained.text_maps(test_images[0], ["pleural effusion", "edema"])
+    assert maps.shape == (2, pretrained.config.image_size, pretrained.config.image_size)
+
+
+def test_localisation_reads_boxes_from_a_csv_for_real_data(run_dir, tiny_dataset, tmp_path):
+    from medclip_nb.evaluate import eval_datasets
+    from medclip_nb.evaluate.localisation import localisation_pairs
+    from medclip_nb.model import load_model
+
+    _model, tokenizer, cfg = load_model(run_dir / "best.pth")
+    records = load_dataset_file(tiny_dataset)["test"]
+    boxes = tmp_path / "boxes.csv"  # MS-CXR's columns; the first image's box in a 1000 x 1000 frame
+    boxes.write_text("dicom_id,category_name,label_text,x,y,w,h,image_width,image_height\n"
+                     f"{records[0]['dicom_id']},Pneumonia,left lower lobe opacity,500,500,300,300,1000,1000\n"
+                     "not-a-test-image,Edema,edema,0,0,10,10,100,100\n")
+    splits, _ = eval_datasets(cfg, tokenizer)
+    pairs = localisation_pairs(splits["test"], cfg.replace(localisation_boxes=str(boxes)))
+    assert pairs.source.startswith("box table") and pairs.images == 1 and pairs.texts == ["left lower lobe opacity"]
+    assert 0 < pairs.masks[0].mean() < 0.25 and pairs.masks[0][-cfg.image_size // 4, -cfg.image_size // 4]
+    assert main(["evaluate", "--checkpoint", str(run_dir / "best.pth"), "--out", str(tmp_path / "r"),
+                 "--localisation_boxes", str(tmp_path / "missing.csv")]) == 2

@@ -196,3 +196,20 @@ def test_gather_features_is_identity_without_process_group():
     image, text = t(IMAGE), t(TEXT)
     (image_all, text_all), offset = gather_features(image, text)
     assert image_all is image and text_all is text and offset == 0
+
+
+@pytest.mark.parametrize("kind", ["clip", "medclip", "medclip_cosine"])
+def test_chance_is_the_loss_of_scoring_every_pair_alike(kind):
+    """ContrastiveLoss.chance (the level metrics.jsonl records): with every similarity equal, each
+    softmax direction is uniform over its columns, so the loss is ln(columns), whatever the targets."""
+    torch.manual_seed(0)
+    images, texts = 6, 6
+    same = torch.nn.functional.normalize(torch.ones(1, 4), dim=1)
+    outputs = {"image_embeds": same.expand(images, 4), "text_embeds": same.expand(texts, 4),
+               "logit_scale": torch.tensor(10.0), "logit_bias": None}
+    labels = torch.randint(0, 2, (images, NUM_LABELS)).float()
+    loss_fn = ContrastiveLoss(kind)
+    loss, _ = loss_fn(outputs, labels)
+    assert float(loss) == pytest.approx(loss_fn.chance(images, texts)) == pytest.approx(math.log(6))
+    assert loss_fn.chance(4, 16) == pytest.approx((math.log(4) + math.log(16)) / 2)
+    assert ContrastiveLoss("siglip").chance(6, 6) is None

@@ -104,7 +104,13 @@ def test_records_carry_labels_reports_and_relative_paths(phantom, prepared):
     out, _, datasets = prepared
     chexpert = pd.read_csv(phantom / CHEXPERT_TABLE).set_index("study_id")
     for r in (r for rows in datasets.values() for r in rows):
-        assert set(r) == {"image_path", "report", "labels", "study_id", "subject_id", "dicom_id", "view"}
+        assert set(r) - {"regions", "boxes"} == {"image_path", "report", "labels", "study_id", "subject_id",
+                                                 "dicom_id", "view"}
+        if "regions" in r:  # the phantom's finding regions beside a frontal image, carried as optional fields
+            assert r["view"] in ("PA", "AP") and (out / r["regions"]).is_file()
+            assert r["regions"] == r["image_path"][: -len(".jpg")] + ".regions.json"
+            assert isinstance(r["boxes"], dict)  # {} for an image without findings
+            assert all(len(box) == 4 and box[2] > 0 and box[3] > 0 for box in r["boxes"].values())
         assert isinstance(r["study_id"], int) and isinstance(r["subject_id"], int)
         assert not Path(r["image_path"]).is_absolute() and (out / r["image_path"]).is_file()
         assert r["image_path"].endswith(f"p{r['subject_id']}/s{r['study_id']}/{r['dicom_id']}.jpg")
@@ -114,6 +120,13 @@ def test_records_carry_labels_reports_and_relative_paths(phantom, prepared):
         text = _study_file(phantom, r["subject_id"], r["study_id"]).read_text()
         assert r["report"] == report_text(text) != ""
         assert "FINAL REPORT" not in r["report"] and "INDICATION" not in r["report"]
+
+
+def test_prepare_carries_the_phantoms_finding_regions(prepared):
+    _, report, datasets = prepared
+    counted = {name: sum(bool(r.get("boxes")) for r in rows) for name, rows in datasets.items()}
+    assert report["images_with_finding_regions"] == counted
+    assert counted["train"] > 0 and counted["test"] > 0  # the phantom draws findings on most frontal images
 
 
 def test_report_without_sections_uses_its_last_paragraph(phantom, prepared):

@@ -111,7 +111,8 @@ def test_store_batches_are_augmented_on_the_device_reproducibly():
 # default of one thread per core slows these runs several times over, and the killed and the
 # resumed run of the resume test must use the same thread count to be bitwise comparable.
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-METRIC_KEYS = {"step", "epoch", "split", "loss", "lr", "temperature", "logit_scale", "pairs_per_s", "time"}
+METRIC_KEYS = {"step", "epoch", "split", "loss", "lr", "temperature", "logit_scale", "pairs_per_s", "time",
+               "chance"}
 # A validation row also holds the validation subset's zero-shot accuracy and R@K (train/val_metrics.py).
 VAL_METRIC_KEYS = METRIC_KEYS | {"retrieval_images", "zero_shot_images", "zero_shot_accuracy",
                                  *(f"{d}_R@{k}" for d in ("image_to_text", "text_to_image") for k in (1, 5, 10))}
@@ -257,7 +258,9 @@ def test_progress_totals_and_epoch_count_follow_max_steps(tiny_dataset, tmp_path
     train(cfg, log=lines.append)
     # Ten epochs asked for, max_steps ends the run one batch into the second: 2 epochs, the last of 1 batch.
     assert bars == [("Epoch 1/2", batches, 0), ("Epoch 2/2", 1, 0)]
-    assert f"Training... ({batches + 1} steps: 2 epoch(s) of up to {batches} batches)" in lines
+    # ... and the CPU threads it uses (OMP_NUM_THREADS=1 here, one_thread_no_bars)
+    assert f"Training... ({batches + 1} steps: 2 epoch(s) of up to {batches} batches; 1 CPU thread(s), " \
+           f"OMP_NUM_THREADS=1)" in lines
     bars.clear()
     train(cfg.replace(max_steps=batches + 2, resume_from="latest"), log=quiet)
     assert bars == [("Epoch 2/2", 2, 1)]  # resumed after its first batch, one more to go
@@ -359,7 +362,7 @@ def test_non_finite_losses_stop_with_last_good_state(tiny_dataset, tmp_path, mon
 
 def test_early_stopping_after_patience_validations(tiny_dataset, tmp_path, monkeypatch):
     val_losses = iter([1.0, 1.5, 0.9, 1.2, 1.3, 1.4])
-    monkeypatch.setattr(train_step.TrainStep, "validation_loss", lambda *args, **kw: (next(val_losses), 14.0, 1))
+    monkeypatch.setattr(train_step.TrainStep, "validation_loss", lambda *args, **kw: (next(val_losses), 14.0, 1, 2.0))
     cfg = tiny_config(tiny_dataset, tmp_path, eval_steps=1, early_stopping_patience=2, max_steps=None,
                       num_epochs=10)
     result = train(cfg, log=quiet)

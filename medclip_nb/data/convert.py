@@ -21,7 +21,7 @@ from medclip_nb.data.loading import REQUIRED_SPLITS, UNPAIRED_SPLITS, load_datas
 from medclip_nb.data.validation import validate_dataset
 from medclip_nb.errors import DataError, os_error_reason
 from medclip_nb.files import check_output
-from medclip_nb.paths import resolve
+from medclip_nb.paths import resolve, shown
 
 
 def _json_value(value: Any, where: str) -> Any:
@@ -101,5 +101,5 @@ def convert_to_jsonl(data_path: str | os.PathLike, out: str | os.PathLike | None
         raise DataError(f"could not write {target}: {os_error_reason(e)}; nothing was written") from None
     finally:
         tmp.unlink(missing_ok=True)
-    print(f"converted {len(lines)} records: {source} -> {target}")
+    print(f"converted {len(lines)} records: {shown(source)} -> {shown(target)}")
     return target

@@ -20,7 +20,15 @@ from medclip_nb.data.images import BadImageError, BadImageWarning, SkippedSample
 from medclip_nb.data.records import SampleRecords, freeze_inherited_objects
 from medclip_nb.errors import DataError
 from medclip_nb.labels import CHEXPERT_LABELS, NUM_LABELS
-from medclip_nb.text import clean_report, drop_short_sentences, eda, medclip_eda, sentence_key, split_sentences
+from medclip_nb.text import (
+    clean_report,
+    drop_short_sentences,
+    eda,
+    medclip_eda,
+    sentence_key,
+    split_sentences,
+    trim_padding,
+)
 
 if TYPE_CHECKING:
     from medclip_nb.config import Config
@@ -181,14 +189,17 @@ class BatchCollator:
 
     ``SkippedSample`` entries (and ``None``) are dropped and counted in ``n_skipped``, their
     files listed in ``skipped_paths``. With a ``tokenizers.ClipIndexTokenizer`` the text input is the
-    samples' ``clip_indices``, padded with -1. A batch whose samples were all skipped has ``B = 0``
-    tensors; its ``pixel_values`` is ``[0, *empty_image_shape]`` (no image told the size).
-    A class rather than a closure so DataLoader workers can pickle it.
+    samples' ``clip_indices``, padded with -1. Text is padded to the batch's longest text (at most
+    the tokenizer's ``max_length``) unless ``pad_to_longest`` is False (config key text_padding). A
+    batch whose samples were all skipped has ``B = 0`` tensors; its ``pixel_values`` is
+    ``[0, *empty_image_shape]`` (no image told the size). A class rather than a closure so
+    DataLoader workers can pickle it.
     """
 
-    def __init__(self, tokenizer, empty_image_shape: tuple[int, ...] = (3, 0, 0)):
+    def __init__(self, tokenizer, empty_image_shape: tuple[int, ...] = (3, 0, 0), pad_to_longest: bool = True):
         self.tokenizer = tokenizer
         self.empty_image_shape = tuple(empty_image_shape)
+        self.pad_to_longest = pad_to_longest
 
     def __call__(self, samples: list[dict | SkippedSample | None]) -> dict[str, Any]:
         kept = [s for s in samples if isinstance(s, dict)]
@@ -197,6 +208,8 @@ class BatchCollator:
             text = self.tokenizer.encode_indices([s.get("clip_indices") for s in kept], [s["index"] for s in kept])
         else:
             text = self.tokenizer.encode([s["report"] for s in kept])
+            if self.pad_to_longest:
+                text = trim_padding(text, self.tokenizer)
         if kept:
             pixel_values = torch.stack([s["pixel_values"] for s in kept])
             labels = torch.stack([s["labels"] for s in kept]).to(torch.float32)
@@ -208,6 +221,8 @@ class BatchCollator:
             extra["text_labels"] = torch.stack([s["text_labels"] for s in kept]).to(torch.float32)
         if kept and "report_aug" in kept[0]:  # MedCLIP's EDA view of each text row (text_eda_view)
             aug = self.tokenizer.encode([s["report_aug"] for s in kept])
+            if self.pad_to_longest:  # its own width: the step pads both sides to the wider (train/step.py)
+                aug = trim_padding(aug, self.tokenizer)
             extra["aug_input_ids"], extra["aug_attention_mask"] = aug["input_ids"], aug["attention_mask"]
         return {
             **extra,
@@ -221,9 +236,18 @@ class BatchCollator:
         }
 
 
-def make_collate(tokenizer) -> BatchCollator:
-    """The collate function for ``DataLoader``: see ``BatchCollator``."""
-    return BatchCollator(tokenizer)
+def pads_to_longest(cfg: "Config | None") -> bool:
+    """Config key text_padding: 'auto' pads to the longest text of a batch except under
+    torch.compile, where fixed shapes avoid recompiling for every new text length."""
+    if cfg is None:
+        return True
+    return cfg.text_padding == "longest" or (cfg.text_padding == "auto" and not cfg.compile)
+
+
+def make_collate(tokenizer, cfg: "Config | None" = None) -> BatchCollator:
+    """The collate function for ``DataLoader``: see ``BatchCollator``; ``cfg`` sets its text
+    padding (``pads_to_longest``; without a config: the longest text)."""
+    return BatchCollator(tokenizer, pad_to_longest=pads_to_longest(cfg))
 
 
 def seed_worker(worker_id: int) -> None:

@@ -46,10 +46,11 @@ from PIL import Image, UnidentifiedImageError
 
 from medclip_nb.data.mimic_reports import extract_sections, read_report, report_text  # noqa: F401 (re-exported)
 from medclip_nb.data.provenance import PREPARE_REPORT, phantom_params, phantom_record
+from medclip_nb.data.regions import attach_regions
 from medclip_nb.errors import ConfigError, DataError
 from medclip_nb.files import write_bytes_atomic, write_json_atomic
 from medclip_nb.labels import CHEXPERT_LABELS
-from medclip_nb.paths import resolve
+from medclip_nb.paths import resolve, shown
 from medclip_nb.progress import progress
 from medclip_nb.text import (
     PREPARED_NAME,
@@ -235,7 +236,8 @@ def prepare_mimic(mimic_root, out, frontal_views: Iterable[str] = ("PA", "AP"), 
     `datasets.pkl` = {"train", "val", "test"}: lists of dicts with `image_path` (relative
     to `out` when possible, else absolute), `report` (FINDINGS + IMPRESSION), `labels` (14
     floats in CHEXPERT_LABELS order, NaN = blank; all NaN for a study absent from the
-    CheXpert table), `study_id`, `subject_id` (ints), `dicom_id` and `view`. The report
+    CheXpert table), `study_id`, `subject_id` (ints), `dicom_id` and `view`; from a phantom tree also
+    `regions` and `boxes` where the image has finding regions (data/regions.py). The report
     (kept counts per split, dropped counts per reason) is printed and written to
     `out/prepare_report.json`. Report files and image headers are read on `num_workers`
     processes (default: all cores for large trees). `reports_root` is where the reports'
@@ -425,6 +427,9 @@ def _write_datasets(source: _Source, split: _Split) -> tuple[dict[str, list[dict
         "train_texts": _sentence_records(split.unpaired_texts),
     }
     datasets.update({name: records for name, records in unpaired.items() if records})
+    if phantom_record(source.root) is not None:  # the phantom writes each frontal image's finding regions
+        for records in datasets.values():
+            attach_regions(records, source.out)
     write_bytes_atomic(source.out / "datasets.pkl", pickle.dumps(datasets, protocol=4), error=DataError)
     return datasets, path_style
 
@@ -451,6 +456,8 @@ def _import_report(source: _Source, table, reason, chexpert, split: _Split, data
         "studies_with_last_paragraph_text":
             int(kept.loc[kept["report_source"] == "last_paragraph", "study_id"].nunique()),
         "studies_without_chexpert_labels": int(kept.loc[unlabeled, "study_id"].nunique()),
+        "images_with_finding_regions": {name: sum(bool(r.get("boxes")) for r in records)
+                                        for name, records in datasets.items()},
         "store_size": extra["store_size"],
         "sentence_labels": extra["sentence_labels"],
         "unpaired": {
@@ -468,7 +475,7 @@ def _import_report(source: _Source, table, reason, chexpert, split: _Split, data
 def _print_report(report: dict, source: _Source, split: _Split) -> None:
     kept_line = ", ".join(f"{k} {v}" for k, v in report["kept"].items())
     dropped_line = ", ".join(f"{k} {v}" for k, v in report["dropped"].items())
-    print(f"prepared {report['kept_total']} images from {source.root} -> {source.out / 'datasets.pkl'}")
+    print(f"prepared {report['kept_total']} images from {shown(source.root)} -> {shown(source.out / 'datasets.pkl')}")
     print(f"  kept: {kept_line}")
     print(f"  dropped: {dropped_line}")
     unpaired = report["unpaired"]
@@ -477,7 +484,7 @@ def _print_report(report: dict, source: _Source, split: _Split) -> None:
               f"(sentences of {len(split.to_texts)} studies)")
     sentence_labels = report["sentence_labels"]
     if sentence_labels:
-        print(f"  sentence labels: {sentence_labels['sentences']} sentences -> {sentence_labels['path']}")
+        print(f"  sentence labels: {sentence_labels['sentences']} sentences -> {shown(sentence_labels['path'])}")
     if report["studies_with_last_paragraph_text"]:
         print(f"  studies without FINDINGS/IMPRESSION, text from their last paragraph: "
               f"{report['studies_with_last_paragraph_text']}")

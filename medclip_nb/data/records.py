@@ -8,7 +8,8 @@ of the whole dataset (measured at MIMIC-CXR size: 29 -> 385 MiB per worker; see
 benchmarks/README.md). `SampleRecords` holds only what the loader reads, as a handful of
 arrays whose pages are only ever read:
 
-    image paths, reports  one uint8 buffer of UTF-8 bytes each + int64 offsets [n + 1]
+    image paths, reports, one uint8 buffer of UTF-8 bytes each + int64 offsets [n + 1]
+    region files          (the optional `regions` field, "" where a record has none)
     labels                float32 [n, 14] (NaN = blank)
     clip_indices          int64 buffer + offsets, and a bool mask of the records having them
 
@@ -50,6 +51,7 @@ def _subject_id(record: Mapping[str, Any]) -> int:
 class SampleRecords:
     """The loader's view of a split's records: ``image_path(i)``, ``report(i)``, ``labels(i)``
     (a float32 view), ``clip_indices(i)`` (a list of ints, or None when the record has none),
+    ``regions(i)`` (the finding-region file, or None),
     and ``subject_ids()``, the patient of each record (-1 where a record names none), which
     evaluation resamples for its intervals.
 
@@ -61,6 +63,7 @@ class SampleRecords:
         n = len(records)
         self._paths, self._path_offsets = _pack_strings([str(r.get("image_path") or "") for r in records])
         self._reports, self._report_offsets = _pack_strings([str(r.get("report") or "") for r in records])
+        self._regions, self._region_offsets = _pack_strings([str(r.get("regions") or "") for r in records])
         labels = np.full((n, NUM_LABELS), np.nan, dtype=np.float32)
         for row, record in enumerate(records):
             labels[row] = [np.nan if v is None else float(v) for v in record["labels"]]
@@ -88,6 +91,10 @@ class SampleRecords:
     def report(self, index: int) -> str:
         return _unpack_string(self._reports, self._report_offsets, index)
 
+    def regions(self, index: int) -> str | None:
+        """The record's finding-region file (data/regions.py), as written in the dataset; None without one."""
+        return _unpack_string(self._regions, self._region_offsets, index) or None
+
     def labels(self, index: int) -> np.ndarray:
         """float32 [14], a read-only view (NaN = blank)."""
         view = self._labels[index]
@@ -114,7 +121,8 @@ class SampleRecords:
 
     def nbytes(self) -> int:
         """Bytes held by the arrays."""
-        arrays = (self._paths, self._path_offsets, self._reports, self._report_offsets, self._labels,
+        arrays = (self._paths, self._path_offsets, self._reports, self._report_offsets, self._regions,
+                  self._region_offsets, self._labels,
                   self._clip, self._clip_offsets, self._has_clip, self._subjects)
         return int(sum(a.nbytes for a in arrays))
 
@@ -130,6 +138,8 @@ class SampleRecords:
         }
         if self._has_clip[index]:
             record["clip_indices"] = self.clip_indices(index)
+        if self.regions(index):
+            record["regions"] = self.regions(index)
         if self._subjects[index] >= 0:
             record["subject_id"] = int(self._subjects[index])
         return record

@@ -40,7 +40,7 @@ from medclip_nb.data.store import (
 )
 from medclip_nb.errors import DataError
 from medclip_nb.files import write_atomic, write_json_atomic
-from medclip_nb.paths import resolve
+from medclip_nb.paths import resolve, shown
 from medclip_nb.progress import progress
 
 
@@ -209,7 +209,7 @@ def build_store(
         # The dataset file is the very one the store was built from: its image list need not be read.
         changed = previous.changed_files(base)
         if not changed.any():
-            print(f"image store {store_dir}: complete and current ({previous.count} images at {size}x{size}), "
+            print(f"image store {shown(store_dir)}: complete and current ({previous.count} images at {size}x{size}), "
                   f"nothing to do")
             return store_dir
     image_paths = dataset_image_paths(data_file)
@@ -221,9 +221,10 @@ def build_store(
     if previous is not None and previous.complete and _same_build_key(previous.meta, want):
         changed = previous.changed_files(base)
         if not changed.any():
-            print(f"image store {store_dir}: complete and current ({count} images at {size}x{size}), nothing to do")
+            print(f"image store {shown(store_dir)}: complete and current ({count} images at {size}x{size}), "
+                  "nothing to do")
             return store_dir
-        print(f"image store {store_dir}: {int(changed.sum())} image files changed since they were stored: "
+        print(f"image store {shown(store_dir)}: {int(changed.sum())} image files changed since they were stored: "
               f"a new build decodes them again")
     return _build_new(store_dir, data_file, image_paths, want, base, num_workers, previous, rebuild)
 
@@ -274,7 +275,7 @@ def _build_new(store_dir: Path, data_file: Path, image_paths: list[str], want: d
         hashes = np.load(build / HASHES_FILE) if (build / HASHES_FILE).is_file() else np.zeros(count, np.uint64)
         recorded = np.load(build / FILES_FILE)
         done = done.astype(bool) & ~(recorded != stats).any(axis=1)  # changed meanwhile: decode again
-        print(f"image store {store_dir}: resuming, {int(done.sum())} of {count} images already decoded")
+        print(f"image store {shown(store_dir)}: resuming, {int(done.sum())} of {count} images already decoded")
     else:
         build = _new_build_dir(store_dir)
         done, hashes = np.zeros(count, dtype=bool), np.zeros(count, dtype=np.uint64)
@@ -288,7 +289,7 @@ def _build_new(store_dir: Path, data_file: Path, image_paths: list[str], want: d
         if previous is not None and previous.size == size:
             copied = _copy_unchanged_rows(previous, writer, image_paths, stats)
             if copied:
-                print(f"image store {store_dir}: {copied} unchanged rows copied from the current build")
+                print(f"image store {shown(store_dir)}: {copied} unchanged rows copied from the current build")
         _decode_missing(writer, files, failed, num_workers, size)
     finally:
         writer.close()
@@ -300,7 +301,7 @@ def _build_new(store_dir: Path, data_file: Path, image_paths: list[str], want: d
     meta = dict(want, complete=True, failed_count=len(failed), built_seconds=round(time.perf_counter() - started, 3))
     write_json_atomic(build / INDEX_FILE, {"meta": meta, "rows": rows, "failed": failed}, indent=1, error=DataError)
     _swap_in(store_dir, build)
-    print(f"image store {store_dir}: {int(done.sum())} images at {size}x{size}"
+    print(f"image store {shown(store_dir)}: {int(done.sum())} images at {size}x{size}"
           + (f", {len(failed)} unreadable (listed in {INDEX_FILE})" if failed else ""))
     return store_dir
 

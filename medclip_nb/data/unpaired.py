@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medclip_nb.data.dataset import CXRDataset
+from medclip_nb.data.dataset import CXRDataset, pads_to_longest
 from medclip_nb.data.images import SkippedSample, build_transforms
 from medclip_nb.data.loading import load_dataset_file
 from medclip_nb.data.sampling import UINT64_MASK, splitmix64
@@ -47,9 +47,11 @@ from medclip_nb.text import (
     PromptSentences,
     clean_report,
     medclip_eda,
+    pad_text,
     read_sentence_labels,
     resolve_sentence_labels,
     split_sentences,
+    trim_padding,
 )
 
 if TYPE_CHECKING:
@@ -131,7 +133,7 @@ class UnpairedBatches:
     """Appends the unpaired items of a training step to its batch (`extend`)."""
 
     def __init__(self, images: Dataset | None, texts: Dataset | None, tokenizer, per_batch: int, seed: int,
-                 prompts: PromptSentences | None = None, zero_uncertain: bool = False):
+                 prompts: PromptSentences | None = None, zero_uncertain: bool = False, pad_to_longest: bool = True):
         if images is None and texts is None:
             raise ValueError("UnpairedBatches needs an image-only or a text-only source")
         self.sources = {name: ds for name, ds in (("images", images), ("texts", texts)) if ds is not None}
@@ -139,6 +141,7 @@ class UnpairedBatches:
             if len(dataset) == 0:
                 raise ValueError(f"the unpaired '{name}' source is empty")
         self.tokenizer = tokenizer
+        self.pad_to_longest = pad_to_longest  # as the batch's collate (config key text_padding)
         self.per_batch = int(per_batch)
         self.seed = int(seed)
         # image_only_text prompt_sentence: each image-only item becomes a pair with a prompt sentence, sampled
@@ -188,14 +191,22 @@ class UnpairedBatches:
     def append_texts(self, out: dict[str, Any], texts: list[str], seeds: list[int]) -> None:
         """Tokenise `texts` onto the text side; with MedCLIP's EDA view in the batch, their EDA views
         (seeded by each item's sample seed) onto the augmented side, in the same row order."""
-        text = self.tokenizer.encode(texts)
-        out["input_ids"] = torch.cat([out["input_ids"], text["input_ids"]])
-        out["attention_mask"] = torch.cat([out["attention_mask"], text["attention_mask"]])
+        self.append_encoded(out, "", self.tokenizer.encode(texts))
         if "aug_input_ids" in out:
             views = [medclip_eda(t, random.Random(int(s) ^ _EDA_SEED)) for t, s in zip(texts, seeds)]
-            aug = self.tokenizer.encode(views)
-            out["aug_input_ids"] = torch.cat([out["aug_input_ids"], aug["input_ids"]])
-            out["aug_attention_mask"] = torch.cat([out["aug_attention_mask"], aug["attention_mask"]])
+            self.append_encoded(out, "aug_", self.tokenizer.encode(views))
+
+    def append_encoded(self, out: dict[str, Any], prefix: str, text: dict[str, torch.Tensor]) -> None:
+        """Append tokenised rows to `out`'s `<prefix>input_ids` / `<prefix>attention_mask`: the new
+        rows cut to their longest text as the batch's collate does (config key text_padding), then
+        both padded to the wider of the two."""
+        if self.pad_to_longest:
+            text = trim_padding(text, self.tokenizer)
+        side = {"input_ids": out[prefix + "input_ids"], "attention_mask": out[prefix + "attention_mask"]}
+        width = max(side["input_ids"].shape[1], text["input_ids"].shape[1])
+        side, text = (pad_text(t, width, self.tokenizer.pad_id) for t in (side, text))
+        for key in ("input_ids", "attention_mask"):
+            out[prefix + key] = torch.cat([side[key], text[key]])
 
     def add_prompt_sentences(self, out: dict[str, Any], kept: list[dict], seeds: list[int]) -> None:
         """Append each kept image-only item's prompt sentence (text/prompt_sentences.py) to the text
@@ -260,7 +271,7 @@ def build_unpaired(
                             f"beside {data_path}")
         prompts = PromptSentences(read_sentence_labels(table_path), seed=cfg.seed)
     return UnpairedBatches(images, texts, tokenizer, cfg.unpaired_per_batch, cfg.seed, prompts,
-                           zero_uncertain=cfg.image_uncertain_labels == "zero")
+                           zero_uncertain=cfg.image_uncertain_labels == "zero", pad_to_longest=pads_to_longest(cfg))
 
 
 __all__ = ["SOURCE_SPLITS", "UnpairedBatches", "UnpairedTexts", "build_unpaired", "draw_unpaired"]

@@ -60,7 +60,7 @@ def _validated_labels(labels: Any, where: str) -> list[float]:
 def _check_encodable(record: dict, where: str) -> None:
     """Text that cannot be written as UTF-8 (a lone surrogate such as JSON's "\\ud800") cannot
     name a file or reach the tokenizer."""
-    for key in ("image_path", "report"):
+    for key in ("image_path", "report", "regions"):
         value = record.get(key)
         if isinstance(value, str):
             try:
@@ -174,6 +174,9 @@ def _validate_record(record: Any, where: str, kind: str) -> str | None:
     if kind == "text_only" and (not isinstance(report, str) or not report.strip()):
         raise DataError(f"{where}: key 'report' must be a non-empty string (a text-only record), got {quote(report)}")
     record["report"] = str(report)
+    regions = record.get("regions")  # optional: the finding-region file of the image (data/regions.py)
+    if regions is not None and (not isinstance(regions, str) or not regions.strip() or "\x00" in regions):
+        raise DataError(f"{where}: key 'regions' must be a non-empty string (a region file), got {quote(regions)}")
     _check_encodable(record, where)
     record["labels"] = _validated_labels(record["labels"], where)
     return image_path

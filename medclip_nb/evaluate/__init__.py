@@ -8,6 +8,7 @@
 - zeroshot_medclip.py: MedCLIP's zero-shot procedure on the 5x200 of the gloria or medclip rule;
 - multiplicity.py: p-values, Holm's correction of a table's comparisons, the smallest resolvable difference;
 - checkpoints.py: the 5x200 zero-shot accuracy of a run's saved checkpoints (learning curves).
+- provenance.py: what an entry of metrics.json was computed with (config, commit, date, versions).
 
 The names below are re-exported so that `from medclip_nb.evaluate import name` keeps working.
 """
@@ -25,6 +26,7 @@ from medclip_nb.evaluate.intervals import (
 )
 from medclip_nb.evaluate.metrics import recall_at_k, select_5x200, zero_shot_classify
 from medclip_nb.evaluate.multiplicity import ALPHA, holm, paired_t_p, smallest_resolvable
+from medclip_nb.evaluate.provenance import run_provenance
 from medclip_nb.evaluate.report import confusion_figure
 from medclip_nb.evaluate.run import (
     check_evaluation_outputs,
@@ -59,6 +61,7 @@ __all__ = [
     "holm",
     "read_metrics",
     "recall_at_k",
+    "run_provenance",
     "select_5x200",
     "t_interval",
     "zero_shot_5x200_medclip",

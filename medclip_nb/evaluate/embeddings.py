@@ -20,6 +20,7 @@ from medclip_nb.errors import DataError
 from medclip_nb.labels import COMPETITION_TASKS
 from medclip_nb.progress import progress
 from medclip_nb.runtime import amp_dtype, autocast, eval_mode
+from medclip_nb.text import trim_padding
 
 
 def _token_key(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> bytes:
@@ -93,12 +94,13 @@ def encode_texts(
     *,
     amp: bool = True,
 ) -> np.ndarray:
-    """Text embeddings [T, D] of a list of strings (prompts), tokenised by `tokenizer`."""
+    """Text embeddings [T, D] of a list of strings (prompts), tokenised by `tokenizer` and padded
+    to the longest of each batch (the embedding does not depend on the padding)."""
     device = torch.device(device)
     out = []
     with eval_mode(model), autocast(amp_dtype(device, amp)):
         for start in range(0, len(texts), batch_size):
-            encoded = tokenizer.encode(list(texts[start : start + batch_size]))
+            encoded = trim_padding(tokenizer.encode(list(texts[start : start + batch_size])), tokenizer)
             emb = model.encode_text(encoded["input_ids"].to(device), encoded["attention_mask"].to(device))
             out.append(emb.float().cpu())
     if not out:
@@ -131,6 +133,7 @@ class EvaluationArrays:
     prompts: dict[str, list[str]] = field(default_factory=dict)
     class_names: tuple[str, ...] = COMPETITION_TASKS
     test_groups: np.ndarray | None = None  # patient id of each test row (the bootstrap's unit); None: unknown
+    localisation: dict[str, Any] | None = None  # localisation.py: pairs, per-pair scores, patients, example maps
 
 
 
@@ -138,5 +141,5 @@ def loader_for(dataset_or_batches, cfg, tokenizer):
     """A DataLoader for a Dataset (eval settings); an iterable of batches is used as it is."""
     if isinstance(dataset_or_batches, torch.utils.data.Dataset):
         return make_loader(dataset_or_batches, cfg, train=False, batch_size=cfg.eval_batch_size,
-                           collate_fn=make_collate(tokenizer))
+                           collate_fn=make_collate(tokenizer, cfg))
     return dataset_or_batches

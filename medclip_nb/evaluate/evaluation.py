@@ -1,7 +1,7 @@
 """The evaluation of one model as one object: `Evaluation(model, tokenizer, cfg, device)`.
 
-`run(splits)` embeds the test split, then `zero_shot`, `retrieval` and `probe` each return
-their metrics.json entries (plain JSON data once `run` rounds them); the arrays behind them
+`run(splits)` embeds the test split, then `zero_shot`, `retrieval`, `localisation` and `probe` each
+return their metrics.json entries (plain JSON data once `run` rounds them); the arrays behind them
 (embeddings, scores, the 5x200 rows) collect in `arrays` for the figures.
 
     metrics, arrays = Evaluation(model, tokenizer, cfg, device, seed=0).run(splits)
@@ -26,6 +26,7 @@ from medclip_nb.evaluate.embeddings import (
     model_logit_scale,
 )
 from medclip_nb.evaluate.intervals import INTERVAL_METHOD, macro_f1_interval, mean_interval, patient_codes
+from medclip_nb.evaluate.localisation import localisation_entry, localisation_pairs, pair_groups, score_pairs
 from medclip_nb.evaluate.metrics import (
     accuracy,
     confusion,
@@ -40,14 +41,16 @@ from medclip_nb.evaluate.metrics import (
 )
 from medclip_nb.evaluate.zeroshot_medclip import zero_shot_5x200_medclip
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS
+from medclip_nb.progress import working
 from medclip_nb.prompts import class_prompts, label_prompt_pairs
+from medclip_nb.runtime import set_cpu_threads
 
 ROUND_DIGITS = 4
 
 
 @dataclass
 class Evaluation:
-    """Zero-shot (CheXpert-5x200 and per label), retrieval and the linear probe of one model.
+    """Zero-shot (CheXpert-5x200 and per label), retrieval, localisation and the linear probe of one model.
 
     `seed` draws the 5x200 subset and the bootstrap resamples: keep it fixed to compare
     checkpoints on the same images. `log` receives progress lines."""
@@ -68,9 +71,17 @@ class Evaluation:
         """`splits` maps "train"/"val"/"test" to datasets (loaded with the eval transforms) or to
         iterables of batches. "test" is required; the linear probe needs "train" too (and uses
         "val" to choose C). Returns (metrics: plain JSON data, floats rounded to ROUND_DIGITS,
-        arrays)."""
+        arrays). On the CPU, torch uses cores - num_workers threads meanwhile (runtime.set_cpu_threads)."""
         if "test" not in splits:
             raise DataError("evaluate_model: no 'test' split to evaluate on")
+        threads_before = torch.get_num_threads()
+        set_cpu_threads(self.device, self.cfg.cpu_threads, self.cfg.num_workers)
+        try:
+            return self._run(splits)
+        finally:
+            torch.set_num_threads(threads_before)
+
+    def _run(self, splits: Mapping[str, Any]) -> tuple[dict[str, Any], EvaluationArrays]:
         test = self.embed(splits["test"], "test")
         groups = self.arrays.test_groups = patient_ids(splits["test"], test["index"])
         metrics: dict[str, Any] = {"n": {"test": len(test["index"])}, "skipped_images": {"test": test["n_skipped"]}}
@@ -80,10 +91,15 @@ class Evaluation:
         rows, classes = select_5x200(test["labels"], self.cfg.zeroshot_per_class, self.seed)
         self.arrays.five_x_200_rows, self.arrays.five_x_200_classes = rows, classes
         metrics["n"]["test_5x200"] = len(rows)
-        metrics.update(self.zero_shot(splits["test"], test, rows, classes))
-        metrics["retrieval"] = self.retrieval(test, rows, classes)
+        with working("evaluate: zero-shot"):
+            metrics.update(self.zero_shot(splits["test"], test, rows, classes))
+        with working("evaluate: retrieval"):
+            metrics["retrieval"] = self.retrieval(test, rows, classes)
+        with working("evaluate: localisation"):
+            metrics["localisation"] = self.localisation(splits["test"])
         if splits.get("train") is not None:
-            metrics.update(self.probe(splits, test, metrics))
+            with working("evaluate: linear probe"):
+                metrics.update(self.probe(splits, test, metrics))
         else:
             metrics["linear_probe"] = metrics["linear_probe_fractions"] = None
         return json_ready(metrics), self.arrays
@@ -91,7 +107,7 @@ class Evaluation:
     def embed(self, split, name: str, with_text: bool = True) -> dict[str, Any]:
         self.log(f"Embedding the {name} split" + ("..." if with_text else " for the linear probe..."))
         embedded = compute_embeddings(self.model, loader_for(split, self.cfg, self.tokenizer), self.device,
-                                      with_text=with_text, amp=self.amp)
+                                      with_text=with_text, amp=self.amp, progress_desc=f"evaluate: {name} split")
         self.arrays.embeddings[name] = embedded
         return embedded
 
@@ -159,6 +175,26 @@ class Evaluation:
     def groups(self, rows: np.ndarray) -> np.ndarray | None:
         """Patient ids of some test rows (None: the test split names no patients)."""
         return None if self.arrays.test_groups is None else self.arrays.test_groups[rows]
+
+    # ---- localisation ----------------------------------------------------------------------------
+    def localisation(self, test_split) -> dict[str, Any]:
+        """Where the maps of a finding's text fall against the finding's region (localisation.py):
+        pointing game, CNR and IoU per map method and finding, with patient-level intervals; the
+        per-pair scores and a few maps go to `arrays.localisation`."""
+        if self.cfg.localisation_images == 0:
+            return {"skipped": "localisation_images is 0"}
+        if self.cfg.model != "simple" and self.cfg.text_encoder == "precomputed":
+            return {"skipped": "text_encoder 'precomputed' cannot encode a finding's text"}
+        pairs = localisation_pairs(test_split, self.cfg, self.seed)
+        if isinstance(pairs, str):
+            return {"skipped": pairs}
+        self.log(f"Localisation: {len(pairs)} finding regions on {pairs.images} test images "
+                 f"({', '.join(self.cfg.localisation_maps)} maps)...")
+        scores, readable, examples = score_pairs(self.model, self.tokenizer, test_split, pairs, self.cfg, self.device)
+        groups = pair_groups(test_split, pairs)
+        self.arrays.localisation = {"pairs": pairs, "scores": scores, "readable": readable, "groups": groups,
+                                    "examples": examples}
+        return localisation_entry(scores, readable, pairs, groups, self.seed)
 
     # ---- retrieval and the linear probe ----------------------------------------------------------
     def retrieval(self, test: dict, rows: np.ndarray, classes: np.ndarray) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Pure evaluation metrics: classification, AUROC, retrieval, CheXpert-5x200, zero-shot scores, linear probe.
 
-Protocols (the README repeats them):
+Protocols (docs/evaluation.md repeats them):
 
 - Label binarisation: a CheXpert label counts as positive only when it is 1.0; 0.0, -1.0
   (uncertain) and blank (NaN) count as negative. Used by the multi-label zero-shot AUROC

@@ -10,9 +10,11 @@ import numpy as np
 from medclip_nb.labels import COMPETITION_TASKS
 
 
-def confusion_figure(confusions: Mapping[str, Any], class_names: Sequence[str] = COMPETITION_TASKS):
-    """A matplotlib Figure with one confusion matrix per zero-shot mode. Built on the Agg
-    canvas directly, so it never changes the notebook's pyplot backend."""
+def confusion_figure(confusions: Mapping[str, Any], class_names: Sequence[str] = COMPETITION_TASKS,
+                     per_class: int = 200):
+    """A matplotlib Figure with one confusion matrix per zero-shot mode, titled with the number of
+    images it holds: 'CheXpert 5x200' only when every class has its `per_class` images. Built on
+    the Agg canvas directly, so it never changes the notebook's pyplot backend."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from sklearn.metrics import ConfusionMatrixDisplay
@@ -24,7 +26,11 @@ def confusion_figure(confusions: Mapping[str, Any], class_names: Sequence[str] =
         ax = fig.add_subplot(1, len(modes), i + 1)
         display = ConfusionMatrixDisplay(np.asarray(confusions[mode]), display_labels=list(class_names))
         display.plot(ax=ax, colorbar=False, xticks_rotation=30, values_format="d")
-        ax.set_title(f"zero-shot 5x200 ({mode} over prompts)")
+        counts = np.asarray(confusions[mode]).sum(axis=1)
+        name = (f"CheXpert 5x{per_class}" if len(counts) and (counts == per_class).all()
+                else f"{int(counts.sum())} test images ({', '.join(str(int(c)) for c in counts)} per class)")
+        ax.set_title(f"zero-shot, {name}\nprompt {mode}; diagonal = correct", fontsize=10)
+        ax.set(xlabel="predicted class", ylabel="true class")
     fig.tight_layout()
     return fig
 
@@ -55,6 +61,13 @@ def summary_lines(metrics: Mapping[str, Any]) -> list[str]:
     for direction in ("image_to_text", "text_to_image"):
         for k, v in test_retrieval[direction].items():
             rows.append((f"retrieval {direction} {k} (n={test_retrieval['n']})", v))
+    localisation = metrics.get("localisation") or {}
+    for method in ("similarity", "gradcam"):
+        if method in localisation:
+            every = localisation[method]["all"]
+            rows.append((f"localisation {method}: pointing game (n={every['n']}, chance "
+                         f"{every['chance_pointing_game']:.3f})", every["pointing_game"]))
+            rows.append((f"localisation {method}: CNR", every["cnr"]))
     probe = metrics.get("linear_probe")
     rows.append(("linear probe AUROC (mean)", probe["auroc_mean"] if probe else None))
     width = max([46] + [len(label) for label, _ in rows])

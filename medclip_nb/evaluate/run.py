@@ -26,10 +26,11 @@ from medclip_nb.data import (
 from medclip_nb.errors import DataError, UserError
 from medclip_nb.evaluate.embeddings import EvaluationArrays
 from medclip_nb.evaluate.evaluation import Evaluation
+from medclip_nb.evaluate.provenance import run_provenance
 from medclip_nb.evaluate.report import confusion_figure, summary_lines
 from medclip_nb.files import check_output, write_json_atomic
 from medclip_nb.model import check_eval_memory, load_model, model_config
-from medclip_nb.paths import resolve
+from medclip_nb.paths import resolve, shown
 from medclip_nb.runtime import pick_device
 
 
@@ -145,22 +146,24 @@ def evaluate_checkpoint(
 
     name = name or checkpoint_name(checkpoint)
     entry = {
-        "checkpoint": str(checkpoint),
+        "checkpoint": shown(checkpoint),
         "model": cfg.model,
         "vision_backbone": cfg.vision_backbone if cfg.model != "simple" else None,
         "text_encoder": cfg.text_encoder if cfg.model != "simple" else None,
         "loss": cfg.loss,
         "data_path": str(cfg.data_path),
         **metrics,
+        "provenance": run_provenance(cfg),
     }
     metrics_path = merge_metrics(out / "metrics.json", name, entry)
     figure_path = out / "figures" / f"zeroshot_confusion_{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.png"
     confusions = {m: metrics["zero_shot_5x200"].get(m, {}).get("confusion") for m in ("mean", "max")}
     if any(cm is not None for cm in confusions.values()):
         figure_path.parent.mkdir(parents=True, exist_ok=True)
-        confusion_figure(confusions).savefig(figure_path, dpi=110, bbox_inches="tight", metadata={"Software": None})
-        log(f"Saved figure: {figure_path}")
+        figure = confusion_figure(confusions, per_class=cfg.zeroshot_per_class)
+        figure.savefig(figure_path, dpi=110, bbox_inches="tight", metadata={"Software": None})
+        log(f"Saved figure: {shown(figure_path)}")
     for line in summary_lines(metrics):
         log(line)
-    log(f"Saved metrics: {metrics_path} (key '{name}')")
+    log(f"Saved metrics: {shown(metrics_path)} (key '{name}')")
     return entry

@@ -170,7 +170,7 @@ def zero_shot_5x200_medclip(model, tokenizer, test_dataset, cfg, device, *, rule
     )
     log(f"Embedding the {len(rows)} images of the {rule} 5x200 (pad, resize {cfg.image_size})...")
     embedded = compute_embeddings(model, loader_for(subset, cfg, tokenizer), device, with_text=False,
-                                  amp=cfg.use_amp)
+                                  amp=cfg.use_amp, progress_desc=f"evaluate: {rule} 5x200")
     truth = np.asarray(classes)[embedded["index"]]  # rows the loader skipped (unreadable) are left out
     scale, amp = model_logit_scale(model), cfg.use_amp
     per_mode: dict[str, dict[str, list]] = {m: {"accuracy": [], "macro_f1": [], "confusion": []}

@@ -24,11 +24,13 @@ from medclip_nb.data import (
 from medclip_nb.errors import DataError, UserError, quote
 from medclip_nb.evaluate import compute_embeddings, eval_datasets, read_metrics
 from medclip_nb.files import check_output, write_atomic
+from medclip_nb.inference.heatmaps import heatmap_targets, write_heatmaps
 from medclip_nb.inference.images import image_files
 from medclip_nb.inference.pretrained import Pretrained, load_pretrained, read_prompts_file
 from medclip_nb.inference.retrieval import load_report_bank
 from medclip_nb.model import EXPORT_FILES, check_eval_memory, export_checkpoint
 from medclip_nb.paths import resolve
+from medclip_nb.paths import shown as shown_path
 
 
 # ---- a whole dataset ----------------------------------------------------------------------------------
@@ -61,7 +63,7 @@ def embed_dataset(pretrained: Pretrained, data_path: str | os.PathLike, *, split
         dataset = datasets[split]
         if len(dataset) == 0:
             continue
-        loader = make_loader(dataset, cfg, train=False, collate_fn=make_collate(pretrained.tokenizer))
+        loader = make_loader(dataset, cfg, train=False, collate_fn=make_collate(pretrained.tokenizer, cfg))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BadImageWarning)  # named below, once each
             emb = compute_embeddings(pretrained.model, loader, pretrained.device, amp=bool(cfg.use_amp),
@@ -133,18 +135,21 @@ def _embed_options(pretrained: Pretrained, overrides: Mapping[str, Any]) -> dict
 
 
 def predict_command(checkpoint, paths, *, classes=None, prompts_file=None, mode="mean", csv=None,
-                    multi_label: bool = False, overrides: Mapping[str, Any] | None = None,
-                    force: bool = False) -> "Any":
+                    multi_label: bool = False, heatmap=None, heatmap_method: str = "similarity", force: bool = False,
+                    overrides: Mapping[str, Any] | None = None) -> "Any":
     """`python -m medclip_nb predict`: the probability table on stdout, notes on stderr, the table
     also as CSV with `csv` (an existing file only with `force`, never one of the inputs). 5-way
     (default): one softmax over the classes, with the predicted class. `multi_label`: each finding
-    on its own (positive vs negative prompt), with the findings over 0.5. Returns the DataFrame."""
+    on its own (positive vs negative prompt), with the findings over 0.5. `heatmap`: a folder for
+    one overlay PNG per image, the map of each class's text (heatmaps.py; `heatmap_method`
+    similarity or gradcam; files there replaced only with `force`). Returns the DataFrame."""
     overrides = dict(overrides or {})
     if mode not in ("mean", "max"):
         raise UserError(f"--mode: {mode!r} is not one of mean, max")
     files = image_files(paths)  # a typo in a path fails before the model is loaded
     if csv:
         check_output(csv, flag="--csv", force=force, inputs=(checkpoint, prompts_file, *files))
+    targets = heatmap_targets(heatmap, heatmap_method, files, force) if heatmap else None
     prompts = read_prompts_file(prompts_file, pairs=multi_label) if prompts_file else None
     pretrained = load_pretrained(checkpoint, overrides.get("gpu_id"))
     classify = pretrained.classify_multilabel if multi_label else pretrained.classify
@@ -159,7 +164,12 @@ def predict_command(checkpoint, paths, *, classes=None, prompts_file=None, mode=
         shown = table.assign(prediction=table.idxmax(axis=1))
     print(shown.to_string(float_format=lambda v: f"{v:.4f}"))
     if csv:
-        _note(f"Saved CSV: {write_atomic(csv, shown.to_csv, what='--csv')}")
+        _note(f"Saved CSV: {shown_path(write_atomic(csv, shown.to_csv, what='--csv'))}")
+    if targets is not None:
+        texts = {name: list(p["positive"]) if multi_label else list(p) for name, p in table.attrs["prompts"].items()}
+        written = write_heatmaps(pretrained, table, texts, targets, heatmap_method)
+        _note(f"Saved {len(written)} {heatmap_method} overlay{'s' if len(written) != 1 else ''} in "
+              f"{shown_path(Path(heatmap).expanduser())}/")
     n = len(table)
     how = (f"for {len(table.columns)} findings, each positive vs negative prompt (positive: p > 0.5)" if multi_label
            else f"into {len(table.columns)} classes")
@@ -187,7 +197,7 @@ def retrieve_command(checkpoint, paths, reports, *, k: int = 5, splits=None, csv
     bank = load_report_bank(reports, splits)  # both before the model is loaded
     pretrained = load_pretrained(checkpoint, overrides.get("gpu_id"))
     pretrained.check_text_input()
-    _note(f"Embedding {len(bank)} distinct reports of {reports} ...")
+    _note(f"Embedding {len(bank)} distinct reports of {shown_path(reports)} ...")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BadImageWarning)  # named below, once each
         table = pretrained.retrieve(files, bank, k, **_embed_options(pretrained, overrides))
@@ -197,7 +207,7 @@ def retrieve_command(checkpoint, paths, reports, *, k: int = 5, splits=None, csv
         for row in rows.itertuples():
             print(f"  {row.rank:>3}  {row.similarity:.4f}  {row.source:<14} {_short(row.report)}")
     if csv:
-        _note(f"Saved CSV: {write_atomic(csv, lambda p: table.to_csv(p, index=False), what='--csv')}")
+        _note(f"Saved CSV: {shown_path(write_atomic(csv, lambda p: table.to_csv(p, index=False), what='--csv'))}")
     shown = min(k, len(bank))
     _note(f"The {shown} nearest of {len(bank)} distinct reports (cosine similarity) for "
           f"{table['image'].nunique()} image(s) on {pretrained.device}")
@@ -224,7 +234,7 @@ def export_command(checkpoint, out, *, metrics_file=None, metrics_key=None, forc
         entry, source = data[key], f"{path.name}: {key}"
     folder = export_checkpoint(checkpoint, out, metrics=entry, metrics_source=source, force=force)
     written = [name for name in (*EXPORT_FILES, "SHA256SUMS") if (folder / name).is_file()]
-    print(f"Exported {checkpoint} to {folder}/ ({', '.join(written)})")
+    print(f"Exported {shown_path(checkpoint)} to {shown_path(folder)}/ ({', '.join(written)})")
     return folder
 
 

@@ -6,6 +6,7 @@
     nearest = pretrained.retrieve(["scan.jpg"], bank, k=5)           # the nearest reports of a ReportBank
     images = pretrained.embed_images(["scan.jpg"])                   # .embeddings [N, D], .ids
     texts = pretrained.embed_texts(["small left pleural effusion"])  # [T, D]
+    maps = pretrained.text_maps("scan.jpg", ["pleural effusion"])     # [T, S, S] over the model's input
 
 As open_clip's model and tokenizer, with tensors in and out (gradients as the caller's context says):
 
@@ -44,6 +45,7 @@ from medclip_nb.data import (
 )
 from medclip_nb.errors import UserError, quote
 from medclip_nb.evaluate import encode_texts, model_logit_scale, zero_shot_classify
+from medclip_nb.inference.heatmaps import image_maps
 from medclip_nb.inference.images import ImageItems, collate_images, image_items
 from medclip_nb.inference.retrieval import ReportBank, nearest_reports, report_bank
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS, PROMPT_VOCABULARY
@@ -211,6 +213,14 @@ class Pretrained:
             self.check_text_input()
         tokens = text if isinstance(text, Mapping) else self.tokenizer(text)
         return self.model.encode_text(tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device))
+
+    def text_maps(self, image, texts: str | Sequence[str], *, method: str = "similarity") -> np.ndarray:
+        """[T, S, S] maps of each text over one image as the model sees it (`preprocess(image)`): the
+        similarity of each location to the text, or Grad-CAM of the image-text similarity (`method`;
+        model/maps.py, docs/localisation.md)."""
+        self.check_text_input()
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return image_maps(self, image, torch.from_numpy(self.embed_texts(texts)), method)[1]
 
     def check_text_input(self) -> None:
         """A UserError for a model that cannot read new text (text_encoder: precomputed)."""

@@ -13,11 +13,13 @@ from medclip_nb.model.checkpoint_check import RESUME_PARTS, check_checkpoint
 from medclip_nb.model.encoders import build_model, count_parameters
 from medclip_nb.model.export import EXPORT_FILES, export_checkpoint, is_export_dir, load_export
 from medclip_nb.model.losses import ContrastiveLoss
+from medclip_nb.model.maps import MAP_METHODS, text_to_region_maps
 from medclip_nb.model.model_files import check_eval_memory, model_config
 
 __all__ = [
     "ContrastiveLoss",
     "EXPORT_FILES",
+    "MAP_METHODS",
     "RESUME_PARTS",
     "build_model",
     "check_eval_memory",
@@ -34,4 +36,5 @@ __all__ = [
     "resolve_resume",
     "restore_rng_state",
     "save_checkpoint",
+    "text_to_region_maps",
 ]

@@ -25,6 +25,7 @@ from medclip_nb.files import TEMP_INFIX, fsync_path, temp_path
 from medclip_nb.model.checkpoint_check import MODEL_PARTS, check_checkpoint
 from medclip_nb.model.model_files import build_from_model_file, layout
 from medclip_nb.paths import resolve
+from medclip_nb.runtime import place_model
 from medclip_nb.text import tokenizer_from_json
 
 CHECKPOINT_SUFFIX = ".pth"
@@ -260,7 +261,7 @@ def model_from_state(state: dict, p: Path, device: str | torch.device = "cpu"):
     # The checkpoint holds every weight: no need for the ImageNet file in the torch hub cache.
     weights = state["model"]
     model = build_from_model_file(cfg.replace(vision_pretrained=False), tokenizer, layout(weights), lambda: weights, p)
-    model.to(device).eval()
+    model = place_model(model, device, cfg.channels_last).eval()  # the memory format training used
     return model, tokenizer, cfg
 
 

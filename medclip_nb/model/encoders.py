@@ -417,7 +417,7 @@ def siglip_initial_bias(cfg) -> float:
 
     The paper's -10 is that prior for its ~32k batches. At batch 32 it makes every negative's
     gradient ~e^-10, so early steps only pull positives together, and the bias itself hardly
-    moves (-10.000 to -9.998 in 100 steps at lr 1e-3 on the phantom; README, Models and losses).
+    moves (-10.000 to -9.998 in 100 steps at lr 1e-3 on the phantom; docs/models.md).
     """
     if cfg.siglip_bias_init == "paper":
         return SIGLIP_INIT_LOGIT_BIAS

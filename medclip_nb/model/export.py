@@ -49,6 +49,7 @@ from medclip_nb.model.model_files import (
     verify_checksums,
 )
 from medclip_nb.paths import resolve
+from medclip_nb.runtime import place_model
 from medclip_nb.text import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE, tokenizer_files, tokenizer_from_json
 
 EXPORT_FORMAT = "medclip-nb-export"
@@ -269,4 +270,4 @@ def load_export(folder: str | os.PathLike, device: str | torch.device = "cpu"):
             raise CheckpointError(f"{weights_path}: not readable safetensors ({one_line(e, 120)})") from None
 
     model = build_from_model_file(cfg, tokenizer, stored, read_weights, weights_path)
-    return model.to(device).eval(), tokenizer, cfg
+    return place_model(model, device, cfg.channels_last).eval(), tokenizer, cfg  # training's memory format

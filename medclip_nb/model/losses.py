@@ -388,6 +388,15 @@ class ContrastiveLoss(nn.Module):
             return f"kind={self.kind!r}, uncertain_value={self.uncertain_value}, no_finding_rule={self.no_finding_rule}"
         return f"kind={self.kind!r}"
 
+    def chance(self, n_images: int, n_texts: int) -> float | None:
+        """The loss of a model that scores every pair alike, for `n_images` image rows against
+        `n_texts` text columns and the reverse (all ranks' when gathered): ln(columns) for each
+        softmax direction, averaged (soft targets sum to 1, so the label-aware kinds' is the
+        same); None for siglip, whose loss at equal scores depends on its bias."""
+        if self.kind == "siglip" or min(n_images, n_texts) < 1:
+            return None
+        return (math.log(n_texts) + math.log(n_images)) / 2
+
     def label_loss(self, image: Tensor, text: Tensor, scale, image_labels, text_labels, num_pairs=None):
         """This kind's label-aware loss of one process's rows alone (no gathering): validation, unpaired rows."""
         targets = SOFT_TARGET_KINDS[self.kind]

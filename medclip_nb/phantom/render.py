@@ -12,7 +12,7 @@ noise of the image). The five competition findings have distinct shapes:
     Pleural Effusion  homogeneous basal opacity with a meniscus, one or both sides, height by grade
 
 Uncertain (-1) findings are drawn subtle. `frontal_layers` returns each drawn finding's delta of
-the attenuation map apart (the masks of issue 28's kind); `render_chest` gives the image.
+the attenuation map apart (regions.py turns them into each finding's mask); `render_chest` gives the image.
 """
 
 from __future__ import annotations
@@ -41,10 +41,15 @@ def image_width(size: int) -> int:
     return max(1, round(size * MIMIC_WIDTH / MIMIC_HEIGHT))
 
 
+def raises_hemidiaphragm(atelectasis: Finding | None) -> bool:
+    """A severe (positive, strength >= 0.85) atelectasis: its volume loss raises its hemidiaphragm."""
+    return atelectasis is not None and atelectasis.value > 0 and atelectasis.strength >= 0.85
+
+
 def _hemithoraces(c: Canvas, a: Anatomy, atelectasis: Finding | None) -> tuple[Hemithorax, Hemithorax]:
     """(right, left) hemithorax; the volume loss of atelectasis pulls its hemidiaphragm up."""
     lift = {"right": 0.0, "left": 0.0}
-    if atelectasis is not None and atelectasis.value > 0 and atelectasis.strength >= 0.85:
+    if raises_hemidiaphragm(atelectasis):
         for s in atelectasis.sides:
             lift[s] = 0.04
     right = hemithorax(c, a, -1.0, a.base_right - lift["right"], a.dome_right)
@@ -286,8 +291,9 @@ def _render_lateral(h: int, w: int, a: Anatomy, findings: Sequence[Finding], rng
     return att * body + 0.02 * (1.0 - body)
 
 
-def _to_image(att: np.ndarray, size: int, a: Anatomy, rng: np.random.Generator) -> Image.Image:
-    """Exposure curve, noise and quantisation; upsample first when `size` is above the working height."""
+def expose(att: np.ndarray, size: int, a: Anatomy, rng: np.random.Generator) -> Image.Image:
+    """The film of an attenuation map: exposure curve, noise and quantisation, `size` pixels tall
+    (upsampled first when `size` is above the working height)."""
     out_w = image_width(size)
     if att.shape[0] != size:
         att = np.asarray(Image.fromarray(att.astype(np.float32)).resize((out_w, size), Image.BICUBIC))
@@ -318,4 +324,4 @@ def render_chest(size: int, anatomy: Anatomy, findings: Sequence[Finding] = (), 
         att = _render_lateral(work_h, work_w, anatomy, findings, rng)
     else:
         att = frontal_layers(work_h, work_w, anatomy, findings, rng).attenuation()
-    return _to_image(att, size, anatomy, rng)
+    return expose(att, size, anatomy, rng)

@@ -24,12 +24,14 @@ from medclip_nb.data import (
     METADATA_TABLE,
     NEGBIO_TABLE,
     PHANTOM_FILES,
+    REGIONS_SUFFIX,
     SPLIT_TABLE,
     delete_listed,
     describe_phantom,
     phantom_params,
     phantom_record,
     read_phantom_listing,
+    regions_document,
     removal_problem,
     remove_derived_datasets,
     report_text,
@@ -41,6 +43,7 @@ from medclip_nb.labels import CHEXPERT_LABELS
 from medclip_nb.paths import resolve
 from medclip_nb.phantom.anatomy import Anatomy, sample_anatomy, study_anatomy
 from medclip_nb.phantom.plan import RNG_STUDY, RNG_SUBJECT, PlannedImage, PlannedStudy, plan_studies
+from medclip_nb.phantom.regions import MASK_RULE, render_with_regions
 from medclip_nb.phantom.render import MAX_SIZE, MIN_SIZE, image_width, render_chest
 from medclip_nb.phantom.reports import LABEL_NOISE, PhantomReport, write_report
 from medclip_nb.progress import progress
@@ -52,6 +55,11 @@ SENTENCE_TABLE = "sentence-label.csv.gz"  # MedCLIP's sentence-label table, ever
 # 2: writes the sentence-label table; 3: Lung Opacity from opacity words only; 4: open report language, labeler-like
 # label noise, graded findings down to the noise level (docs/phantom.md)
 PHANTOM_VERSION = 4
+# Bump when the finding-region files change (the images' and reports' bytes do not depend on them): a tree
+# written without them, or with older ones, is rewritten (same images, same reports) and re-prepared.
+# 1: <dicom_id>.regions.json beside each frontal image (phantom/regions.py)
+FINDING_REGIONS_VERSION = 1
+FRONTAL_VIEWS = ("PA", "AP")
 PHANTOM_MANIFEST = "phantom.json"
 JPEG_QUALITY = 90
 _CHUNK_STUDIES = 50  # studies per worker task: an even load over the cores and a live progress line
@@ -79,7 +87,7 @@ def _check_args(studies: int, size: int, seed: int, test_studies: int = 0) -> No
 
 
 def _manifest(studies: int, size: int, seed: int, test_studies: int = 0) -> dict:
-    return {"generator": "medclip_nb.phantom", "version": PHANTOM_VERSION,
+    return {"generator": "medclip_nb.phantom", "version": PHANTOM_VERSION, "finding_regions": FINDING_REGIONS_VERSION,
             "studies": int(studies), "size": int(size), "seed": int(seed), "test_studies": int(test_studies)}
 
 
@@ -196,8 +204,8 @@ class _Tables:
 
 
 def _write_study(out: Path, s: PlannedStudy, patient: Anatomy, size: int, seed: int, tables: _Tables) -> None:
-    """Write the study's report and JPEGs and add its rows. The report, then each image
-    (sorted by dicom_id), draw from one random stream of the study, in this order."""
+    """Write the study's report and JPEGs (beside each frontal one its finding regions) and add its rows.
+    The report, then each image (sorted by dicom_id), draw from one random stream of the study, in this order."""
     rng = np.random.default_rng([seed, RNG_STUDY, s.index, 1])
     views = [im.view for im in s.images]
     report = write_report(s.findings, views, s.style, rng)
@@ -209,7 +217,13 @@ def _write_study(out: Path, s: PlannedStudy, patient: Anatomy, size: int, seed: 
     frontal = next(v for v in views if v in ("PA", "AP"))
     for im in s.images:  # sorted by dicom_id
         anatomy = study_anatomy(patient, rng, im.view)
-        image = render_chest(size, anatomy, s.findings, im.view, rng)
+        if im.view in FRONTAL_VIEWS:  # the same image render_chest draws, and where each finding is
+            image, regions = render_with_regions(size, anatomy, s.findings, rng)
+            document = regions_document(image.width, image.height, regions, MASK_RULE)
+            _write_listed(out, study_dir / f"{im.dicom_id}{REGIONS_SUFFIX}",
+                          json.dumps(document, separators=(",", ":")).encode("utf-8"), tables)
+        else:
+            image = render_chest(size, anatomy, s.findings, im.view, rng)
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
         _write_listed(out, study_dir / f"{im.dicom_id}.jpg", buffer.getvalue(), tables)

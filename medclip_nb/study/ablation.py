@@ -112,8 +112,10 @@ def train_and_score(run_cfg: Config, *, full_evaluation: bool = True, keep_check
     result = train(run_cfg, log=_quiet)
     trained = time.perf_counter()
     model, tokenizer, saved_cfg = load_model(result.last_checkpoint, "cpu")
+    # (localisation off: the ablation's tables compare the headline numbers over seeds)
     eval_cfg = saved_cfg.replace(train_fraction=1.0, zeroshot_protocols=["ours"], probe_label_fractions=[1.0],
-                                 unpaired_sources=[], unpaired_pool="splits", sentence_labels=None)
+                                 unpaired_sources=[], unpaired_pool="splits", sentence_labels=None,
+                                 localisation_images=0)
     points = ZeroShotPoints(eval_cfg, tokenizer)
     if full_evaluation:
         with bootstrap_off():

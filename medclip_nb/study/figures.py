@@ -16,6 +16,7 @@ from medclip_nb.config import Config
 from medclip_nb.data import load_grayscale
 from medclip_nb.labels import CHEXPERT_LABELS
 from medclip_nb.paths import resolve
+from medclip_nb.progress import working
 from medclip_nb.study.readings import METRIC_NAMES
 from medclip_nb.study.seed_stats import by_seed, fraction_key
 
@@ -57,19 +58,44 @@ def show_figure(fig, cfg: Config, name: str) -> None:
     print(f"saved: {path.relative_to(resolve(cfg.reports_dir))}")
 
 
-def sample_grid_figure(dataset, rows: list[int], *, max_chars: int = 140):
-    """Images of `dataset` (a CXRDataset) with the start of their report and positive labels."""
+def sample_grid_figure(dataset, rows: list[int], *, max_chars: int = 420):
+    """Images of `dataset` (a CXRDataset) with their whole report (up to `max_chars`, cut only at a
+    sentence end) and their positive labels as the title."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows), 4.6))
-    for ax, i in zip(axes, rows):
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.4 * len(rows), 6.4))
+    for ax, i in zip(np.atleast_1d(axes), rows):
         record = dataset.records[i]
         ax.imshow(load_grayscale(dataset.image_file(i)), cmap="gray")
         positives = [n for n, v in zip(CHEXPERT_LABELS, record["labels"]) if v == 1.0]
-        text = record["report"][:max_chars] + ("..." if len(record["report"]) > max_chars else "")
-        ax.set_title(", ".join(positives) or "(no positive label)", fontsize=8)
-        ax.set_xlabel(_wrap(text, 34), fontsize=6.5)
+        ax.set_title("\n".join(textwrap.wrap(", ".join(positives) or "No positive label", 30)), fontsize=8)
+        ax.set_xlabel(_wrap(_whole_sentences(record["report"], max_chars), 40), fontsize=6.5, loc="left")
         ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def _whole_sentences(text: str, max_chars: int) -> str:
+    """`text` up to `max_chars`, cut after the last full sentence that fits (with '...')."""
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars].rfind(". ")
+    return (text[: cut + 1] if cut > 0 else text[:max_chars]) + " ..."
+
+
+def report_length_figure(splits, *, bins: int = 20):
+    """Words per report, one histogram per split (shared x axis), each titled with its count and median."""
+    import matplotlib.pyplot as plt
+
+    names = list(splits)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.8 * len(names), 3.2), sharex=True, squeeze=False)
+    lengths = {name: [len(r["report"].split()) for r in splits[name]] for name in names}
+    top = max((max(v) for v in lengths.values() if v), default=1)
+    for ax, name in zip(axes[0], names):
+        ax.hist(lengths[name], bins=np.linspace(0, top, bins + 1), color="C0")
+        median = float(np.median(lengths[name])) if lengths[name] else float("nan")
+        ax.set(title=f"{name}: {len(lengths[name])} reports, median {median:.0f} words", xlabel="words per report",
+               ylabel="reports")
     fig.tight_layout()
     return fig
 
@@ -78,21 +104,106 @@ def _wrap(text: str, width: int) -> str:
     return "\n".join(textwrap.wrap(text, width))
 
 
+def loss_above_chance(rows) -> "np.ndarray | None":
+    """loss - chance of metrics.jsonl rows (chance: the loss of scoring every pair alike at that
+    row's batch sizes, ln(batch) for the softmax losses), or None when the log has no chance level
+    (siglip, or a log written before it was recorded)."""
+    if "chance" not in rows or rows["chance"].isna().all():
+        return None
+    return (rows["loss"] - rows["chance"].astype(float)).to_numpy()
+
+
 def training_curves_figure(metrics_log):
-    """Train/val loss, learning rate and temperature against the step, from metrics.jsonl."""
+    """From metrics.jsonl: the train and validation losses as loss minus chance (their batches differ
+    in size, so their raw losses are not comparable: 0 is chance for both), the raw losses with each
+    split's chance level, the learning rate and the temperature, each against the optimizer step."""
     import matplotlib.pyplot as plt
 
     df = metrics_log
     train, val = df[df["split"] == "train"], df[df["split"] == "val"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    axes[0].plot(train["step"], train["loss"], label="train")
-    if len(val):
-        axes[0].plot(val["step"], val["loss"], "o-", label="val")
-    axes[0].set(title="contrastive loss", xlabel="step"), axes[0].legend()
-    axes[1].plot(train["step"], train["lr"]), axes[1].set(title="learning rate", xlabel="step")
-    axes[2].plot(train["step"], train["temperature"]), axes[2].set(title="temperature (1 / logit scale)", xlabel="step")
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7.2))
+    (relative, raw), (lr, temperature) = axes
+    for rows, name, style in ((train, "train", "-"), (val, "validation", "o-")):
+        if not len(rows):
+            continue
+        color = "C0" if name == "train" else "C1"
+        raw.plot(rows["step"], rows["loss"], style, color=color, label=name, ms=4)
+        above = loss_above_chance(rows)
+        if above is not None:
+            chance = float(rows["chance"].astype(float).mean())
+            raw.axhline(chance, color=color, ls="--", lw=0.9, label=f"chance, {name} batches ({chance:.2f})")
+            relative.plot(rows["step"], above, style, color=color, label=name, ms=4)
+    relative.axhline(0, color="k", ls="--", lw=0.9, label="chance")
+    if loss_above_chance(train) is None:
+        relative.text(0.5, 0.5, "no chance level in this log\n(siglip, or an older run)", ha="center",
+                      va="center", transform=relative.transAxes)
+    relative.set(title="loss minus chance (comparable across batch sizes)", xlabel="optimizer step",
+                 ylabel="loss - chance (nats; below 0 = learned)")
+    raw.set(title="contrastive loss and its chance level", xlabel="optimizer step", ylabel="loss (nats)")
+    lr.plot(train["step"], train["lr"])
+    lr.set(title="learning rate (warmup, cosine decay)", xlabel="optimizer step", ylabel="learning rate")
+    temperature.plot(train["step"], train["temperature"])
+    temperature.set(title="temperature", xlabel="optimizer step", ylabel="temperature (1 / logit scale)")
+    for ax in (relative, raw):
+        ax.legend(fontsize=8)
+    fig.suptitle(training_finding(train, val), fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def training_finding(train, val) -> str:
+    """One sentence of what the curves show, from the log: where each loss ended against chance."""
+    parts = []
+    for rows, name in ((train, "train"), (val, "validation")):
+        above = loss_above_chance(rows) if len(rows) else None
+        if above is not None and len(above):
+            gap = -float(above[-1])
+            parts.append(f"{name} loss {rows['loss'].iloc[-1]:.2f}, {abs(gap):.2f} nats "
+                         f"{'below' if gap > 0 else 'above'} chance ({float(rows['chance'].iloc[-1]):.2f})")
+        elif len(rows):
+            parts.append(f"{name} loss {rows['loss'].iloc[0]:.2f} -> {rows['loss'].iloc[-1]:.2f}")
+    return "At the last step: " + "; ".join(parts) if parts else "No rows in this log"
+
+
+def overfit_figure(result):
+    """The loss of `train.overfit_one_batch` at each step on its one batch, with the chance level."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    steps = np.arange(1, len(result.losses) + 1)
+    ax.plot(steps, result.losses, "o-", ms=3, label=f"loss on the same {result.batch_size} pairs")
+    title = "One batch, repeated"
+    if result.chance is not None:
+        ax.axhline(result.chance, color="gray", ls="--", lw=0.9, label=f"chance (ln {result.batch_size} = "
+                                                                        f"{result.chance:.2f})")
+        title += f": {result.fell_below_chance():.2f} nats below chance after {len(result.losses)} steps"
+    ax.set(xlabel="optimizer step (the same batch each time)", ylabel="loss (nats)", title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def label_prevalence_figure(prevalence):
+    """Share of images positive per CheXpert label (rows of `tables.label_prevalence`), one bar per split."""
+    ax = prevalence.plot.barh(figsize=(8, 5.2), title="Label prevalence per split")
+    ax.set(xlabel="share of images positive (label 1.0)", ylabel="CheXpert label")
+    ax.invert_yaxis()
+    ax.figure.tight_layout()
+    return ax.figure
+
+
+def per_label_auroc_figure(per_label):
+    """Per-label AUROC (rows: labels, columns: methods such as zero-shot and the linear probe), chance at 0.5."""
+    table = per_label.dropna(how="all")
+    means = ", ".join(f"{column} {table[column].mean():.2f}" for column in table.columns)
+    ax = table.plot.barh(figsize=(7.5, 0.32 * len(table) + 1.8), xlim=(0, 1),
+                         title=f"Per-label AUROC on the test split (mean: {means})")
+    ax.axvline(0.5, color="gray", lw=0.8, ls="--", label="chance (0.5)")
+    ax.set(xlabel="AUROC (0.5 = chance, 1 = perfect)", ylabel="CheXpert label")
+    ax.invert_yaxis()
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
+    ax.figure.tight_layout()
+    return ax.figure
 
 
 def probe_fraction_figure(by_model: Mapping[str, Mapping[str, Any]]):
@@ -108,11 +219,26 @@ def probe_fraction_figure(by_model: Mapping[str, Mapping[str, Any]]):
         y = np.array([e["auroc_mean"] for e in entries])
         ci = np.array([e["auroc_mean_ci"] or [v, v] for e, v in zip(entries, y)])
         ax.errorbar(x, y, yerr=[y - ci[:, 0], ci[:, 1] - y], marker="o", capsize=3, label=name)
-    ax.set(xscale="log", xlabel="fraction of training labels", ylabel="mean AUROC (test)",
-           title="Linear probe with few labels (95 % CI)")
+    ax.axhline(0.5, color="gray", lw=0.8, ls="--", label="chance (AUROC 0.5)")
+    ax.set(xscale="log", xlabel="fraction of training labels", ylabel="mean AUROC over labels (test)",
+           title="Linear probe with few labels (95 % CI)" + _probe_finding(by_model))
     ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _probe_finding(by_model: Mapping[str, Mapping[str, Any]]) -> str:
+    """'\nat 1 % of the labels: default 0.84, random init 0.67' (the smallest fraction every model has)."""
+    smallest = {}
+    for name, m in by_model.items():
+        entries = sorted((e for e in (m.get("linear_probe_fractions") or {}).values() if e["auroc_mean"] is not None),
+                         key=lambda e: e["fraction"])
+        if entries:
+            smallest[name] = entries[0]
+    if not smallest or len({e["fraction"] for e in smallest.values()}) != 1:
+        return ""
+    fraction = next(iter(smallest.values()))["fraction"]
+    return f"\nat {fraction:.0%} of the labels: " + ", ".join(f"{n} {e['auroc_mean']:.2f}" for n, e in smallest.items())
 
 
 def embedding_figure(arrays, *, seed: int = 0):
@@ -127,7 +253,8 @@ def embedding_figure(arrays, *, seed: int = 0):
     both = np.concatenate([image, text])
     pca = PCA(n_components=2, random_state=seed).fit_transform(both)
     perplexity = max(2.0, min(30.0, (len(both) - 1) / 3))
-    tsne = TSNE(n_components=2, random_state=seed, perplexity=perplexity, init="pca").fit_transform(both)
+    with working(f"t-SNE of {len(both)} embeddings"):
+        tsne = TSNE(n_components=2, random_state=seed, perplexity=perplexity, init="pca").fit_transform(both)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     n = len(rows)
     for ax, points, title in zip(axes, (pca, tsne), ("PCA", "t-SNE")):
@@ -137,6 +264,7 @@ def embedding_figure(arrays, *, seed: int = 0):
             ax.scatter(points[:n][sel, 0], points[:n][sel, 1], s=14, color=color, marker="o", label=f"{name} (image)")
             ax.scatter(points[n:][sel, 0], points[n:][sel, 1], s=18, color=color, marker="x", label=f"{name} (report)")
         ax.set_title(f"{title} of image (o) and report (x) embeddings")
+        ax.set(xlabel=f"{title} 1", ylabel=f"{title} 2")
         ax.set_xticks([]), ax.set_yticks([])
     axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
@@ -157,13 +285,15 @@ def similarity_heatmap_figure(arrays, per_class: int = 2):
     test = arrays.embeddings["test"]
     rows, classes = similarity_sample(arrays, per_class)
     sim = np.asarray(test["image"])[rows] @ np.asarray(test["text"])[rows].T
-    labels = [f"{arrays.class_names[c][:12]} {i}" for i, c in enumerate(classes)]
-    fig, ax = plt.subplots(figsize=(7, 6))
+    labels = [f"{arrays.class_names[c]} #{i + 1}" for i, c in enumerate(classes)]
+    size = max(6.0, 0.32 * len(rows) + 3)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
     im = ax.imshow(sim, cmap="viridis")
     ax.set_xticks(range(len(rows)), labels, rotation=90, fontsize=7)
     ax.set_yticks(range(len(rows)), labels, fontsize=7)
-    ax.set(xlabel="report", ylabel="image", title="image-report cosine similarity")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set(xlabel="report (of the image with the same number)", ylabel="image",
+           title="image-report cosine similarity: a bright diagonal and bright same-class blocks are learned")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="cosine similarity")
     fig.tight_layout()
     return fig
 
@@ -193,6 +323,7 @@ def ablation_figure(entry: Mapping[str, Any]):
             top.errorbar(i + 0.25, mean, yerr=error, fmt="o", color="k", capsize=3, zorder=3)
         top.set_xticks(range(len(variants)), variants, rotation=30, ha="right", fontsize=8)
         top.set_title(f"{METRIC_NAMES.get(metric, metric)} (mean, 95 % t CI)", fontsize=9)
+        top.set_ylabel(METRIC_NAMES.get(metric, metric))
         ref = by_seed(runs, metric, variant=reference)
         for i, variant in enumerate(others):
             mine = by_seed(runs, metric, variant=variant)
@@ -206,6 +337,7 @@ def ablation_figure(entry: Mapping[str, Any]):
         bottom.axhline(0, color="k", lw=0.8, ls="--")
         bottom.set_xticks(range(len(others)), others, rotation=30, ha="right", fontsize=8)
         bottom.set_title(f"minus {reference}, paired by seed (filled: resolved)", fontsize=9)
+        bottom.set_ylabel(f"difference to {reference}")
     fig.tight_layout()
     return fig
 

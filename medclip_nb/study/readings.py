@@ -231,7 +231,7 @@ def data_efficiency_reading(entry: Mapping[str, Any]) -> str:
 
 def reading(results: Mapping[str, Mapping[str, Any]], default: str = "default", comparisons=None) -> str:
     """A short written reading of the results table, generated from the numbers themselves;
-    with `comparisons` (`paired_comparisons`), each zero-shot gap says whether it is resolved."""
+    with `comparisons` (`paired_comparison_entries`), each zero-shot gap says whether it is resolved."""
     d, ci = headline(results[default]), headline_intervals(results[default])
     lines = []
     acc = d["zs_acc_mean"]
@@ -260,15 +260,15 @@ def reading(results: Mapping[str, Mapping[str, Any]], default: str = "default", 
 
 
 def _paired_note(comparisons, name: str) -> str:
-    if comparisons is None or not len(comparisons):
+    """The paired interval and verdict of `name` from `tables.paired_comparison_entries` rows."""
+    rows = [e for e in comparisons or () if e["against"] == name and e["metric"].endswith("(prompt mean)")]
+    if not rows or not rows[0].get("ci"):
         return ""
-    row = comparisons[(comparisons["against"] == name) & (comparisons["metric"] == "zero-shot accuracy (mean)")]
-    if not len(row) or row.iloc[0]["95% CI"] is None:
-        return ""
-    holm_p = row.iloc[0].get("Holm p")
-    verdict = ("resolved" if row.iloc[0]["resolved"] else "not resolved") + \
+    low, high = rows[0]["ci"]
+    holm_p = rows[0].get("holm_p")
+    verdict = ("resolved" if rows[0]["resolved"] else "not resolved") + \
         ("" if holm_p is None else f" (Holm p {p_text(holm_p)} over the table's {len(comparisons)} comparisons)")
-    return f" (paired 95 % CI {row.iloc[0]['95% CI']}, {verdict})"
+    return f" (paired 95 % CI [{low:.3f}, {high:.3f}], {verdict})"
 
 
 def _diff(a, b) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 
 from medclip_nb.config import Config
 from medclip_nb.errors import DataError
-from medclip_nb.evaluate import eval_datasets, evaluate_model, merge_metrics, read_metrics
+from medclip_nb.evaluate import eval_datasets, evaluate_model, merge_metrics, read_metrics, run_provenance
 from medclip_nb.files import write_json_atomic
 from medclip_nb.model import load_model
 from medclip_nb.paths import resolve
@@ -39,16 +39,25 @@ BASELINE_ENTRIES = {"random_init": "random init", "simple": "simple (seed)"}
 
 
 def record_models(cfg: Config, results: dict[str, Any]) -> Path:
-    """Write notebook 04's model entries into reports_dir/metrics.json, and remove the entry of
-    any baseline this run did not evaluate (so no earlier run's numbers stand beside these)."""
+    """Write notebook 04's model entries into reports_dir/metrics.json with the study's provenance
+    (config, git commit, date, package versions), and remove the entry of any baseline this run did
+    not evaluate and the paired comparisons of an earlier run (so no earlier run's numbers stand
+    beside these; `record_comparisons` writes this run's)."""
     path = resolve(cfg.reports_dir) / "metrics.json"
     data = read_metrics(path)
-    for key in ["default", *BASELINE_ENTRIES.values()]:
+    for key in ["default", *BASELINE_ENTRIES.values(), "paired_comparisons"]:
         data.pop(key, None)
     data.update(results)
+    data["provenance"] = run_provenance(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, data, sort_keys=True, what="metrics file", error=DataError)
     return path
+
+
+def record_comparisons(cfg: Config, comparisons: list[dict[str, Any]]) -> Path:
+    """The paired comparisons of notebook 04 (`tables.paired_comparison_entries`) under
+    'paired_comparisons' in reports_dir/metrics.json, where summary.md reads them."""
+    return update_metrics(cfg, "paired_comparisons", comparisons)
 
 
 def copy_metrics_entry(source: str | Path, target: str | Path, key: str) -> Path:

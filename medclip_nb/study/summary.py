@@ -1,7 +1,7 @@
 """`reports/summary.md`: the study's results tables, written from `reports/metrics.json` by the run.
 
 Numbers are never typed by hand into prose: `make study` calls `write_summary` at its end, with
-the wall time it measured, and the README links to the file it writes.
+the wall time it measured, and the README and docs/results.md point to the file it writes.
 """
 
 from __future__ import annotations
@@ -19,21 +19,19 @@ from medclip_nb.evaluate import format_with_interval
 from medclip_nb.files import check_output, read_text_limited, write_text_atomic
 from medclip_nb.paths import resolve
 from medclip_nb.study.ablation_tables import ablation_report
-from medclip_nb.study.tables import LANGUAGE_ROWS, headline, headline_intervals
+from medclip_nb.study.localisation import METHOD_NAMES, SCORE_NAMES, localisation_rows
+from medclip_nb.study.tables import (
+    HEADLINE_NAMES,
+    LANGUAGE_ROWS,
+    chance_levels,
+    comparison_verdict,
+    headline,
+    headline_intervals,
+    probe_fraction_table,
+)
 
 SUMMARY_TITLE = "# Results of this study run"  # its first line: a file `summary` may replace
 MAX_METRICS_BYTES = 256 << 20
-HEADLINE_NAMES = {
-    "zs_acc_mean": "5x200 zero-shot acc (our rule, mean)",
-    "zs_acc_max": "5x200 zero-shot acc (our rule, max)",
-    "zs_macro_f1": "zero-shot macro-F1 (our rule)",
-    "zs_auroc": "per-label zero-shot AUROC",
-    "i2t_R@1": "image→text R@1",
-    "i2t_R@10": "image→text R@10",
-    "t2i_R@10": "text→image R@10",
-    "P@10": "P@10 (5x200)",
-    "probe_auroc": "linear-probe AUROC",
-}
 
 
 def machine_description() -> str:
@@ -68,7 +66,8 @@ def markdown_table(rows: Mapping[str, Mapping[str, Any]], columns: Mapping[str, 
 
 
 # Entries of metrics.json that are not a model's metrics.
-STUDY_ENTRIES = ("ablation", "data_efficiency", "dataset", "language", "prompt_gap")
+STUDY_ENTRIES = ("ablation", "data_efficiency", "dataset", "language", "localisation_comparison", "paired_comparisons",
+                 "prompt_gap", "provenance")
 
 
 def _data_section(metrics: Mapping[str, Any]) -> list[str]:
@@ -93,6 +92,36 @@ def _data_section(metrics: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _localisation_section(metrics: Mapping[str, Any]) -> list[str]:
+    """Each model's localisation scores (one table per map method) and the paired differences between
+    models on the same regions (notebook 04's `localisation_comparison`), when the run has them."""
+    models = {name: m for name, m in metrics.items() if name not in STUDY_ENTRIES and isinstance(m, Mapping)}
+    rows = localisation_rows(models)
+    if not rows:
+        return []
+    first = next(m["localisation"] for m in models.values() if "pairs" in (m.get("localisation") or {}))
+    lines = ["", "## Localisation: do the maps of a finding's text fall on the finding? (docs/localisation.md)", "",
+             f"{first['pairs']} finding regions on {first['images']} test images ({first['source']}); each score "
+             "with its 95 % bootstrap interval over patients; chance: a map that knows nothing of the image."]
+    columns = {"pairs": "pairs", "pointing game": "pointing game", "CNR": "CNR", "IoU": "IoU",
+               "chance: pointing game": "chance: pointing game", "chance: IoU": "chance: IoU"}
+    for method in dict.fromkeys(row["map"] for row in rows):
+        table = {f"{row['model']} · {row['finding']}": row for row in rows if row["map"] == method}
+        lines += ["", f"### {method}", "", markdown_table(table, columns, "model · finding")]
+    comparison = metrics.get("localisation_comparison")
+    if isinstance(comparison, Mapping) and comparison:
+        table = {}
+        for model, methods in comparison.items():
+            for method, groups in methods.items():
+                for finding, scores in groups.items():
+                    table[f"default - {model} · {METHOD_NAMES.get(method, method)} · {finding}"] = {
+                        label: format_with_interval(scores[score]["difference"], scores[score]["ci"])
+                        for score, label in SCORE_NAMES.items()}
+        lines += ["", "### Paired differences on the same regions (interval over patients)", "",
+                  markdown_table(table, {label: label for label in SCORE_NAMES.values()}, "difference · map · finding")]
+    return lines
+
+
 def _ablation_section(metrics: Mapping[str, Any]) -> list[str]:
     """The ablation and data-efficiency sections (study.ablation_tables); an ablation entry of the
     older format (mean ± std over seeds, no paired differences) as its own table."""
@@ -111,44 +140,155 @@ def _ablation_section(metrics: Mapping[str, Any]) -> list[str]:
             markdown_table(rows, {k: HEADLINE_NAMES[k] for k in keys}, "variant")]
 
 
+def read_phase_times(path: str | Path | None) -> list[tuple[str, float]]:
+    """`make study`'s phase times file: 'phase<TAB>seconds' lines (the `data` command writes the
+    phantom, prepare and image-store lines, the Makefile one per notebook); [] without a file,
+    and unreadable lines are skipped (the table is a report, not an input)."""
+    if path is None or not resolve(path).is_file():
+        return []
+    phases = []
+    for line in resolve(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        name, _, seconds = line.partition("\t")
+        try:
+            phases.append((name.strip(), float(seconds)))
+        except ValueError:
+            continue
+    return phases
+
+
+def phase_times_section(phases: list[tuple[str, float]], wall_seconds: float | None) -> list[str]:
+    """'## Where the time went': each phase's minutes and share of the wall time."""
+    if not phases:
+        return []
+    total = wall_seconds or sum(seconds for _, seconds in phases)
+    lines = ["", "## Where the time went", "", "| phase | min | share of the wall time |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {seconds / 60:.2f} | {seconds / total:.0%} |" for name, seconds in phases]
+    return lines
+
+
 def summary_markdown(metrics: Mapping[str, Any], *, wall_seconds: float | None = None,
-                     params: str | None = None, when: _dt.datetime | None = None) -> str:
-    """The text of summary.md for a metrics.json mapping {model name: metrics, 'ablation': ...}."""
+                     params: str | None = None, when: _dt.datetime | None = None,
+                     phases: list[tuple[str, float]] | None = None) -> str:
+    """The text of summary.md for a metrics.json mapping {model name: metrics, 'ablation': ...,
+    'paired_comparisons': [...], 'provenance': {...}}."""
+    models = {name: m for name, m in metrics.items() if name not in STUDY_ENTRIES and isinstance(m, Mapping)}
+    lines = [SUMMARY_TITLE, "",
+             "Written by the run itself from `metrics.json` (never edited by hand). Trained numbers "
+             "differ slightly from CPU to CPU: floating-point kernels differ.", ""]
+    lines += _run_lines(metrics.get("provenance") or {}, wall_seconds, params, when)
+    lines += _data_section(metrics)
+    if models:
+        lines += _models_section(models, metrics)
+        lines += _protocols_section(models)
+        lines += _probe_section(models)
+    lines += _comparisons_section(metrics.get("paired_comparisons") or [])
+    lines += _localisation_section(metrics)
+    lines += _ablation_section(metrics)
+    lines += phase_times_section(phases or [], wall_seconds)
+    return "\n".join(lines) + "\n"
+
+
+def _run_lines(provenance: Mapping[str, Any], wall_seconds, params, when) -> list[str]:
     import torch
 
     when = when or _dt.datetime.now().astimezone()
-    models = {name: {key: format_with_interval(value, headline_intervals(m)[key])
-                     for key, value in headline(m).items()}
-              for name, m in metrics.items() if name not in STUDY_ENTRIES and isinstance(m, Mapping)}
-    lines = [SUMMARY_TITLE, "",
-             "Written by the run itself from `metrics.json` (never edited by hand). Trained numbers "
-             "differ slightly from CPU to CPU: floating-point kernels differ.", "",
-             f"- date: {when.strftime('%Y-%m-%d %H:%M %Z')}",
+    lines = [f"- date: {when.strftime('%Y-%m-%d %H:%M %Z')}"
+             + (f" (metrics written {provenance['date']})" if provenance.get("date") else ""),
              f"- machine: {machine_description()}",
              f"- torch {torch.__version__}, Python {platform.python_version()}"]
+    git = provenance.get("git") or {}
+    if git.get("commit"):
+        lines.append(f"- code: git commit {git['commit'][:12]}" + (" with uncommitted changes" if git.get("dirty")
+                                                                   else ""))
     if params:
         lines.append(f"- parameters: `{params}`")
     if wall_seconds is not None:
         lines.append(f"- wall time: {wall_seconds / 60:.1f} min")
-    lines += _data_section(metrics)
-    if models:
-        n_images = _five_x_200_size(metrics)
-        lines += ["", "## Models" + (f" (5x200 zero-shot set: {n_images} images)" if n_images else ""), "",
-                  "Each number with its 95 % bootstrap interval over the test patients (1,000 resamples of whole "
-                  "patients, all images of a patient together).", "",
-                  markdown_table(models, {**HEADLINE_NAMES, **_rule_columns(models)}, "model")]
-    lines += _ablation_section(metrics)
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-# The 5x200 entries of the published rules, scored by MedCLIP's procedure (mean over its prompt draws).
-RULE_NAMES = {"zs_acc_mean_gloria": "5x200 acc, GLoRIA's rule (MedCLIP procedure)",
-              "zs_acc_mean_medclip": "5x200 acc, MedCLIP's rule (MedCLIP procedure)"}
+def _models_section(models: Mapping[str, Mapping[str, Any]], metrics: Mapping[str, Any]) -> list[str]:
+    rows = {name: {key: format_with_interval(value, headline_intervals(m)[key]) for key, value in headline(m).items()}
+            for name, m in models.items()}
+    first = next(iter(models.values()))
+    rows["chance (guessing)"] = {key: None if v is None else f"{v:.3f}" for key, v in chance_levels(first).items()}
+    n_images, n_test = _five_x_200_size(metrics), (first.get("n") or {}).get("test")
+    sizes = ", ".join(part for part in (f"5x200 zero-shot set: {n_images} images" if n_images else "",
+                                        f"test split: {n_test} images" if n_test else "") if part)
+    return ["", "## Models" + (f" ({sizes})" if sizes else ""), "",
+            "Each number with its 95 % bootstrap interval over the test patients (1,000 resamples of whole "
+            "patients, all images of a patient together); the last row is what a model that guesses scores (1 in "
+            "5 classes, AUROC 0.5, K in the number of test reports for recall@K).", "",
+            markdown_table(rows, HEADLINE_NAMES, "model")]
 
 
-def _rule_columns(models: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
-    """Columns of the published rules that some model was evaluated with (zeroshot_protocols)."""
-    return {key: name for key, name in RULE_NAMES.items() if any(row.get(key) is not None for row in models.values())}
+def _protocols_section(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Our 5x200 protocol beside MedCLIP's procedure on each published rule's 5x200 that was scored
+    (zeroshot_protocols gloria / medclip)."""
+    def scored(m, rule):
+        entry = m.get(f"zero_shot_5x200_{rule}")
+        return entry if isinstance(entry, Mapping) and "mean" in entry else None
+
+    rules = [rule for rule in RULES if any(scored(m, rule) for m in models.values())]
+    if not rules:
+        return []
+    rows, sizes, procedure = {}, [], {}
+    for name, m in models.items():
+        ours = m.get("zero_shot_5x200") or {}
+        row = {}
+        for mode in ("mean", "max"):
+            mine = ours.get(mode) or {}
+            row[f"ours_{mode}"] = format_with_interval(mine.get("accuracy"), mine.get("accuracy_ci"))
+            for rule in rules:
+                entry = ((scored(m, rule) or {}).get(mode)) or {}
+                value, std = entry.get("accuracy"), entry.get("accuracy_std")
+                spread = "" if std is None else f" ± {std:.3f}"
+                row[f"{rule}_{mode}"] = "–" if value is None else f"{value:.3f}{spread}"
+        rows[name] = row
+    for rule in rules:
+        entry = next(scored(m, rule) for m in models.values() if scored(m, rule))
+        sizes.append(f"{RULE_LABELS[rule]}: {entry.get('n', '?')} images")
+        procedure = entry
+    draws = len((procedure.get("mean") or {}).get("accuracy_draws") or [])
+    columns = {"ours_mean": "ours, prompt mean [95 % CI]", "ours_max": "ours, prompt max [95 % CI]"}
+    for rule in rules:
+        columns[f"{rule}_mean"] = f"{RULE_LABELS[rule]}, logit mean (± std over draws)"
+        columns[f"{rule}_max"] = f"{RULE_LABELS[rule]}, logit max"
+    return ["", "## Zero-shot: our protocol and MedCLIP's procedure", "",
+            f"Ours: our 5x200 rule, every prompt of MedCLIP's vocabulary, similarity to the mean prompt embedding. "
+            f"MedCLIP's procedure: {procedure.get('prompts_per_class', 10)} random prompts per class, the mean "
+            f"(or max) of the prompt logits, {draws} seeded draws (mean ± std over draws), on the 5x200 each "
+            f"published rule selects ({'; '.join(sizes)}). Chance is 0.200 for all.", "",
+            markdown_table(rows, columns, "model")]
+
+
+def _probe_section(models: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    if not any(m.get("linear_probe_fractions") for m in models.values()):
+        return []
+    table = probe_fraction_table(models)
+    rows = {name: dict(row) for name, row in table.iterrows()}
+    return ["", "## Linear probe at each fraction of the training labels", "",
+            "Mean AUROC over the labels on test images [95 % bootstrap interval over patients], the probe fitted on "
+            "seeded subsets of the training images; chance is 0.500.", "",
+            markdown_table(rows, {c: c for c in table.columns}, "model")]
+
+
+def _comparisons_section(entries: list[Mapping[str, Any]]) -> list[str]:
+    if not entries:
+        return []
+    rows = {f"{e['reference']} minus {e['against']}, {e['metric']}": {
+        "difference": format_with_interval(e["difference"], e.get("ci")), "holm_p": e.get("holm_p"),
+        "verdict": comparison_verdict(e), "n": e.get("n")} for e in entries}
+    return ["", "## Paired comparisons on the same test images", "",
+            "The default model minus each baseline on the same images (paired bootstrap over the test patients, "
+            "1,000 resamples); a difference is resolved when its Holm-adjusted p over these rows is below 0.05.", "",
+            markdown_table(rows, {"difference": "difference [95 % CI]", "holm_p": "Holm p", "verdict": "verdict",
+                                  "n": "images"}, "comparison")]
+
+
+
+RULES = ("gloria", "medclip")
+RULE_LABELS = {"gloria": "GLoRIA's rule", "medclip": "MedCLIP's rule"}
 
 
 def _five_x_200_size(metrics: Mapping[str, Any]) -> int | None:
@@ -169,7 +309,7 @@ def is_summary_file(path: Path) -> bool:
 
 
 def write_summary(metrics_path: str | Path, out_path: str | Path, *, wall_seconds: float | None = None,
-                  params: str | None = None, force: bool = False) -> Path:
+                  params: str | None = None, phase_times: str | Path | None = None, force: bool = False) -> Path:
     """Write summary.md from metrics.json (atomic: a reader never sees half a file). `out_path`
     may be an earlier summary; another existing file only with `force`, metrics.json never."""
     metrics_path, out_path = resolve(metrics_path), resolve(out_path)
@@ -186,7 +326,7 @@ def write_summary(metrics_path: str | Path, out_path: str | Path, *, wall_second
     if not isinstance(metrics, dict):
         raise DataError(f"{metrics_path}: expected a JSON object of models, got {type(metrics).__name__}")
     try:
-        text = summary_markdown(metrics, wall_seconds=wall_seconds, params=params)
+        text = summary_markdown(metrics, wall_seconds=wall_seconds, params=params, phases=read_phase_times(phase_times))
     except (TypeError, KeyError, ValueError, AttributeError, IndexError, ZeroDivisionError, OverflowError,
             RecursionError) as e:
         raise DataError(f"{metrics_path}: an entry is not what evaluate or make ablation writes "

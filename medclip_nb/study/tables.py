@@ -113,6 +113,31 @@ HEADLINE_PATHS: dict[str, tuple[tuple[str, ...], tuple[str, ...] | None]] = {
 }
 
 
+# What each headline number is called in tables (notebook 04, summary.md).
+HEADLINE_NAMES = {
+    "zs_acc_mean": "5x200 zero-shot accuracy (prompt mean)",
+    "zs_acc_max": "5x200 zero-shot accuracy (prompt max)",
+    "zs_macro_f1": "5x200 zero-shot macro-F1",
+    "zs_auroc": "per-label zero-shot AUROC (mean)",
+    "i2t_R@1": "image→text recall@1",
+    "i2t_R@10": "image→text recall@10",
+    "t2i_R@10": "text→image recall@10",
+    "P@10": "5x200 image→text precision@10",
+    "probe_auroc": "linear-probe AUROC (mean, all labels)",
+}
+
+
+def chance_levels(metrics: Mapping[str, Any]) -> dict[str, float | None]:
+    """What each headline number is for a model that guesses: 1 in 5 for the 5x200 accuracy and
+    macro-F1 (balanced classes), 0.5 for an AUROC, K / (test reports) for recall@K, the class
+    share (1 in 5) for the 5x200 precision@K."""
+    n_test = _lookup(metrics, ("retrieval", "test", "n")) or _lookup(metrics, ("n", "test"))
+    five = 1 / 5
+    return {"zs_acc_mean": five, "zs_acc_max": five, "zs_macro_f1": five, "zs_auroc": 0.5,
+            "i2t_R@1": 1 / n_test if n_test else None, "i2t_R@10": min(1.0, 10 / n_test) if n_test else None,
+            "t2i_R@10": min(1.0, 10 / n_test) if n_test else None, "P@10": five, "probe_auroc": 0.5}
+
+
 def _lookup(metrics: Mapping[str, Any], path: tuple[str, ...] | None):
     value: Any = metrics if path else None
     for key in path or ():
@@ -139,20 +164,24 @@ def headline_intervals(metrics: Mapping[str, Any]) -> dict[str, list[float] | No
 
 
 def results_table(by_model: Mapping[str, Mapping[str, Any]]) -> "pd.DataFrame":
-    """The headline numbers of each model (rows), rounded."""
+    """The headline numbers of each model (rows; columns named as in HEADLINE_NAMES), rounded."""
     import pandas as pd
 
-    return pd.DataFrame({name: headline(m) for name, m in by_model.items()}).T.astype(float).round(3)
+    table = pd.DataFrame({name: {key: headline(m)[key] for key in HEADLINE_NAMES} for name, m in by_model.items()})
+    return table.T.astype(float).round(3).rename(columns=HEADLINE_NAMES)
 
 
 def results_table_with_intervals(by_model: Mapping[str, Mapping[str, Any]]) -> "pd.DataFrame":
-    """The headline numbers as 'value [low, high]' strings (95 % bootstrap intervals)."""
+    """The headline numbers as 'value [low, high]' (95 % bootstrap intervals): one row per metric,
+    one column per model and a last column with the chance level, so that the table fits a page."""
     import pandas as pd
 
-    return pd.DataFrame({
-        name: {key: format_with_interval(value, headline_intervals(m)[key]) for key, value in headline(m).items()}
-        for name, m in by_model.items()
-    }).T
+    columns = {name: {HEADLINE_NAMES[key]: format_with_interval(headline(m)[key], headline_intervals(m)[key])
+                      for key in HEADLINE_NAMES} for name, m in by_model.items()}
+    first = next(iter(by_model.values()), {})
+    columns["chance"] = {HEADLINE_NAMES[key]: "–" if v is None else f"{v:.3f}"
+                         for key, v in chance_levels(first).items()}
+    return pd.DataFrame(columns)
 
 
 def probe_fraction_table(by_model: Mapping[str, Mapping[str, Any]]) -> "pd.DataFrame":
@@ -173,34 +202,52 @@ def zero_shot_hits(arrays, mode: str = "mean"):
     return (np.asarray(scores).argmax(axis=1) == arrays.five_x_200_classes).astype(float)
 
 
-def paired_comparisons(arrays_by_model: Mapping[str, Any], reference: str = "default",
-                       modes=("mean", "max")) -> "pd.DataFrame":
+def paired_comparison_entries(arrays_by_model: Mapping[str, Any], reference: str = "default",
+                              modes=("mean", "max")) -> list[dict[str, Any]]:
     """5x200 zero-shot accuracy of `reference` minus each other model, on the same test images,
     with the paired bootstrap interval of the difference (the same patients resampled for both),
-    its bootstrap p-value, and the Holm-adjusted p over the table's rows: *resolved* when that is
-    below 0.05 (evaluate/multiplicity.py)."""
-    import pandas as pd
-
+    its bootstrap p-value and the Holm-adjusted p over the table's rows: *resolved* when that is
+    below 0.05 (evaluate/multiplicity.py). Plain JSON rows {reference, against, metric, difference,
+    ci, p, holm_p, resolved, n}: metrics.json stores them under 'paired_comparisons'."""
     ref = arrays_by_model[reference]
     rows = []
     for name, arrays in arrays_by_model.items():
         if name == reference:
             continue
         if not np.array_equal(arrays.five_x_200_rows, ref.five_x_200_rows):
-            raise ValueError(f"paired_comparisons: {name} was evaluated on other 5x200 images than {reference}")
+            raise ValueError(f"paired_comparison_entries: {name} was evaluated on other 5x200 images than {reference}")
         for mode in modes:
             groups = None if ref.test_groups is None else ref.test_groups[ref.five_x_200_rows]
             d = paired_difference(zero_shot_hits(ref, mode), zero_shot_hits(arrays, mode), groups=groups)
-            rows.append({"against": name, "metric": f"zero-shot accuracy ({mode})",
-                         "difference": round(d["difference"], 3),
-                         "95% CI": None if d["ci"] is None else f"[{d['ci'][0]:.3f}, {d['ci'][1]:.3f}]",
-                         "p": d["p"]})
+            rows.append({"reference": reference, "against": name, "metric": f"zero-shot accuracy (prompt {mode})",
+                         "difference": round(float(d["difference"]), 4),
+                         "ci": None if d["ci"] is None else [round(float(v), 4) for v in d["ci"]],
+                         "p": d["p"], "n": int(len(ref.five_x_200_rows))})
     adjusted = holm([r["p"] for r in rows])
     for row, p_holm in zip(rows, adjusted):
-        row.update({"p": None if row["p"] is None else round(row["p"], 4),
-                    "Holm p": None if p_holm is None else round(p_holm, 4),
+        row.update({"p": None if row["p"] is None else round(float(row["p"]), 4),
+                    "holm_p": None if p_holm is None else round(float(p_holm), 4),
                     "resolved": None if p_holm is None else bool(p_holm < ALPHA)})
-    return pd.DataFrame(rows)
+    return rows
+
+
+def comparison_table(entries: list[Mapping[str, Any]]) -> "pd.DataFrame":
+    """Paired comparison rows as a table: difference with its 95 % interval, p, Holm p, and the verdict."""
+    import pandas as pd
+
+    return pd.DataFrame([{
+        "comparison": f"{e['reference']} minus {e['against']}", "metric": e["metric"],
+        "difference [95% CI]": format_with_interval(e["difference"], e["ci"]), "p": e.get("p"),
+        "Holm p": e.get("holm_p"), "verdict": comparison_verdict(e), "test images": e["n"]} for e in entries])
+
+
+def comparison_verdict(entry: Mapping[str, Any]) -> str:
+    """'resolved: default higher' when the Holm-adjusted p is below 0.05, else 'not resolved'."""
+    if entry.get("resolved") is None:
+        return "no interval"
+    if entry["resolved"]:
+        return f"resolved: {entry['reference']} {'higher' if entry['difference'] > 0 else 'lower'}"
+    return "not resolved"
 
 
 def top_retrievals(arrays, records: list, n_images: int = 3, k: int = 3, max_chars: int = 110) -> "pd.DataFrame":

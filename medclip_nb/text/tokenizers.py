@@ -65,6 +65,32 @@ def _empty_batch(max_length: int) -> dict[str, torch.Tensor]:
     return {"input_ids": empty, "attention_mask": empty.clone()}
 
 
+def trim_padding(encoded: dict[str, torch.Tensor], tokenizer) -> dict[str, torch.Tensor]:
+    """`encoded` (from `tokenizer.encode`) cut to its longest text: every row keeps its real
+    tokens and the columns that are padding in every row go; the encoders' masked mean makes
+    the embedding independent of the padded length. With one sentence per report a batch of
+    params/debug.yaml is ~15 tokens wide instead of 64, and prompts a few; its whole reports keep
+    64 (a batch of 32 always holds one that fills it). A fixed-length tokenizer (the seed's
+    characters: its model reads exactly 50) is left alone."""
+    if getattr(tokenizer, "fixed_length", False) or encoded["input_ids"].shape[0] == 0:
+        return encoded
+    width = max(int(encoded["attention_mask"].sum(dim=1).max()), 1)
+    if width == encoded["input_ids"].shape[1]:
+        return encoded
+    return {key: value[:, :width].contiguous() for key, value in encoded.items()}
+
+
+def pad_text(encoded: dict[str, torch.Tensor], width: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """`encoded` padded on the right to `width` columns (ids with `pad_id`, mask with 0), so that
+    text batches of different widths can be concatenated."""
+    extra = width - encoded["input_ids"].shape[1]
+    if extra <= 0:
+        return encoded
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    return {"input_ids": torch.cat([ids, ids.new_full((ids.shape[0], extra), pad_id)], dim=1),
+            "attention_mask": torch.cat([mask, mask.new_zeros((mask.shape[0], extra))], dim=1)}
+
+
 class SubwordTokenizer(CallableTokenizer):
     """A Hugging Face ``tokenizers`` tokenizer fixed to ``max_length`` tokens:
     ``[CLS] tokens... [SEP] [PAD]...``, truncated to fit, ``[PAD]`` = 0."""
@@ -204,6 +230,7 @@ class CharTokenizer(CallableTokenizer):
 
     vocab_size = 256
     pad_id = 0
+    fixed_length = True  # the seed's model reads exactly max_length codes: never trimmed (trim_padding)
 
     def __init__(self, max_length: int = CHAR_MAX_LENGTH):
         if max_length < 1:

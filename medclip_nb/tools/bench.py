@@ -54,7 +54,7 @@ from medclip_nb.errors import DataError
 from medclip_nb.model import build_model
 from medclip_nb.paths import repo_root, resolve
 from medclip_nb.phantom import generate_phantom, phantom_is_current
-from medclip_nb.runtime import pick_device, precision_name, set_backend_flags
+from medclip_nb.runtime import pick_device, precision_name, set_backend_flags, set_cpu_threads, uses_channels_last
 from medclip_nb.text import build_tokenizer
 from medclip_nb.train import build_train_step
 
@@ -66,17 +66,18 @@ DATA_ONLY_STEPS_FACTOR = 4
 
 
 # ---- the benchmark phantom -------------------------------------------------------------------------
-def prepare_bench_phantom(cfg: Config, studies: int) -> Config:
-    """Make (or reuse) a full-size phantom of `studies` studies, its datasets.pkl and its image
-    store at cfg.resize_size; return cfg pointing at them."""
-    folder = resolve(f"data/bench_phantom_{studies}")
+def prepare_bench_phantom(cfg: Config, studies: int, size: int = FULL_MIMIC_HEIGHT) -> Config:
+    """Make (or reuse) a phantom of `studies` studies with images `size` px tall (default: full
+    MIMIC-CXR size), its datasets.pkl and its image store at cfg.resize_size; return cfg
+    pointing at them."""
+    folder = resolve(f"data/bench_phantom_{studies}" + ("" if size == FULL_MIMIC_HEIGHT else f"_{size}px"))
     tree, prepared = folder / "mimic", folder / "prepared"
     data_path = prepared / "datasets.pkl"
-    if phantom_is_current(tree, studies, FULL_MIMIC_HEIGHT, cfg.phantom_seed):
+    if phantom_is_current(tree, studies, size, cfg.phantom_seed):
         print(f"bench phantom: reusing {tree}")
     else:
-        print(f"bench phantom: writing {studies} studies at full MIMIC-CXR size to {tree}")
-        generate_phantom(tree, studies=studies, size=FULL_MIMIC_HEIGHT, seed=cfg.phantom_seed)
+        print(f"bench phantom: writing {studies} studies, {size} px tall, to {tree}")
+        generate_phantom(tree, studies=studies, size=size, seed=cfg.phantom_seed)
     # Re-import when the tree is newer than the dataset file (the phantom was regenerated).
     if not data_path.is_file() or data_path.stat().st_mtime < (tree / "phantom.json").stat().st_mtime:
         prepare_mimic(tree, prepared, frontal_views=tuple(cfg.frontal_views))
@@ -174,7 +175,7 @@ class _PairsStep:
     def __init__(self, cfg: Config, tokenizer, device: torch.device):
         torch.manual_seed(cfg.seed)
         model = build_model(cfg, tokenizer).to(device)
-        self.channels_last = device.type == "cuda" and cfg.channels_last
+        self.channels_last = uses_channels_last(device, cfg.channels_last)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.step = build_train_step(cfg.replace(warmup=0.0, debug=False), model, device, total_steps=10**9)
@@ -211,27 +212,51 @@ def _source_image_shape(dataset) -> list[int] | None:
 
 
 # ---- the benchmark ---------------------------------------------------------------------------------
-def run_bench(cfg: Config, phantom: int | None = None, steps: int = 20, rounds: int = 4) -> dict[str, Any]:
+MEASUREMENTS = ("model_only", "store_end_to_end", "store_data_only", "jpeg_end_to_end", "jpeg_data_only",
+                "device_augment_only")
+
+
+@dataclass
+class BenchOptions:
+    """`bench`'s flags beyond the config: `phantom` studies (None: the config's data) of
+    `phantom_size` px, `steps` timed steps per measurement in `rounds` blocks, measurements to
+    `skip`, where the JSON goes (`json_path`; default benchmarks/results-<device>-<date>[-compiled].json)
+    and `prepare_only` (build the phantom, its dataset and store, then stop)."""
+
+    phantom: int | None = None
+    phantom_size: int = FULL_MIMIC_HEIGHT
+    steps: int = 20
+    rounds: int = 4
+    skip: tuple[str, ...] = ()
+    json_path: str | None = None
+    prepare_only: bool = False
+
+
+def run_bench(cfg: Config, options: BenchOptions | None = None) -> dict[str, Any]:
     """Measure model-only, store and JPEG throughput as the module docstring says; print a
-    table, write `benchmarks/results-<device>-<date>.json` and return the results. The
-    `steps` timed steps of each measurement run in `rounds` interleaved blocks. On a CPU the
-    main process uses (cores - cfg.num_workers) threads, at least one, while it runs."""
-    if steps < 1:
-        raise DataError(f"bench --steps must be at least 1, got {steps}")
-    rounds = max(1, min(rounds, steps))
-    if phantom is not None:
-        if phantom < 1:
-            raise DataError(f"bench --phantom must be a positive number of studies, got {phantom}")
-        cfg = prepare_bench_phantom(cfg, phantom)
+    table, write the JSON and return the results. The `steps` timed steps of each measurement
+    run in `rounds` interleaved blocks. On a CPU the main process uses (cores - cfg.num_workers)
+    threads, at least one, while it runs (runtime.set_cpu_threads)."""
+    options = options or BenchOptions()
+    if options.steps < 1:
+        raise DataError(f"bench --steps must be at least 1, got {options.steps}")
+    unknown = sorted(set(options.skip) - set(MEASUREMENTS))
+    if unknown:
+        raise DataError(f"bench --skip: {unknown[0]!r} is not one of {', '.join(MEASUREMENTS)}")
+    options.rounds = max(1, min(options.rounds, options.steps))
+    if options.phantom is not None:
+        if options.phantom < 1:
+            raise DataError(f"bench --phantom must be a positive number of studies, got {options.phantom}")
+        cfg = prepare_bench_phantom(cfg, options.phantom, options.phantom_size)
+    if options.prepare_only:
+        print(f"bench: data ready: {cfg.data_path} (store {cfg.image_store})")
+        return {"data_path": cfg.data_path, "image_store": cfg.image_store}
     device = pick_device(cfg.gpu_id)
     threads_before = torch.get_num_threads()
     set_backend_flags(device)
-    if device.type != "cuda":
-        # The loader workers need cores too: a main process whose OpenMP threads wait on
-        # descheduled siblings ran 3-10x slower on a busy 2-core machine.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - cfg.num_workers))
+    set_cpu_threads(device, cfg.cpu_threads, cfg.num_workers)
     try:
-        return _run_bench(cfg, device, phantom, steps, rounds)
+        return _run_bench(cfg, device, options)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -275,7 +300,7 @@ def _inputs(cfg: Config, device: torch.device) -> _Inputs:
     store = find_store(cfg)
     jpeg_sets, records, _ = build_datasets(cfg)
     tokenizer = build_tokenizer(cfg, [r["report"] for r in records["train"]])
-    collate = make_collate(tokenizer)
+    collate = make_collate(tokenizer, cfg)
     step = _PairsStep(cfg, tokenizer, device)
     augment = BatchAugment(cfg.image_size, cfg.augment, train=True).to(device)
     generator = torch.Generator(device).manual_seed(cfg.seed)
@@ -371,17 +396,20 @@ def _report(inputs: _Inputs, results: dict, phantom: int | None, steps: int, rou
     }
 
 
-def _run_bench(cfg: Config, device: torch.device, phantom: int | None, steps: int, rounds: int) -> dict[str, Any]:
+def _run_bench(cfg: Config, device: torch.device, options: BenchOptions) -> dict[str, Any]:
+    steps, rounds = options.steps, options.rounds
     inputs = _inputs(cfg, device)
-    measurements = _measurements(inputs)
+    measurements = {k: m for k, m in _measurements(inputs).items() if k not in options.skip}
     print(f"bench: {steps} timed steps of {cfg.batch_size} pairs ({inputs.step.precision}) per measurement, "
-          f"in {rounds} rounds")
+          f"in {rounds} rounds" + (f"; left out: {', '.join(options.skip)}" if options.skip else ""))
     _interleaved(measurements, steps, rounds, device)
     results = {name: m.as_dict() for name, m in measurements.items()}
     measurements.clear()  # ends the loader workers
-    report = _report(inputs, results, phantom, steps, rounds)
+    report = _report(inputs, results, options.phantom, steps, rounds)
     print(format_table(report))
-    out = repo_root() / "benchmarks" / f"results-{_device_slug(device)}-{report['date']}.json"
+    compiled = "-compiled" if cfg.compile else ""
+    out = (Path(options.json_path) if options.json_path else
+           repo_root() / "benchmarks" / f"results-{_device_slug(device)}-{report['date']}{compiled}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"bench: results written to {out}")

@@ -98,8 +98,11 @@ def _cli(argv: list[str]) -> tuple[str, str]:
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
     if rc == 0:
         return "loaded", ""
-    if rc == 2 and len(lines) == 1 and lines[0].startswith("error: "):
-        return "one-line error", lines[0][:200]
+    # Progress lines (working(), headless bars) may precede the error; a traceback's frames may not.
+    errors = [line for line in lines if line.startswith("error: ")]
+    clean = not any(line.startswith(("Traceback", " ")) for line in lines)
+    if rc == 2 and len(errors) == 1 and lines[-1] == errors[0] and clean:
+        return "one-line error", errors[0][:200]
     return "traceback", f"rc {rc}: {' | '.join(lines)[:200]}"
 
 

@@ -9,6 +9,7 @@ early stopping, atomic checkpoints and a JSON Lines metrics log.
                         build_train_step(): optimizer, schedule, scaler, guard
     guard.py            the non-finite-loss guard, syncing (CPU) or sync-free (CUDA), owner of its counters
     state.py            TrainResult, MetricsLog, Progress, Checkpointer, output folder, resume
+    sanity.py           overfit_one_batch(): can the model learn one fixed batch (notebook 02's check)
     loaders.py          datasets, tokenizer, loaders and unpaired items of a run
     val_metrics.py      ValMetrics: zero-shot accuracy and R@K on a fixed validation subset, at each validation
     tensorboard_log.py  TensorBoardLog: the metrics rows as TensorBoard scalars
@@ -26,7 +27,9 @@ Files in `model_save_path`:
     metrics.jsonl           one JSON object per line: step, epoch, split ('train' rows every
                             `log_every` steps, averaged over them; 'val' rows at each validation),
                             loss, lr, temperature (1 / logit_scale), logit_scale, pairs_per_s,
-                            time (seconds of training, summed over resumes); 'val' rows also hold
+                            time (seconds of training, summed over resumes), chance (the loss
+                            of scoring every pair alike at the row's batch sizes, ln(batch) for
+                            the softmax losses; null for siglip); 'val' rows also hold
                             the validation subset's zero-shot accuracy and R@1/5/10
                             (val_metrics.py, `val_metrics_samples`); with the sync-free
                             guard (CUDA) train rows also hold nonfinite_skipped, the steps of
@@ -37,12 +40,14 @@ Files in `model_save_path`:
 """
 
 from medclip_nb.train.loop import train
+from medclip_nb.train.sanity import overfit_one_batch
 from medclip_nb.train.state import open_resume_point, restore_training_state
 from medclip_nb.train.step import build_train_step
 
 __all__ = [
     "build_train_step",
     "open_resume_point",
+    "overfit_one_batch",
     "restore_training_state",
     "train",
 ]

@@ -21,7 +21,7 @@ from medclip_nb.data import (
     truncation_warning,
 )
 from medclip_nb.errors import DataError
-from medclip_nb.paths import resolve
+from medclip_nb.paths import resolve, shown
 from medclip_nb.runtime import World
 from medclip_nb.text import build_tokenizer
 
@@ -85,7 +85,7 @@ def prepare_data(cfg: Config, world: World, device: torch.device, tokenizer, say
     """Datasets, tokenizer (learned from the training reports unless given) and loaders;
     prints the dataset and loader sizes. With an image store on a GPU (and cfg.gpu_augment)
     the loaders only gather uint8 rows and the training augmentation runs on the GPU."""
-    say(f"Loading dataset: {resolve(cfg.data_path)}")
+    say(f"Loading dataset: {shown(resolve(cfg.data_path))}")
     store = find_store(cfg)
     augment = None
     if store is not None and device.type == "cuda" and cfg.gpu_augment:
@@ -101,10 +101,10 @@ def prepare_data(cfg: Config, world: World, device: torch.device, tokenizer, say
         say(f"Warning: {warning}")
     _say_split_sizes(cfg, splits, say)
     if store is not None:
-        say(f"Images from the store {store.folder} where it has them"
+        say(f"Images from the store {shown(store.folder)} where it has them"
             + (", augmented on the GPU" if augment is not None else ""))
 
-    train_sampler, train_loader, val_loader = _loaders(cfg, world, splits, make_collate(tokenizer), say)
+    train_sampler, train_loader, val_loader = _loaders(cfg, world, splits, make_collate(tokenizer, cfg), say)
     # ---- unpaired data (data/unpaired.py): image-only / text-only items appended to each step ----
     rest_pool = cfg.unpaired_pool == "train_fraction_rest"
     if rest_pool and cfg.train_fraction == 1:

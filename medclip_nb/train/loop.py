@@ -25,9 +25,18 @@ from medclip_nb.config import Config
 from medclip_nb.data import check_clip_index_rows, uses_precomputed_text
 from medclip_nb.errors import TrainingError
 from medclip_nb.model import build_model, count_parameters, restore_rng_state
-from medclip_nb.paths import resolve
+from medclip_nb.paths import resolve, shown
+from medclip_nb.progress import duration, working
 from medclip_nb.progress import progress as progress_display
-from medclip_nb.runtime import World, set_backend_flags, start_distributed, stop_distributed
+from medclip_nb.runtime import (
+    GlobalFlags,
+    World,
+    place_model,
+    set_backend_flags,
+    set_cpu_threads,
+    start_distributed,
+    stop_distributed,
+)
 from medclip_nb.text import tokenizer_from_json
 from medclip_nb.train.guard import NonfiniteStreak
 from medclip_nb.train.loaders import TrainData, prepare_data
@@ -53,16 +62,16 @@ def train(cfg: Config, *, log: Callable[[str], Any] = print) -> TrainResult:
     (rank 0 only). The files written are listed in the package docstring (medclip_nb.train).
 
     On CPU, the same config and seed give the same losses to the last digit (deterministic
-    algorithms are switched on for the call). Raises DataError / ConfigError / CheckpointError
-    for bad input, and TrainingError when the loss stays non-finite for
-    cfg.max_nonfinite_steps steps in a row (after writing last_good.pth); guard.py says how the
-    non-finite guard works on CUDA (sync-free) and on the CPU.
+    algorithms are switched on for the call), and the process uses cores - num_workers threads
+    (runtime.set_cpu_threads; config key cpu_threads); both are put back afterwards. Raises
+    DataError / ConfigError / CheckpointError for bad input, and TrainingError when the loss
+    stays non-finite for cfg.max_nonfinite_steps steps in a row (after writing last_good.pth);
+    guard.py says how the non-finite guard works on CUDA (sync-free) and on the CPU.
     """
-    deterministic_before = torch.are_deterministic_algorithms_enabled()
-    anomaly_before = torch.is_anomaly_enabled()
+    flags_before = GlobalFlags.save()  # threads, deterministic mode and its NaN fill, anomaly detection
     world, finished, lock = World(), False, None
     try:
-        world, device = start_distributed(cfg.gpu_id, log)
+        world, device = start_distributed(cfg.gpu_id, log, cfg.dist_backend)
         say = log if world.is_main else (lambda *_args, **_kw: None)
         if cfg.tensorboard:
             require_tensorboard()  # before the output folder, the data and the model
@@ -73,7 +82,7 @@ def train(cfg: Config, *, log: Callable[[str], Any] = print) -> TrainResult:
             already_complete(run)
         else:
             say(f"Training... ({run.total_steps} steps: {run.planned_epochs(1)} epoch(s) of up to "
-                f"{run.batches_per_epoch} batches)")
+                f"{run.batches_per_epoch} batches" + (f"; {run.threads})" if run.threads else ")"))
         while not run.done():
             train_one_epoch(run)
         run.metrics.close()
@@ -87,8 +96,7 @@ def train(cfg: Config, *, log: Callable[[str], Any] = print) -> TrainResult:
     finally:
         if lock is not None:
             lock.release()
-        torch.use_deterministic_algorithms(deterministic_before)
-        torch.autograd.set_detect_anomaly(anomaly_before)
+        flags_before.restore()
         stop_distributed(world, finished=finished)
 
 
@@ -123,6 +131,7 @@ class Run:
     result: TrainResult
     total_steps: int
     resume_rng: dict | None  # restored once the first epoch's iterator exists
+    threads: str = ""  # the CPU thread count and why, for the line that starts training ("" on a GPU)
     resumed_from: Path | None = None  # the checkpoint this run continues
     last_val: tuple[int, float] = (-1, math.nan)  # (step, loss) of the latest validation
     val_metrics: ValMetrics | None = None  # zero-shot and R@K at each validation (main process)
@@ -164,9 +173,8 @@ def train_one_epoch(run: Run) -> None:
         restore_rng_state(run.resume_rng)
         run.resume_rng = None
     run.step.model.train()
-    bar = progress_display(total=run.batches_this_epoch(), initial=progress.batch_in_epoch,
-                           desc=f"Epoch {number}/{run.planned_epochs(number)}", disable=not world.is_main)
-    window_loss, window_steps, window_skipped = torch.zeros((), device=run.device), 0, 0  # since the last row
+    bar = epoch_bar(run, number)  # closed in the finally below
+    window_loss, window_steps, window_skipped, window_chance = torch.zeros((), device=run.device), 0, 0, 0.0
     window_start, batches_seen, usable_batches = time.perf_counter(), 0, 0
     try:
         for batch in batches:  # ---- fetch
@@ -190,7 +198,7 @@ def train_one_epoch(run: Run) -> None:
                 continue
             step = progress.step = progress.step + 1
             window_loss += done.loss
-            window_steps += 1
+            window_steps, window_chance = window_steps + 1, window_chance + (done.chance or 0.0)
             if any(step % every == 0 for every in (cfg.log_every, cfg.eval_steps, cfg.save_steps)):
                 window_skipped += guard.settle()  # ---- guard: device counts read where the loop syncs anyway
             if step % cfg.log_every == 0:  # ---- log: the mean loss of the window's good steps
@@ -202,11 +210,13 @@ def train_one_epoch(run: Run) -> None:
                 pairs_per_s = window_steps * cfg.batch_size * world.world_size / max(now - window_start, 1e-9)
                 run.metrics.write({"step": step, "epoch": number, "split": "train", "loss": mean_loss, "lr": done.lr,
                                    "temperature": 1 / scale, "logit_scale": scale, "pairs_per_s": pairs_per_s,
-                                   "time": run.checkpoints.elapsed(), **guard.row_fields()})
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{done.lr:.2e}", pairs_s=f"{pairs_per_s:.0f}",
-                                refresh=False)
+                                   "time": run.checkpoints.elapsed(), **guard.row_fields(),
+                                   "chance": window_chance / window_steps if done.chance is not None else None})
+                eta = duration((run.total_steps - step) * run.checkpoints.elapsed() / step)
+                bar.set_postfix(step=f"{step}/{run.total_steps}", loss=f"{mean_loss:.4f}", lr=f"{done.lr:.2e}",
+                                pairs_s=f"{pairs_per_s:.0f}", run_eta=eta, refresh=False)
                 window_loss.zero_()
-                window_steps, window_skipped, window_start = 0, 0, now
+                window_steps, window_skipped, window_start, window_chance = 0, 0, now, 0.0
             if step % cfg.eval_steps == 0:  # ---- validate (best.pth on a new best)
                 validate(run, number)
             if step % cfg.save_steps == 0:  # ---- save
@@ -215,15 +225,23 @@ def train_one_epoch(run: Run) -> None:
                 run.result.step_checkpoints[step] = run.save(f"step_{step}.pth")
             if run.result.stopped_early or step >= run.total_steps:
                 break
-        bar.close()
         guard.settle()
     except NonfiniteStreak as streak:
-        bar.close()
         run.metrics.close()
         good_path = run.save("last_good.pth", **(streak.position or {}))
         raise TrainingError(f"{streak}; the last good state is in {good_path} ({streak.note}try a lower lr or "
                             f"check the data)") from None
+    finally:
+        bar.close()
     end_epoch(run, number, batches_seen, usable_batches)
+
+
+def epoch_bar(run: Run, number: int):
+    """The epoch's progress display. In a log it prints a line per interval even while one batch is
+    slow (a heartbeat thread), so the caller must close it."""
+    return progress_display(total=run.batches_this_epoch(), initial=run.progress.batch_in_epoch,
+                            desc=f"Epoch {number}/{run.planned_epochs(number)}", unit="batch",
+                            disable=not run.world.is_main, heartbeat=True)
 
 
 def usable(run: Run, size: int, epoch_number: int) -> bool:
@@ -246,19 +264,20 @@ def validate(run: Run, epoch_number: int) -> None:
     if data.val_loader is None:
         return
     started = time.perf_counter()
-    val_loss, scale, scored = run.step.validation_loss(data.val_loader, run.device)
+    with working(f"validation at step {progress.step}", disable=not run.world.is_main):  # logs: a line per interval
+        val_loss, scale, scored, chance = run.step.validation_loss(data.val_loader, run.device)
+        seconds = max(time.perf_counter() - started, 1e-9)
+        extra = run.val_metrics(run.step.raw_model, run.device) if run.val_metrics is not None else {}
     if not scored:
         run.say(f"Warning: validation at step {progress.step} had no usable batch (each needs 2 readable pairs; "
                 f"eval_batch_size {cfg.eval_batch_size}); its loss is not a number and best.pth is not updated")
-    seconds = max(time.perf_counter() - started, 1e-9)
     run.last_val = (progress.step, val_loss)
-    extra = run.val_metrics(run.step.raw_model, run.device) if run.val_metrics is not None else {}
     if extra:
         run.say(f"Validation at step {progress.step}: loss {val_loss:.4f} | {describe(extra)}")
     run.metrics.write({"step": progress.step, "epoch": epoch_number, "split": "val", "loss": val_loss,
                        "lr": run.step.optimizer.param_groups[0]["lr"], "temperature": 1 / scale if scale else None,
                        "logit_scale": scale, "pairs_per_s": len(data.splits["val"]) / seconds,
-                       "time": run.checkpoints.elapsed(), **extra})
+                       "time": run.checkpoints.elapsed(), "chance": chance, **extra})
     if val_loss < progress.best_val_loss:
         progress.best_val_loss = val_loss
         progress.patience_counter = 0
@@ -290,10 +309,10 @@ def end_epoch(run: Run, number: int, batches_seen: int, usable_batches: int) -> 
         progress.epoch += 1
         progress.batch_in_epoch = 0
         if run.cfg.epoch_checkpoints:
-            run.say(f"Saved checkpoint: {run.save(f'checkpoint_epoch_{number}.pth')}")
+            run.say(f"Saved checkpoint: {shown(run.save(f'checkpoint_epoch_{number}.pth'))}")
     run.result.last_checkpoint = run.save("last.pth")
     if progress.batch_in_epoch:  # stopped mid-epoch (max_steps): say where the state went
-        run.say(f"Saved checkpoint: {run.result.last_checkpoint}")
+        run.say(f"Saved checkpoint: {shown(run.result.last_checkpoint)}")
     if run.result.stopped_early:
         run.say(f"Early stopping: no lower val loss in {progress.patience_counter} validations")
 
@@ -321,22 +340,21 @@ def setup_run(cfg: Config, world: World, device: torch.device, say, out_dir: Pat
     """Everything before the first step in the (locked) output folder: the checkpoint to resume
     from, data, model, the step (optimizer, schedule, scaler, guard), the resumed state, the logs."""
     set_backend_flags(device, deterministic_cpu=True)  # CPU: the same losses to the last digit
+    threads = set_cpu_threads(device, cfg.cpu_threads, cfg.num_workers)  # cores - loader workers
     torch.autograd.set_detect_anomaly(cfg.debug)
     resume_path, resumed = open_resume_point(cfg, say)
     if resumed is None and any(out_dir.glob("*.pth")):
-        say(f"Warning: {out_dir} holds checkpoints of an earlier run; this run overwrites them as it "
+        say(f"Warning: {shown(out_dir)} holds checkpoints of an earlier run; this run overwrites them as it "
             f"goes (resume_from: latest continues that run instead)")
     # A resumed run keeps its vocabulary; a new one learns it from the training reports.
     data = prepare_data(cfg, world, device, tokenizer_from_json(resumed["tokenizer"]) if resumed else None, say)
     say("Creating model...")
     for seed in (torch.manual_seed, np.random.seed, random.seed):
         seed(cfg.seed)
-    raw_model = build_model(cfg, data.tokenizer).to(device)
+    raw_model = place_model(build_model(cfg, data.tokenizer), device, cfg.channels_last)
     if uses_precomputed_text(cfg):  # the features file is read with the model: check the indices now
         check_clip_index_rows(data.splits, raw_model.text_encoder, resolve(cfg.data_path))
     say(f"Model parameters: {count_parameters(raw_model):,}")
-    if device.type == "cuda" and cfg.channels_last:
-        raw_model = raw_model.to(memory_format=torch.channels_last)
     batches_per_epoch = len(data.train_loader)
     total_steps = batches_per_epoch * cfg.num_epochs
     total_steps = min(total_steps, cfg.max_steps) if cfg.max_steps is not None else total_steps
@@ -363,7 +381,7 @@ def setup_run(cfg: Config, world: World, device: torch.device, say, out_dir: Pat
     resume_rng = resumed["rng"] if resumed is not None and world.is_main else None
     val_metrics = ValMetrics.build(cfg, data.splits["val"], data.tokenizer) if world.is_main else None
     return Run(cfg, world, device, say, data, step, progress, checkpoints, metrics, result, total_steps, resume_rng,
-               val_metrics=val_metrics, batches_per_epoch=batches_per_epoch, resumed_from=resume_path)
+               threads, val_metrics=val_metrics, batches_per_epoch=batches_per_epoch, resumed_from=resume_path)
 
 
 def ddp_wrap(model: nn.Module, cfg: Config, world: World, device: torch.device) -> nn.Module:

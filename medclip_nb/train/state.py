@@ -29,7 +29,7 @@ from medclip_nb.model import (
     resolve_resume,
     save_checkpoint,
 )
-from medclip_nb.paths import resolve
+from medclip_nb.paths import resolve, shown
 from medclip_nb.runtime import World
 from medclip_nb.text import tokenizer_from_json, tokenizer_problem
 
@@ -285,7 +285,7 @@ def open_resume_point(cfg: Config, say) -> tuple[Path | None, dict | None]:
     path = resolve_resume(cfg.resume_from, cfg.model_save_path, force=cfg.force, log=say)
     if path is None:
         if cfg.resume_from:
-            say(f"No checkpoint in {resolve(cfg.model_save_path)} to resume from: starting a new run")
+            say(f"No checkpoint in {shown(resolve(cfg.model_save_path))} to resume from: starting a new run")
         return None, None
     state = check_checkpoint(load_checkpoint(path), path, RESUME_PARTS)
     problem = tokenizer_problem(tokenizer_from_json(state["tokenizer"]), cfg)
@@ -338,7 +338,7 @@ def restore_training_state(path: Path, state: dict, cfg: Config, world: World, b
     step.guard.remember_buffers()
     _check_resume_position(path, state, cfg, batches_per_epoch)
     applied = apply_optimizer_settings(step, cfg)
-    say(f"Resuming from {path}: epoch {state['epoch'] + 1}, step {state['step']}, "
+    say(f"Resuming from {shown(path)}: epoch {state['epoch'] + 1}, step {state['step']}, "
         f"batch {state['batch_in_epoch']} of {batches_per_epoch}")
     differences = _config_differences(saved_cfg, cfg.to_dict())
     if differences:

@@ -18,7 +18,7 @@ from torch import nn
 from medclip_nb.config import Config
 from medclip_nb.data import augment_on_device
 from medclip_nb.model import ContrastiveLoss
-from medclip_nb.runtime import World, amp_dtype, autocast
+from medclip_nb.runtime import World, adamw_kernel, amp_dtype, autocast, uses_channels_last
 from medclip_nb.train.guard import NonfiniteGuard, make_guard, uses_sync_free_guard
 
 
@@ -75,11 +75,12 @@ def param_groups(model: nn.Module, weight_decay: float, rule: str = "ours") -> l
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: Config, fused: bool) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg: Config, device: torch.device) -> torch.optim.AdamW:
     """AdamW over `param_groups`. Fused on the GPU, and always for the sync-free guard: only the
-    fused kernel skips a step on the device (optimizer.found_inf)."""
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.no_decay_rule), lr=cfg.lr,
-                             **({"fused": True} if fused else {}))
+    fused kernel skips a step on the device (optimizer.found_inf); on the CPU as
+    runtime.CPU_CHOICES says (fused: measured fastest)."""
+    kernel = adamw_kernel(device, uses_sync_free_guard(device))
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.no_decay_rule), lr=cfg.lr, **kernel)
 
 
 def grad_scaler(amp_dtype: torch.dtype | None) -> torch.amp.GradScaler:
@@ -142,6 +143,7 @@ class StepDone:
     loss: torch.Tensor  # its share of the loss sums, on the device (0 for a step skipped there)
     lr: float  # the learning rate it used
     logit_scale: torch.Tensor  # the model's logit scale in its forward, detached
+    chance: float | None = None  # the loss of scoring every pair alike at this step's sizes (losses.chance)
 
 
 class TrainStep:
@@ -185,7 +187,10 @@ class TrainStep:
         # Sync-free: the schedule also advances over skipped steps (progress.step counts them).
         self.scheduler.step()
         self.raw_model.clamp_logit_scale_()
-        return StepDone(self.guard.kept(bad, loss.detach()), lr, outputs["logit_scale"].detach())
+        ranks = self.world.world_size  # the losses score local rows against every rank's columns
+        chance = self.criterion.chance(outputs["image_embeds"].shape[0] * ranks,
+                                       outputs["text_embeds"].shape[0] * ranks)
+        return StepDone(self.guard.kept(bad, loss.detach()), lr, outputs["logit_scale"].detach(), chance)
 
     def loss(self, outputs: dict, labels, texts: int, aug: bool, **loss_args):
         """The criterion's loss; with MedCLIP's EDA view (text rows `texts:` of the output), its own
@@ -220,14 +225,15 @@ class TrainStep:
                      f"text={tuple(batch['input_ids'].shape)}")
             self.shapes_shown = True
 
-    def validation_loss(self, loader, device: torch.device) -> tuple[float, float, int]:
-        """Mean training loss over the validation batches (of all ranks), the current logit scale
-        and the number of batches scored (0: no batch had the 2 readable pairs a contrastive loss
-        needs). Each rank scores its own batches alone, without feature gathering: validation
+    def validation_loss(self, loader, device: torch.device) -> tuple[float, float, int, float | None]:
+        """Mean training loss over the validation batches (of all ranks), the current logit scale,
+        the number of batches scored (0: no batch had the 2 readable pairs a contrastive loss
+        needs) and the chance level of that mean (losses.chance per batch, averaged alike; None
+        for siglip). Each rank scores its own batches alone, without feature gathering: validation
         shards need not be the same size on every rank, which the gathering training loss requires."""
         model = self.eval_model
         model.eval()
-        totals = torch.zeros(2, device=device, dtype=torch.float64)
+        totals = torch.zeros(3, device=device, dtype=torch.float64)  # loss sum, batches, chance sum
         scale = torch.zeros((), device=device)
         with torch.no_grad():
             for batch in loader:
@@ -238,11 +244,14 @@ class TrainStep:
                     outputs = model(pixel_values, input_ids, attention_mask)
                 loss, _ = self.criterion.compute(outputs, labels, gather=False)
                 scale = outputs["logit_scale"].float()
-                totals += torch.stack([loss.double(), torch.ones((), device=device, dtype=torch.float64)])
+                chance = self.criterion.chance(batch["pixel_values"].shape[0], batch["input_ids"].shape[0])
+                totals += torch.tensor([0.0, 1.0, chance or 0.0], device=device, dtype=torch.float64)
+                totals[0] += loss.double()
         model.train()
         totals = self.world.all_reduce(totals)
         mean = (totals[0] / totals[1]).item() if totals[1] > 0 else math.nan
-        return mean, float(scale), int(totals[1].item())
+        chance = (totals[2] / totals[1]).item() if totals[1] > 0 and self.criterion.kind != "siglip" else None
+        return mean, float(scale), int(totals[1].item()), chance
 
 
 def build_train_step(cfg: Config, raw_model: nn.Module, device: torch.device, total_steps: int, *,
@@ -255,13 +264,12 @@ def build_train_step(cfg: Config, raw_model: nn.Module, device: torch.device, to
     fp16 scaler where it applies, the device's non-finite guard (its counters from `guard_state`),
     torch.compile when cfg.compile, and `wrap` (DDP) around the compiled model for the forward."""
     world = world or World()
-    on_gpu = device.type == "cuda"
-    optimizer = build_optimizer(raw_model, cfg, fused=on_gpu or uses_sync_free_guard(device))
+    optimizer = build_optimizer(raw_model, cfg, device)
     scheduler = warmup_cosine_schedule(optimizer, round(cfg.warmup * total_steps), total_steps)
     dtype = amp_dtype(device, cfg.use_amp)
     guard = make_guard(raw_model, device, cfg.max_nonfinite_steps, say, position, guard_state)
-    compiled = torch.compile(raw_model) if cfg.compile else raw_model
+    compiled = torch.compile(raw_model, backend=cfg.compile_backend) if cfg.compile else raw_model
     return TrainStep(wrap(compiled) if wrap else compiled, raw_model, contrastive_loss(cfg), optimizer, scheduler,
                      grad_scaler(dtype), guard, amp_dtype=dtype, grad_clip=cfg.grad_clip, world=world, say=say,
-                     debug_steps=3 if cfg.debug else 0, channels_last=on_gpu and cfg.channels_last,
+                     debug_steps=3 if cfg.debug else 0, channels_last=uses_channels_last(device, cfg.channels_last),
                      eval_model=compiled)

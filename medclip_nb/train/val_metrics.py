@@ -53,7 +53,7 @@ class ValMetrics:
         # Two loader processes at most: the subset is small, and they stay alive for the whole run.
         loader_cfg = cfg.replace(num_workers=min(cfg.num_workers, 2))
         loader = make_loader(Subset(val_set, rows.tolist()), loader_cfg, train=False,
-                             batch_size=cfg.eval_batch_size, collate_fn=make_collate(tokenizer))
+                             batch_size=cfg.eval_batch_size, collate_fn=make_collate(tokenizer, cfg))
         prompts = None if uses_precomputed_text(cfg) else class_prompts(COMPETITION_TASKS)
         return cls(loader, tokenizer, prompts, cfg.eval_batch_size, bool(cfg.use_amp))
 

@@ -433,6 +433,32 @@ def test_a_second_run_into_a_locked_folder_is_refused(seeds, tmp_path):
     assert (out / "last.pth").is_file()
 
 
+def test_a_lock_kept_by_an_orphaned_worker_of_a_killed_run_is_waited_for(tmp_path):
+    """kill -9 of a run leaves its forked loader workers holding the lock's open file for a few
+    seconds: the next run (resume right after a kill) waits for them instead of being refused."""
+    from medclip_nb.runtime import World
+    from medclip_nb.train.state import LOCK_FILE, RunLock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process id that no longer exists: the killed run's
+    (out / LOCK_FILE).write_text(f"{gone.pid}\n")
+    worker = subprocess.Popen(  # the orphaned worker: holds the flock for 1.5 s, then exits
+        [sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(1.5)",
+         str(out / LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        lock = RunLock(out, World())  # waits for the worker instead of refusing
+        assert lock.fd is not None and 0.5 < time.monotonic() - started < 15
+        lock.release()
+    finally:
+        worker.kill()
+        worker.wait()
+
+
 # ---- 6. never replace a user's file ------------------------------------------------------------------
 def test_predict_csv_onto_an_existing_file_is_refused(seeds, tmp_path, capsys):
     mine = tmp_path / "table.csv"

@@ -220,17 +220,43 @@ def output_dir(cfg: Config, world: World, say) -> Path:
 LOCK_FILE = ".medclip-nb.lock"
 
 
+# How long a run waits for a lock whose holder process is gone (its orphaned loader workers exit
+# within torch's 5 s status-check interval of noticing).
+ORPHAN_WAIT_S = 20.0
+
+
+def _alive(holder: str) -> bool:
+    """Whether the process named in ' (process N)' still exists (True when no number is given)."""
+    digits = "".join(ch for ch in holder if ch.isdigit())
+    if not digits:
+        return True
+    try:
+        os.kill(int(digits), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RunLock:
     """An exclusive lock on model_save_path for one whole run: `flock` on LOCK_FILE, which holds
     the owner's process id and is removed when the run ends. A second run into the folder is
     refused with one line naming it; the kernel drops the lock when the run's process dies
-    (kill -9 included), so a crashed run never blocks the next. Under torchrun rank 0 takes it
-    and every rank learns whether it did."""
+    (kill -9 included) and the loader workers it forked exit, so a crashed run never blocks the next
+    (a lock whose holder is gone is waited for up to ORPHAN_WAIT_S while those workers exit).
+    Under torchrun rank 0 takes it and every rank learns whether it did."""
 
     def __init__(self, out_dir: Path, world: World):
         self.fd: int | None = None
         self.path = out_dir / LOCK_FILE
         other = self._take() if world.is_main else ""
+        deadline = time.monotonic() + ORPHAN_WAIT_S
+        while other and not _alive(other) and time.monotonic() < deadline:
+            # The holder died (kill -9) but a loader worker it forked still holds the lock's open file:
+            # such workers exit within seconds of noticing their parent is gone.
+            time.sleep(0.2)
+            other = self._take()
         ok = other is None or not world.is_main
         if world.distributed:
             ok = bool(world.all_reduce(torch.tensor([0 if ok else 1])).item() == 0)

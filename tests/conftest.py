@@ -37,3 +37,42 @@ def tiny_dataset(tmp_path_factory) -> Path:
     generate_phantom(root / "mimic", studies=24, size=64)
     prepare_mimic(root / "mimic", root / "prepared", num_workers=1)
     return root / "prepared" / "datasets.pkl"
+
+
+@pytest.fixture(scope="module")
+def seeds(tmp_path_factory):
+    """The fuzzer's seed files (tools/fuzz.make_seeds): a tiny valid dataset (PNG images), its
+    manifest, a config, an image and the checkpoint of a 2-step run; fresh for each module that
+    damages copies of them (test_hostile_inputs.py, test_untrusted_files.py)."""
+    from medclip_nb.tools import fuzz
+
+    return fuzz.make_seeds(tmp_path_factory.mktemp("seeds"))
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """run_cli(argv) -> (exit code, stderr stripped) of the CLI run in this process."""
+    from medclip_nb import cli
+
+    def run(argv) -> tuple[int, str]:
+        rc = cli.main([str(a) for a in argv])
+        return rc, capsys.readouterr().err.strip()
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def phantom30(tmp_path_factory) -> Path:
+    """datasets.pkl of a prepared 30-study phantom at 64 px (sentence labels beside it), read by
+    test_medclip_paper.py and test_sentence_labels.py; the tests write only under their tmp_path."""
+    import contextlib
+    import io
+
+    from medclip_nb.data.mimic import prepare_mimic
+    from medclip_nb.phantom import generate_phantom
+
+    root = tmp_path_factory.mktemp("phantom30")
+    generate_phantom(root / "mimic", studies=30, size=64)
+    with contextlib.redirect_stdout(io.StringIO()):
+        prepare_mimic(root / "mimic", root / "prepared", num_workers=1)
+    return root / "prepared" / "datasets.pkl"

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 
-from medclip_nb import cli
 from medclip_nb.config import from_dict
 from medclip_nb.config_load import load_config
 from medclip_nb.data import (
@@ -38,18 +37,6 @@ from medclip_nb.model.checkpoint_check import RESUME_PARTS, check_checkpoint
 from medclip_nb.tools import fuzz
 
 quiet = lambda *a, **k: None  # noqa: E731
-
-
-@pytest.fixture(scope="module")
-def seeds(tmp_path_factory):
-    """A tiny valid dataset (PNG images), manifest, config and a checkpoint of a 2-step run."""
-    return fuzz.make_seeds(tmp_path_factory.mktemp("seeds"))
-
-
-def run_cli(argv, capsys) -> tuple[int, str]:
-    rc = cli.main([str(a) for a in argv])
-    err = capsys.readouterr().err.strip()
-    return rc, err
 
 
 # ---- 1. the unpickler --------------------------------------------------------------------------
@@ -100,9 +87,9 @@ def test_self_containing_list_is_refused(tmp_path):
         load_dataset_file(tmp_path / "c.pkl")
 
 
-def test_convert_pickle_to_manifest_round_trips(seeds, tmp_path, capsys):
+def test_convert_pickle_to_manifest_round_trips(seeds, tmp_path, run_cli):
     out = tmp_path / "m.jsonl"
-    rc, err = run_cli(["convert", "--data_path", seeds["pickle"], "--out", out], capsys)
+    rc, err = run_cli(["convert", "--data_path", seeds["pickle"], "--out", out])
     assert rc == 0 and err == ""
     from_pickle, from_manifest = load_dataset_file(seeds["pickle"]), load_dataset_file(out)
     validate_dataset(from_pickle, seeds["pickle"])
@@ -115,7 +102,7 @@ def test_convert_pickle_to_manifest_round_trips(seeds, tmp_path, capsys):
             assert np.array_equal(np.array(a["labels"]), np.array(b["labels"]), equal_nan=True)
             assert a["study_id"] == b["study_id"]
     before = out.read_bytes()
-    rc, err = run_cli(["convert", "--data_path", seeds["pickle"], "--out", out], capsys)
+    rc, err = run_cli(["convert", "--data_path", seeds["pickle"], "--out", out])
     assert rc == 2 and "never replaced" in err and out.read_bytes() == before
 
 
@@ -246,28 +233,28 @@ def test_validation_without_a_usable_batch_is_warned(seeds, tmp_path):
 
 
 # ---- 6. phantom and data folders -----------------------------------------------------------------
-def test_data_never_replaces_a_phantom_of_other_parameters_unless_forced(tmp_path, capsys):
+def test_data_never_replaces_a_phantom_of_other_parameters_unless_forced(tmp_path, run_cli):
     from medclip_nb.phantom import generate_phantom
 
     phantom = tmp_path / "phantom"
     generate_phantom(phantom, studies=6, size=32, seed=0)
     mine = phantom / "files" / "notes.txt"
     base = ["data", "--phantom_dir", phantom, "--phantom_studies", 5, "--phantom_size", 32]
-    rc, err = run_cli([*base, "--data_path", phantom / "datasets.pkl"], capsys)
+    rc, err = run_cli([*base, "--data_path", phantom / "datasets.pkl"])
     assert rc == 2 and "holds a phantom of 6 studies" in err and "--force" in err
     assert len(list((phantom / "files").rglob("*.jpg"))) >= 6
     # The same phantom's parameters: prepared, and recorded as derived from it.
-    rc, _ = run_cli([*base[:4], 6, "--phantom_size", 32, "--data_path", phantom / "datasets.pkl"], capsys)
+    rc, _ = run_cli([*base[:4], 6, "--phantom_size", 32, "--data_path", phantom / "datasets.pkl"])
     assert rc == 0 and (phantom / "datasets.pkl").is_file()
     copy = tmp_path / "elsewhere" / "datasets.pkl"  # a copy elsewhere, with its report: derived too
     copy.parent.mkdir()
     copy.write_bytes((phantom / "datasets.pkl").read_bytes())
     (copy.parent / "prepare_report.json").write_bytes((phantom / "prepare_report.json").read_bytes())
     mine.write_text("my notes")  # a file the generator never writes: replacing must stop
-    rc, err = run_cli([*base, "--data_path", phantom / "datasets.pkl", "--force"], capsys)
+    rc, err = run_cli([*base, "--data_path", phantom / "datasets.pkl", "--force"])
     assert rc == 2 and "notes.txt" in err and mine.read_text() == "my notes"
     mine.unlink()
-    rc, err = run_cli([*base, "--data_path", phantom / "datasets.pkl", "--force"], capsys)
+    rc, err = run_cli([*base, "--data_path", phantom / "datasets.pkl", "--force"])
     assert rc == 0, err
     assert sum(len(v) for k, v in load_dataset_file(phantom / "datasets.pkl").items()
                if k in ("train", "val", "test")) <= 5  # prepared again, from the 5-study phantom
@@ -277,10 +264,10 @@ def test_data_never_replaces_a_phantom_of_other_parameters_unless_forced(tmp_pat
         build_datasets(from_dict({"data_path": str(copy), "batch_size": 2}))
 
 
-def test_data_uses_a_foreign_dataset_as_it_is(tmp_path, capsys):
+def test_data_uses_a_foreign_dataset_as_it_is(tmp_path, run_cli):
     foreign = tmp_path / "mine.pkl"
     foreign.write_bytes(b"not touched")
-    rc, _ = run_cli(["data", "--data_path", foreign, "--phantom_dir", tmp_path / "p"], capsys)
+    rc, _ = run_cli(["data", "--data_path", foreign, "--phantom_dir", tmp_path / "p"])
     assert rc == 0 and foreign.read_bytes() == b"not touched" and not (tmp_path / "p").exists()
 
 
@@ -292,10 +279,10 @@ def test_data_uses_a_foreign_dataset_as_it_is(tmp_path, capsys):
     ("keys.yaml", "1: one\nseed: 3\n", "is not a string"),
     ("latin1.yaml", b"seed: 3 # caf\xe9\n", "not UTF-8"),
 ])
-def test_broken_yaml_is_one_short_line(tmp_path, capsys, name, text, expected):
+def test_broken_yaml_is_one_short_line(tmp_path, run_cli, name, text, expected):
     path = tmp_path / name
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    rc, err = run_cli(["train", "--config", path], capsys)
+    rc, err = run_cli(["train", "--config", path])
     assert rc == 2 and err.startswith("error: ") and "\n" not in err and expected in err
     assert len(err) < 500  # the alias bomb expands to 9**9 items; the message quotes a few
 
@@ -321,15 +308,15 @@ def test_model_save_path_that_is_a_file(seeds, tmp_path):
         train(_train_cfg(seeds, tmp_path / "file"), log=quiet)
 
 
-def test_evaluate_checks_metrics_json_before_evaluating(seeds, tmp_path, capsys):
+def test_evaluate_checks_metrics_json_before_evaluating(seeds, tmp_path, run_cli):
     (tmp_path / "metrics.json").write_bytes(b"\xff\xfe not json")
     rc, err = run_cli(["evaluate", "--checkpoint", seeds["checkpoint"], "--out", tmp_path,
-                       "--data_path", seeds["pickle"]], capsys)
+                       "--data_path", seeds["pickle"]])
     assert rc == 2 and "metrics.json" in err and "left unchanged" in err
 
 
-def test_cache_size_is_bounded(seeds, capsys):
-    rc, err = run_cli(["cache", "--data_path", seeds["pickle"], "--size", 100000], capsys)
+def test_cache_size_is_bounded(seeds, run_cli):
+    rc, err = run_cli(["cache", "--data_path", seeds["pickle"], "--size", 100000])
     assert rc == 2 and "--size" in err
 
 

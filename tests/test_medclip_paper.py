@@ -4,8 +4,6 @@ at the torch hub path the backbone's ImageNet weights would have. Missing weight
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from pathlib import Path
 
@@ -19,16 +17,9 @@ PARAMS = repo_root() / "params" / "medclip_paper.yaml"
 pytestmark = pytest.mark.usefixtures("one_thread_no_bars")  # tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    from medclip_nb.data.mimic import prepare_mimic
-    from medclip_nb.phantom import generate_phantom
-
-    root = tmp_path_factory.mktemp("paper_recipe")
-    generate_phantom(root / "mimic", studies=30, size=64)
-    with contextlib.redirect_stdout(io.StringIO()):
-        prepare_mimic(root / "mimic", root / "prepared", num_workers=1)
-    return root / "prepared" / "datasets.pkl"
+@pytest.fixture
+def prepared(phantom30) -> Path:
+    return phantom30  # tests/conftest.py: a prepared 30-study phantom at 64 px
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import math
 import pickle
 import re
@@ -23,17 +24,12 @@ from medclip_nb.text.sentence_labels import PREPARED_NAME, read_sentence_labels,
 pytestmark = pytest.mark.usefixtures("one_thread_no_bars")  # tests/conftest.py
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory) -> Path:
-    from medclip_nb.data.mimic import prepare_mimic
-    from medclip_nb.phantom import generate_phantom
-
-    root = tmp_path_factory.mktemp("sentence_labels")
-    generate_phantom(root / "mimic", studies=30, size=64)
-    with contextlib.redirect_stdout(io.StringIO()):
-        report = prepare_mimic(root / "mimic", root / "prepared", num_workers=1)
+@pytest.fixture
+def prepared(phantom30) -> Path:
+    """tests/conftest.py's prepared 30-study phantom at 64 px, its sentence labels carried by prepare."""
+    report = json.loads((phantom30.parent / "prepare_report.json").read_text())
     assert report["sentence_labels"]["sentences"] > 0
-    return root / "prepared" / "datasets.pkl"
+    return phantom30
 
 
 def test_phantom_labels_each_sentence_by_what_it_says(prepared):

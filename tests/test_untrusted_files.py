@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import torch
 
-from medclip_nb import cli
 from medclip_nb.config import from_dict
 from medclip_nb.config_load import load_config
 from medclip_nb.data import load_dataset_file, load_grayscale
@@ -31,17 +30,6 @@ from medclip_nb.model.export import load_export
 from medclip_nb.tools import fuzz
 
 quiet = lambda *a, **k: None  # noqa: E731
-
-
-@pytest.fixture(scope="module")
-def seeds(tmp_path_factory):
-    return fuzz.make_seeds(tmp_path_factory.mktemp("seeds"))
-
-
-def run_cli(argv, capsys) -> tuple[int, str]:
-    rc = cli.main([str(a) for a in argv])
-    err = capsys.readouterr().err.strip()
-    return rc, err
 
 
 def _peak_rise(work) -> tuple[object, int]:
@@ -92,7 +80,7 @@ def test_a_small_checkpoint_asking_for_a_huge_model_is_refused_before_allocating
     assert rise < 300 * 2**20 and time.perf_counter() - started < 30  # the 1.6 TB model never existed
 
 
-def test_a_model_file_never_sets_run_time_keys(seeds, tmp_path, capsys):
+def test_a_model_file_never_sets_run_time_keys(seeds, tmp_path, run_cli):
     from medclip_nb.inference import load_pretrained
 
     path = _resave(seeds["checkpoint"], tmp_path / "greedy.pth",
@@ -111,7 +99,7 @@ def test_a_model_file_never_sets_run_time_keys(seeds, tmp_path, capsys):
     with pytest.raises(CheckpointError, match="'num_workers' is not a model key"):
         load_export(folder)
     # evaluate reads the data the user names, never the checkpoint's data_path.
-    rc, err = run_cli(["evaluate", "--checkpoint", path, "--out", tmp_path / "reports"], capsys)
+    rc, err = run_cli(["evaluate", "--checkpoint", path, "--out", tmp_path / "reports"])
     assert rc == 2 and "--data_path is required" in err
 
 
@@ -184,11 +172,11 @@ def test_a_native_panic_in_a_library_reading_a_named_folder_is_one_line(tmp_path
         from_local_folder(Panicking, tmp_path, "a tokenizer")
 
 
-def test_an_evaluation_batch_over_the_memory_limit_is_refused_before_any_image(seeds, tmp_path, capsys):
+def test_an_evaluation_batch_over_the_memory_limit_is_refused_before_any_image(seeds, tmp_path, run_cli):
     path = _resave(seeds["checkpoint_medclip"], tmp_path / "big_images.pth",
                    lambda s: s["config"].update(image_size=4096, resize_size=4096))  # a valid, 4096-px model
     rc, err = run_cli(["embed", "--checkpoint", path, "--data_path", seeds["pickle"], "--out", tmp_path / "e.npz",
-                       "--eval_batch_size", 64], capsys)
+                       "--eval_batch_size", 64])
     assert rc == 2 and "over the limit of 16.0 GiB; lower --eval_batch_size" in err
     assert not (tmp_path / "e.npz").exists()
 
@@ -266,33 +254,32 @@ def test_an_export_is_all_files_or_none_and_says_no_space_left(seeds, tmp_path, 
     ("numbers.yaml", b"Edema: [1, 2]\n", "holds 1"),
     ("big.yaml", b"Edema: [" + b"x, " * 600_000 + b"x]\n", "over the limit"),
 ])
-def test_prompt_files_are_read_like_config_files(seeds, tmp_path, capsys, name, data, expected):
+def test_prompt_files_are_read_like_config_files(seeds, tmp_path, run_cli, name, data, expected):
     (tmp_path / name).write_bytes(data)
     started = time.perf_counter()
-    rc, err = run_cli(["predict", "--checkpoint", seeds["checkpoint"], seeds["image"], "--prompts", tmp_path / name],
-                      capsys)
+    rc, err = run_cli(["predict", "--checkpoint", seeds["checkpoint"], seeds["image"], "--prompts", tmp_path / name])
     assert rc == 2 and err.startswith("error: --prompts") and "\n" not in err and expected in err
     assert time.perf_counter() - started < 60
 
 
-def test_summary_reads_any_metrics_json_into_one_line_and_never_replaces_a_user_file(tmp_path, capsys):
+def test_summary_reads_any_metrics_json_into_one_line_and_never_replaces_a_user_file(tmp_path, run_cli):
     metrics = tmp_path / "metrics.json"
     for wrong in ({"default": {"zero_shot_5x200": [1, 2]}}, {"ablation": {"paired": 5}},
                   {"ablation": {"summary": {"clip": {"zs_acc_mean": {"mean": "a", "std": 1}}}}}):
         metrics.write_text(json.dumps(wrong))
-        rc, err = run_cli(["summary", "--metrics", metrics, "--out", tmp_path / "summary.md"], capsys)
+        rc, err = run_cli(["summary", "--metrics", metrics, "--out", tmp_path / "summary.md"])
         assert rc == 2 and err.startswith("error: ") and "metrics.json" in err and "\n" not in err
     metrics.write_text(json.dumps({}))
-    rc, err = run_cli(["summary", "--metrics", metrics, "--out", metrics, "--force"], capsys)
+    rc, err = run_cli(["summary", "--metrics", metrics, "--out", metrics, "--force"])
     assert rc == 2 and "is the command's input" in err and json.loads(metrics.read_text()) == {}
     mine = tmp_path / "notes.md"
     mine.write_text("my notes")
-    rc, err = run_cli(["summary", "--metrics", metrics, "--out", mine], capsys)
+    rc, err = run_cli(["summary", "--metrics", metrics, "--out", mine])
     assert rc == 2 and "--force" in err and mine.read_text() == "my notes"
     ours = tmp_path / "summary.md"
-    assert run_cli(["summary", "--metrics", metrics, "--out", ours], capsys)[0] == 0
-    assert run_cli(["summary", "--metrics", metrics, "--out", ours], capsys)[0] == 0  # its own file: replaced
-    assert run_cli(["summary", "--metrics", metrics, "--out", mine, "--force"], capsys)[0] == 0
+    assert run_cli(["summary", "--metrics", metrics, "--out", ours])[0] == 0
+    assert run_cli(["summary", "--metrics", metrics, "--out", ours])[0] == 0  # its own file: replaced
+    assert run_cli(["summary", "--metrics", metrics, "--out", mine, "--force"])[0] == 0
 
 
 def test_write_atomic_under_a_file_reports_the_real_error(tmp_path):
@@ -303,13 +290,13 @@ def test_write_atomic_under_a_file_reports_the_real_error(tmp_path):
         write_text_atomic(tmp_path / "file" / "out.txt", "text")
 
 
-def test_outputs_are_checked_before_the_work(seeds, tmp_path, capsys):
+def test_outputs_are_checked_before_the_work(seeds, tmp_path, run_cli):
     (tmp_path / "file").write_text("x")
     rc, err = run_cli(["evaluate", "--checkpoint", seeds["checkpoint"], "--out", tmp_path / "file",
-                       "--data_path", seeds["pickle"]], capsys)
+                       "--data_path", seeds["pickle"]])
     assert rc == 2 and "is a file" in err
     rc, err = run_cli(["embed", "--checkpoint", seeds["checkpoint"], "--data_path", seeds["pickle"],
-                       "--out", tmp_path / "file" / "e.npz"], capsys)
+                       "--out", tmp_path / "file" / "e.npz"])
     assert rc == 2 and "is a file, not a folder" in err
 
 
@@ -354,7 +341,7 @@ def test_csv_ids_that_only_look_like_digits_load(tmp_path):
     assert records["train"][0]["study_id"] == "\u00b2"
 
 
-def test_predict_walks_a_thousand_deep_folder(seeds, tmp_path, capsys):
+def test_predict_walks_a_thousand_deep_folder(seeds, tmp_path, run_cli):
     deep = tmp_path / "deep"
     current = deep
     current.mkdir()
@@ -362,7 +349,7 @@ def test_predict_walks_a_thousand_deep_folder(seeds, tmp_path, capsys):
         current = current / "d"
         current.mkdir()
     try:
-        rc, err = run_cli(["predict", "--checkpoint", seeds["checkpoint"], deep], capsys)
+        rc, err = run_cli(["predict", "--checkpoint", seeds["checkpoint"], deep])
         assert rc == 2 and err.startswith("error: ") and "\n" not in err
     finally:  # bottom up: pytest's own clean-up of tmp_path recurses and would overflow
         while current != tmp_path:
@@ -460,37 +447,36 @@ def test_a_lock_kept_by_an_orphaned_worker_of_a_killed_run_is_waited_for(tmp_pat
 
 
 # ---- 6. never replace a user's file ------------------------------------------------------------------
-def test_predict_csv_onto_an_existing_file_is_refused(seeds, tmp_path, capsys):
+def test_predict_csv_onto_an_existing_file_is_refused(seeds, tmp_path, run_cli):
     mine = tmp_path / "table.csv"
     mine.write_text("mine")
-    rc, err = run_cli(["predict", "--checkpoint", seeds["checkpoint"], seeds["image"], "--csv", mine], capsys)
+    rc, err = run_cli(["predict", "--checkpoint", seeds["checkpoint"], seeds["image"], "--csv", mine])
     assert rc == 2 and "exists and is not replaced without --force" in err and mine.read_text() == "mine"
     before = seeds["checkpoint"].read_bytes()
     rc, err = run_cli(["predict", "--checkpoint", seeds["checkpoint"], seeds["image"], "--csv", seeds["checkpoint"],
-                       "--force"], capsys)
+                       "--force"])
     assert rc == 2 and "is the command's input" in err and seeds["checkpoint"].read_bytes() == before
-    rc, _ = run_cli(["predict", "--checkpoint", seeds["checkpoint"], seeds["image"], "--csv", mine, "--force"], capsys)
+    rc, _ = run_cli(["predict", "--checkpoint", seeds["checkpoint"], seeds["image"], "--csv", mine, "--force"])
     assert rc == 0 and mine.read_text().startswith("image,")
 
 
-def test_embed_and_export_never_replace_a_users_files(seeds, tmp_path, capsys):
+def test_embed_and_export_never_replace_a_users_files(seeds, tmp_path, run_cli):
     mine = tmp_path / "mine.npz"
     mine.write_bytes(b"mine")
-    rc, err = run_cli(["embed", "--checkpoint", seeds["checkpoint"], "--data_path", seeds["pickle"], "--out", mine],
-                      capsys)
+    rc, err = run_cli(["embed", "--checkpoint", seeds["checkpoint"], "--data_path", seeds["pickle"], "--out", mine])
     assert rc == 2 and "--force" in err and mine.read_bytes() == b"mine"
     hf = tmp_path / "hf_model"
     hf.mkdir()
     (hf / "config.json").write_text('{"architectures": ["BertModel"]}')
-    rc, err = run_cli(["export", "--checkpoint", seeds["checkpoint"], "--out", hf], capsys)
+    rc, err = run_cli(["export", "--checkpoint", seeds["checkpoint"], "--out", hf])
     assert rc == 2 and "--force" in err and json.loads((hf / "config.json").read_text())["architectures"]
     # An earlier export is the project's own folder: replaced without --force.
-    assert run_cli(["export", "--checkpoint", seeds["checkpoint"], "--out", tmp_path / "e"], capsys)[0] == 0
-    assert run_cli(["export", "--checkpoint", seeds["checkpoint_medclip"], "--out", tmp_path / "e"], capsys)[0] == 0
+    assert run_cli(["export", "--checkpoint", seeds["checkpoint"], "--out", tmp_path / "e"])[0] == 0
+    assert run_cli(["export", "--checkpoint", seeds["checkpoint_medclip"], "--out", tmp_path / "e"])[0] == 0
     assert load_export(tmp_path / "e")[2].model == "medclip"
 
 
-def test_phantom_force_deletes_only_the_files_it_wrote(tmp_path, capsys):
+def test_phantom_force_deletes_only_the_files_it_wrote(tmp_path, run_cli):
     from medclip_nb.phantom import generate_phantom
 
     out = tmp_path / "phantom"
@@ -501,14 +487,14 @@ def test_phantom_force_deletes_only_the_files_it_wrote(tmp_path, capsys):
     mine = report.with_name("s99999999.txt")  # a user's file with a MIMIC-CXR-style name
     mine.write_text("my report")
     base = ["phantom", "--out", out, "--studies", 5, "--size", 32, "--force"]
-    rc, err = run_cli(base, capsys)
+    rc, err = run_cli(base)
     assert rc == 2 and "s99999999.txt" in err and mine.read_text() == "my report" and report.is_file()
     mine.unlink()
     report.write_text("edited by hand")
-    rc, err = run_cli(base, capsys)
+    rc, err = run_cli(base)
     assert rc == 2 and "changed since the generator wrote it" in err and report.read_text() == "edited by hand"
     report.unlink()
-    rc, _ = run_cli(base, capsys)
+    rc, _ = run_cli(base)
     assert rc == 0 and len(list(out.rglob("*.jpg"))) >= 5
 
 
@@ -538,11 +524,11 @@ def test_large_16_bit_and_rgba_images_decode_in_bounded_memory(tmp_path):
         load_grayscale(tmp_path / "big.png")
 
 
-def test_yaml_files_are_size_capped_and_never_a_device(tmp_path, capsys):
+def test_yaml_files_are_size_capped_and_never_a_device(tmp_path, run_cli):
     (tmp_path / "big.yaml").write_text("seed: 3\n" + "# padding\n" * 200_000)
     for path in (tmp_path / "big.yaml", "/dev/zero"):
         started = time.perf_counter()
-        rc, err = run_cli(["train", "--config", path], capsys)
+        rc, err = run_cli(["train", "--config", path])
         assert rc == 2 and ("over the limit" in err or "not a regular file" in err)
         assert time.perf_counter() - started < 10
     with pytest.raises(UserError, match="a FIFO"):
@@ -559,17 +545,17 @@ def test_non_finite_weights_are_never_saved(seeds, tmp_path):
     assert not (tmp_path / "run" / "last.pth").exists()
 
 
-def test_cache_that_decodes_nothing_fails(seeds, tmp_path, capsys):
+def test_cache_that_decodes_nothing_fails(seeds, tmp_path, run_cli):
     data = {"train": [{"image_path": "missing.png", "report": "x", "labels": [0.0] * 14}] * 2,
             "val": [{"image_path": "gone.png", "report": "y", "labels": [0.0] * 14}] * 2, "test": []}
     (tmp_path / "d.pkl").write_bytes(pickle.dumps(data))
-    rc, err = run_cli(["cache", "--data_path", tmp_path / "d.pkl", "--size", 16, "--num_workers", 0], capsys)
+    rc, err = run_cli(["cache", "--data_path", tmp_path / "d.pkl", "--size", 16, "--num_workers", 0])
     assert rc == 2 and "none of the 2 images could be decoded" in err
 
 
-def test_convert_rewrites_relative_paths_for_its_output_folder(seeds, tmp_path, capsys):
+def test_convert_rewrites_relative_paths_for_its_output_folder(seeds, tmp_path, run_cli):
     out = tmp_path / "elsewhere" / "manifest.jsonl"
-    rc, err = run_cli(["convert", "--data_path", seeds["pickle"], "--out", out], capsys)
+    rc, err = run_cli(["convert", "--data_path", seeds["pickle"], "--out", out])
     assert rc == 0, err
     records = load_dataset_file(out)
     path = Path(records["train"][0]["image_path"])

@@ -241,6 +241,16 @@ def test_predict_heatmap_writes_one_overlay_per_image_and_never_replaces_one(run
     a_file.write_text("x")
     assert main([*argv[:-4], "--heatmap", str(a_file)]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --heatmap")
+    pngs = tmp_path / "pngs"  # overlays into the folder of PNG inputs: an input is never replaced
+    pngs.mkdir()
+    with Image.open(test_images[0]) as image:
+        image.save(pngs / "scan.png")
+    original = (pngs / "scan.png").read_bytes()
+    capsys.readouterr()
+    assert main([*argv[:3], str(pngs / "scan.png"), "--heatmap", str(pngs), "--force", "--num_workers", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --heatmap") and "input images" in err[0]
+    assert (pngs / "scan.png").read_bytes() == original and sorted(pngs.iterdir()) == [pngs / "scan.png"]
     pretrained = load_pretrained(run_dir / "best.pth")
     maps = pretrained.text_maps(test_images[0], ["pleural effusion", "edema"])
     assert maps.shape == (2, pretrained.config.image_size, pretrained.config.image_size)

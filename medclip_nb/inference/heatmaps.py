@@ -37,7 +37,8 @@ def heatmap_names(ids: Sequence[str]) -> list[str]:
 
 def heatmap_targets(folder: str | os.PathLike, method: str, files: Sequence, force: bool = False) -> dict[str, Path]:
     """{image id: its PNG in `folder`} for the files given, checked before any model is loaded: the
-    method, the folder (not a file), and no PNG already there unless `force`."""
+    method, the folder (not a file), no PNG that is one of the input images (even with `force`), and
+    no PNG already there unless `force`."""
     if method not in MAP_METHODS:
         raise UserError(f"--heatmap-method: {method!r} is not one of {', '.join(MAP_METHODS)}")
     folder = Path(folder).expanduser()
@@ -45,6 +46,11 @@ def heatmap_targets(folder: str | os.PathLike, method: str, files: Sequence, for
         raise UserError(f"--heatmap {folder}: exists and is not a folder")
     ids = [str(f) for f in files]
     targets = {image_id: folder / name for image_id, name in zip(ids, heatmap_names(ids))}
+    images = {Path(f).resolve() for f in files}
+    inputs = [p for p in targets.values() if p.resolve() in images]
+    if inputs:  # never replaced, --force or not: an overlay must not destroy the image it shows
+        raise UserError(f"--heatmap {inputs[0]}: is one of the command's input images ({len(inputs)} of the "
+                        f"{len(targets)} overlays would replace one); choose another folder")
     existing = [p for p in targets.values() if p.exists()]
     if existing and not force:
         raise UserError(f"--heatmap {existing[0]}: exists ({len(existing)} of the {len(targets)} overlays would "

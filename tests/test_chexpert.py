@@ -156,3 +156,22 @@ def test_its_image_only_records_train_with_unpaired_sources(chexpert, tmp_path, 
     assert sum(s[3] for s in train_calls) > 0 and all(s[4] == 0 for s in train_calls)  # image side: -1 read as 0
     assert any(line.startswith("Sentence labels: ") and "training sentences" in line for line in lines)
     assert any("unpaired: images" in line for line in lines)
+
+
+def test_the_chexpert_phantom_replaces_only_its_own_files(tmp_path):
+    base = ["phantom", "--layout", "chexpert", "--out", str(tmp_path), "--studies", "12", "--size", "16"]
+    assert quiet(base)[0] == 0
+    tree = tmp_path / "CheXpert-v1.0-small"
+    image = sorted(tree.rglob("*.jpg"))[0]
+    assert quiet(base)[0] == 0 and image.is_file()  # the same arguments: written again
+    code, _, err = quiet([*base[:-1], "20"])  # other arguments: only with --force
+    assert code == 2 and err.startswith("error: ") and "--force" in err and "size 16 -> 20" in err
+    assert image.is_file()
+    notes = image.parent / "notes.txt"  # a file the generator never writes: never deleted
+    notes.write_text("mine")
+    code, _, err = quiet([*base[:-1], "20", "--force"])
+    assert code == 2 and "notes.txt" in err and notes.read_text() == "mine" and image.is_file()
+    notes.unlink()
+    assert quiet([*base[:-1], "20", "--force"])[0] == 0
+    code, _, err = quiet([*base, "--test-studies", "5"])
+    assert code == 2 and "--test-studies" in err

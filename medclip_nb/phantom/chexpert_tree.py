@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -58,12 +59,31 @@ def chexpert_phantom_is_current(out, studies: int, size: int, seed: int) -> bool
             and (out / FOLDER / "train.csv").is_file())
 
 
-def _clear(out: Path) -> None:
-    """Remove an earlier CheXpert phantom; refuse a folder holding a CheXpert tree we did not write."""
+_OUR_FILE = re.compile(r"(train|valid)\.csv|(train|valid)/patient\d{5}/study\d+/view\d+_(frontal|lateral)\.jpg")
+
+
+def _clear(out: Path, manifest: dict, force: bool) -> None:
+    """Remove an earlier CheXpert phantom before writing one. Refused: a CheXpert tree without our
+    manifest (not a phantom), a tree holding any file the generator does not write (a user's file
+    is never deleted), and a complete phantom of other arguments unless `force`."""
     tree = out / FOLDER
     if tree.exists() and not (out / MANIFEST).is_file():
         raise DataError(f"refusing to overwrite {tree}: it holds no {MANIFEST} (not a phantom CheXpert tree)")
     if tree.exists():
+        try:
+            recorded = json.loads((out / MANIFEST).read_text())
+        except (OSError, ValueError):
+            recorded = {}
+        recorded = recorded if isinstance(recorded, dict) else {}
+        changed = [f"{k} {recorded.get(k)} -> {v}" for k, v in manifest.items() if recorded.get(k) != v]
+        if recorded.get("complete") is True and changed and not force:
+            raise DataError(f"{out / MANIFEST}: {tree} holds a CheXpert phantom of other arguments "
+                            f"({', '.join(changed)}); pass --force to replace it")
+        foreign = [p for p in sorted(tree.rglob("*"))
+                   if p.is_symlink() or not (p.is_dir() or _OUR_FILE.fullmatch(p.relative_to(tree).as_posix()))]
+        if foreign:
+            raise DataError(f"refusing to replace {tree}: {foreign[0]} was not written by the phantom "
+                            f"({len(foreign)} such file(s)); move them out first")
         shutil.rmtree(tree)
     (out / MANIFEST).unlink(missing_ok=True)
 
@@ -91,14 +111,16 @@ def _study_rows(out: Path, s: PlannedStudy, number: int, patient, traits: tuple[
     return rows
 
 
-def generate_chexpert_phantom(out, studies: int = 300, size: int = 64, seed: int = 0, *, log=print) -> dict:
+def generate_chexpert_phantom(out, studies: int = 300, size: int = 64, seed: int = 0, *, force: bool = False,
+                              log=print) -> dict:
     """Write the phantom CheXpert tree (module docstring) to `out`; returns a summary (images per
-    table). An earlier CheXpert phantom in `out` is replaced; a CheXpert tree without our manifest
-    is refused. Relative paths are taken from the repository root."""
+    table). An earlier CheXpert phantom in `out` is replaced (one of other arguments only with
+    `force`); a CheXpert tree without our manifest, or holding files we did not write, is refused.
+    Relative paths are taken from the repository root."""
     out = resolve(out)
-    _clear(out)
-    out.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(studies, size, seed)
+    _clear(out, manifest, force)
+    out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).write_text(json.dumps({**manifest, "complete": False}, indent=2) + "\n")
     plan = sorted(plan_studies(studies, seed), key=lambda s: (s.subject_index, s.date, s.index))
     patients, traits, numbers, rows = {}, {}, {}, []

@@ -53,7 +53,7 @@ def chexpert_data(cfg: Config, log=print) -> Path:
         tree = resolve(cfg.chexpert_phantom_dir)
         shape = dict(studies=cfg.phantom_studies, size=cfg.phantom_size, seed=cfg.phantom_seed)
         if not chexpert_phantom_is_current(tree, **shape):
-            generate_chexpert_phantom(tree, **shape, log=log)
+            generate_chexpert_phantom(tree, **shape, force=cfg.force, log=log)
             (out / "datasets.pkl").unlink(missing_ok=True)
         root = tree / "CheXpert-v1.0-small"
     try:

@@ -25,7 +25,10 @@ def _phantom(args) -> int:
     from medclip_nb.phantom import generate_chexpert_phantom, generate_phantom
 
     if args.layout == "chexpert":
-        generate_chexpert_phantom(args.out, studies=args.studies, size=args.size, seed=args.seed)
+        if args.test_studies:
+            raise UserError("--test-studies: the chexpert layout has no test cohort (CheXpert's valid.csv is the "
+                            "plan's validation studies); leave it out")
+        generate_chexpert_phantom(args.out, studies=args.studies, size=args.size, seed=args.seed, force=args.force)
         return 0
     summary = generate_phantom(args.out, studies=args.studies, size=args.size, seed=args.seed,
                                test_studies=args.test_studies, force=args.force)
@@ -254,9 +257,10 @@ def _add_prepare_iu(sub) -> None:
 def _add_prepare_chexpert(sub) -> None:
     p = sub.add_parser("prepare-chexpert", help="import CheXpert (train.csv, valid.csv, images) as MedCLIP uses it: "
                                                 "image-only records and MedCLIP's CheXpert-5x200")
-    p.add_argument("--chexpert-root", "--chexpert_root", dest="chexpert_root", required=True,
+    p.add_argument("--chexpert-root", "--chexpert_root", dest="chexpert_root", required=True, type=from_cwd,
                    help="the folder holding train.csv (CheXpert-v1.0 or CheXpert-v1.0-small)")
-    p.add_argument("--out", required=True, help="output folder for datasets.pkl and prepare_report.json")
+    p.add_argument("--out", required=True, type=from_cwd,
+                   help="output folder for datasets.pkl and prepare_report.json")
     p.add_argument("--per-class", "--per_class", dest="per_class", type=int, default=200,
                    help="the 5x200's 200: MedCLIP draws twice this per class, then keeps half (default: 200)")
     p.add_argument("--num-workers", "--num_workers", dest="num_workers", type=int, default=None,
@@ -270,7 +274,7 @@ def _add_data(sub) -> None:
     add_config_arguments(p, keys=("data_path", "mimic_root", "iu_reports", "iu_images", "frontal_views", "mimic_labels",
                                   "phantom_dir", "phantom_studies", "phantom_size", "phantom_seed",
                                   "phantom_test_studies", "image_store", "resize_size", "force"))
-    p.add_argument("--phase-times", "--phase_times", dest="phase_times", default=None, metavar="FILE",
+    p.add_argument("--phase-times", "--phase_times", dest="phase_times", default=None, metavar="FILE", type=from_cwd,
                    help="append 'phase<TAB>seconds' lines (phantom, prepare, image store) to FILE (make study)")
     p.set_defaults(func=_data)
 
@@ -399,10 +403,6 @@ def _add_paper(sub) -> None:
     p.set_defaults(func=_paper)
 
 
-def _add_bench_commands(sub) -> None:
-    add_bench_parsers(sub)
-
-
 def _add_summary(sub) -> None:
     p = sub.add_parser("summary", help="write the results tables of metrics.json as summary.md (make study does)")
     p.add_argument("--config", default=None, type=from_cwd,
@@ -415,7 +415,7 @@ def _add_summary(sub) -> None:
     p.add_argument("--wall-seconds", "--wall_seconds", dest="wall_seconds", type=float, default=None,
                    help="the study's wall time, shown in the summary")
     p.add_argument("--params", default=None, help="how the study ran, shown in the summary (default: --config)")
-    p.add_argument("--phase-times", "--phase_times", dest="phase_times", default=None, metavar="FILE",
+    p.add_argument("--phase-times", "--phase_times", dest="phase_times", default=None, metavar="FILE", type=from_cwd,
                    help="'phase<TAB>seconds' lines (make study writes reports/phase_times.tsv), shown as a table")
     p.set_defaults(func=_summary)
 
@@ -435,7 +435,7 @@ _SUBCOMMANDS = (
     _add_retrieve,
     _add_embed,
     _add_export,
-    _add_bench_commands,
+    add_bench_parsers,  # cli_bench.py
     _add_summary,
     _add_paper,
 )

@@ -166,8 +166,8 @@ def test_summary_without_models_or_ablation_is_still_a_page():
     assert text.startswith("# Results of this study run") and "| model |" not in text
 
 
-@pytest.mark.parametrize("content, message", [(None, "no metrics.json"), ("{not json", "not a readable"),
-                                               ("[1, 2]", "expected a JSON object")])
+@pytest.mark.parametrize("content, message", [(None, "no metrics.json"), ("{not json", "not valid JSON"),
+                                               ("[1, 2]", "must hold a JSON object")])
 def test_summary_of_a_bad_metrics_file_is_one_line_exit_2(tmp_path, content, message):
     metrics = tmp_path / "metrics.json"
     if content is not None:

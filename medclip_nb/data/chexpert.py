@@ -29,6 +29,7 @@ MedCLIP's sets name images by it), `view` (AP / PA for frontal images, LATERAL),
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 from pathlib import Path
@@ -40,11 +41,12 @@ from medclip_nb.data.five_by_200 import MEDCLIP_SEED, medclip_5x200
 from medclip_nb.data.mimic import check_image, parallel_map, worker_count
 from medclip_nb.data.provenance import PREPARE_REPORT, prepare_record
 from medclip_nb.errors import ConfigError, DataError
-from medclip_nb.files import write_bytes_atomic, write_json_atomic
+from medclip_nb.files import read_limited, write_bytes_atomic, write_json_atomic
 from medclip_nb.labels import CHEXPERT_LABELS, COMPETITION_TASKS
 from medclip_nb.paths import resolve
 
 TABLE_COLUMNS = ("Path", "Sex", "Age", "Frontal/Lateral", "AP/PA")
+MAX_TABLE_BYTES = 1 << 30  # CheXpert-v1.0's train.csv is about 30 MB
 REPORT_KIND = "chexpert"  # prepare_report.json's "kind": what wrote the datasets.pkl beside it
 # The first rows of MedCLIP's shipped local_data/chexpert-5x200-val-meta.csv (repository commit 0c33a61): the row
 # number in train.csv and the Path under its train/ folder. A draw that starts with them is MedCLIP's published set.
@@ -59,9 +61,11 @@ MEDCLIP_SHIPPED_SAMPLE = (
 
 def read_chexpert_table(path: Path) -> pd.DataFrame:
     """A CheXpert label table, checked: the columns and the label values (one DataError line naming
-    the file, the column and the row otherwise). Labels as float64, NaN = blank."""
+    the file, the column and the row otherwise). Labels as float64, NaN = blank. The file is read
+    once, in bounded memory; `frame.attrs["sha256"]` is the hash of its bytes (prepare_report.json)."""
+    data = read_limited(path, MAX_TABLE_BYTES, error=DataError)
     try:
-        frame = pd.read_csv(path, dtype={c: str for c in ("Path", "Sex", "Frontal/Lateral", "AP/PA")},
+        frame = pd.read_csv(io.BytesIO(data), dtype={c: str for c in ("Path", "Sex", "Frontal/Lateral", "AP/PA")},
                             keep_default_na=True)
     except (OSError, ValueError, UnicodeDecodeError, pd.errors.ParserError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -85,6 +89,7 @@ def read_chexpert_table(path: Path) -> pd.DataFrame:
         raise DataError(f"CheXpert table {path} row {row + 2} column 'Path' holds {paths.iloc[row]!r}; expected a "
                         "relative path such as CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg")
     frame[list(CHEXPERT_LABELS)] = values.astype(np.float64)
+    frame.attrs["sha256"] = hashlib.sha256(data).hexdigest()
     return frame
 
 
@@ -171,7 +176,7 @@ def _report(root: Path, out: Path, train: pd.DataFrame, draw, splits, dropped, p
         "chexpert_root": str(root),
         "datasets": str(out / "datasets.pkl"),
         "train_csv_rows": int(len(train)),
-        "train_csv_sha256": hashlib.sha256((root / "train.csv").read_bytes()).hexdigest(),
+        "train_csv_sha256": train.attrs["sha256"],
         "rule": {"name": "medclip", "per_class": per_class, "draw_per_class": 2 * per_class, "seed": seed},
         # True: the draw starts with the 9 rows MedCLIP ships (its published set comes from this table).
         "medclip_published_sample_matches": first == list(MEDCLIP_SHIPPED_SAMPLE),

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from medclip_nb.errors import DataError, quote
+from medclip_nb.files import read_text_limited
 
 REGIONS_FORMAT = "medclip-nb-regions"
 REGIONS_VERSION = 1
@@ -147,12 +148,9 @@ def regions_document(width: int, height: int, regions: Sequence[dict], rule: str
 def read_regions_file(path: str | os.PathLike) -> tuple[tuple[int, int], list[Region]]:
     """((width, height), regions) of a region file; a DataError naming the file for anything else."""
     path = Path(path)
+    text = read_text_limited(path, MAX_REGIONS_BYTES, what="region file", error=DataError)  # never a FIFO's hang
     try:
-        if path.stat().st_size > MAX_REGIONS_BYTES:
-            raise DataError(f"{path}: over {MAX_REGIONS_BYTES // 2**20} MiB, not a region file")
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise DataError(f"{path}: region file cannot be read ({e.strerror or type(e).__name__})") from None
+        data = json.loads(text)
     except (ValueError, RecursionError):
         raise DataError(f"{path}: not a JSON region file") from None
     if not isinstance(data, dict) or data.get("format") != REGIONS_FORMAT:

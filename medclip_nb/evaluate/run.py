@@ -28,7 +28,7 @@ from medclip_nb.evaluate.embeddings import EvaluationArrays
 from medclip_nb.evaluate.evaluation import Evaluation
 from medclip_nb.evaluate.provenance import run_provenance
 from medclip_nb.evaluate.report import confusion_figure, summary_lines
-from medclip_nb.files import check_output, write_json_atomic
+from medclip_nb.files import check_output, read_text_limited, write_json_atomic
 from medclip_nb.model import check_eval_memory, load_model, model_config
 from medclip_nb.paths import resolve, shown
 from medclip_nb.runtime import pick_device
@@ -42,18 +42,24 @@ def evaluate_model(model: torch.nn.Module, tokenizer, splits: Mapping[str, Any],
 
 
 # ---- metrics.json and checkpoints -------------------------------------------------------------------
-def read_metrics(path: str | Path) -> dict[str, Any]:
-    """The JSON object in `path` ({} when there is no file); a DataError when it cannot be used."""
+MAX_METRICS_BYTES = 256 << 20  # a study's metrics.json is a few MB; a larger file is not one
+
+
+def read_metrics(path: str | Path, *, what: str = "") -> dict[str, Any]:
+    """The JSON object in `path` ({} when there is no file; read in bounded memory); a DataError,
+    naming `what` (a flag) where given, when it cannot be used."""
     path = Path(path)
     if not path.exists():
         return {}
     if not path.is_file():
         raise DataError(f"{path}: is not a file; move it away, metrics.json is written there")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text_limited(path, MAX_METRICS_BYTES, what=what, error=DataError))
+    except DataError as e:
+        raise DataError(f"{e}; fix or move it, it was left unchanged") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}: not valid JSON (line {e.lineno}); fix or move it, it was left unchanged") from None
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+    except (ValueError, RecursionError) as e:
         raise DataError(f"{path}: cannot be read ({type(e).__name__}); fix or move it, it was left unchanged") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: must hold a JSON object, got {type(data).__name__}; it was left unchanged")

@@ -7,7 +7,6 @@ the wall time it measured, and the README and docs/results.md point to the file 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import os
 import platform
@@ -15,11 +14,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from medclip_nb.errors import DataError, one_line
-from medclip_nb.evaluate import format_with_interval
-from medclip_nb.files import check_output, read_text_limited, write_text_atomic
+from medclip_nb.evaluate import format_with_interval, read_metrics
+from medclip_nb.files import check_output, read_limited, write_text_atomic
 from medclip_nb.paths import resolve
 from medclip_nb.study.ablation_tables import ablation_report
-from medclip_nb.study.localisation import METHOD_NAMES, SCORE_NAMES, localisation_rows
+from medclip_nb.study.localisation import SCORE_NAMES, localisation_comparison_rows, localisation_rows
 from medclip_nb.study.tables import (
     HEADLINE_NAMES,
     LANGUAGE_ROWS,
@@ -31,7 +30,7 @@ from medclip_nb.study.tables import (
 )
 
 SUMMARY_TITLE = "# Results of this study run"  # its first line: a file `summary` may replace
-MAX_METRICS_BYTES = 256 << 20
+MAX_PHASE_TIMES_BYTES = 1 << 20  # make study writes a few lines
 
 
 def machine_description() -> str:
@@ -110,14 +109,9 @@ def _localisation_section(metrics: Mapping[str, Any]) -> list[str]:
         lines += ["", f"### {method}", "", markdown_table(table, columns, "model · finding")]
     comparison = metrics.get("localisation_comparison")
     if isinstance(comparison, Mapping) and comparison:
-        table = {}
-        for model, methods in comparison.items():
-            for method, groups in methods.items():
-                for finding, scores in groups.items():
-                    table[f"default - {model} · {METHOD_NAMES.get(method, method)} · {finding}"] = {
-                        label: format_with_interval(scores[score]["difference"], scores[score]["ci"])
-                        for score, label in SCORE_NAMES.items()}
-        lines += ["", "### Paired differences on the same regions (interval over patients)", "",
+        table = {f"{row['difference']} · {row['map']} · {row['finding']}": row
+                 for row in localisation_comparison_rows(comparison)}
+        lines += ["", "### Paired differences on the same regions (interval over patients, Holm-corrected)", "",
                   markdown_table(table, {label: label for label in SCORE_NAMES.values()}, "difference · map · finding")]
     return lines
 
@@ -146,8 +140,9 @@ def read_phase_times(path: str | Path | None) -> list[tuple[str, float]]:
     and unreadable lines are skipped (the table is a report, not an input)."""
     if path is None or not resolve(path).is_file():
         return []
+    text = read_limited(resolve(path), MAX_PHASE_TIMES_BYTES, what="--phase-times", error=DataError)
     phases = []
-    for line in resolve(path).read_text(encoding="utf-8", errors="replace").splitlines():
+    for line in text.decode("utf-8", errors="replace").splitlines():
         name, _, seconds = line.partition("\t")
         try:
             phases.append((name.strip(), float(seconds)))
@@ -160,7 +155,7 @@ def phase_times_section(phases: list[tuple[str, float]], wall_seconds: float | N
     """'## Where the time went': each phase's minutes and share of the wall time."""
     if not phases:
         return []
-    total = wall_seconds or sum(seconds for _, seconds in phases)
+    total = wall_seconds or sum(seconds for _, seconds in phases) or 1.0  # all-zero phases: shares of 0
     lines = ["", "## Where the time went", "", "| phase | min | share of the wall time |", "| --- | --- | --- |"]
     lines += [f"| {name} | {seconds / 60:.2f} | {seconds / total:.0%} |" for name, seconds in phases]
     return lines
@@ -316,17 +311,10 @@ def write_summary(metrics_path: str | Path, out_path: str | Path, *, wall_second
     check_output(out_path, flag="--out", force=force, inputs=(metrics_path,), ours=is_summary_file, error=DataError)
     if not metrics_path.exists():
         raise DataError(f"{metrics_path}: no metrics.json (run the study first: make study)")
-    text = read_text_limited(metrics_path, MAX_METRICS_BYTES, what="--metrics", error=DataError)
+    metrics = read_metrics(metrics_path, what="--metrics")
+    phases = read_phase_times(phase_times)
     try:
-        metrics = json.loads(text)
-    except RecursionError:
-        raise DataError(f"{metrics_path}: not a readable metrics.json (nested too deeply)") from None
-    except ValueError as e:
-        raise DataError(f"{metrics_path}: not a readable metrics.json ({one_line(e, 120)})") from None
-    if not isinstance(metrics, dict):
-        raise DataError(f"{metrics_path}: expected a JSON object of models, got {type(metrics).__name__}")
-    try:
-        text = summary_markdown(metrics, wall_seconds=wall_seconds, params=params, phases=read_phase_times(phase_times))
+        text = summary_markdown(metrics, wall_seconds=wall_seconds, params=params, phases=phases)
     except (TypeError, KeyError, ValueError, AttributeError, IndexError, ZeroDivisionError, OverflowError,
             RecursionError) as e:
         raise DataError(f"{metrics_path}: an entry is not what evaluate or make ablation writes "

@@ -97,10 +97,10 @@ def _difference(a: np.ndarray, b: np.ndarray, rows: np.ndarray, groups: np.ndarr
         "difference": None, "ci": None, "resolved": None, "p": None}
 
 
-def localisation_comparison_table(comparison: Mapping[str, Any], reference: str = "default") -> "pd.DataFrame":
-    """The paired differences as a table: rows (reference minus model, map, finding), one column per score."""
-    import pandas as pd
-
+def localisation_comparison_rows(comparison: Mapping[str, Any], reference: str = "default") -> list[dict[str, str]]:
+    """One row per (reference minus model, map, finding): each score's difference with its interval
+    over patients, marked "resolved (Holm)" where it survives the correction (the notebook's table
+    and summary.md's)."""
     rows = []
     for model, methods in comparison.items():
         for method, groups in methods.items():
@@ -112,6 +112,14 @@ def localisation_comparison_table(comparison: Mapping[str, Any], reference: str 
                     text = format_with_interval(d["difference"], d["ci"])
                     row[label] = text + (" resolved (Holm)" if d["resolved"] else "")
                 rows.append(row)
+    return rows
+
+
+def localisation_comparison_table(comparison: Mapping[str, Any], reference: str = "default") -> "pd.DataFrame":
+    """The paired differences as a table: rows (reference minus model, map, finding), one column per score."""
+    import pandas as pd
+
+    rows = localisation_comparison_rows(comparison, reference)
     if not rows:
         return pd.DataFrame({"comparison": ["skipped: needs the reference model and another scored on the same pairs"]})
     return pd.DataFrame(rows).set_index(["difference", "map", "finding"])

@@ -11,6 +11,7 @@ temporary file is given the umask's mode before the rename.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -193,3 +194,31 @@ def read_text_limited(path: str | os.PathLike, limit: int, *, what: str = "",
     except UnicodeDecodeError as e:
         label = f"{what} " if what else ""
         raise error(f"{label}{path}: not UTF-8 text (byte {e.start})") from None
+
+
+# ---- hashes and the processes that hold files ---------------------------------------------------
+def sha256_file(path: str | os.PathLike, *, error: type[UserError] = UserError) -> str:
+    """SHA-256 of a regular file, read in chunks and opened without blocking (a FIFO or device is
+    one line of `error`, never waited on)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise error(f"{path}: not a regular file")
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, 1 << 22):
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` exists: False only when the system says there is none (a process of
+    another user, or one not ours to judge, counts as alive: its files are left alone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True

@@ -17,13 +17,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from medclip_nb.errors import DataError
+from medclip_nb.files import sha256_file
 
 PHANTOM_MANIFEST = "phantom.json"
 PHANTOM_FILES = "phantom_files.sha256"  # `<sha256>  <path>` of every file the generator wrote
@@ -105,7 +105,7 @@ def removal_problem(folder: Path, listed: dict[str, str | None]) -> str | None:
             return f"it holds {path}, which the phantom generator did not write; move it away first"
     for name, digest in listed.items():
         path = folder / name
-        if digest is not None and path.is_file() and _sha256(path) != digest:
+        if digest is not None and path.is_file() and sha256_file(path, error=DataError) != digest:
             return f"{path} changed since the generator wrote it; move it away first"
     return None
 
@@ -121,14 +121,6 @@ def delete_listed(folder: Path, listed: dict[str, str | None]) -> None:
                 path.rmdir()
         if not any(files_dir.iterdir()):
             files_dir.rmdir()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def prepare_record(data_path: str | os.PathLike) -> dict | None:

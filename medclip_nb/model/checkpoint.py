@@ -21,7 +21,7 @@ import torch
 
 from medclip_nb.config import from_dict
 from medclip_nb.errors import CheckpointError, ConfigError, one_line, os_error_reason
-from medclip_nb.files import TEMP_INFIX, fsync_path, temp_path
+from medclip_nb.files import TEMP_INFIX, fsync_path, process_alive, temp_path
 from medclip_nb.model.checkpoint_check import MODEL_PARTS, check_checkpoint
 from medclip_nb.model.model_files import build_from_model_file, layout
 from medclip_nb.paths import resolve
@@ -269,16 +269,6 @@ def model_from_state(state: dict, p: Path, device: str | torch.device = "cpu"):
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, OSError):
-        return True  # someone else's process (or not ours to judge): leave its file alone
-    return True
-
-
 def remove_stale_temp_files(folder: str | os.PathLike, log=print) -> list[Path]:
     """Delete `.X.pth.tmp-<pid>` and `.metrics.jsonl.tmp-<pid>` files (our own temporary
     names) whose writing process no longer runs: what a kill -9 during a save leaves.
@@ -292,7 +282,7 @@ def remove_stale_temp_files(folder: str | os.PathLike, log=print) -> list[Path]:
         if not match or not (match["name"].endswith(CHECKPOINT_SUFFIX) or match["name"].endswith(".jsonl")):
             continue
         pid = int(match["pid"])
-        if pid == os.getpid() or _process_alive(pid) or not p.is_file():
+        if pid == os.getpid() or process_alive(pid) or not p.is_file():
             continue
         p.unlink(missing_ok=True)
         removed.append(p)

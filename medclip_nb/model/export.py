@@ -149,6 +149,12 @@ def export_model(model: torch.nn.Module, tokenizer, cfg, out_dir: str | os.PathL
     Refuses a file, or a folder holding anything but an earlier export, unless `force`
     (model_files.check_export_target: never deletes a user's files)."""
     out = check_export_target(Path(out_dir), force, ours=is_unchecksummed_export)
+    return _write_export(model, tokenizer, cfg, out, **card)
+
+
+def _write_export(model: torch.nn.Module, tokenizer, cfg, out: Path, **card) -> Path:
+    """export_model's writing, for a target already checked (export_checkpoint checks it before the
+    checkpoint is read: every file of an earlier export is hashed once, not twice)."""
     write_export_files(out, export_files(model, tokenizer, cfg, **card))
     return out
 
@@ -158,14 +164,14 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     """Export the model of a training checkpoint (best.pth, last.pth, ...) to `out_dir`, with
     its training record and, given one, a metrics.json entry (`metrics`, named by `metrics_source`)
     in the model card. The folder is checked before the checkpoint is read."""
-    check_export_target(resolve(out_dir), force, ours=is_unchecksummed_export)
+    out = check_export_target(resolve(out_dir), force, ours=is_unchecksummed_export)
     path = resolve(checkpoint)
     state = check_checkpoint(load_checkpoint(path), path, MODEL_PARTS)
     model, tokenizer, cfg = model_from_state(state, path, "cpu")
     if metrics is not None:
         check_metrics_entry(metrics, cfg, path, metrics_source)
-    return export_model(model, tokenizer, cfg, resolve(out_dir), training=training_record(cfg, state),
-                        metrics=metrics, metrics_source=metrics_source, force=force)
+    return _write_export(model, tokenizer, cfg, out, training=training_record(cfg, state), metrics=metrics,
+                         metrics_source=metrics_source)
 
 
 # ---- loading ----------------------------------------------------------------------------------------

@@ -17,10 +17,8 @@ anything is built from it, shared by both loaders (checkpoint.load_model, export
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -28,7 +26,7 @@ import torch
 
 from medclip_nb.config import Config, from_dict
 from medclip_nb.errors import CheckpointError, ConfigError, UserError, one_line, quote
-from medclip_nb.files import format_bytes, read_text_limited, write_text_atomic
+from medclip_nb.files import format_bytes, read_text_limited, sha256_file, write_text_atomic
 from medclip_nb.model.encoders import build_model
 from medclip_nb.text import tokenizer_problem
 
@@ -179,23 +177,9 @@ def build_from_model_file(cfg: Config, tokenizer: Any, stored: Mapping[str, tupl
 
 
 # ---- an export's SHA256SUMS -------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    """SHA-256 of a regular file, opened without blocking (a FIFO is refused, never waited on)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise CheckpointError(f"{path}: not a regular file")
-        digest = hashlib.sha256()
-        while chunk := os.read(fd, 1 << 22):
-            digest.update(chunk)
-        return digest.hexdigest()
-    finally:
-        os.close(fd)
-
-
 def write_checksums(folder: Path, names: Iterable[str]) -> Path:
     """SHA256SUMS in `folder`: one `<sha256>  <name>` line per file, sorted (sha256sum's format)."""
-    lines = [f"{_sha256(folder / name)}  {name}\n" for name in sorted(names)]
+    lines = [f"{sha256_file(folder / name, error=CheckpointError)}  {name}\n" for name in sorted(names)]
     return write_text_atomic(folder / CHECKSUMS_FILE, "".join(lines), what="--out", error=CheckpointError)
 
 
@@ -219,7 +203,7 @@ def verify_checksums(folder: Path) -> list[str]:
     for name, digest in recorded.items():
         path = folder / name
         try:
-            actual = _sha256(path)
+            actual = sha256_file(path, error=CheckpointError)
         except OSError as e:
             raise CheckpointError(f"{path}: listed in {CHECKSUMS_FILE} but cannot be read "
                                   f"({e.strerror or type(e).__name__})") from None
@@ -299,10 +283,11 @@ class StagedExport:
         names = sorted(p.name for p in self.stage.iterdir() if p.is_file())
         write_checksums(self.stage, names)
         previous: set[str] = set()
-        if self.out.is_dir() and is_earlier_export(self.out):
-            previous = set(verify_checksums(self.out)) | self.stale
-        elif self.out.is_dir() and self.ours is not None and self.ours(self.out):
-            previous = self.stale
+        if self.out.is_dir():
+            try:  # an earlier export (its SHA256SUMS verifies): its files are replaced or removed
+                previous = set(verify_checksums(self.out)) | self.stale
+            except (CheckpointError, OSError):
+                previous = self.stale if self.ours is not None and self.ours(self.out) else set()
         try:
             if not self.out.exists() or (self.out.is_dir() and not any(self.out.iterdir())):
                 os.replace(self.stage, self.out)

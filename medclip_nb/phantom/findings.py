@@ -116,7 +116,6 @@ _SHAPES: dict[str, dict[str, tuple[tuple[float, float], tuple[float, float]]]] =
     "Lung Lesion": {"subtle": ((0.25, 0.5), (0.6, 1.2)), "mild": ((0.45, 0.8), (1.0, 2.0)),
                     "moderate": ((0.7, 1.0), (1.8, 3.0)), "severe": ((0.85, 1.05), (3.2, 6.0))},
 }
-_SIZE_WORD = {"subtle": "minimal", "mild": "mild", "moderate": "moderate", "severe": "severe"}
 _EFFUSION_SIZE = {"subtle": "tiny", "mild": "small", "moderate": "moderate", "severe": "large"}
 _PNEUMOTHORAX_SIZE = {"subtle": "tiny", "mild": "small", "moderate": "moderate", "severe": "large"}
 

@@ -20,6 +20,7 @@ import torch
 
 from medclip_nb.config import Config
 from medclip_nb.errors import CheckpointError, ConfigError, TrainingError, os_error_reason
+from medclip_nb.files import process_alive
 from medclip_nb.model import (
     RESUME_PARTS,
     capture_rng_state,
@@ -230,13 +231,7 @@ def _alive(holder: str) -> bool:
     digits = "".join(ch for ch in holder if ch.isdigit())
     if not digits:
         return True
-    try:
-        os.kill(int(digits), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return process_alive(int(digits))
 
 
 class RunLock:
@@ -388,8 +383,7 @@ def apply_optimizer_settings(step, cfg: Config) -> str:
             group["initial_lr"] = cfg.lr
             group["lr"] = cfg.lr * factor
         scheduler._last_lr = [group["lr"] for group in groups]
-    decayed = [g for g in groups if g.get("weight_decay", 0.0) != 0.0 or g is groups[0]]
-    if decayed and decayed[0]["weight_decay"] != cfg.weight_decay:
-        changes.append(f"weight_decay {decayed[0]['weight_decay']:g} -> {cfg.weight_decay:g}")
+    if groups[0]["weight_decay"] != cfg.weight_decay:  # the decayed group (train.step.param_groups: first)
+        changes.append(f"weight_decay {groups[0]['weight_decay']:g} -> {cfg.weight_decay:g}")
         groups[0]["weight_decay"] = cfg.weight_decay
     return ", ".join(changes)

@@ -338,6 +338,11 @@ class Config:
         "fractions of max_steps (checkpoints of the one run per seed, each evaluated; 1.0 is always one)",
         check=fractions, items="float",
     )
+    ablation_jobs: int = _opt(
+        1, "notebook 04 with ablation_seeds: runs trained at once, each in its own process with cores / jobs "
+        "CPU threads (unless cpu_threads is set); on 2 CPU cores 2 jobs of one thread train more runs per minute "
+        "than one run on both (docs/data_efficiency.md); 1 on a GPU", check=between(1, 256),
+    )
     ablation_target_accuracy: float | None = _opt(
         None, "notebook 04 with ablation_seeds: the zero-shot accuracy whose steps-to-reach each arm's table gives; "
         "null: 0.9 x clip's end point on all the pairs", check=lambda v: 0 < v < 1,

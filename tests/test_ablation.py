@@ -232,6 +232,24 @@ def test_the_reading_says_what_was_tested_and_whether_the_claim_holds():
     assert "overall: unresolved at this power (smallest resolvable differences" in entry_of(swing)["reading"]
 
 
+def test_collapsed_runs_are_counted_per_cell_and_named_in_the_reading():
+    from medclip_nb.evaluate import top_class_share
+
+    assert top_class_share([[2, 0], [0, 2]]) == 0.5 and top_class_share([[2, 0], [2, 0]]) == 1.0
+    assert top_class_share([[0, 0], [0, 0]]) is None and top_class_share(None) is None
+    # Without the share (older runs) nothing is said; with it, each cell counts its collapsed seeds.
+    assert entry_of()["table"]["medclip"]["1"]["collapsed"] is None and "Collapse" not in entry_of()["reading"]
+    shared = [dict(r, zs_top_share=0.97 if r["variant"] == "medclip" and r["seed"] < 3 else 0.25)
+              for r in data_efficiency_runs()]
+    entry = entry_of(shared)
+    assert entry["table"]["medclip"]["0.1"]["collapsed"] == 3 and entry["table"]["clip"]["1"]["collapsed"] == 0
+    assert entry["table"]["medclip+decoupled"]["1"]["collapsed"] == 3  # medclip's own runs on all the pairs
+    assert "- Collapse: medclip at 10% (3/5 seeds); medclip at 30% (3/5 seeds); medclip at 100% (3/5 seeds); " \
+        "medclip+decoupled at 100% (3/5 seeds) gave one class" in entry["reading"]
+    calm = entry_of([dict(r, zs_top_share=0.25) for r in data_efficiency_runs()])
+    assert "- Collapse: no run collapsed" in calm["reading"]
+
+
 def test_tables_markdown_and_figure_come_from_the_entry(tmp_path):
     import matplotlib
 

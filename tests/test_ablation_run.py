@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 
 from medclip_nb.cli import main
@@ -68,6 +69,12 @@ def test_the_ablation_trains_the_plan_and_each_decoupled_run_gets_the_left_out_p
     decoupled = runs.iloc[2]
     assert decoupled.n_unpaired_images == runs.iloc[0].n_train - decoupled.n_train and decoupled.n_unpaired_texts > 0
     assert runs.iloc[1].n_unpaired_images == 0 and list(decoupled.curve_steps) == [2, 4]
+    assert all(0.2 <= share <= 1.0 for share in runs.zs_top_share)  # 5 classes: at least a fifth
+    # Two runs at once, each in its own process with one thread (as this process has): the same rows.
+    parallel = ablation(tiny_cfg.replace(ablation_jobs=2), [0], fractions=[0.5, 1.0],
+                        arms=["clip", "medclip+decoupled"], log=lambda *a: None)
+    timing = ["train_seconds", "eval_seconds", "curve_seconds"]
+    pd.testing.assert_frame_equal(parallel.drop(columns=timing), runs.drop(columns=timing))
 
 
 def test_bench_times_each_kind_and_cleans_up(tiny_cfg, tmp_path):

@@ -13,7 +13,7 @@
 The names below are re-exported so that `from medclip_nb.evaluate import name` keeps working.
 """
 
-from medclip_nb.evaluate.checkpoints import ZeroShotPoints
+from medclip_nb.evaluate.checkpoints import ZeroShotPoints, top_class_share
 from medclip_nb.evaluate.embeddings import compute_embeddings, encode_texts, model_logit_scale
 from medclip_nb.evaluate.evaluation import json_ready
 from medclip_nb.evaluate.intervals import (
@@ -64,6 +64,7 @@ __all__ = [
     "run_provenance",
     "select_5x200",
     "t_interval",
+    "top_class_share",
     "zero_shot_5x200_medclip",
     "zero_shot_classify",
 ]

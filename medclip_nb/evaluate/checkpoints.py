@@ -78,14 +78,26 @@ class ZeroShotPoints:
         return self.model_accuracy(model)
 
     def model_accuracy(self, model: torch.nn.Module) -> dict[str, float | None]:
-        """The same for a model in memory."""
+        """The same for a model in memory, with "top_share": the share of the images given the class
+        predicted most often (prompt mean; 1.0 when the model predicts one class for every image)."""
         if not len(self.rows):
-            return {"mean": None, "max": None}
+            return {"mean": None, "max": None, "top_share": None}
         evaluation = Evaluation(model, self.tokenizer, self.cfg, "cpu", seed=self.seed, log=_quiet)
         embedded = compute_embeddings(model, self.batches(), "cpu", with_text=False, amp=False, progress_desc=None)
         with bootstrap_off():
             result = evaluation.five_x_200(embedded["image"], np.arange(len(self.rows)), self.classes)
-        return {mode: result[mode]["accuracy"] for mode in ("mean", "max")}
+        return {**{mode: result[mode]["accuracy"] for mode in ("mean", "max")},
+                "top_share": top_class_share(result["mean"]["confusion"])}
 
 
-__all__ = ["ZeroShotPoints", "five_x_200_images"]
+def top_class_share(confusion) -> float | None:
+    """The share of the images predicted as the most-predicted class, from a confusion matrix [true,
+    predicted]; near 1 / classes when predictions spread as the true classes do, 1.0 when the model
+    gives every image one class (a collapsed model)."""
+    if confusion is None:
+        return None
+    predicted = np.asarray(confusion, dtype=float).sum(axis=0)
+    return round(float(predicted.max() / predicted.sum()), 4) if predicted.sum() else None
+
+
+__all__ = ["ZeroShotPoints", "five_x_200_images", "top_class_share"]

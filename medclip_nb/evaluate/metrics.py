@@ -21,7 +21,6 @@ These are pure NumPy/scikit-learn functions of arrays: no model is called here.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -319,7 +318,9 @@ def linear_probe(
     validation AUROC (DEFAULT_C when there is no validation split or it holds one class);
     the model fitted on train with that C is scored on test. A label with one class in
     train or test gets AUROC None. The labels are fitted in parallel (joblib, one process per
-    core); each fit is deterministic, so the result does not depend on the number of cores.
+    intra-op thread this process was given: a run sharing the cores with others stays in its share;
+    with one thread, in this process); each fit is deterministic, so the result does not depend on
+    the number of processes.
     Returns {"auroc": {name: v}, "auroc_mean", "C": {name: C}, "n_train", "n_val", "n_test"}.
     """
     x_train = _numpy(train_emb).astype(np.float64)
@@ -332,7 +333,7 @@ def linear_probe(
 
     columns = [j for j in range(len(names))
                if np.unique(y_train[:, j]).size == 2 and np.unique(y_test[:, j]).size == 2]
-    fits = Parallel(n_jobs=min(len(columns), os.cpu_count() or 1) or 1)(
+    fits = Parallel(n_jobs=min(len(columns), torch.get_num_threads()) or 1)(
         delayed(_probe_one_label)(x_train, y_train[:, j], x_val, None if y_val is None else y_val[:, j], x_test,
                                   Cs, seed)
         for j in columns)

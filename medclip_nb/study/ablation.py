@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from medclip_nb.config import Config
 from medclip_nb.data import decoupled_pool, load_dataset_file, split_train_fraction
-from medclip_nb.errors import ConfigError
-from medclip_nb.evaluate import ZeroShotPoints, bootstrap_off, json_ready
+from medclip_nb.errors import ConfigError, TrainingError
+from medclip_nb.evaluate import ZeroShotPoints, bootstrap_off, json_ready, top_class_share
 from medclip_nb.model import load_model
 from medclip_nb.paths import resolve
+from medclip_nb.runtime import available_cores
 from medclip_nb.study.runs import evaluate_run
 from medclip_nb.study.tables import headline
 from medclip_nb.train import train
@@ -121,15 +122,17 @@ def train_and_score(run_cfg: Config, *, full_evaluation: bool = True, keep_check
         with bootstrap_off():
             metrics, _ = evaluate_run(model, tokenizer, eval_cfg, log=_quiet)
         numbers, n_5x200 = headline(metrics), metrics["zero_shot_5x200"].get("n")
+        top_share = top_class_share((metrics["zero_shot_5x200"].get("mean") or {}).get("confusion"))
     else:
-        numbers, n_5x200 = {"zs_acc_mean": _rounded(points.model_accuracy(model)["mean"])}, len(points.rows)
+        scored = points.model_accuracy(model)
+        numbers, n_5x200, top_share = {"zs_acc_mean": _rounded(scored["mean"])}, len(points.rows), scored["top_share"]
     evaluated = time.perf_counter()
     curve = {step: _rounded(points.accuracy(path)["mean"]) for step, path in sorted(result.step_checkpoints.items())}
     curve[result.steps] = numbers.get("zs_acc_mean")
     if not keep_checkpoints:
         for path in Path(result.output_dir).glob("*.pth"):
             path.unlink()
-    return {**{key: numbers.get(key) for key in RUN_COLUMNS}, "n_5x200": n_5x200,
+    return {**{key: numbers.get(key) for key in RUN_COLUMNS}, "n_5x200": n_5x200, "zs_top_share": top_share,
             "steps": result.steps, "curve_steps": list(curve), "curve": list(curve.values()),
             "train_seconds": round(trained - started, 1), "eval_seconds": round(evaluated - trained, 1),
             "curve_seconds": round(time.perf_counter() - evaluated, 1)}
@@ -161,32 +164,67 @@ def run_changes(name: str, variants: Mapping[str, Mapping[str, Any]]) -> Mapping
 
 def ablation(cfg: Config, seeds, variants=None, *, fractions=(), arms=DATA_EFFICIENCY_ARMS,
              keep_checkpoints: bool = False, log=print) -> "pd.DataFrame":
-    """Train and score every run of `planned_runs` at the budget cfg.max_steps; one row per run
-    (variant, seed, train_fraction, n_train, n_unpaired_images / _texts, the numbers of
-    `RUN_COLUMNS` and the curve). `variants` defaults to those of cfg.ablation_variants. A run on all
-    the pairs gets the full evaluation (the ablation table's metrics), a run on fewer only the
-    zero-shot accuracy the data-efficiency tables read. Runs are written under
-    cfg.model_save_path/ablation/<name>-f<fraction>-seed<seed>."""
+    """Train and score every run of `planned_runs` at the budget cfg.max_steps; one row per run, in
+    the plan's order (variant, seed, train_fraction, n_train, n_unpaired_images / _texts, the numbers
+    of `RUN_COLUMNS`, the curve and zs_top_share). `variants` defaults to those of
+    cfg.ablation_variants. A run on all the pairs gets the full evaluation (the ablation table's
+    metrics), a run on fewer only the zero-shot accuracy the data-efficiency tables read. Runs are
+    written under cfg.model_save_path/ablation/<name>-f<fraction>-seed<seed>; cfg.ablation_jobs of
+    them train at once, each in its own process (`run_all`)."""
     import pandas as pd
 
     variants = dict({v: VARIANTS[v] for v in cfg.ablation_variants} if variants is None else variants)
     train_records = load_dataset_file(resolve(cfg.data_path))["train"]
     root = resolve(cfg.model_save_path) / "ablation"
-    rows = []
-    plan = planned_runs(seeds, variants, fractions, arms if fractions else ())
-    for i, (name, seed, fraction) in enumerate(plan, 1):
-        changes, full = run_changes(name, variants), fraction == 1.0  # the ablation table reads every metric
-
-        run_cfg = run_config(cfg, changes, seed, fraction, root / f"{name.replace('+', '_')}-f{fraction:g}-seed{seed}")
+    threads = {"cpu_threads": max(1, available_cores() // cfg.ablation_jobs)} \
+        if cfg.ablation_jobs > 1 and cfg.cpu_threads is None else {}  # the cores shared out, one share a run
+    plan, described, tasks = planned_runs(seeds, variants, fractions, arms if fractions else ()), [], []
+    for name, seed, fraction in plan:
+        changes = run_changes(name, variants)
+        folder = root / f"{name.replace('+', '_')}-f{fraction:g}-seed{seed}"
         kept, rest = split_train_fraction(train_records, fraction, cfg.train_fraction_seed)
         unpaired = decoupled_pool(rest, ["images", "texts"], {}).splits \
             if changes.get("unpaired_pool") == "train_fraction_rest" else {}
-        rows.append({"variant": name, "seed": seed, "train_fraction": fraction, "n_train": len(kept),
-                     **{f"n_unpaired_{k[6:]}": len(unpaired.get(k, ())) for k in ("train_images", "train_texts")},
-                     **train_and_score(run_cfg, full_evaluation=full, keep_checkpoints=keep_checkpoints)})
-        r = rows[-1]
-        extra = f", i2t R@10 {r['i2t_R@10']:.3f}, probe AUROC {r['probe_auroc']:.3f}" if full else ""
-        log(f"ablation {i}/{len(plan)}: {name}, seed {seed}, {fraction:.0%} of the pairs ({len(kept)}): zero-shot "
-            + " -> ".join(f"{a:.3f}" for a in r["curve"]) + f" at steps {r['curve_steps']}{extra} "
-            f"({r['train_seconds'] + r['eval_seconds'] + r['curve_seconds']:.0f} s)")
+        described.append({"variant": name, "seed": seed, "train_fraction": fraction, "n_train": len(kept),
+                          **{f"n_unpaired_{k[6:]}": len(unpaired.get(k, ())) for k in ("train_images", "train_texts")}})
+        # fraction 1: the full evaluation (the ablation table reads every metric)
+        tasks.append((run_config(cfg, changes, seed, fraction, folder).replace(**threads), fraction == 1.0))
+    rows: list[dict[str, Any]] = [{} for _ in plan]
+    for done, (i, numbers) in enumerate(run_all(tasks, cfg.ablation_jobs, keep_checkpoints), 1):
+        rows[i] = r = {**described[i], **numbers}
+        extra = f", i2t R@10 {r['i2t_R@10']:.3f}, probe AUROC {r['probe_auroc']:.3f}" if tasks[i][1] else ""
+        seconds = r["train_seconds"] + r["eval_seconds"] + r["curve_seconds"]
+        log(f"ablation {done}/{len(plan)}: {r['variant']}, seed {r['seed']}, {r['train_fraction']:.0%} of the pairs "
+            f"({r['n_train']}): zero-shot " + " -> ".join(f"{a:.3f}" for a in r["curve"])
+            + f" at steps {r['curve_steps']}{extra} ({seconds:.0f} s)")
     return pd.DataFrame(rows)
+
+
+def run_all(tasks: list[tuple[Config, bool]], jobs: int = 1, keep_checkpoints: bool = False):
+    """Yield (index, train_and_score's numbers) for each (run config, full evaluation) of `tasks` as
+    it finishes: one after another in this process with `jobs` 1, else in `jobs` worker processes
+    (spawned: a fresh interpreter, so a notebook's kernel state never leaks in). Every run is seeded
+    by its config alone, so its numbers do not depend on which process trained it or when. A run
+    that fails stops the rest (the ones not started are cancelled) and its error is raised here."""
+    if jobs <= 1:
+        for i, (run_cfg, full) in enumerate(tasks):
+            yield i, train_and_score(run_cfg, full_evaluation=full, keep_checkpoints=keep_checkpoints)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        futures = {pool.submit(train_and_score, run_cfg, full_evaluation=full, keep_checkpoints=keep_checkpoints): i
+                   for i, (run_cfg, full) in enumerate(tasks)}
+        for future in as_completed(futures):
+            try:
+                numbers = future.result()
+            except BrokenProcessPool:
+                raise TrainingError(f"ablation: the process training {tasks[futures[future]][0].model_save_path} "
+                                    "died (killed, or out of memory); the runs that finished are in their "
+                                    "folders") from None
+            yield futures[future], numbers
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)

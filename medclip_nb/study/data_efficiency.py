@@ -29,8 +29,15 @@ def _one(values: set) -> Any:
     return next(iter(values)) if len(values) == 1 else None
 
 
+# A run whose last step gives this share or more of the 5x200 images one class has collapsed: its
+# embeddings no longer tell the classes apart, whatever its loss's targets were meant to teach.
+COLLAPSE_SHARE = 0.9
+
+
 def end_table(runs, arms: Sequence[str], fractions: Sequence[float], metric: str) -> dict[str, Any]:
-    """{arm: {fraction_key: seed_summary of the end point, with n_train, n_unpaired_images, n_unpaired_texts}}."""
+    """{arm: {fraction_key: seed_summary of the end point, with n_train, n_unpaired_images, n_unpaired_texts
+    and "collapsed": how many of its seeds collapsed (zs_top_share >= COLLAPSE_SHARE; None without the
+    share)}}."""
     table: dict[str, Any] = {}
     for arm in arms:
         table[arm] = {}
@@ -38,7 +45,10 @@ def end_table(runs, arms: Sequence[str], fractions: Sequence[float], metric: str
             mine = [r for r in runs if r["variant"] == arm and r["train_fraction"] == f]
             sizes = {key: _one({r.get(key) for r in mine}) for key in ("n_train", "n_unpaired_images",
                                                                       "n_unpaired_texts")}
-            table[arm][fraction_key(f)] = {**seed_summary(by_seed(mine, metric).values()), **sizes}
+            shares = [r.get("zs_top_share") for r in mine]
+            collapsed = None if any(s is None for s in shares) else sum(s >= COLLAPSE_SHARE for s in shares)
+            table[arm][fraction_key(f)] = {**seed_summary(by_seed(mine, metric).values()), **sizes,
+                                           "collapsed": collapsed}
     return table
 
 

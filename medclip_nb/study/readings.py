@@ -147,6 +147,22 @@ def _flattened_line(entry: Mapping[str, Any]) -> str:
             f"(max_steps) is needed before the end points say where training leads.")
 
 
+def _collapse_line(entry: Mapping[str, Any]) -> str | None:
+    """Which cells' seeds collapsed (gave one class to >= 90 % of the 5x200 images at their last step)."""
+    table, keys = entry["table"], [f"{float(f):g}" for f in entry["fractions"]]
+    cells = [(arm, k, table[arm][k].get("collapsed"), table[arm][k].get("n")) for arm in entry["arms"] for k in keys]
+    if all(c is None for _, _, c, _ in cells):
+        return None
+    hit = [f"{arm} at {_pct(k)} ({c}/{n} seeds)" for arm, k, c, n in cells if c]
+    if not hit:
+        return ("- Collapse: no run collapsed (none gave one class to 90 % or more of the 5x200 images at its "
+                "last step).")
+    return ("- Collapse: " + "; ".join(hit) + " gave one class to 90 % or more of the 5x200 images at the last "
+            "step: their embeddings no longer tell the classes apart, so their end points measure the collapse, "
+            "not what their targets were meant to teach; a difference involving them says that this loss collapsed "
+            "at this budget, not that the labels it uses carry less.")
+
+
 def _comparison_line(c: Mapping[str, Any]) -> str:
     at = f"at {_pct(c['fraction'])}" if "from_fraction" not in c else ""
     return (f"{c['comparison']} {at} {signed_with_interval(c)} (Holm p {p_text(c.get('p_holm'))}, "
@@ -209,6 +225,8 @@ def data_efficiency_reading(entry: Mapping[str, Any]) -> str:
     table, keys = entry["table"], [f"{float(f):g}" for f in entry["fractions"]]
     name = METRIC_NAMES.get(entry["metric"], entry["metric"])
     lines = _tested_lines(entry) + [_flattened_line(entry)]
+    collapse = _collapse_line(entry)
+    lines += [collapse] if collapse else []
     for arm in entry["arms"]:
         lines.append(f"- {arm}, {name} at the end: " + ", ".join(
             f"{_pct(k)} ({table[arm][k].get('n_train')} pairs) {value_with_interval(table[arm][k])}"

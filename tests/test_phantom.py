@@ -162,6 +162,17 @@ def test_manifest_and_phantom_is_current(phantom, tmp_path):
     assert not phantom_is_current(partial, STUDIES, SIZE, 0)
 
 
+def test_a_phantom_of_other_generator_code_is_not_current(phantom, monkeypatch):
+    import medclip_nb.phantom.tree as tree
+
+    out, _ = phantom
+    recorded = json.loads((out / "phantom.json").read_text())["generator_sha256"]
+    assert recorded == tree.generator_fingerprint() and len(recorded) == 64
+    # An edit to the generator that forgot PHANTOM_VERSION: the same arguments, other code.
+    monkeypatch.setattr(tree, "generator_fingerprint", lambda: "0" * 64)
+    assert not phantom_is_current(out, STUDIES, SIZE, 0)
+
+
 def test_regenerating_replaces_an_older_phantom_and_refuses_other_folders(tmp_path):
     out = tmp_path / "mimic"
     generate_phantom(out, studies=12, size=32, seed=0)

@@ -30,7 +30,8 @@ PHANTOM_FILES = "phantom_files.sha256"  # `<sha256>  <path>` of every file the g
 LEGACY_TABLES = ("mimic-cxr-2.0.0-split.csv.gz", "mimic-cxr-2.0.0-chexpert.csv.gz", "mimic-cxr-2.0.0-negbio.csv.gz",
                  "mimic-cxr-2.0.0-metadata.csv.gz", "sentence-label.csv.gz")
 PREPARE_REPORT = "prepare_report.json"
-PHANTOM_PARAMS = ("generator", "version", "finding_regions", "studies", "size", "seed", "test_studies")
+PHANTOM_PARAMS = ("generator", "version", "finding_regions", "generator_sha256", "studies", "size", "seed",
+                  "test_studies")
 # What the user chose: a phantom that differs only by generator version is ours to rewrite.
 USER_PHANTOM_PARAMS = ("studies", "size", "seed", "test_studies")
 

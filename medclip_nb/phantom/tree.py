@@ -3,6 +3,7 @@ table and the manifest (see the package docstring for the layout)."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
@@ -59,6 +60,9 @@ PHANTOM_VERSION = 4
 # written without them, or with older ones, is rewritten (same images, same reports) and re-prepared.
 # 1: <dicom_id>.regions.json beside each frontal image (phantom/regions.py)
 FINDING_REGIONS_VERSION = 1
+# The generator's own sources: a change to any of them that forgets the version bump above still
+# makes `phantom_is_current` false, so a phantom is never reused from code that would write other bytes.
+_GENERATOR_SOURCES = ("phantom/*.py", "text/*.py", "labels.py")
 FRONTAL_VIEWS = ("PA", "AP")
 PHANTOM_MANIFEST = "phantom.json"
 JPEG_QUALITY = 90
@@ -86,9 +90,20 @@ def _check_args(studies: int, size: int, seed: int, test_studies: int = 0) -> No
         raise ConfigError(f"config key 'phantom_test_studies': must be a non-negative integer, got {test_studies!r}")
 
 
+@functools.cache
+def generator_fingerprint() -> str:
+    """SHA-256 over the generator's source files (_GENERATOR_SOURCES: their package paths and bytes)."""
+    package = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for path in sorted({p for pattern in _GENERATOR_SOURCES for p in package.glob(pattern)}):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def _manifest(studies: int, size: int, seed: int, test_studies: int = 0) -> dict:
     return {"generator": "medclip_nb.phantom", "version": PHANTOM_VERSION, "finding_regions": FINDING_REGIONS_VERSION,
-            "studies": int(studies), "size": int(size), "seed": int(seed), "test_studies": int(test_studies)}
+            "generator_sha256": generator_fingerprint(), "studies": int(studies), "size": int(size),
+            "seed": int(seed), "test_studies": int(test_studies)}
 
 
 def phantom_is_current(out, studies: int, size: int, seed: int, test_studies: int = 0) -> bool:

@@ -42,7 +42,7 @@ def _budget(cfg: Config, runs: "pd.DataFrame") -> dict[str, Any]:
     full = runs[runs["train_fraction"] == 1.0]
     return {"max_steps": cfg.max_steps, "batch_size": cfg.batch_size, "image_size": cfg.image_size,
             "vision_backbone": cfg.vision_backbone, "lr": cfg.lr, "curve_steps": curve_steps(cfg),
-            "unpaired_per_batch": cfg.unpaired_per_batch,
+            "unpaired_per_batch": cfg.unpaired_per_batch, "ablation_jobs": cfg.ablation_jobs,
             "train_pairs": int(full["n_train"].iloc[0]) if len(full) else None,
             "test_5x200_images": int(full["n_5x200"].iloc[0]) if len(full) else None,
             "zeroshot_protocols": ["ours"], "data": _data_source(cfg),

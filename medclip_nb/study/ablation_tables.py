@@ -200,9 +200,13 @@ def time_line(metrics: Mapping[str, Any]) -> str:
     runs = {(r["variant"], r["seed"], r["train_fraction"]): r for key in ("ablation", "data_efficiency")
             for r in (metrics.get(key) or {}).get("runs", [])}.values()
     parts = {name: sum(float(r.get(f"{name}_seconds") or 0) for r in runs) for name in ("train", "eval", "curve")}
-    return (f"time of the {len(runs)} runs: {sum(parts.values()) / 60:.1f} min = training {parts['train'] / 60:.1f} "
-            f"+ end-point scoring {parts['eval'] / 60:.1f} + curve points {parts['curve'] / 60:.1f} (the rest of the "
-            f"wall time: the phantom, notebook 03, notebook 04's default-model evaluation)")
+    jobs = max(int(((metrics.get(key) or {}).get("budget") or {}).get("ablation_jobs") or 1)
+               for key in ("ablation", "data_efficiency"))
+    together = f"; {jobs} ran at once, so they took about 1/{jobs} of that in wall time" if jobs > 1 else ""
+    return (f"time of the {len(runs)} runs, summed over the runs: {sum(parts.values()) / 60:.1f} min = training "
+            f"{parts['train'] / 60:.1f} + end-point scoring {parts['eval'] / 60:.1f} + curve points "
+            f"{parts['curve'] / 60:.1f}{together} (the rest of the wall time: the phantom, notebook 03, notebook 04's "
+            f"default-model evaluation)")
 
 
 def _display(table) -> None:

@@ -176,17 +176,32 @@ def _part(c: Mapping[str, Any] | None) -> str:
     return ("holds" if c["difference"] > 0 else "fails") if c.get("resolved") else "unresolved"
 
 
+def _collapsed(entry: Mapping[str, Any], cells) -> list[str]:
+    """The (arm, fraction key) cells among `cells` with a collapsed seed, as 'arm at 10%'."""
+    table = entry["table"]
+    return [f"{arm} at {_pct(k)}" for arm, k in cells if (table.get(arm, {}).get(k) or {}).get("collapsed")]
+
+
 def _claim_lines(entry: Mapping[str, Any]) -> list[str]:
-    """MedCLIP's claim per decoupled arm: above clip at the smallest fraction, and more so than on all pairs."""
+    """MedCLIP's claim per decoupled arm: above clip at the smallest fraction, and more so than on all pairs.
+    A part whose cells hold collapsed seeds is not decided: it would measure the collapse."""
     reference, small = entry["reference"], f"{float(min(entry['fractions'])):g}"
+    full = f"{float(max(entry['fractions'])):g}"
     endpoint, claims = entry["endpoint_comparisons"], entry["claim_comparisons"]
     arms = entry.get("decoupled") or [a for a in entry["arms"] if a != reference]
     lines = []
     for arm in arms:
         beats = next((c for c in endpoint if c["arm"] == arm and c["fraction"] == small), None)
         more = next((c for c in claims if c["arm"] == arm and c["kind"] == "gap change with fewer pairs"), None)
-        parts = (_part(beats), _part(more))
-        overall = ("holds" if parts == ("holds", "holds") else "fails" if "fails" in parts else
+        parts = [_part(beats), _part(more)]
+        for i, cells in enumerate([[(arm, small), (reference, small)],
+                                   [(arm, small), (arm, full), (reference, small), (reference, full)]]):
+            collapsed = _collapsed(entry, cells)
+            if collapsed and parts[i] != "unresolved":
+                parts[i] = f"{parts[i]} on paper, not decided: it rests on collapsed runs ({', '.join(collapsed)})"
+        decided = [p for p in parts if "not decided" not in p]
+        overall = ("not decided: a part rests on collapsed runs" if len(decided) < 2 and "fails" not in decided
+                   else "holds" if parts == ["holds", "holds"] else "fails" if "fails" in decided else
                    "partly holds (the other part unresolved at this power)" if "holds" in parts else
                    "unresolved at this power")
         power = [c["smallest_resolvable"] for c in (beats, more) if c and c.get("smallest_resolvable") is not None]

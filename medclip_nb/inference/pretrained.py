@@ -58,17 +58,23 @@ from medclip_nb.text import clean_report
 
 
 # ---- prompts --------------------------------------------------------------------------------------
+def _names(names, prompts: Mapping[str, Any], default: Sequence[str], kind: str) -> list[str]:
+    """The `--classes` names, stripped and de-duplicated in order: `names`, else the keys of
+    `prompts`, else `default`; one string is refused (a list is meant)."""
+    if names is None:
+        names = list(prompts) or list(default)
+    if isinstance(names, str):
+        raise UserError(f"classes: give a list of {kind} names, not the one string {names!r}")
+    return list(dict.fromkeys(str(n).strip() for n in names if str(n).strip()))
+
+
 def resolve_prompts(classes: Sequence[str] | None = None,
                     prompts: Mapping[str, Sequence[str]] | None = None) -> dict[str, list[str]]:
     """{class: prompts}: `prompts[class]` where given, else every MedCLIP vocabulary prompt of
     the class (the five competition classes), else the class's finding phrase ("Pneumothorax"
     -> "pneumothorax"). `classes` defaults to the keys of `prompts`, else the five classes."""
     prompts = dict(prompts or {})
-    if classes is None:
-        classes = list(prompts) or list(COMPETITION_TASKS)
-    if isinstance(classes, str):
-        raise UserError(f"classes: give a list of class names, not the one string {classes!r}")
-    classes = list(dict.fromkeys(str(c).strip() for c in classes if str(c).strip()))
+    classes = _names(classes, prompts, COMPETITION_TASKS, "class")
     if len(classes) < 2:
         raise UserError(f"classes: zero-shot classification needs at least two classes, got {classes}")
     unknown = [c for c in prompts if c not in classes]
@@ -102,11 +108,7 @@ def resolve_pair_prompts(findings: Sequence[str] | None = None,
     `evaluate` uses (prompts.binary_prompts: "pleural effusion" vs "no pleural effusion"; "No
     Finding" has its own). `findings` defaults to the keys of `prompts`, else the 14 CheXpert labels."""
     prompts = dict(prompts or {})
-    if findings is None:
-        findings = list(prompts) or list(CHEXPERT_LABELS)
-    if isinstance(findings, str):
-        raise UserError(f"classes: give a list of finding names, not the one string {findings!r}")
-    findings = list(dict.fromkeys(str(f).strip() for f in findings if str(f).strip()))
+    findings = _names(findings, prompts, CHEXPERT_LABELS, "finding")
     if not findings:
         raise UserError("classes: no finding names given")
     unknown = [f for f in prompts if f not in findings]

@@ -47,14 +47,20 @@ def _manifest(studies: int, size: int, seed: int) -> dict:
             "size": int(size), "seed": int(seed)}
 
 
-def chexpert_phantom_is_current(out, studies: int, size: int, seed: int) -> bool:
-    """True when `out` holds a complete CheXpert phantom of these arguments."""
-    out = resolve(out)
+def _recorded(out: Path) -> dict:
+    """The manifest `out` holds ({} when there is none or it cannot be read)."""
     try:
         recorded = json.loads((out / MANIFEST).read_text())
     except (OSError, ValueError):
-        return False
-    return (isinstance(recorded, dict) and recorded.get("complete") is True
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
+
+
+def chexpert_phantom_is_current(out, studies: int, size: int, seed: int) -> bool:
+    """True when `out` holds a complete CheXpert phantom of these arguments."""
+    out = resolve(out)
+    recorded = _recorded(out)
+    return (recorded.get("complete") is True
             and all(recorded.get(k) == v for k, v in _manifest(studies, size, seed).items())
             and (out / FOLDER / "train.csv").is_file())
 
@@ -70,11 +76,7 @@ def _clear(out: Path, manifest: dict, force: bool) -> None:
     if tree.exists() and not (out / MANIFEST).is_file():
         raise DataError(f"refusing to overwrite {tree}: it holds no {MANIFEST} (not a phantom CheXpert tree)")
     if tree.exists():
-        try:
-            recorded = json.loads((out / MANIFEST).read_text())
-        except (OSError, ValueError):
-            recorded = {}
-        recorded = recorded if isinstance(recorded, dict) else {}
+        recorded = _recorded(out)
         changed = [f"{k} {recorded.get(k)} -> {v}" for k, v in manifest.items() if recorded.get(k) != v]
         if recorded.get("complete") is True and changed and not force:
             raise DataError(f"{out / MANIFEST}: {tree} holds a CheXpert phantom of other arguments "

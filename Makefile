@@ -51,8 +51,9 @@ QUIET := 2> >(grep -v --line-buffered -e 'Kernel is running over TCP without enc
 # summary.md's "Where the time went".
 study: $(STAMP)
 	@date +%s > .study-start
-	set -e; rd=$$($(PY) -c "from medclip_nb.config_load import load_config; print(load_config('$(PARAMS)').reports_dir)"); \
+	@set -e; rd=$$($(PY) -c "from medclip_nb.config_load import load_config; print(load_config('$(PARAMS)').reports_dir)"); \
 	mkdir -p $$rd/figures; rm -f $$rd/phase_times.tsv; \
+	echo "make study with $(PARAMS): the data, then notebooks 01-04 headless; results in $$rd/"; \
 	$(PY) -m medclip_nb data --config $(PARAMS) --phase-times $$rd/phase_times.tsv; \
 	for nb in $(NOTEBOOKS); do \
 	  echo "== papermill $$nb -f $(PARAMS) -> $$rd"; start=$$(date +%s.%N); \

@@ -23,7 +23,14 @@ help:
 	@echo "make bench   - our step vs open_clip's and vs this machine's GEMM rate (make bench-train, bench-data too)"
 	@echo "make ablation - see README.md and docs/"
 
+# The default torch build is a CUDA one: the finished .venv takes about 6.7 GB, so the install stops
+# first, with one line, when the disk has less than VENV_MIN_FREE_GB free (a full disk midway leaves
+# pip's "No space left on device" and a half-built .venv).
+VENV_MIN_FREE_GB ?= 8
 $(STAMP): pyproject.toml
+	@test -x $(PY) || { free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); \
+	  if [ "$$free" -lt $(VENV_MIN_FREE_GB) ]; then \
+	    echo "error: $(CURDIR)/$(VENV): the install needs about $(VENV_MIN_FREE_GB) GB free and the disk has $$free GB (set VENV_MIN_FREE_GB to override)" >&2; exit 2; fi; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install $(TORCH_SPEC)

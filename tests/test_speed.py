@@ -15,7 +15,7 @@ from medclip_nb import runtime
 from medclip_nb.config import from_dict
 from medclip_nb.data.dataset import BatchCollator, make_collate
 from medclip_nb.data.unpaired import UnpairedBatches
-from medclip_nb.errors import ConfigError
+from medclip_nb.errors import ConfigError, DataError
 from medclip_nb.model.encoders import TransformerTextEncoder
 from medclip_nb.study.summary import read_phase_times, summary_markdown
 from medclip_nb.text.tokenizers import CharTokenizer, SubwordTokenizer, pad_text, trim_padding
@@ -242,7 +242,17 @@ def test_phase_times_go_into_the_summary(tmp_path):
     assert phases == [("phantom", 45.0), ("prepare", 3.0), ("03_pretrain", 120.0)]
     text = summary_markdown({}, wall_seconds=240.0, phases=phases)
     assert "## Where the time went" in text and "| 03_pretrain | 2.00 | 50% |" in text
-    assert read_phase_times(tmp_path / "missing.tsv") == [] and "Where the time" not in summary_markdown({})
+    assert read_phase_times(None) == [] and "Where the time" not in summary_markdown({})
+    with pytest.raises(DataError, match="--phase-times .*missing.tsv: no such file"):
+        read_phase_times(tmp_path / "missing.tsv")
+
+
+def test_summary_refuses_a_named_phase_times_file_that_is_missing(tmp_path, run_cli):
+    (tmp_path / "metrics.json").write_text("{}")
+    rc, err = run_cli(["summary", "--metrics", tmp_path / "metrics.json", "--out", tmp_path / "summary.md",
+                       "--phase-times", tmp_path / "nope.tsv"])
+    assert rc == 2 and err.count("error:") == 1 and "nope.tsv: no such file" in err
+    assert not (tmp_path / "summary.md").exists()
 
 
 def test_data_command_writes_its_phase_times(tmp_path):

@@ -136,10 +136,14 @@ def _ablation_section(metrics: Mapping[str, Any]) -> list[str]:
 
 def read_phase_times(path: str | Path | None) -> list[tuple[str, float]]:
     """`make study`'s phase times file: 'phase<TAB>seconds' lines (the `data` command writes the
-    phantom, prepare and image-store lines, the Makefile one per notebook); [] without a file,
-    and unreadable lines are skipped (the table is a report, not an input)."""
-    if path is None or not resolve(path).is_file():
+    phantom, prepare and image-store lines, the Makefile one per notebook); [] when no file is
+    named, an error when the named one is missing, and unreadable lines are skipped (the table is a
+    report, not an input)."""
+    if path is None:
         return []
+    if not resolve(path).is_file():
+        raise DataError(f"--phase-times {resolve(path)}: no such file (make study writes it; leave the flag out "
+                        f"for a summary without 'Where the time went')")
     text = read_limited(resolve(path), MAX_PHASE_TIMES_BYTES, what="--phase-times", error=DataError)
     phases = []
     for line in text.decode("utf-8", errors="replace").splitlines():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from medclip_nb.study.data_efficiency import COLLAPSE_SHARE
 from medclip_nb.study.tables import headline, headline_intervals
 
 METRIC_NAMES = {"zs_acc_mean": "zero-shot accuracy", "i2t_R@10": "image->text R@10",
@@ -147,17 +148,27 @@ def _flattened_line(entry: Mapping[str, Any]) -> str:
             f"(max_steps) is needed before the end points say where training leads.")
 
 
+def _collapse_counts(entry: Mapping[str, Any], cells) -> list[tuple[str, str, int | None, int | None]]:
+    """(arm, fraction key, collapsed seeds (None: runs without zs_top_share), seeds) of each (arm, fraction
+    key) cell of `cells`."""
+    table = entry["table"]
+    return [(arm, k, cell.get("collapsed"), cell.get("n"))
+            for arm, k in cells for cell in [table.get(arm, {}).get(k) or {}]]
+
+
 def _collapse_line(entry: Mapping[str, Any]) -> str | None:
-    """Which cells' seeds collapsed (gave one class to >= 90 % of the 5x200 images at their last step)."""
-    table, keys = entry["table"], [f"{float(f):g}" for f in entry["fractions"]]
-    cells = [(arm, k, table[arm][k].get("collapsed"), table[arm][k].get("n")) for arm in entry["arms"] for k in keys]
+    """Which cells' seeds collapsed (gave one class to COLLAPSE_SHARE or more of the 5x200 images at their
+    last step)."""
+    keys = [f"{float(f):g}" for f in entry["fractions"]]
+    cells = _collapse_counts(entry, [(arm, k) for arm in entry["arms"] for k in keys])
     if all(c is None for _, _, c, _ in cells):
         return None
     hit = [f"{arm} at {_pct(k)} ({c}/{n} seeds)" for arm, k, c, n in cells if c]
+    share = f"{COLLAPSE_SHARE:.0%}".replace("%", " %")
     if not hit:
-        return ("- Collapse: no run collapsed (none gave one class to 90 % or more of the 5x200 images at its "
+        return (f"- Collapse: no run collapsed (none gave one class to {share} or more of the 5x200 images at its "
                 "last step).")
-    return ("- Collapse: " + "; ".join(hit) + " gave one class to 90 % or more of the 5x200 images at the last "
+    return ("- Collapse: " + "; ".join(hit) + f" gave one class to {share} or more of the 5x200 images at the last "
             "step: their embeddings no longer tell the classes apart, so their end points measure the collapse, "
             "not what their targets were meant to teach; a difference involving them says that this loss collapsed "
             "at this budget, not that the labels it uses carry less.")
@@ -178,8 +189,7 @@ def _part(c: Mapping[str, Any] | None) -> str:
 
 def _collapsed(entry: Mapping[str, Any], cells) -> list[str]:
     """The (arm, fraction key) cells among `cells` with a collapsed seed, as 'arm at 10%'."""
-    table = entry["table"]
-    return [f"{arm} at {_pct(k)}" for arm, k in cells if (table.get(arm, {}).get(k) or {}).get("collapsed")]
+    return [f"{arm} at {_pct(k)}" for arm, k, c, _ in _collapse_counts(entry, cells) if c]
 
 
 def _claim_lines(entry: Mapping[str, Any]) -> list[str]:

@@ -141,10 +141,11 @@ def read_phase_times(path: str | Path | None) -> list[tuple[str, float]]:
     report, not an input)."""
     if path is None:
         return []
-    if not resolve(path).is_file():
-        raise DataError(f"--phase-times {resolve(path)}: no such file (make study writes it; leave the flag out "
+    path = resolve(path)
+    if not path.is_file():
+        raise DataError(f"--phase-times {path}: no such file (make study writes it; leave the flag out "
                         f"for a summary without 'Where the time went')")
-    text = read_limited(resolve(path), MAX_PHASE_TIMES_BYTES, what="--phase-times", error=DataError)
+    text = read_limited(path, MAX_PHASE_TIMES_BYTES, what="--phase-times", error=DataError)
     phases = []
     for line in text.decode("utf-8", errors="replace").splitlines():
         name, _, seconds = line.partition("\t")
